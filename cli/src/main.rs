@@ -1,0 +1,2 @@
+//! The care command line.
+fn main() {}

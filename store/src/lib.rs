@@ -1,0 +1,1 @@
+//! Care Commons store.
