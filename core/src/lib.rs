@@ -1,8 +1,12 @@
 //! Care Commons core: the documents of a care team, device identity and signed team
 //! membership. Pure logic with no IO: time and randomness are passed in.
 
+pub mod doc_kind;
+pub mod documents;
 pub mod identity;
 pub mod ids;
 
+pub use doc_kind::{DocKind, NoteStream, ParseKindError, Section};
+pub use documents::{Author, DocError, SCHEMA_VERSION};
 pub use identity::{BadSignature, DeviceKey, Signature};
 pub use ids::{DeviceId, DocId, EntryId, MemberId, Month, OpHash, ParseIdError, TeamId, Timestamp};
