@@ -1,8 +1,15 @@
 //! Care Commons core: the documents of a care team, device identity and signed team
 //! membership. Pure logic with no IO: time and randomness are passed in.
 
+pub mod doc_kind;
 pub mod identity;
 pub mod ids;
+pub mod membership;
 
+pub use doc_kind::{DocKind, NoteStream};
 pub use identity::{BadSignature, DeviceKey, Signature};
 pub use ids::{DeviceId, DocId, EntryId, MemberId, Month, OpHash, ParseIdError, TeamId, Timestamp};
+pub use membership::{
+    Access, DeviceInfo, Hat, Member, Membership, MembershipError, Op, OpBody, OpError,
+    RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
+};
