@@ -53,6 +53,9 @@ struct Removal {
     devices: BTreeSet<DeviceId>,
 }
 
+/// A replay's membership, its rejected ops and its accepted removals.
+type Replayed = (Membership, BTreeMap<OpHash, RejectReason>, Vec<Removal>);
+
 /// The screened ops whose whole ancestry is screened too, in replay order.
 struct Graph {
     nodes: BTreeMap<OpHash, Node>,
@@ -163,12 +166,11 @@ impl Graph {
     }
 
     /// One replay in order, leaving out the `excluded` ops.
-    #[allow(clippy::type_complexity)]
     fn replay(
         &self,
         team: TeamId,
         excluded: &BTreeSet<OpHash>,
-    ) -> Result<(Membership, BTreeMap<OpHash, RejectReason>, Vec<Removal>), MembershipError> {
+    ) -> Result<Replayed, MembershipError> {
         let no_create = MembershipError::NoCreateOp { team };
         let create = self
             .order

@@ -507,6 +507,18 @@ fn random_body(rng: &mut Rng) -> OpBody {
     }
 }
 
+/// Mostly a current device of the membership seen, sometimes any device.
+fn pick_signer(state: &Membership, rng: &mut Rng) -> u8 {
+    let current: Vec<u8> = (1..=15)
+        .filter(|n| state.member_of_device(dev(*n)).is_some())
+        .collect();
+    if rng.below(4) == 0 || current.is_empty() {
+        1 + rng.below(15) as u8
+    } else {
+        current[rng.below(current.len())]
+    }
+}
+
 /// A history with an owner, an admin and changing members, authored from
 /// different points of the history (concurrent branches, back-dated ops), with
 /// some ops that break the rules.
@@ -523,7 +535,7 @@ fn random_history(seed: u64, steps: usize) -> Team {
         let state = Membership::from_ops(team.id, &team.ops[..seen])
             .expect("created")
             .0;
-        let signer = 1 + rng.below(15) as u8;
+        let signer = pick_signer(&state, &mut rng);
         let body = random_body(&mut rng);
         let at = team.tick();
         match state.author_op(&key(signer), at, body.clone()) {
