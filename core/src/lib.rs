@@ -5,8 +5,13 @@ pub mod doc_kind;
 pub mod documents;
 pub mod identity;
 pub mod ids;
+pub mod membership;
 
 pub use doc_kind::{DocKind, NoteStream, ParseKindError, Section};
 pub use documents::{Author, DocError, SCHEMA_VERSION};
 pub use identity::{BadSignature, DeviceKey, Signature};
 pub use ids::{DeviceId, DocId, EntryId, MemberId, Month, OpHash, ParseIdError, TeamId, Timestamp};
+pub use membership::{
+    Access, DeviceInfo, Hat, Member, Membership, MembershipError, Op, OpBody, OpError,
+    RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
+};

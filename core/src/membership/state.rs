@@ -1,0 +1,425 @@
+//! The membership of a team at one point of its history: who is in, with which
+//! role, hats and devices, and what each device may do.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::error::RejectReason;
+use super::op::{Op, OpBody, PREDS_MAX, SignedOp, validate_body};
+use super::role::{Access, Hat, Right, Role};
+use crate::doc_kind::DocKind;
+use crate::identity::DeviceKey;
+use crate::ids::{DeviceId, MemberId, OpHash, TeamId, Timestamp};
+
+/// Label given to the device that created the team.
+const FIRST_DEVICE_LABEL: &str = "first device";
+
+/// The membership of a team, replayed from its signed ops (see the
+/// [module docs](super) for the rules).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    team: TeamId,
+    name: String,
+    owner: MemberId,
+    members: BTreeMap<MemberId, Member>,
+    removed: BTreeSet<MemberId>,
+    /// Every device ever added, with the member it was added to; a device id
+    /// belongs to one member only, for good.
+    device_history: BTreeMap<DeviceId, MemberId>,
+    heads: Vec<OpHash>,
+}
+
+/// A current member of a team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member's id.
+    pub id: MemberId,
+    /// Their name.
+    pub name: String,
+    /// Their role.
+    pub role: Role,
+    /// The hats they wear.
+    pub hats: Vec<Hat>,
+    /// Their current devices.
+    pub devices: BTreeMap<DeviceId, DeviceInfo>,
+    /// When they were added (as claimed by the op that added them).
+    pub added_at: Timestamp,
+    /// Who added them; `None` for the owner, who created the team.
+    pub added_by: Option<MemberId>,
+}
+
+/// A current device of a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// A label for people, e.g. "Sam's phone".
+    pub label: String,
+    /// When it was added (as claimed by the op that added it).
+    pub added_at: Timestamp,
+}
+
+impl Membership {
+    /// The team.
+    pub fn team(&self) -> TeamId {
+        self.team
+    }
+
+    /// The team's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The owner: the person getting support.
+    pub fn owner(&self) -> MemberId {
+        self.owner
+    }
+
+    /// The current members, by id.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// A current member; `None` if unknown or removed.
+    pub fn member(&self, id: MemberId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// Whether `id` was a member and has been removed.
+    pub fn is_removed(&self, id: MemberId) -> bool {
+        self.removed.contains(&id)
+    }
+
+    /// The current member whose current device `device` is.
+    pub fn member_of_device(&self, device: DeviceId) -> Option<&Member> {
+        let id = self.device_history.get(&device)?;
+        self.members
+            .get(id)
+            .filter(|m| m.devices.contains_key(&device))
+    }
+
+    /// The role of the member using `device`, if it is a current device.
+    pub fn role_of_device(&self, device: DeviceId) -> Option<Role> {
+        self.member_of_device(device).map(|m| m.role)
+    }
+
+    /// Whether a current member holds `right` (the owner holds every right).
+    pub fn has_right(&self, member: MemberId, right: Right) -> bool {
+        match self.members.get(&member) {
+            Some(m) if m.id == self.owner => true,
+            Some(m) => m.hats.iter().any(|h| h.rights.contains(&right)),
+            None => false,
+        }
+    }
+
+    /// What `device` may do with a document of `kind`: its member's role, plus
+    /// write access to the team document for holders of [`Right::ManageTeam`].
+    /// [`Access::None`] for unknown and removed devices.
+    pub fn access(&self, device: DeviceId, kind: &DocKind) -> Access {
+        let Some(member) = self.member_of_device(device) else {
+            return Access::None;
+        };
+        let manages_team =
+            member.role != Role::Relay && self.has_right(member.id, Right::ManageTeam);
+        if *kind == DocKind::Team && manages_team {
+            return Access::ReadWrite;
+        }
+        member.role.access(kind)
+    }
+
+    /// The latest ops of the team's history: the predecessors of the next op.
+    pub fn heads(&self) -> &[OpHash] {
+        &self.heads
+    }
+
+    /// Every current device, with its member.
+    pub fn devices(&self) -> impl Iterator<Item = (DeviceId, &Member)> {
+        self.members
+            .values()
+            .flat_map(|m| m.devices.keys().map(move |d| (*d, m)))
+    }
+
+    /// Whether an op signed by `author` doing `body` would be accepted now.
+    pub fn check(&self, author: DeviceId, body: &OpBody) -> Result<(), RejectReason> {
+        validate_body(body).map_err(RejectReason::Malformed)?;
+        let actor = self.author_member(author)?;
+        if actor.role == Role::Relay {
+            return not_allowed(actor, "change the membership, as a relay");
+        }
+        match body {
+            OpBody::CreateTeam { .. } => Err(conflict("the team already exists")),
+            OpBody::AddMember {
+                member, role, hats, ..
+            } => self.check_add_member(actor, *member, *role, hats),
+            OpBody::AddDevice { member, device, .. } => {
+                self.check_add_device(actor, *member, *device)
+            }
+            OpBody::RemoveDevice { device } => self.check_remove_device(actor, *device),
+            OpBody::RemoveMember { member } => self.check_remove_member(actor, *member),
+            OpBody::ChangeRole { member, role, hats } => {
+                self.check_change_role(actor, *member, *role, hats)
+            }
+        }
+    }
+
+    /// Signs a new op with `key`, built on the current heads, after checking
+    /// that it would be accepted.
+    pub fn author_op(
+        &self,
+        key: &DeviceKey,
+        at: Timestamp,
+        body: OpBody,
+    ) -> Result<SignedOp, RejectReason> {
+        self.check(key.device_id(), &body)?;
+        if self.heads.len() > PREDS_MAX {
+            let why = format!(
+                "the history has {} heads, more than {PREDS_MAX}",
+                self.heads.len()
+            );
+            return Err(RejectReason::Malformed(why));
+        }
+        let op = Op {
+            team: Some(self.team),
+            preds: self.heads.clone(),
+            at,
+            body,
+        };
+        Ok(SignedOp::sign(key, &op))
+    }
+
+    /// The membership right after the op creating the team.
+    pub(super) fn genesis(
+        team: TeamId,
+        author: DeviceId,
+        at: Timestamp,
+        (name, owner, owner_name): (&str, MemberId, &str),
+    ) -> Membership {
+        let device = DeviceInfo {
+            label: FIRST_DEVICE_LABEL.to_owned(),
+            added_at: at,
+        };
+        let member = Member {
+            id: owner,
+            name: owner_name.to_owned(),
+            role: Role::Owner,
+            hats: Vec::new(),
+            devices: BTreeMap::from([(author, device)]),
+            added_at: at,
+            added_by: None,
+        };
+        Membership {
+            team,
+            name: name.to_owned(),
+            owner,
+            members: BTreeMap::from([(owner, member)]),
+            removed: BTreeSet::new(),
+            device_history: BTreeMap::from([(author, owner)]),
+            heads: Vec::new(),
+        }
+    }
+
+    /// Applies an op that [`check`](Self::check) accepted.
+    pub(super) fn apply(&mut self, author: DeviceId, at: Timestamp, body: &OpBody) {
+        let added_by = self.member_of_device(author).map(|m| m.id);
+        match body {
+            OpBody::CreateTeam { .. } => {}
+            OpBody::AddMember {
+                member,
+                name,
+                role,
+                hats,
+            } => {
+                let new = Member {
+                    id: *member,
+                    name: name.clone(),
+                    role: *role,
+                    hats: hats.clone(),
+                    devices: BTreeMap::new(),
+                    added_at: at,
+                    added_by,
+                };
+                self.members.insert(*member, new);
+            }
+            OpBody::AddDevice {
+                member,
+                device,
+                label,
+            } => {
+                if let Some(m) = self.members.get_mut(member) {
+                    m.devices.insert(
+                        *device,
+                        DeviceInfo {
+                            label: label.clone(),
+                            added_at: at,
+                        },
+                    );
+                    self.device_history.insert(*device, *member);
+                }
+            }
+            OpBody::RemoveDevice { device } => {
+                let member = self
+                    .device_history
+                    .get(device)
+                    .and_then(|id| self.members.get_mut(id));
+                if let Some(m) = member {
+                    m.devices.remove(device);
+                }
+            }
+            OpBody::RemoveMember { member } => {
+                self.members.remove(member);
+                self.removed.insert(*member);
+            }
+            OpBody::ChangeRole { member, role, hats } => {
+                if let Some(m) = self.members.get_mut(member) {
+                    m.role = *role;
+                    m.hats = hats.clone();
+                }
+            }
+        }
+    }
+
+    /// Sets the heads of the history this membership was replayed from.
+    pub(super) fn set_heads(&mut self, heads: Vec<OpHash>) {
+        self.heads = heads;
+    }
+
+    /// The member `device` was ever added to, even if since removed.
+    pub(super) fn member_ever_of_device(&self, device: DeviceId) -> Option<MemberId> {
+        self.device_history.get(&device).copied()
+    }
+
+    fn author_member(&self, author: DeviceId) -> Result<&Member, RejectReason> {
+        match self.member_of_device(author) {
+            Some(member) => Ok(member),
+            None if self.device_history.contains_key(&author) => {
+                Err(RejectReason::Removed { device: author })
+            }
+            None => Err(RejectReason::UnknownAuthor(author)),
+        }
+    }
+
+    fn current(&self, id: MemberId) -> Result<&Member, RejectReason> {
+        self.members
+            .get(&id)
+            .ok_or_else(|| conflict(&format!("{id} is not a current member")))
+    }
+
+    fn check_manager(&self, actor: &Member, action: &'static str) -> Result<(), RejectReason> {
+        if self.has_right(actor.id, Right::ManageMembers) {
+            Ok(())
+        } else {
+            not_allowed(actor, action)
+        }
+    }
+
+    /// Only the owner grants rights; no one is ever made owner.
+    fn check_grant(
+        &self,
+        actor: &Member,
+        role: Role,
+        hats: &[Hat],
+        had: &[Hat],
+    ) -> Result<(), RejectReason> {
+        if role == Role::Owner {
+            return not_allowed(actor, "make someone else the owner");
+        }
+        if actor.id != self.owner && !rights_of(hats).is_subset(&rights_of(had)) {
+            return not_allowed(actor, "grant hats carrying rights (only the owner may)");
+        }
+        Ok(())
+    }
+
+    fn check_add_member(
+        &self,
+        actor: &Member,
+        id: MemberId,
+        role: Role,
+        hats: &[Hat],
+    ) -> Result<(), RejectReason> {
+        self.check_manager(actor, "add members")?;
+        self.check_grant(actor, role, hats, &[])?;
+        if self.removed.contains(&id) {
+            return Err(conflict(&format!(
+                "{id} was removed; add them anew with a new id"
+            )));
+        }
+        if self.members.contains_key(&id) {
+            return Err(conflict(&format!("{id} is already a member")));
+        }
+        Ok(())
+    }
+
+    fn check_change_role(
+        &self,
+        actor: &Member,
+        id: MemberId,
+        role: Role,
+        hats: &[Hat],
+    ) -> Result<(), RejectReason> {
+        if id == self.owner {
+            return not_allowed(actor, "change the owner's role");
+        }
+        self.check_manager(actor, "change members' roles")?;
+        let target = self.current(id)?;
+        self.check_grant(actor, role, hats, &target.hats)
+    }
+
+    fn check_remove_member(&self, actor: &Member, id: MemberId) -> Result<(), RejectReason> {
+        if id == self.owner {
+            return not_allowed(actor, "remove the owner");
+        }
+        self.check_manager(actor, "remove members")?;
+        self.current(id).map(|_| ())
+    }
+
+    fn check_add_device(
+        &self,
+        actor: &Member,
+        id: MemberId,
+        device: DeviceId,
+    ) -> Result<(), RejectReason> {
+        let target = self.current(id)?;
+        if actor.id != target.id {
+            if target.id == self.owner {
+                return not_allowed(actor, "add devices for the owner");
+            }
+            self.check_manager(actor, "add devices for other members")?;
+        }
+        if self.device_history.contains_key(&device) {
+            return Err(conflict(&format!(
+                "device {device} is, or was, a device of the team"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_remove_device(&self, actor: &Member, device: DeviceId) -> Result<(), RejectReason> {
+        let target = self
+            .member_of_device(device)
+            .ok_or_else(|| conflict(&format!("device {device} is not a current device")))?;
+        if actor.id != target.id {
+            if target.id == self.owner {
+                return not_allowed(actor, "remove the owner's devices");
+            }
+            self.check_manager(actor, "remove other members' devices")?;
+        }
+        if target.id == self.owner && target.devices.len() == 1 {
+            return Err(conflict(
+                "the owner's last device cannot be removed; add another first",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn rights_of(hats: &[Hat]) -> BTreeSet<Right> {
+    hats.iter().flat_map(|h| h.rights.iter().copied()).collect()
+}
+
+fn not_allowed(actor: &Member, action: &'static str) -> Result<(), RejectReason> {
+    Err(RejectReason::NotAllowed {
+        member: actor.id,
+        action,
+    })
+}
+
+fn conflict(what: &str) -> RejectReason {
+    RejectReason::Conflict(what.to_owned())
+}
