@@ -349,7 +349,7 @@ impl RawSummary {
 }
 
 fn parse_heads(id: DocId, bytes: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
-    if bytes.len() % HEAD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(HEAD_BYTES) {
         return Err(StoreError::corrupt(
             id,
             "its recorded heads have a partial hash",

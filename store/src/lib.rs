@@ -55,3 +55,7 @@ pub use schema::SCHEMA_VERSION;
 pub use store::{
     BUSY_TIMEOUT_MS, COMPACT_MIN_BYTES, CompactReport, IntegrityReport, Problem, Store,
 };
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
