@@ -374,6 +374,14 @@ impl Store {
         Ok(())
     }
 
+    /// Shortens the busy timeout, so tests of a held lock finish quickly.
+    #[cfg(test)]
+    pub(crate) fn set_busy_timeout_ms(&self, timeout_ms: u64) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(Duration::from_millis(timeout_ms))
+            .doing("setting the busy timeout")
+    }
+
     /// Takes the write lock now (`BEGIN IMMEDIATE`), waiting up to [`BUSY_TIMEOUT_MS`].
     fn write_tx(&mut self, doing: &'static str) -> Result<rusqlite::Transaction<'_>, StoreError> {
         self.conn

@@ -231,6 +231,24 @@ fn a_rejected_change_writes_nothing_and_leaves_memory_as_stored() -> Result<()> 
 }
 
 #[test]
+fn a_lock_held_too_long_is_reported_as_busy() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut store = Store::open(&path)?;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    store.set_busy_timeout_ms(50)?;
+    let raw = rusqlite::Connection::open(&path)?;
+    raw.execute_batch("BEGIN IMMEDIATE")?;
+    let err = add_note(&mut store, &mut doc, "late")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another program on this device"), "{err}");
+    raw.execute_batch("ROLLBACK")?;
+    add_note(&mut store, &mut doc, "late")?;
+    Ok(())
+}
+
+#[test]
 fn create_doc_is_idempotent() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut store = Store::open(&dir.path().join("home.sqlite"))?;
