@@ -1,0 +1,79 @@
+//! The store's tables, created and upgraded by migrations keyed on `PRAGMA user_version`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{Doing, StoreError};
+
+/// Migration steps: step `i` takes the file from schema `i` to schema `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: the home's profile, membership ops, documents as chunks, and sync bookkeeping.
+    "
+    CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;
+    CREATE TABLE ops (
+        hash BLOB PRIMARY KEY NOT NULL, team BLOB NOT NULL,
+        bytes BLOB NOT NULL, checksum BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX ops_team ON ops (team);
+    CREATE TABLE docs (
+        id BLOB PRIMARY KEY NOT NULL, team BLOB NOT NULL, kind TEXT NOT NULL,
+        heads BLOB NOT NULL, snapshot_bytes INTEGER NOT NULL,
+        incremental_bytes INTEGER NOT NULL, chunks INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX docs_team ON docs (team);
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, doc BLOB NOT NULL,
+        is_snapshot INTEGER NOT NULL, data BLOB NOT NULL, checksum BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX chunks_doc ON chunks (doc, id);
+    CREATE TABLE sync_states (
+        peer BLOB NOT NULL, doc BLOB NOT NULL, state BLOB NOT NULL,
+        PRIMARY KEY (peer, doc)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE peers (
+        device BLOB PRIMARY KEY NOT NULL, addrs TEXT NOT NULL, updated_at_ms INTEGER NOT NULL
+    ) STRICT;
+    ",
+];
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Refuses a file from a newer schema without writing to it.
+pub(crate) fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found = user_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Applies the missing migration steps, one transaction each. Safe against another
+/// process migrating the same file at the same time: the version is re-read under the lock.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    for (step, sql) in (1..).zip(MIGRATIONS) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing("upgrading the store's tables")?;
+        check_version(&tx, path)?;
+        if user_version(&tx)? < step {
+            tx.execute_batch(sql)
+                .doing("upgrading the store's tables")?;
+            tx.pragma_update(None, "user_version", step)
+                .doing("upgrading the store's tables")?;
+        }
+        tx.commit().doing("upgrading the store's tables")?;
+    }
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> Result<i64, StoreError> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+        .doing("reading the store's schema version")
+}

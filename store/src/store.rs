@@ -1,0 +1,582 @@
+//! The store of one care home on one device: an SQLite file holding the team's membership
+//! ops, its documents as Automerge chunks, and the bookkeeping sync needs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use automerge::Automerge;
+use care_core::ids::{DeviceId, DocId, OpHash, TeamId};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::doc::{self, DocMeta, DocSummary, StoredDoc, sorted_heads};
+use crate::error::{Doing, StoreError, UpdateError};
+use crate::schema;
+
+/// How long a write waits for another connection's write lock before giving up.
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// Incremental chunks are folded into a snapshot once they exceed both the snapshot's size
+/// and this many bytes, so a young document is not re-snapshotted on every write.
+pub const COMPACT_MIN_BYTES: u64 = 4_096;
+
+/// An open store. One SQLite connection; several `Store`s (threads or processes) may share
+/// a file: writes are serialised by SQLite's write lock.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What [`Store::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Bytes of the document's chunks before.
+    pub before_bytes: u64,
+    /// Bytes of its snapshot after.
+    pub after_bytes: u64,
+}
+
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntegrityReport {
+    /// How many documents were loaded and checked.
+    pub docs_checked: usize,
+    /// What is wrong; empty when the store is sound.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem found by [`Store::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The document concerned, if the problem is in one document.
+    pub doc: Option<DocId>,
+    /// What is wrong, as a sentence.
+    pub detail: String,
+}
+
+impl Store {
+    /// Opens the store file at `path`, creating it (owner-only on unix) if it does not exist;
+    /// its directory must exist. A file from a newer schema is refused and left untouched.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_private_file(path)?;
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(open_err)?;
+        schema::check_version(&conn, path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .doing("switching to WAL mode")?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .doing("setting synchronous writes")?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A value of the home's profile.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .doing("reading the home's profile")
+    }
+
+    /// Sets a value of the home's profile.
+    pub fn meta_set(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .doing("saving the home's profile")?;
+        Ok(())
+    }
+
+    /// Stores signed membership ops of `team`, keyed by their hash, in one transaction.
+    /// Ops already stored are skipped; returns how many were new.
+    pub fn insert_ops(
+        &mut self,
+        team: TeamId,
+        ops: &[(OpHash, Vec<u8>)],
+    ) -> Result<usize, StoreError> {
+        let doing = "saving membership changes";
+        let tx = self.write_tx(doing)?;
+        let mut inserted = 0;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT OR IGNORE INTO ops (hash, team, bytes, checksum) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .doing(doing)?;
+            for (hash, bytes) in ops {
+                let sum = blake3::hash(bytes);
+                inserted += stmt
+                    .execute(params![
+                        hash.as_bytes(),
+                        team.as_bytes(),
+                        bytes,
+                        sum.as_bytes()
+                    ])
+                    .doing(doing)?;
+            }
+        }
+        tx.commit().doing(doing)?;
+        Ok(inserted)
+    }
+
+    /// The membership ops of `team`, in the order they were stored, each checked against
+    /// its checksum.
+    pub fn ops(&self, team: TeamId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let doing = "reading membership changes";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash, bytes, checksum FROM ops WHERE team = ?1 ORDER BY rowid")
+            .doing(doing)?;
+        let rows = stmt.query_map([team.as_bytes()], op_row).doing(doing)?;
+        let rows = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
+        rows.into_iter()
+            .map(|(hash, bytes, sum)| check_op(&hash, bytes, &sum))
+            .collect()
+    }
+
+    /// The teams with at least one stored op.
+    pub fn teams(&self) -> Result<Vec<TeamId>, StoreError> {
+        let doing = "listing teams";
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT team FROM ops ORDER BY team")
+            .doing(doing)?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))
+            .doing(doing)?;
+        let rows = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
+        rows.iter()
+            .map(|t| {
+                TeamId::from_slice(t).map_err(|e| StoreError::Damaged {
+                    table: "ops",
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every document's summary, or one team's, from one query (no document is loaded).
+    pub fn docs(&self, team: Option<TeamId>) -> Result<Vec<DocSummary>, StoreError> {
+        doc::read_summaries(&self.conn, team)
+    }
+
+    /// Stores a new document from its genesis state and returns it loaded. If the document
+    /// already exists, returns the stored one and ignores `genesis`. The returned copy has
+    /// a fresh random actor, as from [`Store::load_doc`]; set the device's actor in
+    /// [`Store::update_doc`].
+    pub fn create_doc(
+        &mut self,
+        meta: &DocMeta,
+        genesis: &Automerge,
+    ) -> Result<StoredDoc, StoreError> {
+        let doing = "adding a document";
+        let tx = self.write_tx(doing)?;
+        if let Some(stored) = doc::read_summary(&tx, meta.id)? {
+            check_same_meta(meta, &stored)?;
+        } else {
+            let snapshot = validated_snapshot(meta.id, genesis)?;
+            let summary = DocSummary {
+                id: meta.id,
+                team: meta.team,
+                kind: meta.kind.clone(),
+                heads: sorted_heads(genesis),
+                snapshot_bytes: snapshot.len() as u64,
+                incremental_bytes: 0,
+                chunks: 1,
+                updated_at_ms: now_ms(),
+            };
+            doc::insert_summary(&tx, &summary)?;
+            doc::append_chunk(&tx, meta.id, true, &snapshot)?;
+        }
+        let stored = doc::load(&tx, meta.id)?.ok_or(StoreError::UnknownDoc(meta.id))?;
+        tx.commit().doing(doing)?;
+        Ok(stored)
+    }
+
+    /// Loads a document, checking every chunk's checksum and the stored heads. A damaged
+    /// document gives [`StoreError::Corrupt`]; other documents are unaffected.
+    pub fn load_doc(&self, id: DocId) -> Result<Option<StoredDoc>, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .doing("loading a document")?;
+        doc::load(&tx, id)
+    }
+
+    /// Changes a document and saves the change before returning.
+    ///
+    /// Takes the write lock first (so two processes never both write the next change of one
+    /// actor), applies chunks other connections wrote, runs `f`, then appends the new
+    /// changes as one chunk and updates the document's row in the same transaction. When
+    /// incremental chunks exceed the snapshot and [`COMPACT_MIN_BYTES`], the document is
+    /// rewritten as one snapshot instead, still in that transaction. If `f` fails, or the
+    /// write fails, nothing is written and `doc` is restored to its stored state.
+    pub fn update_doc<R, E>(
+        &mut self,
+        doc: &mut StoredDoc,
+        f: impl FnOnce(&mut Automerge) -> Result<R, E>,
+    ) -> Result<R, UpdateError<E>> {
+        let doing = "saving a change";
+        let tx = self.write_tx(doing)?;
+        let (summary, _) = doc::catch_up(&tx, doc)?;
+        let value = match f(doc::automerge_mut(doc)) {
+            Ok(value) => value,
+            Err(rejected) => {
+                drop(tx);
+                self.restore(doc)?;
+                return Err(UpdateError::Rejected(rejected));
+            }
+        };
+        let written = save_changes(&tx, doc, summary).and_then(|last_chunk| {
+            tx.commit().doing(doing)?;
+            Ok(last_chunk)
+        });
+        match written {
+            Ok(last_chunk) => {
+                doc::mark_saved(doc, last_chunk);
+                Ok(value)
+            }
+            Err(err) => {
+                self.restore(doc)?;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Applies chunks that other connections or processes wrote since `doc` was loaded or
+    /// last refreshed. Returns whether the document changed.
+    pub fn refresh(&self, doc: &mut StoredDoc) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .doing("refreshing a document")?;
+        Ok(doc::catch_up(&tx, doc)?.1)
+    }
+
+    /// Rewrites a document's chunks as one snapshot, atomically. Copies loaded elsewhere
+    /// keep working: their next refresh reads the snapshot.
+    pub fn compact(&mut self, id: DocId) -> Result<CompactReport, StoreError> {
+        let doing = "compacting a document";
+        let tx = self.write_tx(doing)?;
+        let mut summary = doc::read_summary(&tx, id)?.ok_or(StoreError::UnknownDoc(id))?;
+        let stored = doc::load(&tx, id)?.ok_or(StoreError::UnknownDoc(id))?;
+        let before_bytes = summary.snapshot_bytes + summary.incremental_bytes;
+        let snapshot = validated_snapshot(id, stored.doc())?;
+        doc::replace_with_snapshot(&tx, id, &snapshot)?;
+        summary.snapshot_bytes = snapshot.len() as u64;
+        summary.incremental_bytes = 0;
+        summary.chunks = 1;
+        doc::update_summary(&tx, &summary)?;
+        tx.commit().doing(doing)?;
+        Ok(CompactReport {
+            before_bytes,
+            after_bytes: summary.snapshot_bytes,
+        })
+    }
+
+    /// Checks the whole store: SQLite's own integrity check, every op's checksum, and every
+    /// document (chunk checksums, load, heads). Problems are reported, not returned as errors.
+    pub fn check(&self) -> Result<IntegrityReport, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .doing("checking the store")?;
+        let mut report = IntegrityReport::default();
+        report.problems.extend(sqlite_problems(&tx)?);
+        report.problems.extend(op_problems(&tx)?);
+        report.problems.extend(orphan_chunk_problems(&tx)?);
+        for id in doc_ids(&tx, &mut report.problems)? {
+            report.docs_checked += 1;
+            match doc::load(&tx, id) {
+                Ok(_) => {}
+                Err(StoreError::Corrupt { doc, detail }) => {
+                    report.problems.push(Problem {
+                        doc: Some(doc),
+                        detail,
+                    });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The saved sync state with `peer` for `doc`.
+    pub fn sync_state(&self, peer: DeviceId, doc: DocId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT state FROM sync_states WHERE peer = ?1 AND doc = ?2",
+                params![peer.as_bytes(), doc.as_bytes()],
+                |row| row.get(0),
+            )
+            .optional()
+            .doing("reading a sync state")
+    }
+
+    /// Saves the sync state with `peer` for `doc`.
+    pub fn set_sync_state(
+        &mut self,
+        peer: DeviceId,
+        doc: DocId,
+        state: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO sync_states (peer, doc, state) VALUES (?1, ?2, ?3)",
+                params![peer.as_bytes(), doc.as_bytes(), state],
+            )
+            .doing("saving a sync state")?;
+        Ok(())
+    }
+
+    /// The last known addresses of `peer` and when they were seen (ms since the epoch).
+    pub fn peer_addrs(&self, peer: DeviceId) -> Result<Option<(String, i64)>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT addrs, updated_at_ms FROM peers WHERE device = ?1",
+                [peer.as_bytes()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .doing("reading a peer's addresses")
+    }
+
+    /// Saves the addresses of `peer`, seen at `at_ms` (ms since the epoch).
+    pub fn set_peer_addrs(
+        &mut self,
+        peer: DeviceId,
+        addrs: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO peers (device, addrs, updated_at_ms) VALUES (?1, ?2, ?3)",
+                params![peer.as_bytes(), addrs, at_ms],
+            )
+            .doing("saving a peer's addresses")?;
+        Ok(())
+    }
+
+    /// Shortens the busy timeout, so tests of a held lock finish quickly.
+    #[cfg(test)]
+    pub(crate) fn set_busy_timeout_ms(&self, timeout_ms: u64) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(Duration::from_millis(timeout_ms))
+            .doing("setting the busy timeout")
+    }
+
+    /// Takes the write lock now (`BEGIN IMMEDIATE`), waiting up to [`BUSY_TIMEOUT_MS`].
+    fn write_tx(&mut self, doing: &'static str) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing(doing)
+    }
+
+    /// Brings `doc` back to its stored state, discarding changes that were not saved.
+    fn restore(&self, doc: &mut StoredDoc) -> Result<(), StoreError> {
+        if sorted_heads(doc.doc()) == doc.saved_heads() {
+            return Ok(());
+        }
+        let id = doc.meta.id;
+        let actor = doc.doc().get_actor().clone();
+        let mut fresh = self.load_doc(id)?.ok_or(StoreError::UnknownDoc(id))?;
+        doc::automerge_mut(&mut fresh).set_actor(actor);
+        *doc = fresh;
+        Ok(())
+    }
+}
+
+/// Writes the changes `doc` holds beyond its saved heads, as a chunk or, when incremental
+/// chunks have grown past the compaction rule, as a snapshot replacing all chunks.
+/// Returns the id of the chunk written, if any.
+fn save_changes(
+    conn: &Connection,
+    doc: &StoredDoc,
+    mut summary: DocSummary,
+) -> Result<Option<i64>, StoreError> {
+    let id = doc.meta.id;
+    let bytes = doc::unsaved_bytes(doc);
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    summary.heads = sorted_heads(doc.doc());
+    summary.updated_at_ms = now_ms();
+    let incremental = summary.incremental_bytes + bytes.len() as u64;
+    let last_chunk = if incremental > summary.snapshot_bytes.max(COMPACT_MIN_BYTES) {
+        let snapshot = validated_snapshot(id, doc.doc())?;
+        summary.snapshot_bytes = snapshot.len() as u64;
+        summary.incremental_bytes = 0;
+        summary.chunks = 1;
+        doc::replace_with_snapshot(conn, id, &snapshot)?
+    } else {
+        summary.incremental_bytes = incremental;
+        summary.chunks += 1;
+        doc::append_chunk(conn, id, false, &bytes)?
+    };
+    doc::update_summary(conn, &summary)?;
+    Ok(Some(last_chunk))
+}
+
+/// A snapshot of `doc`, checked to load back with the same heads before it may replace
+/// the document's chunks.
+fn validated_snapshot(id: DocId, doc: &Automerge) -> Result<Vec<u8>, StoreError> {
+    let snapshot = doc.save();
+    let reloaded = Automerge::load(&snapshot)
+        .map_err(|e| StoreError::corrupt(id, format!("its new snapshot does not load: {e}")))?;
+    if sorted_heads(&reloaded) != sorted_heads(doc) {
+        return Err(StoreError::corrupt(
+            id,
+            "its new snapshot loads with different heads",
+        ));
+    }
+    Ok(snapshot)
+}
+
+fn check_same_meta(meta: &DocMeta, stored: &DocSummary) -> Result<(), StoreError> {
+    if stored.team == meta.team && stored.kind == meta.kind {
+        return Ok(());
+    }
+    Err(StoreError::MetaMismatch {
+        doc: meta.id,
+        detail: format!(
+            "stored as {} of team {}, asked for {} of team {}",
+            stored.kind, stored.team, meta.kind, meta.team
+        ),
+    })
+}
+
+/// This device's clock, in ms since the epoch. Only the store reads it, for `updated_at_ms`.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Creates the store file if missing, readable by its owner only (unix).
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+type OpRow = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn op_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn check_op(hash: &[u8], bytes: Vec<u8>, sum: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if blake3::hash(&bytes).as_bytes().as_slice() == sum {
+        return Ok(bytes);
+    }
+    let hash = OpHash::from_slice(hash)
+        .map(|h| h.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    Err(StoreError::Damaged {
+        table: "ops",
+        detail: format!("op {hash} fails its checksum"),
+    })
+}
+
+fn sqlite_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
+    let doing = "checking the store file";
+    let mut stmt = conn.prepare("PRAGMA integrity_check").doing(doing)?;
+    let rows = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .doing(doing)?;
+    let lines = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
+    Ok(lines
+        .into_iter()
+        .filter(|line| line != "ok")
+        .map(|line| Problem {
+            doc: None,
+            detail: format!("SQLite reports: {line}"),
+        })
+        .collect())
+}
+
+fn op_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
+    let doing = "checking membership changes";
+    let mut stmt = conn
+        .prepare("SELECT hash, bytes, checksum FROM ops")
+        .doing(doing)?;
+    let rows = stmt.query_map([], op_row).doing(doing)?;
+    let mut problems = Vec::new();
+    for row in rows {
+        let (hash, bytes, sum) = row.doing(doing)?;
+        if let Err(e) = check_op(&hash, bytes, &sum) {
+            problems.push(Problem {
+                doc: None,
+                detail: e.to_string(),
+            });
+        }
+    }
+    Ok(problems)
+}
+
+fn orphan_chunk_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
+    let doing = "checking document chunks";
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM chunks WHERE doc NOT IN (SELECT id FROM docs)",
+            [],
+            |row| row.get(0),
+        )
+        .doing(doing)?;
+    Ok((orphans > 0)
+        .then(|| Problem {
+            doc: None,
+            detail: format!("{orphans} chunks belong to no known document"),
+        })
+        .into_iter()
+        .collect())
+}
+
+/// Every document id; rows with a malformed id are reported as problems.
+fn doc_ids(conn: &Connection, problems: &mut Vec<Problem>) -> Result<Vec<DocId>, StoreError> {
+    let doing = "listing documents";
+    let mut stmt = conn
+        .prepare("SELECT id FROM docs ORDER BY id")
+        .doing(doing)?;
+    let rows = stmt
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))
+        .doing(doing)?;
+    let mut ids = Vec::new();
+    for row in rows {
+        match DocId::from_slice(&row.doing(doing)?) {
+            Ok(id) => ids.push(id),
+            Err(e) => problems.push(Problem {
+                doc: None,
+                detail: format!("a document row: {e}"),
+            }),
+        }
+    }
+    Ok(ids)
+}

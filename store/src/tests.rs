@@ -1,0 +1,362 @@
+//! Tests of the store on real SQLite files: durability, concurrent writers, corruption,
+//! rejected changes, key files and schema versions.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::{DocMeta, DocSummary, Store, StoreError, StoredDoc, UpdateError, keyfile};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ROOT, ReadDoc};
+use care_core::ids::{DeviceId, DocId, OpHash, TeamId};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn meta(n: u8) -> DocMeta {
+    DocMeta {
+        id: DocId::from_bytes([n; 16]),
+        team: TeamId::from_bytes([9; 16]),
+        kind: "notes".into(),
+    }
+}
+
+fn genesis() -> Automerge {
+    let mut doc = Automerge::new();
+    doc.transact(|tx| tx.put_object(ROOT, "notes", automerge::ObjType::Map))
+        .unwrap();
+    doc
+}
+
+/// Writes one shift note under `key`.
+fn add_note(store: &mut Store, doc: &mut StoredDoc, key: &str) -> Result<()> {
+    let text = format!("Visited at 9, all well. {key}");
+    store.update_doc(doc, |d| {
+        d.transact(|tx| tx.put(ROOT, key, text.as_str()))
+            .map(|_| ())
+            .map_err(|f| f.error)
+    })?;
+    Ok(())
+}
+
+fn summary(store: &Store, id: DocId) -> DocSummary {
+    store
+        .docs(None)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == id)
+        .unwrap()
+}
+
+#[test]
+fn updates_survive_reopen_and_compaction_keeps_content() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut store = Store::open(&path)?;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    assert_eq!(summary(&store, meta(1).id).chunks, 1);
+    for i in 0..10 {
+        add_note(&mut store, &mut doc, &format!("n{i}"))?;
+    }
+    let young = summary(&store, meta(1).id);
+    assert_eq!(young.chunks, 11, "one incremental chunk per change");
+    assert!(young.incremental_bytes > 0);
+
+    let started = Instant::now();
+    for i in 10..300 {
+        add_note(&mut store, &mut doc, &format!("n{i}"))?;
+    }
+    let per_update_us = started.elapsed().as_micros() / 290;
+    eprintln!("update_doc: {per_update_us} us per change (this build)");
+    let grown = summary(&store, meta(1).id);
+    assert!(grown.chunks < 290, "automatic compaction ran: {grown:?}");
+    assert!(grown.incremental_bytes <= grown.snapshot_bytes.max(crate::COMPACT_MIN_BYTES));
+    assert_eq!(grown.heads, doc.saved_heads());
+    drop(store);
+
+    let mut store = Store::open(&path)?;
+    let reloaded = store.load_doc(meta(1).id)?.unwrap();
+    assert_eq!(reloaded.doc().get_heads(), doc.doc().get_heads());
+    assert_eq!(reloaded.doc().keys(ROOT).count(), 301);
+
+    let report = store.compact(meta(1).id)?;
+    assert!(report.after_bytes < report.before_bytes, "{report:?}");
+    assert_eq!(summary(&store, meta(1).id).chunks, 1);
+    let compacted = store.load_doc(meta(1).id)?.unwrap();
+    assert_eq!(compacted.doc().get_heads(), doc.doc().get_heads());
+    assert_eq!(
+        compacted
+            .doc()
+            .get(ROOT, "n299")?
+            .map(|(v, _)| v.to_string()),
+        Some("\"Visited at 9, all well. n299\"".into())
+    );
+    assert!(store.check()?.problems.is_empty());
+    Ok(())
+}
+
+#[test]
+fn two_writers_with_one_actor_never_collide() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    Store::open(&path)?.create_doc(&meta(1), &genesis())?;
+    let actor = ActorId::from(vec![7u8; 16]);
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (path, actor) = (path.clone(), actor.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let mut store = Store::open(&path)?;
+                let mut doc = store.load_doc(meta(1).id)?.unwrap();
+                for i in 0..200 {
+                    store.update_doc(&mut doc, |d| {
+                        d.set_actor(actor.clone());
+                        d.transact(|tx| tx.put(ROOT, format!("w{w}-{i}"), i))
+                            .map(|_| ())
+                            .map_err(|f| f.error)
+                    })?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap()?;
+    }
+    let store = Store::open(&path)?;
+    let doc = store.load_doc(meta(1).id)?.unwrap();
+    let ours = doc
+        .doc()
+        .get_changes(&[])
+        .iter()
+        .filter(|c| c.actor_id() == &actor)
+        .count();
+    assert_eq!(ours, 400);
+    assert_eq!(doc.doc().keys(ROOT).count(), 401);
+    assert!(store.check()?.problems.is_empty());
+    Ok(())
+}
+
+#[test]
+fn refresh_reads_changes_and_snapshots_from_another_connection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut first = Store::open(&path)?;
+    let mut mine = first.create_doc(&meta(1), &genesis())?;
+    let mut second = Store::open(&path)?;
+    let mut theirs = second.load_doc(meta(1).id)?.unwrap();
+    add_note(&mut second, &mut theirs, "a")?;
+    assert!(first.refresh(&mut mine)?);
+    assert!(!first.refresh(&mut mine)?);
+    add_note(&mut second, &mut theirs, "b")?;
+    second.compact(meta(1).id)?;
+    assert!(first.refresh(&mut mine)?);
+    assert_eq!(mine.doc().get_heads(), theirs.doc().get_heads());
+    add_note(&mut first, &mut mine, "c")?;
+    assert_eq!(
+        first
+            .load_doc(meta(1).id)?
+            .unwrap()
+            .doc()
+            .keys(ROOT)
+            .count(),
+        4
+    );
+    Ok(())
+}
+
+#[test]
+fn a_damaged_chunk_names_its_document_and_spares_the_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut store = Store::open(&path)?;
+    for n in [1, 2] {
+        let mut doc = store.create_doc(&meta(n), &genesis())?;
+        add_note(&mut store, &mut doc, "x")?;
+    }
+    let raw = rusqlite::Connection::open(&path)?;
+    let (chunk, mut data): (i64, Vec<u8>) = raw.query_row(
+        "SELECT id, data FROM chunks WHERE doc = ?1 ORDER BY id DESC LIMIT 1",
+        [meta(1).id.as_bytes()],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    data[3] ^= 0x40;
+    raw.execute(
+        "UPDATE chunks SET data = ?1 WHERE id = ?2",
+        rusqlite::params![data, chunk],
+    )?;
+
+    match store.load_doc(meta(1).id) {
+        Err(StoreError::Corrupt { doc, detail }) => {
+            assert_eq!(doc, meta(1).id);
+            assert!(detail.contains(&format!("chunk {chunk}")), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(store.load_doc(meta(2).id)?.is_some());
+    let report = store.check()?;
+    assert_eq!(report.docs_checked, 2);
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].doc, Some(meta(1).id));
+    Ok(())
+}
+
+#[test]
+fn a_rejected_change_writes_nothing_and_leaves_memory_as_stored() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    add_note(&mut store, &mut doc, "kept")?;
+    let (heads, before) = (doc.doc().get_heads(), summary(&store, meta(1).id));
+    let result: std::result::Result<(), UpdateError<&str>> = store.update_doc(&mut doc, |d| {
+        d.transact(|tx| tx.put(ROOT, "dropped", 1))
+            .map_err(|_| "commit failed")?;
+        Err("not allowed for this role")
+    });
+    assert!(matches!(
+        result,
+        Err(UpdateError::Rejected("not allowed for this role"))
+    ));
+    assert_eq!(doc.doc().get_heads(), heads);
+    assert!(doc.doc().get(ROOT, "dropped")?.is_none());
+    assert_eq!(summary(&store, meta(1).id), before);
+    add_note(&mut store, &mut doc, "after")?;
+    assert_eq!(
+        store
+            .load_doc(meta(1).id)?
+            .unwrap()
+            .doc()
+            .keys(ROOT)
+            .count(),
+        3
+    );
+    Ok(())
+}
+
+#[test]
+fn a_lock_held_too_long_is_reported_as_busy() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut store = Store::open(&path)?;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    store.set_busy_timeout_ms(50)?;
+    let raw = rusqlite::Connection::open(&path)?;
+    raw.execute_batch("BEGIN IMMEDIATE")?;
+    let err = add_note(&mut store, &mut doc, "late")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another program on this device"), "{err}");
+    raw.execute_batch("ROLLBACK")?;
+    add_note(&mut store, &mut doc, "late")?;
+    Ok(())
+}
+
+#[test]
+fn create_doc_is_idempotent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    add_note(&mut store, &mut doc, "a")?;
+    let again = store.create_doc(&meta(1), &Automerge::new())?;
+    assert_eq!(again.doc().get_heads(), doc.doc().get_heads());
+    let other_kind = DocMeta {
+        kind: "rota".into(),
+        ..meta(1)
+    };
+    assert!(matches!(
+        store.create_doc(&other_kind, &genesis()),
+        Err(StoreError::MetaMismatch { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn ops_profile_sync_states_and_peers_round_trip() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+    let team = TeamId::from_bytes([3; 16]);
+    let ops: Vec<_> = (0..3u8)
+        .map(|i| (OpHash::from_bytes([i; 32]), vec![i; 10]))
+        .collect();
+    assert_eq!(store.insert_ops(team, &ops)?, 3);
+    assert_eq!(store.insert_ops(team, &ops)?, 0);
+    assert_eq!(
+        store.ops(team)?,
+        ops.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(store.teams()?, vec![team]);
+
+    store.meta_set("home", b"profile")?;
+    assert_eq!(store.meta_get("home")?, Some(b"profile".to_vec()));
+    assert_eq!(store.meta_get("none")?, None);
+
+    let (peer, doc) = (DeviceId::from_bytes([5; 32]), DocId::from_bytes([6; 16]));
+    assert_eq!(store.sync_state(peer, doc)?, None);
+    store.set_sync_state(peer, doc, b"state")?;
+    assert_eq!(store.sync_state(peer, doc)?, Some(b"state".to_vec()));
+    store.set_peer_addrs(peer, "127.0.0.1:4000", 17)?;
+    assert_eq!(store.peer_addrs(peer)?, Some(("127.0.0.1:4000".into(), 17)));
+    Ok(())
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    {
+        let raw = rusqlite::Connection::open(&path)?;
+        raw.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 999;")?;
+    }
+    let before = std::fs::read(&path)?;
+    match Store::open(&path) {
+        Err(StoreError::NewerSchema { found: 999, .. }) => {}
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path)?, before);
+    assert!(!dir.path().join("home.sqlite-wal").exists());
+    Ok(())
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn the_store_file_is_private() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    Store::open(&path)?;
+    assert_eq!(mode(&path), 0o600);
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn key_files_are_private_and_exact() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("device.key");
+    keyfile::create(&path, &[4; 32])?;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(keyfile::read(&path)?, [4; 32]);
+    assert!(matches!(
+        keyfile::create(&path, &[5; 32]),
+        Err(keyfile::KeyFileError::Exists { .. })
+    ));
+    assert_eq!(keyfile::read(&path)?, [4; 32]);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    assert!(matches!(
+        keyfile::read(&path),
+        Err(keyfile::KeyFileError::Readable { mode: 0o644, .. })
+    ));
+
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, [1; 31])?;
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600))?;
+    assert!(matches!(
+        keyfile::read(&short),
+        Err(keyfile::KeyFileError::WrongLength { len: 31, .. })
+    ));
+    Ok(())
+}
