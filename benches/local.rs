@@ -1,1 +1,208 @@
-fn main() {}
+//! Local benchmark of a care home on disk (release mode: `cargo bench --bench local`).
+//! Prints median and p95 of a durable `note add`, of opening a home with 1,000
+//! documents and listing them, of loading the latest 50 of 10,000 notes after
+//! compaction, and the bytes on disk per note against Automerge's own `save()`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use care::{Clock, DocKind, Home, NewBooking, NewNote, NoteQuery, Timestamp};
+
+/// Teams in the home with 1,000 documents, and bookings (one month each) per team.
+const BOOKING_MONTHS: usize = 6;
+/// Repetitions of each read measurement.
+const READ_RUNS: usize = 30;
+
+/// How big a run is: full under `cargo bench`, a quick smoke run under `cargo test`.
+struct Size {
+    notes: usize,
+    teams: usize,
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a smoke test.
+    let full = std::env::args().any(|a| a == "--bench");
+    let size =
+        if full { Size { notes: 10_000, teams: 100 } } else { Size { notes: 200, teams: 3 } };
+    println!(
+        "care local benchmark (SQLite synchronous=FULL, WAL){}",
+        if full { "" } else { ": smoke run" }
+    );
+    let dir = tempfile::tempdir()?;
+    notes_team(&dir.path().join("notes"), size.notes)?;
+    thousand_documents(&dir.path().join("many"), size.teams)?;
+    Ok(())
+}
+
+/// A clock that moves on by a fixed step each time it is read.
+#[derive(Clone)]
+struct SteppingClock {
+    now_ms: Arc<AtomicI64>,
+    step_ms: i64,
+}
+
+impl Clock for SteppingClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now_ms.fetch_add(self.step_ms, Ordering::Relaxed))
+    }
+}
+
+/// 2025-11-01T00:00:00Z: a year of history ending around now.
+const START_MS: i64 = 1_761_955_200_000;
+
+fn notes_team(dir: &Path, notes: usize) -> Result<()> {
+    let mut home = Home::init(dir, "Worker")?;
+    // Ten visits a day: 10,000 notes span about 14 months, one document per month.
+    home.set_clock(SteppingClock {
+        now_ms: Arc::new(AtomicI64::new(START_MS)),
+        step_ms: 144 * 60_000,
+    });
+    let team_id = home.create_team("Large team")?;
+    let mut team = home.team(&team_id.to_string())?;
+    let mut add = Vec::with_capacity(notes);
+    for i in 0..notes {
+        let note =
+            NewNote { text: note_text(i), mood: Some("settled".into()), ..NewNote::default() };
+        let started = Instant::now();
+        team.add_note(&note, None)?;
+        add.push(started.elapsed());
+    }
+    report(
+        &format!("note add, durable ({notes} notes, one commit each)"),
+        &mut add,
+        "target p50 < 0.5 ms",
+    );
+    drop(team);
+    let compacted = home.compact()?;
+    drop(home);
+
+    let mut latest = Vec::new();
+    for _ in 0..READ_RUNS {
+        let started = Instant::now();
+        let mut home = Home::open(dir)?;
+        let mut team = home.team("")?;
+        let notes = team.notes(&NoteQuery { limit: Some(50), since: None })?;
+        latest.push(started.elapsed());
+        assert_eq!(notes.len(), 50);
+    }
+    report(
+        &format!("open home + latest 50 of {notes} notes, compacted"),
+        &mut latest,
+        "target < 50 ms",
+    );
+
+    let (file_bytes, save_bytes) = disk_and_save_bytes(dir)?;
+    println!(
+        "bytes on disk per note: {:.1} (file {} KiB) vs automerge save() {:.1} per note ({} KiB): {:.2}x  [target < 1.5x]",
+        file_bytes as f64 / notes as f64,
+        file_bytes / 1024,
+        save_bytes as f64 / notes as f64,
+        save_bytes / 1024,
+        file_bytes as f64 / save_bytes as f64
+    );
+    println!(
+        "compaction: {} KiB of incremental chunks and snapshots became {} KiB",
+        compacted.before_bytes / 1024,
+        compacted.after_bytes / 1024
+    );
+    Ok(())
+}
+
+fn thousand_documents(dir: &Path, teams: usize) -> Result<()> {
+    let mut home = Home::init(dir, "Circle helper")?;
+    home.set_clock(SteppingClock { now_ms: Arc::new(AtomicI64::new(START_MS)), step_ms: 60_000 });
+    for t in 0..teams {
+        let id = home.create_team(&format!("Team {t}"))?;
+        let mut team = home.team(&id.to_string())?;
+        for m in 0..BOOKING_MONTHS {
+            let start = Timestamp(START_MS + m as i64 * 31 * 86_400_000);
+            let booking = NewBooking {
+                start,
+                end: Timestamp(start.as_millis() + 3_600_000),
+                title: "Morning visit".into(),
+                needed: 1,
+            };
+            team.add_booking(&booking)?;
+        }
+    }
+    let docs = home.store().docs(None)?.len();
+    drop(home);
+    let mut open_list = Vec::new();
+    for _ in 0..READ_RUNS {
+        let started = Instant::now();
+        let home = Home::open(dir)?;
+        let listed = home.store().docs(None)?;
+        open_list.push(started.elapsed());
+        assert_eq!(listed.len(), docs);
+    }
+    report(&format!("open home + list {docs} documents"), &mut open_list, "target < 50 ms");
+    let mut listing = Vec::new();
+    for _ in 0..READ_RUNS {
+        let started = Instant::now();
+        let mut home = Home::open(dir)?;
+        let listed = home.teams()?;
+        listing.push(started.elapsed());
+        assert_eq!(listed.len(), teams);
+    }
+    report(&format!("open home + list {teams} teams with their membership"), &mut listing, "");
+    Ok(())
+}
+
+/// The store's file size after a checkpoint and VACUUM, and the sum of Automerge
+/// `save()` of every document it holds.
+fn disk_and_save_bytes(dir: &Path) -> Result<(u64, u64)> {
+    let db = dir.join(care::home::STORE_FILE);
+    {
+        let conn = rusqlite::Connection::open(&db)?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+    }
+    let file_bytes = std::fs::metadata(&db)?.len();
+    let mut home = Home::open(dir)?;
+    let mut team = home.team("")?;
+    let mut save_bytes = 0;
+    let kinds: Vec<DocKind> =
+        team.documents()?.iter().filter_map(|d| d.kind.parse().ok()).collect();
+    for kind in kinds {
+        save_bytes += team.read(kind, |doc| Ok(doc.save().len() as u64))?.unwrap_or(0);
+    }
+    Ok((file_bytes, save_bytes))
+}
+
+/// About 200 characters of a shift note, varied so it does not compress to nothing.
+fn note_text(i: usize) -> String {
+    let parts = [
+        "Arrived on time; helped with washing and dressing.",
+        "Breakfast of porridge and tea, ate well.",
+        "Medication taken with water, no concerns.",
+        "Walked to the end of the road and back.",
+        "Talked about the garden and the grandchildren.",
+        "Left the kitchen tidy and the heating on.",
+    ];
+    let mut text = format!("Visit {i}. ");
+    for k in 0..4 {
+        text.push_str(parts[(i * 7 + k * 3) % parts.len()]);
+        text.push(' ');
+    }
+    text.truncate(200);
+    text
+}
+
+fn report(what: &str, samples: &mut [Duration], target: &str) {
+    samples.sort_unstable();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{what}: p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms over {} runs  {}",
+        ms(pick(0.5)),
+        ms(pick(0.95)),
+        ms(pick(1.0)),
+        samples.len(),
+        if target.is_empty() { String::new() } else { format!("[{target}]") }
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

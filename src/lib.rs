@@ -1,1 +1,45 @@
-//! Care Commons.
+//! Care Commons: local-first records for self-managing home-care teams.
+//!
+//! A team's care plan, shift notes, rota and promises are Automerge documents kept in
+//! a SQLite store on every member's device; who belongs to the team is a signed log of
+//! membership operations. This crate is the one an app embeds: it opens a [`Home`] (a
+//! directory holding one device's key and store) and works on its teams through
+//! [`Team`], checking every read and write against the device's role.
+//!
+//! ```
+//! use care::{Home, NewNote, NoteQuery};
+//!
+//! # fn main() -> Result<(), care::Error> {
+//! let dir = std::env::temp_dir().join(format!("care-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let mut home = Home::init(&dir, "Ada")?;
+//! let team_id = home.create_team("Ada's team")?;
+//! let mut team = home.team(&team_id.to_string())?;
+//! let note = NewNote { text: "Breakfast, meds, a walk in the park.".into(), ..NewNote::default() };
+//! let id = team.add_note(&note, None)?;
+//! let latest = team.notes(&NoteQuery { limit: Some(50), ..NoteQuery::default() })?;
+//! assert_eq!(latest[0].id, id);
+//! # drop(home); std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod error;
+pub mod export;
+pub mod home;
+pub mod team;
+
+pub use error::{Error, Result};
+pub use export::{ExportFormat, ExportReport};
+pub use home::{Clock, Home, Profile, SystemClock, TeamSummary};
+pub use team::{NoteQuery, Team};
+
+pub use care_core::documents::{
+    Amendment, Booking, DocError, Medication, NewBooking, NewNote, Promise, PromiseVersion,
+    Response, ShiftNote, TeamInfo,
+};
+pub use care_core::membership::{Access, Hat, Member, Membership, Right, Role};
+pub use care_core::{
+    DeviceId, DocId, DocKind, EntryId, MemberId, Month, NoteStream, Section, TeamId, Timestamp,
+};
+pub use care_store::{DocSummary, IntegrityReport, Problem};

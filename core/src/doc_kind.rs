@@ -73,14 +73,8 @@ impl fmt::Display for DocKind {
             DocKind::Team => f.write_str("team"),
             DocKind::Plan => f.write_str("plan"),
             DocKind::HealthPlan => f.write_str("health-plan"),
-            DocKind::Notes {
-                stream: NoteStream::Care,
-                month,
-            } => write!(f, "notes/{month}"),
-            DocKind::Notes {
-                stream: NoteStream::General,
-                month,
-            } => {
+            DocKind::Notes { stream: NoteStream::Care, month } => write!(f, "notes/{month}"),
+            DocKind::Notes { stream: NoteStream::General, month } => {
                 write!(f, "general-notes/{month}")
             }
             DocKind::Rota { month } => write!(f, "rota/{month}"),
@@ -103,14 +97,10 @@ impl FromStr for DocKind {
                 "promises" => Ok(DocKind::Promises),
                 _ => Err(err()),
             },
-            Some(("notes", m)) => Ok(DocKind::Notes {
-                stream: NoteStream::Care,
-                month: month(m)?,
-            }),
-            Some(("general-notes", m)) => Ok(DocKind::Notes {
-                stream: NoteStream::General,
-                month: month(m)?,
-            }),
+            Some(("notes", m)) => Ok(DocKind::Notes { stream: NoteStream::Care, month: month(m)? }),
+            Some(("general-notes", m)) => {
+                Ok(DocKind::Notes { stream: NoteStream::General, month: month(m)? })
+            }
             Some(("rota", m)) => Ok(DocKind::Rota { month: month(m)? }),
             Some(_) => Err(err()),
         }
@@ -210,11 +200,7 @@ pub struct ParseKindError {
 
 impl ParseKindError {
     fn new(what: &'static str, input: &str, valid: &'static str) -> Self {
-        ParseKindError {
-            what,
-            input: input.chars().take(80).collect(),
-            valid,
-        }
+        ParseKindError { what, input: input.chars().take(80).collect(), valid }
     }
 }
 
@@ -237,14 +223,8 @@ mod tests {
             DocKind::Team,
             DocKind::Plan,
             DocKind::HealthPlan,
-            DocKind::Notes {
-                stream: NoteStream::Care,
-                month: month(),
-            },
-            DocKind::Notes {
-                stream: NoteStream::General,
-                month: month(),
-            },
+            DocKind::Notes { stream: NoteStream::Care, month: month() },
+            DocKind::Notes { stream: NoteStream::General, month: month() },
             DocKind::Rota { month: month() },
             DocKind::Promises,
         ];
@@ -264,14 +244,7 @@ mod tests {
         for kind in kinds {
             assert_eq!(kind.to_string().parse::<DocKind>(), Ok(kind));
         }
-        for bad in [
-            "",
-            "notes",
-            "notes/2026-13",
-            "rota/",
-            "plan/2026-11",
-            "Team",
-        ] {
+        for bad in ["", "notes", "notes/2026-13", "rota/", "plan/2026-11", "Team"] {
             let err = bad.parse::<DocKind>().expect_err("not a kind");
             assert!(err.to_string().contains("health-plan"), "{err}");
         }
@@ -281,16 +254,10 @@ mod tests {
     fn doc_ids_depend_on_team_and_kind() {
         let team = TeamId::from_bytes([1; 16]);
         let other = TeamId::from_bytes([2; 16]);
-        let notes = DocKind::Notes {
-            stream: NoteStream::Care,
-            month: month(),
-        };
+        let notes = DocKind::Notes { stream: NoteStream::Care, month: month() };
         assert_eq!(notes.doc_id(team), notes.doc_id(team));
         assert_ne!(notes.doc_id(team), notes.doc_id(other));
-        assert_ne!(
-            notes.doc_id(team),
-            DocKind::Rota { month: month() }.doc_id(team)
-        );
+        assert_ne!(notes.doc_id(team), DocKind::Rota { month: month() }.doc_id(team));
         assert_ne!(DocKind::Plan.doc_id(team), DocKind::HealthPlan.doc_id(team));
     }
 

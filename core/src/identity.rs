@@ -47,11 +47,7 @@ pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Signature({})",
-            &crate::ids::encode_base32(&self.0)[..10]
-        )
+        write!(f, "Signature({})", &crate::ids::encode_base32(&self.0)[..10])
     }
 }
 
@@ -101,10 +97,7 @@ mod tests {
         assert!(alice.device_id().verify(b"add member", &sig).is_ok());
         assert!(alice.device_id().verify(b"add member!", &sig).is_err());
         assert!(bob.device_id().verify(b"add member", &sig).is_err());
-        assert_eq!(
-            DeviceKey::from_seed(alice.to_seed()).device_id(),
-            alice.device_id()
-        );
+        assert_eq!(DeviceKey::from_seed(alice.to_seed()).device_id(), alice.device_id());
         assert!(!format!("{alice:?}").contains(&format!("{:?}", alice.to_seed())));
     }
 }

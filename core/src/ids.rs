@@ -14,8 +14,7 @@ static BASE32: LazyLock<Encoding> = LazyLock::new(|| {
     spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
     spec.translate.from.push_str("ABCDEFGHIJKLMNOPQRSTUVWXYZ");
     spec.translate.to.push_str("abcdefghijklmnopqrstuvwxyz");
-    spec.encoding()
-        .expect("the base32 specification is a constant and valid")
+    spec.encoding().expect("the base32 specification is a constant and valid")
 });
 
 /// Encodes bytes in the string form used by every id.
@@ -40,10 +39,7 @@ pub struct ParseIdError {
 
 impl ParseIdError {
     fn new(kind: &'static str, input: &str) -> Self {
-        ParseIdError {
-            kind,
-            input: input.chars().take(80).collect(),
-        }
+        ParseIdError { kind, input: input.chars().take(80).collect() }
     }
 }
 
@@ -198,30 +194,18 @@ impl Month {
     /// The month before this one.
     pub fn previous(self) -> Month {
         if self.month == 1 {
-            Month {
-                year: self.year - 1,
-                month: 12,
-            }
+            Month { year: self.year - 1, month: 12 }
         } else {
-            Month {
-                year: self.year,
-                month: self.month - 1,
-            }
+            Month { year: self.year, month: self.month - 1 }
         }
     }
 
     /// The month after this one.
     pub fn next(self) -> Month {
         if self.month == 12 {
-            Month {
-                year: self.year + 1,
-                month: 1,
-            }
+            Month { year: self.year + 1, month: 1 }
         } else {
-            Month {
-                year: self.year,
-                month: self.month + 1,
-            }
+            Month { year: self.year, month: self.month + 1 }
         }
     }
 
@@ -238,10 +222,7 @@ impl Month {
         let mp = (5 * doy + 2) / 153;
         let month = if mp < 10 { mp + 3 } else { mp - 9 };
         let year = yoe + era * 400 + i64::from(month <= 2);
-        Month {
-            year: year as i32,
-            month: month as u8,
-        }
+        Month { year: year as i32, month: month as u8 }
     }
 
     /// The first millisecond of this month (UTC).
@@ -337,12 +318,7 @@ mod tests {
         assert_eq!(team.to_string().parse::<TeamId>(), Ok(team));
         assert_eq!(team.to_string().to_uppercase().parse::<TeamId>(), Ok(team));
         assert!("not an id".parse::<TeamId>().is_err());
-        assert!(
-            DeviceId::from_bytes([1; 32])
-                .to_string()
-                .parse::<TeamId>()
-                .is_err()
-        );
+        assert!(DeviceId::from_bytes([1; 32]).to_string().parse::<TeamId>().is_err());
         let entry = EntryId::new(Month::new(2026, 11).expect("valid"), [9; 8]);
         assert!(entry.to_string().starts_with("2026-11."));
         assert_eq!(entry.to_string().parse::<EntryId>(), Ok(entry));

@@ -110,11 +110,7 @@ pub(crate) fn load(conn: &Connection, id: DocId) -> Result<Option<StoredDoc>, St
             .map_err(|e| StoreError::corrupt(id, format!("its chunks do not load: {e}")))?
     };
     let stored = StoredDoc {
-        meta: DocMeta {
-            id,
-            team: summary.team,
-            kind: summary.kind.clone(),
-        },
+        meta: DocMeta { id, team: summary.team, kind: summary.kind.clone() },
         doc,
         saved_heads: summary.heads.clone(),
         last_chunk: last_chunk.unwrap_or(0),
@@ -147,13 +143,8 @@ pub(crate) fn catch_up(
 /// Reads one document's row.
 pub(crate) fn read_summary(conn: &Connection, id: DocId) -> Result<Option<DocSummary>, StoreError> {
     let doing = "reading a document's row";
-    let mut stmt = conn
-        .prepare(&format!("{SUMMARY_SELECT} WHERE id = ?1"))
-        .doing(doing)?;
-    let raw = stmt
-        .query_row([id.as_bytes()], RawSummary::from_row)
-        .optional()
-        .doing(doing)?;
+    let mut stmt = conn.prepare(&format!("{SUMMARY_SELECT} WHERE id = ?1")).doing(doing)?;
+    let raw = stmt.query_row([id.as_bytes()], RawSummary::from_row).optional().doing(doing)?;
     raw.map(RawSummary::parse).transpose()
 }
 
@@ -167,9 +158,7 @@ pub(crate) fn read_summaries(
         Some(team) => {
             let sql = format!("{SUMMARY_SELECT} WHERE team = ?1 ORDER BY id");
             let mut stmt = conn.prepare(&sql).doing(doing)?;
-            let rows = stmt
-                .query_map([team.as_bytes()], RawSummary::from_row)
-                .doing(doing)?;
+            let rows = stmt.query_map([team.as_bytes()], RawSummary::from_row).doing(doing)?;
             rows.collect::<Result<Vec<_>, _>>().doing(doing)?
         }
         None => {
@@ -234,12 +223,7 @@ pub(crate) fn append_chunk(
     let checksum = blake3::hash(data);
     conn.prepare("INSERT INTO chunks (doc, is_snapshot, data, checksum) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut stmt| {
-            stmt.execute(params![
-                id.as_bytes(),
-                is_snapshot,
-                data,
-                checksum.as_bytes()
-            ])
+            stmt.execute(params![id.as_bytes(), is_snapshot, data, checksum.as_bytes()])
         })
         .doing("saving a change")?;
     Ok(conn.last_insert_rowid())
@@ -278,10 +262,7 @@ fn read_chunks(
                 bytes.extend_from_slice(data);
             }
             _ => {
-                return Err(StoreError::corrupt(
-                    id,
-                    format!("chunk {chunk} fails its checksum"),
-                ));
+                return Err(StoreError::corrupt(id, format!("chunk {chunk} fails its checksum")));
             }
         }
         last = Some(chunk);
@@ -326,10 +307,7 @@ impl RawSummary {
     }
 
     fn parse(self) -> Result<DocSummary, StoreError> {
-        let damaged = |detail: String| StoreError::Damaged {
-            table: "docs",
-            detail,
-        };
+        let damaged = |detail: String| StoreError::Damaged { table: "docs", detail };
         let id = DocId::from_slice(&self.id).map_err(|e| damaged(e.to_string()))?;
         let team = TeamId::from_slice(&self.team).map_err(|e| damaged(e.to_string()))?;
         let counter = |v: i64| {
@@ -350,10 +328,7 @@ impl RawSummary {
 
 fn parse_heads(id: DocId, bytes: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
     if !bytes.len().is_multiple_of(HEAD_BYTES) {
-        return Err(StoreError::corrupt(
-            id,
-            "its recorded heads have a partial hash",
-        ));
+        return Err(StoreError::corrupt(id, "its recorded heads have a partial hash"));
     }
     bytes
         .chunks_exact(HEAD_BYTES)

@@ -50,18 +50,13 @@ pub enum KeyFileError {
 /// Writes `seed` to a new file at `path`, owner-only from the moment it exists (unix),
 /// and syncs the file and its directory. Refuses to overwrite an existing file.
 pub fn create(path: &Path, seed: &[u8; KEY_FILE_BYTES]) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => KeyFileError::Exists {
-            path: path.to_path_buf(),
-        },
+        std::io::ErrorKind::AlreadyExists => KeyFileError::Exists { path: path.to_path_buf() },
         _ => io(e),
     })?;
     file.write_all(seed).map_err(io)?;
@@ -72,35 +67,23 @@ pub fn create(path: &Path, seed: &[u8; KEY_FILE_BYTES]) -> Result<(), KeyFileErr
 /// Reads the seed at `path`. Fails if other users can read the file (unix) or if it does
 /// not hold exactly [`KEY_FILE_BYTES`] bytes.
 pub fn read(path: &Path) -> Result<[u8; KEY_FILE_BYTES], KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| KeyFileError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
     check_private(path, &file)?;
     let mut bytes = Vec::with_capacity(KEY_FILE_BYTES + 1);
-    file.take(KEY_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    <[u8; KEY_FILE_BYTES]>::try_from(bytes.as_slice()).map_err(|_| KeyFileError::WrongLength {
-        path: path.to_path_buf(),
-        len: bytes.len(),
-    })
+    file.take(KEY_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
+    <[u8; KEY_FILE_BYTES]>::try_from(bytes.as_slice())
+        .map_err(|_| KeyFileError::WrongLength { path: path.to_path_buf(), len: bytes.len() })
 }
 
 #[cfg(unix)]
 fn check_private(path: &Path, file: &File) -> Result<(), KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
-    let metadata = file.metadata().map_err(|source| KeyFileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let metadata =
+        file.metadata().map_err(|source| KeyFileError::Io { path: path.to_path_buf(), source })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyFileError::Readable {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(KeyFileError::Readable { path: path.to_path_buf(), mode });
     }
     Ok(())
 }

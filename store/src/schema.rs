@@ -63,10 +63,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             .doing("upgrading the store's tables")?;
         check_version(&tx, path)?;
         if user_version(&tx)? < step {
-            tx.execute_batch(sql)
-                .doing("upgrading the store's tables")?;
-            tx.pragma_update(None, "user_version", step)
-                .doing("upgrading the store's tables")?;
+            tx.execute_batch(sql).doing("upgrading the store's tables")?;
+            tx.pragma_update(None, "user_version", step).doing("upgrading the store's tables")?;
         }
         tx.commit().doing("upgrading the store's tables")?;
     }

@@ -59,23 +59,14 @@ impl Store {
     /// its directory must exist. A file from a newer schema is refused and left untouched.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         create_private_file(path)?;
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
-            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(open_err)?;
         schema::check_version(&conn, path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .doing("switching to WAL mode")?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .doing("setting synchronous writes")?;
+        conn.pragma_update(None, "journal_mode", "WAL").doing("switching to WAL mode")?;
+        conn.pragma_update(None, "synchronous", "FULL").doing("setting synchronous writes")?;
         schema::migrate(&mut conn, path)?;
-        Ok(Store {
-            conn,
-            path: path.to_path_buf(),
-        })
+        Ok(Store { conn, path: path.to_path_buf() })
     }
 
     /// The store file.
@@ -86,9 +77,7 @@ impl Store {
     /// A value of the home's profile.
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
-                row.get(0)
-            })
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
             .optional()
             .doing("reading the home's profile")
     }
@@ -123,12 +112,7 @@ impl Store {
             for (hash, bytes) in ops {
                 let sum = blake3::hash(bytes);
                 inserted += stmt
-                    .execute(params![
-                        hash.as_bytes(),
-                        team.as_bytes(),
-                        bytes,
-                        sum.as_bytes()
-                    ])
+                    .execute(params![hash.as_bytes(), team.as_bytes(), bytes, sum.as_bytes()])
                     .doing(doing)?;
             }
         }
@@ -146,28 +130,20 @@ impl Store {
             .doing(doing)?;
         let rows = stmt.query_map([team.as_bytes()], op_row).doing(doing)?;
         let rows = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
-        rows.into_iter()
-            .map(|(hash, bytes, sum)| check_op(&hash, bytes, &sum))
-            .collect()
+        rows.into_iter().map(|(hash, bytes, sum)| check_op(&hash, bytes, &sum)).collect()
     }
 
     /// The teams with at least one stored op.
     pub fn teams(&self) -> Result<Vec<TeamId>, StoreError> {
         let doing = "listing teams";
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT team FROM ops ORDER BY team")
-            .doing(doing)?;
-        let rows = stmt
-            .query_map([], |row| row.get::<_, Vec<u8>>(0))
-            .doing(doing)?;
+        let mut stmt =
+            self.conn.prepare("SELECT DISTINCT team FROM ops ORDER BY team").doing(doing)?;
+        let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0)).doing(doing)?;
         let rows = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
         rows.iter()
             .map(|t| {
-                TeamId::from_slice(t).map_err(|e| StoreError::Damaged {
-                    table: "ops",
-                    detail: e.to_string(),
-                })
+                TeamId::from_slice(t)
+                    .map_err(|e| StoreError::Damaged { table: "ops", detail: e.to_string() })
             })
             .collect()
     }
@@ -213,10 +189,7 @@ impl Store {
     /// Loads a document, checking every chunk's checksum and the stored heads. A damaged
     /// document gives [`StoreError::Corrupt`]; other documents are unaffected.
     pub fn load_doc(&self, id: DocId) -> Result<Option<StoredDoc>, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .doing("loading a document")?;
+        let tx = self.conn.unchecked_transaction().doing("loading a document")?;
         doc::load(&tx, id)
     }
 
@@ -263,10 +236,7 @@ impl Store {
     /// Applies chunks that other connections or processes wrote since `doc` was loaded or
     /// last refreshed. Returns whether the document changed.
     pub fn refresh(&self, doc: &mut StoredDoc) -> Result<bool, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .doing("refreshing a document")?;
+        let tx = self.conn.unchecked_transaction().doing("refreshing a document")?;
         Ok(doc::catch_up(&tx, doc)?.1)
     }
 
@@ -285,19 +255,13 @@ impl Store {
         summary.chunks = 1;
         doc::update_summary(&tx, &summary)?;
         tx.commit().doing(doing)?;
-        Ok(CompactReport {
-            before_bytes,
-            after_bytes: summary.snapshot_bytes,
-        })
+        Ok(CompactReport { before_bytes, after_bytes: summary.snapshot_bytes })
     }
 
     /// Checks the whole store: SQLite's own integrity check, every op's checksum, and every
     /// document (chunk checksums, load, heads). Problems are reported, not returned as errors.
     pub fn check(&self) -> Result<IntegrityReport, StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .doing("checking the store")?;
+        let tx = self.conn.unchecked_transaction().doing("checking the store")?;
         let mut report = IntegrityReport::default();
         report.problems.extend(sqlite_problems(&tx)?);
         report.problems.extend(op_problems(&tx)?);
@@ -307,10 +271,7 @@ impl Store {
             match doc::load(&tx, id) {
                 Ok(_) => {}
                 Err(StoreError::Corrupt { doc, detail }) => {
-                    report.problems.push(Problem {
-                        doc: Some(doc),
-                        detail,
-                    });
+                    report.problems.push(Problem { doc: Some(doc), detail });
                 }
                 Err(other) => return Err(other),
             }
@@ -377,16 +338,12 @@ impl Store {
     /// Shortens the busy timeout, so tests of a held lock finish quickly.
     #[cfg(test)]
     pub(crate) fn set_busy_timeout_ms(&self, timeout_ms: u64) -> Result<(), StoreError> {
-        self.conn
-            .busy_timeout(Duration::from_millis(timeout_ms))
-            .doing("setting the busy timeout")
+        self.conn.busy_timeout(Duration::from_millis(timeout_ms)).doing("setting the busy timeout")
     }
 
     /// Takes the write lock now (`BEGIN IMMEDIATE`), waiting up to [`BUSY_TIMEOUT_MS`].
     fn write_tx(&mut self, doing: &'static str) -> Result<rusqlite::Transaction<'_>, StoreError> {
-        self.conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .doing(doing)
+        self.conn.transaction_with_behavior(TransactionBehavior::Immediate).doing(doing)
     }
 
     /// Brings `doc` back to its stored state, discarding changes that were not saved.
@@ -441,10 +398,7 @@ fn validated_snapshot(id: DocId, doc: &Automerge) -> Result<Vec<u8>, StoreError>
     let reloaded = Automerge::load(&snapshot)
         .map_err(|e| StoreError::corrupt(id, format!("its new snapshot does not load: {e}")))?;
     if sorted_heads(&reloaded) != sorted_heads(doc) {
-        return Err(StoreError::corrupt(
-            id,
-            "its new snapshot loads with different heads",
-        ));
+        return Err(StoreError::corrupt(id, "its new snapshot loads with different heads"));
     }
     Ok(snapshot)
 }
@@ -479,10 +433,7 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::CreateFile {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(StoreError::CreateFile { path: path.to_path_buf(), source }),
     }
 }
 
@@ -496,46 +447,31 @@ fn check_op(hash: &[u8], bytes: Vec<u8>, sum: &[u8]) -> Result<Vec<u8>, StoreErr
     if blake3::hash(&bytes).as_bytes().as_slice() == sum {
         return Ok(bytes);
     }
-    let hash = OpHash::from_slice(hash)
-        .map(|h| h.to_string())
-        .unwrap_or_else(|e| e.to_string());
-    Err(StoreError::Damaged {
-        table: "ops",
-        detail: format!("op {hash} fails its checksum"),
-    })
+    let hash = OpHash::from_slice(hash).map(|h| h.to_string()).unwrap_or_else(|e| e.to_string());
+    Err(StoreError::Damaged { table: "ops", detail: format!("op {hash} fails its checksum") })
 }
 
 fn sqlite_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
     let doing = "checking the store file";
     let mut stmt = conn.prepare("PRAGMA integrity_check").doing(doing)?;
-    let rows = stmt
-        .query_map([], |row| row.get::<_, String>(0))
-        .doing(doing)?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0)).doing(doing)?;
     let lines = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
     Ok(lines
         .into_iter()
         .filter(|line| line != "ok")
-        .map(|line| Problem {
-            doc: None,
-            detail: format!("SQLite reports: {line}"),
-        })
+        .map(|line| Problem { doc: None, detail: format!("SQLite reports: {line}") })
         .collect())
 }
 
 fn op_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
     let doing = "checking membership changes";
-    let mut stmt = conn
-        .prepare("SELECT hash, bytes, checksum FROM ops")
-        .doing(doing)?;
+    let mut stmt = conn.prepare("SELECT hash, bytes, checksum FROM ops").doing(doing)?;
     let rows = stmt.query_map([], op_row).doing(doing)?;
     let mut problems = Vec::new();
     for row in rows {
         let (hash, bytes, sum) = row.doing(doing)?;
         if let Err(e) = check_op(&hash, bytes, &sum) {
-            problems.push(Problem {
-                doc: None,
-                detail: e.to_string(),
-            });
+            problems.push(Problem { doc: None, detail: e.to_string() });
         }
     }
     Ok(problems)
@@ -562,20 +498,13 @@ fn orphan_chunk_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> 
 /// Every document id; rows with a malformed id are reported as problems.
 fn doc_ids(conn: &Connection, problems: &mut Vec<Problem>) -> Result<Vec<DocId>, StoreError> {
     let doing = "listing documents";
-    let mut stmt = conn
-        .prepare("SELECT id FROM docs ORDER BY id")
-        .doing(doing)?;
-    let rows = stmt
-        .query_map([], |row| row.get::<_, Vec<u8>>(0))
-        .doing(doing)?;
+    let mut stmt = conn.prepare("SELECT id FROM docs ORDER BY id").doing(doing)?;
+    let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0)).doing(doing)?;
     let mut ids = Vec::new();
     for row in rows {
         match DocId::from_slice(&row.doing(doing)?) {
             Ok(id) => ids.push(id),
-            Err(e) => problems.push(Problem {
-                doc: None,
-                detail: format!("a document row: {e}"),
-            }),
+            Err(e) => problems.push(Problem { doc: None, detail: format!("a document row: {e}") }),
         }
     }
     Ok(ids)

@@ -21,8 +21,7 @@ fn meta(n: u8) -> DocMeta {
 
 fn genesis() -> Automerge {
     let mut doc = Automerge::new();
-    doc.transact(|tx| tx.put_object(ROOT, "notes", automerge::ObjType::Map))
-        .unwrap();
+    doc.transact(|tx| tx.put_object(ROOT, "notes", automerge::ObjType::Map)).unwrap();
     doc
 }
 
@@ -30,20 +29,13 @@ fn genesis() -> Automerge {
 fn add_note(store: &mut Store, doc: &mut StoredDoc, key: &str) -> Result<()> {
     let text = format!("Visited at 9, all well. {key}");
     store.update_doc(doc, |d| {
-        d.transact(|tx| tx.put(ROOT, key, text.as_str()))
-            .map(|_| ())
-            .map_err(|f| f.error)
+        d.transact(|tx| tx.put(ROOT, key, text.as_str())).map(|_| ()).map_err(|f| f.error)
     })?;
     Ok(())
 }
 
 fn summary(store: &Store, id: DocId) -> DocSummary {
-    store
-        .docs(None)
-        .unwrap()
-        .into_iter()
-        .find(|s| s.id == id)
-        .unwrap()
+    store.docs(None).unwrap().into_iter().find(|s| s.id == id).unwrap()
 }
 
 #[test]
@@ -83,10 +75,7 @@ fn updates_survive_reopen_and_compaction_keeps_content() -> Result<()> {
     let compacted = store.load_doc(meta(1).id)?.unwrap();
     assert_eq!(compacted.doc().get_heads(), doc.doc().get_heads());
     assert_eq!(
-        compacted
-            .doc()
-            .get(ROOT, "n299")?
-            .map(|(v, _)| v.to_string()),
+        compacted.doc().get(ROOT, "n299")?.map(|(v, _)| v.to_string()),
         Some("\"Visited at 9, all well. n299\"".into())
     );
     assert!(store.check()?.problems.is_empty());
@@ -122,12 +111,7 @@ fn two_writers_with_one_actor_never_collide() -> Result<()> {
     }
     let store = Store::open(&path)?;
     let doc = store.load_doc(meta(1).id)?.unwrap();
-    let ours = doc
-        .doc()
-        .get_changes(&[])
-        .iter()
-        .filter(|c| c.actor_id() == &actor)
-        .count();
+    let ours = doc.doc().get_changes(&[]).iter().filter(|c| c.actor_id() == &actor).count();
     assert_eq!(ours, 400);
     assert_eq!(doc.doc().keys(ROOT).count(), 401);
     assert!(store.check()?.problems.is_empty());
@@ -150,15 +134,7 @@ fn refresh_reads_changes_and_snapshots_from_another_connection() -> Result<()> {
     assert!(first.refresh(&mut mine)?);
     assert_eq!(mine.doc().get_heads(), theirs.doc().get_heads());
     add_note(&mut first, &mut mine, "c")?;
-    assert_eq!(
-        first
-            .load_doc(meta(1).id)?
-            .unwrap()
-            .doc()
-            .keys(ROOT)
-            .count(),
-        4
-    );
+    assert_eq!(first.load_doc(meta(1).id)?.unwrap().doc().keys(ROOT).count(), 4);
     Ok(())
 }
 
@@ -178,10 +154,7 @@ fn a_damaged_chunk_names_its_document_and_spares_the_others() -> Result<()> {
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     data[3] ^= 0x40;
-    raw.execute(
-        "UPDATE chunks SET data = ?1 WHERE id = ?2",
-        rusqlite::params![data, chunk],
-    )?;
+    raw.execute("UPDATE chunks SET data = ?1 WHERE id = ?2", rusqlite::params![data, chunk])?;
 
     match store.load_doc(meta(1).id) {
         Err(StoreError::Corrupt { doc, detail }) => {
@@ -206,27 +179,15 @@ fn a_rejected_change_writes_nothing_and_leaves_memory_as_stored() -> Result<()> 
     add_note(&mut store, &mut doc, "kept")?;
     let (heads, before) = (doc.doc().get_heads(), summary(&store, meta(1).id));
     let result: std::result::Result<(), UpdateError<&str>> = store.update_doc(&mut doc, |d| {
-        d.transact(|tx| tx.put(ROOT, "dropped", 1))
-            .map_err(|_| "commit failed")?;
+        d.transact(|tx| tx.put(ROOT, "dropped", 1)).map_err(|_| "commit failed")?;
         Err("not allowed for this role")
     });
-    assert!(matches!(
-        result,
-        Err(UpdateError::Rejected("not allowed for this role"))
-    ));
+    assert!(matches!(result, Err(UpdateError::Rejected("not allowed for this role"))));
     assert_eq!(doc.doc().get_heads(), heads);
     assert!(doc.doc().get(ROOT, "dropped")?.is_none());
     assert_eq!(summary(&store, meta(1).id), before);
     add_note(&mut store, &mut doc, "after")?;
-    assert_eq!(
-        store
-            .load_doc(meta(1).id)?
-            .unwrap()
-            .doc()
-            .keys(ROOT)
-            .count(),
-        3
-    );
+    assert_eq!(store.load_doc(meta(1).id)?.unwrap().doc().keys(ROOT).count(), 3);
     Ok(())
 }
 
@@ -239,9 +200,7 @@ fn a_lock_held_too_long_is_reported_as_busy() -> Result {
     store.set_busy_timeout_ms(50)?;
     let raw = rusqlite::Connection::open(&path)?;
     raw.execute_batch("BEGIN IMMEDIATE")?;
-    let err = add_note(&mut store, &mut doc, "late")
-        .unwrap_err()
-        .to_string();
+    let err = add_note(&mut store, &mut doc, "late").unwrap_err().to_string();
     assert!(err.contains("another program on this device"), "{err}");
     raw.execute_batch("ROLLBACK")?;
     add_note(&mut store, &mut doc, "late")?;
@@ -256,10 +215,7 @@ fn create_doc_is_idempotent() -> Result<()> {
     add_note(&mut store, &mut doc, "a")?;
     let again = store.create_doc(&meta(1), &Automerge::new())?;
     assert_eq!(again.doc().get_heads(), doc.doc().get_heads());
-    let other_kind = DocMeta {
-        kind: "rota".into(),
-        ..meta(1)
-    };
+    let other_kind = DocMeta { kind: "rota".into(), ..meta(1) };
     assert!(matches!(
         store.create_doc(&other_kind, &genesis()),
         Err(StoreError::MetaMismatch { .. })
@@ -272,15 +228,10 @@ fn ops_profile_sync_states_and_peers_round_trip() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut store = Store::open(&dir.path().join("home.sqlite"))?;
     let team = TeamId::from_bytes([3; 16]);
-    let ops: Vec<_> = (0..3u8)
-        .map(|i| (OpHash::from_bytes([i; 32]), vec![i; 10]))
-        .collect();
+    let ops: Vec<_> = (0..3u8).map(|i| (OpHash::from_bytes([i; 32]), vec![i; 10])).collect();
     assert_eq!(store.insert_ops(team, &ops)?, 3);
     assert_eq!(store.insert_ops(team, &ops)?, 0);
-    assert_eq!(
-        store.ops(team)?,
-        ops.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
-    );
+    assert_eq!(store.ops(team)?, ops.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
     assert_eq!(store.teams()?, vec![team]);
 
     store.meta_set("home", b"profile")?;
@@ -339,10 +290,7 @@ fn key_files_are_private_and_exact() -> Result<()> {
     keyfile::create(&path, &[4; 32])?;
     assert_eq!(mode(&path), 0o600);
     assert_eq!(keyfile::read(&path)?, [4; 32]);
-    assert!(matches!(
-        keyfile::create(&path, &[5; 32]),
-        Err(keyfile::KeyFileError::Exists { .. })
-    ));
+    assert!(matches!(keyfile::create(&path, &[5; 32]), Err(keyfile::KeyFileError::Exists { .. })));
     assert_eq!(keyfile::read(&path)?, [4; 32]);
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;

@@ -20,20 +20,12 @@ pub(crate) struct Obj<'a, R: ReadDoc + ?Sized> {
 impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
     /// The root map of `doc`.
     pub(crate) fn root(doc: &'a R) -> Self {
-        Obj {
-            doc,
-            id: ROOT,
-            path: String::new(),
-        }
+        Obj { doc, id: ROOT, path: String::new() }
     }
 
     /// The path of `key` inside this object.
     pub(crate) fn path_of(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}/{key}", self.path)
-        }
+        if self.path.is_empty() { key.to_owned() } else { format!("{}/{key}", self.path) }
     }
 
     /// The map at `key`.
@@ -67,8 +59,7 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
 
     /// The required string at `key`.
     pub(crate) fn str(&self, key: &str) -> Result<String, DocError> {
-        self.opt_str(key)?
-            .ok_or_else(|| self.missing(key, "a string"))
+        self.opt_str(key)?.ok_or_else(|| self.missing(key, "a string"))
     }
 
     /// The string at `key`, or `None` when it is absent or null.
@@ -81,8 +72,7 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
 
     /// The required timestamp (milliseconds) at `key`.
     pub(crate) fn time(&self, key: &str) -> Result<Timestamp, DocError> {
-        self.opt_time(key)?
-            .ok_or_else(|| self.missing(key, "a timestamp"))
+        self.opt_time(key)?.ok_or_else(|| self.missing(key, "a timestamp"))
     }
 
     /// The timestamp (milliseconds) at `key`, or `None` when absent or null.
@@ -132,36 +122,25 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
         let text = self.str(key)?;
         text.parse().map_err(|_| {
             let shown: String = text.chars().take(80).collect();
-            DocError::malformed(
-                self.path_of(key),
-                format!("`{shown}` is not a valid value here"),
-            )
+            DocError::malformed(self.path_of(key), format!("`{shown}` is not a valid value here"))
         })
     }
 
     /// Every entry of this map whose value must be a map, with its key.
     pub(crate) fn entries(&self) -> Result<Vec<(String, Self)>, DocError> {
         let keys: Vec<String> = self.doc.keys(&self.id).collect();
-        keys.into_iter()
-            .map(|key| Ok((key.clone(), self.map(&key)?)))
-            .collect()
+        keys.into_iter().map(|key| Ok((key.clone(), self.map(&key)?))).collect()
     }
 
     /// Every element of this list, each of which must be a map.
     pub(crate) fn items(&self) -> Result<Vec<Self>, DocError> {
-        (0..self.doc.length(&self.id))
-            .map(|index| self.item(index))
-            .collect()
+        (0..self.doc.length(&self.id)).map(|index| self.item(index)).collect()
     }
 
     fn item(&self, index: usize) -> Result<Self, DocError> {
         let path = self.path_of(&index.to_string());
         match self.doc.get(&self.id, index)? {
-            Some((Value::Object(ObjType::Map), id)) => Ok(Obj {
-                doc: self.doc,
-                id,
-                path,
-            }),
+            Some((Value::Object(ObjType::Map), id)) => Ok(Obj { doc: self.doc, id, path }),
             _ => Err(DocError::malformed(path, "expected a map")),
         }
     }
@@ -169,19 +148,11 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
     fn object(&self, key: &str, expected: ObjType) -> Result<Self, DocError> {
         let path = self.path_of(key);
         match self.doc.get(&self.id, key)? {
-            Some((Value::Object(found), id)) if found == expected => Ok(Obj {
-                doc: self.doc,
-                id,
-                path,
-            }),
-            Some(_) => Err(DocError::malformed(
-                path,
-                format!("expected a {}", kind(expected)),
-            )),
-            None => Err(DocError::malformed(
-                path,
-                format!("a {} is missing", kind(expected)),
-            )),
+            Some((Value::Object(found), id)) if found == expected => {
+                Ok(Obj { doc: self.doc, id, path })
+            }
+            Some(_) => Err(DocError::malformed(path, format!("expected a {}", kind(expected)))),
+            None => Err(DocError::malformed(path, format!("a {} is missing", kind(expected)))),
         }
     }
 
@@ -197,10 +168,9 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
             Some((Value::Scalar(s), _)) => convert(&s).map(Some).ok_or_else(|| {
                 DocError::malformed(self.path_of(key), format!("expected {expected}"))
             }),
-            Some((Value::Object(_), _)) => Err(DocError::malformed(
-                self.path_of(key),
-                format!("expected {expected}"),
-            )),
+            Some((Value::Object(_), _)) => {
+                Err(DocError::malformed(self.path_of(key), format!("expected {expected}")))
+            }
         }
     }
 

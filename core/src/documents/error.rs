@@ -64,9 +64,6 @@ pub enum DocError {
 impl DocError {
     /// A [`DocError::Malformed`] at `path`.
     pub(crate) fn malformed(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        DocError::Malformed {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        DocError::Malformed { path: path.into(), reason: reason.into() }
     }
 }

@@ -43,6 +43,10 @@ use crate::ids::{DeviceId, MemberId, Timestamp};
 use access::Obj;
 
 pub use error::DocError;
+pub use notes::{Amendment, Medication, NewNote, ParseMedicationError, ShiftNote};
+pub use promises::{Agreement, Promise, PromiseVersion};
+pub use rota::{Booking, NewBooking, Response};
+pub use team_doc::TeamInfo;
 
 /// The schema version this code writes and the newest it reads.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -68,11 +72,8 @@ pub struct Author {
 pub fn genesis(team: crate::ids::TeamId, kind: &DocKind) -> Automerge {
     let actor = ActorId::from(kind.doc_id(team).as_bytes());
     let mut doc = Automerge::new().with_actor(actor);
-    doc.transact_with(
-        |_| CommitOptions::default().with_time(0),
-        |tx| write_genesis(tx, kind),
-    )
-    .expect("genesis writes a fixed set of keys into an empty document");
+    doc.transact_with(|_| CommitOptions::default().with_time(0), |tx| write_genesis(tx, kind))
+        .expect("genesis writes a fixed set of keys into an empty document");
     doc
 }
 
@@ -81,10 +82,7 @@ pub fn genesis(team: crate::ids::TeamId, kind: &DocKind) -> Automerge {
 pub fn check_schema(doc: &Automerge, kind: &DocKind) -> Result<(), DocError> {
     let found = open(doc)?;
     if found != *kind {
-        return Err(DocError::WrongKind {
-            expected: kind.to_string(),
-            found: found.to_string(),
-        });
+        return Err(DocError::WrongKind { expected: kind.to_string(), found: found.to_string() });
     }
     Ok(())
 }
@@ -113,9 +111,7 @@ fn container(kind: &DocKind) -> Option<&'static str> {
 
 /// The plan sections a document of `kind` holds (none for other kinds).
 fn sections_of(kind: &DocKind) -> impl Iterator<Item = Section> + '_ {
-    Section::ALL
-        .into_iter()
-        .filter(move |section| section.doc_kind() == *kind)
+    Section::ALL.into_iter().filter(move |section| section.doc_kind() == *kind)
 }
 
 fn write_genesis(
@@ -138,16 +134,10 @@ fn open(doc: &Automerge) -> Result<DocKind, DocError> {
     let root = Obj::root(doc);
     let schema = root.uint("schema")?;
     if schema > SCHEMA_VERSION {
-        return Err(DocError::NewerSchema {
-            found: schema,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(DocError::NewerSchema { found: schema, supported: SCHEMA_VERSION });
     }
     if schema == 0 {
-        return Err(DocError::malformed(
-            "schema",
-            "schema version 0 does not exist",
-        ));
+        return Err(DocError::malformed("schema", "schema version 0 does not exist"));
     }
     let kind: DocKind = root.parse("kind")?;
     if let Some(name) = container(&kind) {
@@ -161,10 +151,7 @@ fn open(doc: &Automerge) -> Result<DocKind, DocError> {
 
 /// A [`DocError::WrongKind`] for an operation that needs `expected`.
 fn wrong_kind(expected: &str, found: DocKind) -> DocError {
-    DocError::WrongKind {
-        expected: expected.to_owned(),
-        found: found.to_string(),
-    }
+    DocError::WrongKind { expected: expected.to_owned(), found: found.to_string() }
 }
 
 /// Runs `f` as exactly one change by `author`: sets the actor to the author's device and
@@ -224,30 +211,15 @@ mod tests {
             check_schema(&a, &kind).expect("genesis is well formed");
         }
         let other = genesis(other_team(), &DocKind::Plan);
-        assert_ne!(
-            other.get_heads(),
-            genesis(team(), &DocKind::Plan).get_heads()
-        );
+        assert_ne!(other.get_heads(), genesis(team(), &DocKind::Plan).get_heads());
     }
 
     #[test]
     fn newer_schema_is_refused() {
         let mut doc = genesis(team(), &DocKind::Promises);
-        write(&mut doc, &author(1, 0), |tx| {
-            Ok(tx.put(ROOT, "schema", 2_u64)?)
-        })
-        .expect("writes");
+        write(&mut doc, &author(1, 0), |tx| Ok(tx.put(ROOT, "schema", 2_u64)?)).expect("writes");
         let err = check_schema(&doc, &DocKind::Promises).expect_err("newer");
-        assert!(
-            matches!(
-                err,
-                DocError::NewerSchema {
-                    found: 2,
-                    supported: 1
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DocError::NewerSchema { found: 2, supported: 1 }), "{err}");
         assert!(err.to_string().contains("update"));
     }
 
@@ -280,10 +252,7 @@ mod tests {
         team_doc::set_team_info(
             &mut doc,
             &by,
-            &team_doc::TeamInfo {
-                name: "Rosa's team".into(),
-                circle: None,
-            },
+            &team_doc::TeamInfo { name: "Rosa's team".into(), circle: None },
         )
         .expect("writes");
         let change = doc.get_last_local_change().expect("one change");

@@ -132,9 +132,7 @@ pub fn add_note(
         )));
     }
     if doc.get(&notes, id.to_string())?.is_some() {
-        return Err(DocError::Invalid(format!(
-            "A note with id {id} already exists."
-        )));
+        return Err(DocError::Invalid(format!("A note with id {id} already exists.")));
     }
     write(doc, author, |tx| put_note(tx, &notes, author, id, note))
 }
@@ -151,10 +149,7 @@ pub fn amend_note(
         let (notes, _) = notes_obj(doc)?;
         let note = notes
             .opt_map(&id.to_string())?
-            .ok_or_else(|| DocError::NotFound {
-                what: "note",
-                id: id.to_string(),
-            })?;
+            .ok_or_else(|| DocError::NotFound { what: "note", id: id.to_string() })?;
         let amendments = note.list("amendments")?;
         if doc.length(&amendments.id) >= AMENDMENTS_PER_NOTE_MAX {
             return Err(DocError::Invalid(format!(
@@ -175,9 +170,7 @@ pub fn amend_note(
 /// The note `id`, or `None` when this document has no such note.
 pub fn note(doc: &Automerge, id: EntryId) -> Result<Option<ShiftNote>, DocError> {
     let (root, _) = notes_obj(doc)?;
-    root.opt_map(&id.to_string())?
-        .map(|obj| read_note(&obj, id))
-        .transpose()
+    root.opt_map(&id.to_string())?.map(|obj| read_note(&obj, id)).transpose()
 }
 
 /// Every note of this document, sorted by the time it was written, then by id.
@@ -208,9 +201,7 @@ impl FromStr for Medication {
     type Err = ParseMedicationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMedicationError {
-            input: s.chars().take(80).collect(),
-        };
+        let err = || ParseMedicationError { input: s.chars().take(80).collect() };
         let words: Vec<&str> = s.split_whitespace().collect();
         let (outcome, words) = words.split_last().ok_or_else(err)?;
         let given = match outcome.to_lowercase().as_str() {
@@ -226,11 +217,7 @@ impl FromStr for Medication {
             .skip(1)
             .position(|w| w.starts_with(|c: char| c.is_ascii_digit()))
             .map_or(words.len() - 1, |i| i + 1);
-        Ok(Medication {
-            name: words[..dose_at].join(" "),
-            dose: words[dose_at..].join(" "),
-            given,
-        })
+        Ok(Medication { name: words[..dose_at].join(" "), dose: words[dose_at..].join(" "), given })
     }
 }
 
@@ -258,16 +245,8 @@ fn check_note(note: &NewNote) -> Result<(), DocError> {
         )));
     }
     for medication in &note.medications {
-        check_text(
-            "medication name",
-            &medication.name,
-            MEDICATION_FIELD_BYTES_MAX,
-        )?;
-        check_text(
-            "medication dose",
-            &medication.dose,
-            MEDICATION_FIELD_BYTES_MAX,
-        )?;
+        check_text("medication name", &medication.name, MEDICATION_FIELD_BYTES_MAX)?;
+        check_text("medication dose", &medication.dose, MEDICATION_FIELD_BYTES_MAX)?;
     }
     Ok(())
 }
@@ -338,11 +317,7 @@ fn read_note<R: ReadDoc>(obj: &Obj<'_, R>, id: EntryId) -> Result<ShiftNote, Doc
 }
 
 fn read_medication<R: ReadDoc>(obj: &Obj<'_, R>) -> Result<Medication, DocError> {
-    Ok(Medication {
-        name: obj.str("name")?,
-        dose: obj.str("dose")?,
-        given: obj.bool("given")?,
-    })
+    Ok(Medication { name: obj.str("name")?, dose: obj.str("dose")?, given: obj.bool("given")? })
 }
 
 fn read_amendment<R: ReadDoc>(obj: &Obj<'_, R>) -> Result<Amendment, DocError> {
@@ -365,10 +340,7 @@ mod tests {
     use crate::documents::{check_schema, genesis};
 
     fn kind() -> DocKind {
-        DocKind::Notes {
-            stream: NoteStream::Care,
-            month: month(),
-        }
+        DocKind::Notes { stream: NoteStream::Care, month: month() }
     }
 
     fn new_note(text: &str) -> NewNote {
@@ -386,13 +358,7 @@ mod tests {
     fn notes_round_trip() {
         let mut doc = genesis(team(), &kind());
         let by = author_at(1, 95);
-        add_note(
-            &mut doc,
-            &by,
-            entry(1),
-            &new_note("Breakfast and a shower."),
-        )
-        .expect("adds");
+        add_note(&mut doc, &by, entry(1), &new_note("Breakfast and a shower.")).expect("adds");
         let note = note(&doc, entry(1)).expect("reads").expect("present");
         let expected = ShiftNote {
             id: entry(1),
@@ -438,37 +404,18 @@ mod tests {
         add_note(&mut doc, &by, entry(1), &new_note("once")).expect("adds");
         assert!(add_note(&mut doc, &by, entry(1), &new_note("twice")).is_err());
         let err = amend_note(&mut doc, &by, entry(9), "x").expect_err("unknown");
-        assert!(
-            matches!(err, DocError::NotFound { what: "note", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DocError::NotFound { what: "note", .. }), "{err}");
     }
 
     #[test]
     fn concurrent_notes_and_amendments_all_survive() {
         let mut worker = genesis(team(), &kind());
-        add_note(
-            &mut worker,
-            &author_at(1, 95),
-            entry(1),
-            &new_note("Lunch."),
-        )
-        .expect("adds");
+        add_note(&mut worker, &author_at(1, 95), entry(1), &new_note("Lunch.")).expect("adds");
         let mut other = worker.clone();
-        add_note(
-            &mut worker,
-            &author_at(1, 96),
-            entry(2),
-            &new_note("Visit, worker A."),
-        )
-        .expect("adds");
-        add_note(
-            &mut other,
-            &author_at(2, 97),
-            entry(3),
-            &new_note("Visit, worker B."),
-        )
-        .expect("adds");
+        add_note(&mut worker, &author_at(1, 96), entry(2), &new_note("Visit, worker A."))
+            .expect("adds");
+        add_note(&mut other, &author_at(2, 97), entry(3), &new_note("Visit, worker B."))
+            .expect("adds");
         amend_note(&mut worker, &author_at(1, 98), entry(1), "It was soup.").expect("amends");
         amend_note(&mut other, &author_at(2, 99), entry(1), "And bread.").expect("amends");
         merge_both(&mut worker, &mut other);
@@ -507,39 +454,24 @@ mod tests {
         .expect("writes");
         let err = notes(&broken).expect_err("malformed");
         let path = format!("notes/{}/text", entry(1));
-        assert!(
-            matches!(&err, DocError::Malformed { path: p, .. } if *p == path),
-            "{err}"
-        );
+        assert!(matches!(&err, DocError::Malformed { path: p, .. } if *p == path), "{err}");
         crate::documents::write(&mut doc, &author_at(1, 6), |tx| {
             Ok(tx.put(ROOT, "notes", "not a map")?)
         })
         .expect("writes");
         assert!(matches!(notes(&doc), Err(DocError::Malformed { .. })));
-        assert!(matches!(
-            check_schema(&doc, &kind()),
-            Err(DocError::Malformed { .. })
-        ));
+        assert!(matches!(check_schema(&doc, &kind()), Err(DocError::Malformed { .. })));
     }
 
     #[test]
     fn medications_parse() {
-        let m: Medication = "Co-codamol 30/500 2 tablets refused"
-            .parse()
-            .expect("parses");
+        let m: Medication = "Co-codamol 30/500 2 tablets refused".parse().expect("parses");
         assert_eq!(
             m,
-            Medication {
-                name: "Co-codamol".into(),
-                dose: "30/500 2 tablets".into(),
-                given: false
-            }
+            Medication { name: "Co-codamol".into(), dose: "30/500 2 tablets".into(), given: false }
         );
         let m: Medication = "Vitamin D3 1000 IU Given".parse().expect("parses");
-        assert_eq!(
-            (m.name.as_str(), m.dose.as_str(), m.given),
-            ("Vitamin D3", "1000 IU", true)
-        );
+        assert_eq!((m.name.as_str(), m.dose.as_str(), m.given), ("Vitamin D3", "1000 IU", true));
         let m: Medication = "aspirin one given".parse().expect("parses");
         assert_eq!((m.name.as_str(), m.dose.as_str()), ("aspirin", "one"));
         for bad in ["", "given", "paracetamol given", "paracetamol 500mg maybe"] {

@@ -24,15 +24,9 @@ pub fn set_section(
     check_len("section text", text, SECTION_TEXT_BYTES_MAX)?;
     let kind = plan_kind(doc)?;
     if section.doc_kind() != kind {
-        return Err(DocError::WrongSection {
-            section,
-            belongs: section.doc_kind(),
-            found: kind,
-        });
+        return Err(DocError::WrongSection { section, belongs: section.doc_kind(), found: kind });
     }
-    let obj = Obj::root(&*doc)
-        .map("sections")?
-        .text_id(section.as_str())?;
+    let obj = Obj::root(&*doc).map("sections")?.text_id(section.as_str())?;
     write(doc, author, |tx| Ok(tx.update_text(&obj, text)?))
 }
 
@@ -40,20 +34,14 @@ pub fn set_section(
 pub fn sections(doc: &Automerge) -> Result<Vec<(Section, String)>, DocError> {
     let kind = plan_kind(doc)?;
     let root = Obj::root(doc).map("sections")?;
-    sections_of(&kind)
-        .map(|section| Ok((section, root.text(section.as_str())?)))
-        .collect()
+    sections_of(&kind).map(|section| Ok((section, root.text(section.as_str())?))).collect()
 }
 
 /// The text of one section; [`DocError::WrongSection`] when it lives in the other plan.
 pub fn section(doc: &Automerge, section: Section) -> Result<String, DocError> {
     let kind = plan_kind(doc)?;
     if section.doc_kind() != kind {
-        return Err(DocError::WrongSection {
-            section,
-            belongs: section.doc_kind(),
-            found: kind,
-        });
+        return Err(DocError::WrongSection { section, belongs: section.doc_kind(), found: kind });
     }
     Obj::root(doc).map("sections")?.text(section.as_str())
 }
@@ -74,13 +62,8 @@ mod tests {
     #[test]
     fn sections_round_trip() {
         let mut doc = genesis(team(), &DocKind::Plan);
-        set_section(
-            &mut doc,
-            &author(1, 0),
-            Section::AboutMe,
-            "I like gardening.",
-        )
-        .expect("writes");
+        set_section(&mut doc, &author(1, 0), Section::AboutMe, "I like gardening.")
+            .expect("writes");
         set_section(&mut doc, &author(1, 1), Section::Goals, "Walk to the park.").expect("writes");
         let all = sections(&doc).expect("reads");
         assert_eq!(
@@ -92,10 +75,7 @@ mod tests {
                 (Section::Goals, "Walk to the park.".to_owned()),
             ]
         );
-        assert_eq!(
-            section(&doc, Section::Goals).expect("reads"),
-            "Walk to the park."
-        );
+        assert_eq!(section(&doc, Section::Goals).expect("reads"), "Walk to the park.");
     }
 
     #[test]
@@ -105,26 +85,13 @@ mod tests {
             .expect_err("wrong section");
         assert!(matches!(err, DocError::WrongSection { .. }), "{err}");
         let mut health = genesis(team(), &DocKind::HealthPlan);
-        set_section(
-            &mut health,
-            &author(1, 0),
-            Section::Medication,
-            "Paracetamol 500mg",
-        )
-        .expect("writes");
-        let names: Vec<Section> = sections(&health)
-            .expect("reads")
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        set_section(&mut health, &author(1, 0), Section::Medication, "Paracetamol 500mg")
+            .expect("writes");
+        let names: Vec<Section> =
+            sections(&health).expect("reads").into_iter().map(|(s, _)| s).collect();
         assert_eq!(
             names,
-            [
-                Section::Support,
-                Section::Medication,
-                Section::Risks,
-                Section::Contacts
-            ]
+            [Section::Support, Section::Medication, Section::Risks, Section::Contacts]
         );
         let notes = genesis(team(), &all_kinds()[3]);
         assert!(matches!(sections(&notes), Err(DocError::WrongKind { .. })));
@@ -152,13 +119,7 @@ mod tests {
         .expect("writes");
         merge_both(&mut owner, &mut advocate);
         let merged = section(&owner, Section::Routines).expect("reads");
-        assert_eq!(
-            merged,
-            "Rosa likes green tea in the morning and a short walk after lunch."
-        );
-        assert_eq!(
-            section(&advocate, Section::Routines).expect("reads"),
-            merged
-        );
+        assert_eq!(merged, "Rosa likes green tea in the morning and a short walk after lunch.");
+        assert_eq!(section(&advocate, Section::Routines).expect("reads"), merged);
     }
 }

@@ -78,10 +78,7 @@ impl PromiseVersion {
 impl Promise {
     /// The latest version: the highest number, the last in list order among equals.
     pub fn latest(&self) -> Option<&PromiseVersion> {
-        self.versions
-            .iter()
-            .rev()
-            .max_by_key(|version| version.number)
+        self.versions.iter().rev().max_by_key(|version| version.number)
     }
 
     /// The agreements to exactly the latest version's text.
@@ -110,9 +107,7 @@ pub fn add_promise(
     let promises = {
         let root = promises_obj(doc)?;
         if root.opt_map(&id.to_string())?.is_some() {
-            return Err(DocError::Invalid(format!(
-                "A promise with id {id} already exists."
-            )));
+            return Err(DocError::Invalid(format!("A promise with id {id} already exists.")));
         }
         root.id
     };
@@ -140,9 +135,7 @@ pub fn revise_promise(
             "The promise {id} already has {PROMISE_VERSIONS_MAX} versions."
         )));
     }
-    let number = promise
-        .latest()
-        .map_or(1, |latest| latest.number.saturating_add(1));
+    let number = promise.latest().map_or(1, |latest| latest.number.saturating_add(1));
     let versions = promise_obj(doc, id)?.list("versions")?.id;
     write(doc, author, |tx| {
         let end = tx.length(&versions);
@@ -203,10 +196,7 @@ fn promises_obj(doc: &Automerge) -> Result<Obj<'_, Automerge>, DocError> {
 fn promise_obj(doc: &Automerge, id: EntryId) -> Result<Obj<'_, Automerge>, DocError> {
     promises_obj(doc)?
         .opt_map(&id.to_string())?
-        .ok_or_else(|| DocError::NotFound {
-            what: "promise",
-            id: id.to_string(),
-        })
+        .ok_or_else(|| DocError::NotFound { what: "promise", id: id.to_string() })
 }
 
 fn put_version(
@@ -229,14 +219,8 @@ fn read_promise<R: ReadDoc>(id: EntryId, obj: &Obj<'_, R>) -> Result<Promise, Do
     Ok(Promise {
         id,
         title: obj.str("title")?,
-        versions: versions
-            .iter()
-            .map(read_version)
-            .collect::<Result<_, _>>()?,
-        agreements: agreements
-            .iter()
-            .map(read_agreement)
-            .collect::<Result<_, _>>()?,
+        versions: versions.iter().map(read_version).collect::<Result<_, _>>()?,
+        agreements: agreements.iter().map(read_agreement).collect::<Result<_, _>>()?,
     })
 }
 
@@ -272,50 +256,25 @@ mod tests {
         let mut doc = genesis(team(), &DocKind::Promises);
         let owner = author_at(1, 0);
         add_promise(&mut doc, &owner, entry(1), TITLE, "We listen.").expect("adds");
-        assert_eq!(
-            agree(&mut doc, &author_at(2, 1), entry(1)).expect("agrees"),
-            1
-        );
+        assert_eq!(agree(&mut doc, &author_at(2, 1), entry(1)).expect("agrees"), 1);
         assert_eq!(
             revise_promise(&mut doc, &owner, entry(1), "We listen and act.").expect("revises"),
             2
         );
-        assert_eq!(
-            agree(&mut doc, &author_at(3, 2), entry(1)).expect("agrees"),
-            2
-        );
+        assert_eq!(agree(&mut doc, &author_at(3, 2), entry(1)).expect("agrees"), 2);
         let all = promises(&doc).expect("reads");
         assert_eq!(all.len(), 1);
         let promise = &all[0];
         assert_eq!(promise.title, TITLE);
         let latest = promise.latest().expect("has versions");
-        assert_eq!(
-            (latest.number, latest.text.as_str()),
-            (2, "We listen and act.")
-        );
+        assert_eq!((latest.number, latest.text.as_str()), (2, "We listen and act."));
         assert_eq!(promise.versions[0].member, owner.member);
-        let agreed: Vec<MemberId> = promise
-            .agreed_to_latest()
-            .iter()
-            .map(|a| a.member)
-            .collect();
+        let agreed: Vec<MemberId> = promise.agreed_to_latest().iter().map(|a| a.member).collect();
         assert_eq!(agreed, [author(3, 0).member]);
         assert_eq!(promise.agreements[0].version, 1);
-        assert_eq!(
-            promise.agreements[0].text_hash,
-            promise.versions[0].text_hash()
-        );
+        assert_eq!(promise.agreements[0].text_hash, promise.versions[0].text_hash());
         let err = agree(&mut doc, &owner, entry(9)).expect_err("unknown");
-        assert!(
-            matches!(
-                err,
-                DocError::NotFound {
-                    what: "promise",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DocError::NotFound { what: "promise", .. }), "{err}");
     }
 
     #[test]

@@ -72,10 +72,7 @@ pub struct Booking {
 impl Booking {
     /// How many members have joined.
     pub fn joined(&self) -> usize {
-        self.responses
-            .values()
-            .filter(|(response, _)| *response == Response::Joined)
-            .count()
+        self.responses.values().filter(|(response, _)| *response == Response::Joined).count()
     }
 
     /// Whether enough members have joined.
@@ -102,9 +99,7 @@ pub fn add_booking(
             )));
         }
         if bookings.opt_map(&id.to_string())?.is_some() {
-            return Err(DocError::Invalid(format!(
-                "A booking with id {id} already exists."
-            )));
+            return Err(DocError::Invalid(format!("A booking with id {id} already exists.")));
         }
         bookings.id
     };
@@ -131,10 +126,7 @@ pub fn respond(
         let (bookings, _) = bookings_obj(doc)?;
         let booking = bookings
             .opt_map(&id.to_string())?
-            .ok_or_else(|| DocError::NotFound {
-                what: "booking",
-                id: id.to_string(),
-            })?;
+            .ok_or_else(|| DocError::NotFound { what: "booking", id: id.to_string() })?;
         booking.map("responses")?.id
     };
     write(doc, author, |tx| {
@@ -188,9 +180,7 @@ fn bookings_obj(doc: &Automerge) -> Result<(Obj<'_, Automerge>, Month), DocError
 fn check_booking(booking: &NewBooking) -> Result<(), DocError> {
     check_text("booking title", &booking.title, BOOKING_TITLE_BYTES_MAX)?;
     if booking.end <= booking.start {
-        return Err(DocError::Invalid(
-            "A booking must end after it starts.".into(),
-        ));
+        return Err(DocError::Invalid("A booking must end after it starts.".into()));
     }
     if !(1..=BOOKING_NEEDED_MAX).contains(&booking.needed) {
         return Err(DocError::Invalid(format!(
@@ -250,21 +240,12 @@ mod tests {
         respond(&mut doc, &author_at(2, 1), entry(1), Response::Joined).expect("responds");
         respond(&mut doc, &author_at(3, 2), entry(1), Response::Declined).expect("responds");
         let all = bookings(&doc).expect("reads");
-        assert_eq!(
-            all.iter().map(|b| b.id).collect::<Vec<_>>(),
-            [entry(1), entry(2)]
-        );
+        assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), [entry(1), entry(2)]);
         let first = &all[0];
-        assert_eq!(
-            (first.start, first.end, first.needed),
-            (at(300), at(360), 2)
-        );
+        assert_eq!((first.start, first.end, first.needed), (at(300), at(360), 2));
         assert_eq!(first.title, "Morning visit");
         assert_eq!(first.created_by, keeper.member);
-        assert_eq!(
-            first.responses[&author(2, 0).member],
-            (Response::Joined, at(1))
-        );
+        assert_eq!(first.responses[&author(2, 0).member], (Response::Joined, at(1)));
         assert_eq!(first.joined(), 1);
         assert!(!first.is_covered());
         respond(&mut doc, &author_at(3, 3), entry(1), Response::Joined).expect("responds");
@@ -278,25 +259,13 @@ mod tests {
         let by = author_at(1, 0);
         let mut backwards = visit(60, 1);
         backwards.end = backwards.start;
-        let next_month = NewBooking {
-            start: month().next().start(),
-            ..visit(0, 1)
-        };
+        let next_month = NewBooking { start: month().next().start(), ..visit(0, 1) };
         for booking in [visit(60, 0), backwards, next_month] {
             let err = add_booking(&mut doc, &by, entry(1), &booking).expect_err("refused");
             assert!(matches!(err, DocError::Invalid(_)), "{err}");
         }
         let err = respond(&mut doc, &by, entry(1), Response::Joined).expect_err("unknown");
-        assert!(
-            matches!(
-                err,
-                DocError::NotFound {
-                    what: "booking",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DocError::NotFound { what: "booking", .. }), "{err}");
     }
 
     #[test]

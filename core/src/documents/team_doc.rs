@@ -50,10 +50,7 @@ pub fn team_info(doc: &Automerge) -> Result<Option<TeamInfo>, DocError> {
     let Some(name) = root.opt_str("name")? else {
         return Ok(None);
     };
-    Ok(Some(TeamInfo {
-        name,
-        circle: root.opt_str("circle")?,
-    }))
+    Ok(Some(TeamInfo { name, circle: root.opt_str("circle")? }))
 }
 
 fn team_kind(doc: &Automerge) -> Result<(), DocError> {
@@ -70,31 +67,18 @@ mod tests {
     use crate::documents::test_support::*;
 
     fn info(name: &str, circle: Option<&str>) -> TeamInfo {
-        TeamInfo {
-            name: name.into(),
-            circle: circle.map(Into::into),
-        }
+        TeamInfo { name: name.into(), circle: circle.map(Into::into) }
     }
 
     #[test]
     fn team_info_round_trips() {
         let mut doc = genesis(team(), &DocKind::Team);
         assert_eq!(team_info(&doc).expect("reads"), None);
-        set_team_info(
-            &mut doc,
-            &author(1, 0),
-            &info("Rosa's team", Some("Hackney")),
-        )
-        .expect("writes");
-        assert_eq!(
-            team_info(&doc).expect("reads"),
-            Some(info("Rosa's team", Some("Hackney")))
-        );
+        set_team_info(&mut doc, &author(1, 0), &info("Rosa's team", Some("Hackney")))
+            .expect("writes");
+        assert_eq!(team_info(&doc).expect("reads"), Some(info("Rosa's team", Some("Hackney"))));
         set_team_info(&mut doc, &author(1, 1), &info("Rosa's team", None)).expect("writes");
-        assert_eq!(
-            team_info(&doc).expect("reads"),
-            Some(info("Rosa's team", None))
-        );
+        assert_eq!(team_info(&doc).expect("reads"), Some(info("Rosa's team", None)));
         assert!(set_team_info(&mut doc, &author(1, 2), &info(" ", None)).is_err());
     }
 

@@ -51,14 +51,8 @@ pub(crate) fn all_kinds() -> [DocKind; 7] {
         DocKind::Team,
         DocKind::Plan,
         DocKind::HealthPlan,
-        DocKind::Notes {
-            stream: NoteStream::Care,
-            month: month(),
-        },
-        DocKind::Notes {
-            stream: NoteStream::General,
-            month: month(),
-        },
+        DocKind::Notes { stream: NoteStream::Care, month: month() },
+        DocKind::Notes { stream: NoteStream::General, month: month() },
         DocKind::Rota { month: month() },
         DocKind::Promises,
     ]

@@ -175,19 +175,14 @@ impl SignedOp {
         }
         let (op, rest) = postcard::take_from_bytes::<Op>(rest).map_err(decode_error)?;
         if !rest.is_empty() {
-            return Err(OpError::Decode(format!(
-                "{} bytes after the op",
-                rest.len()
-            )));
+            return Err(OpError::Decode(format!("{} bytes after the op", rest.len())));
         }
         Ok(op)
     }
 
     /// Checks the author's signature over the signed bytes.
     pub fn verify(&self) -> Result<(), OpError> {
-        Ok(self
-            .author
-            .verify(&signing_message(&self.bytes), &self.signature)?)
+        Ok(self.author.verify(&signing_message(&self.bytes), &self.signature)?)
     }
 
     /// The wire and storage form.
@@ -205,14 +200,9 @@ impl SignedOp {
     /// signature nor the op inside (see [`verify`](Self::verify) and [`op`](Self::op)).
     pub fn from_bytes(bytes: &[u8]) -> Result<SignedOp, OpError> {
         if bytes.len() > OP_BYTES_MAX {
-            return Err(OpError::TooLarge {
-                len: bytes.len(),
-                max: OP_BYTES_MAX,
-            });
+            return Err(OpError::TooLarge { len: bytes.len(), max: OP_BYTES_MAX });
         }
-        let version = *bytes
-            .first()
-            .ok_or_else(|| OpError::Decode("no bytes".into()))?;
+        let version = *bytes.first().ok_or_else(|| OpError::Decode("no bytes".into()))?;
         if version != WIRE_VERSION {
             return Err(OpError::UnsupportedVersion(version));
         }
@@ -226,12 +216,7 @@ impl SignedOp {
     }
 
     fn assemble(bytes: Vec<u8>, author: DeviceId, signature: Signature) -> SignedOp {
-        let mut op = SignedOp {
-            bytes,
-            author,
-            signature,
-            hash: OpHash::from_bytes([0; 32]),
-        };
+        let mut op = SignedOp { bytes, author, signature, hash: OpHash::from_bytes([0; 32]) };
         op.hash = OpHash::from_bytes(*blake3::hash(&op.to_bytes()).as_bytes());
         op
     }
@@ -252,15 +237,7 @@ pub fn create_team(
         owner_name: owner_name.to_owned(),
         nonce,
     };
-    SignedOp::sign(
-        key,
-        &Op {
-            team: None,
-            preds: Vec::new(),
-            at,
-            body,
-        },
-    )
+    SignedOp::sign(key, &Op { team: None, preds: Vec::new(), at, body })
 }
 
 /// The id of the team created by `create`: the first 16 bytes of its hash.
@@ -274,10 +251,7 @@ pub fn team_id(create: &SignedOp) -> TeamId {
 /// `Err` holds a sentence saying what is wrong.
 pub(crate) fn validate(op: &Op) -> Result<(), String> {
     if op.preds.len() > PREDS_MAX {
-        return Err(format!(
-            "it names {} predecessors, more than {PREDS_MAX}",
-            op.preds.len()
-        ));
+        return Err(format!("it names {} predecessors, more than {PREDS_MAX}", op.preds.len()));
     }
     let mut preds = op.preds.clone();
     preds.sort();
@@ -291,9 +265,7 @@ pub(crate) fn validate(op: &Op) -> Result<(), String> {
 /// Checks the bounds of an op body's fields.
 pub(crate) fn validate_body(body: &OpBody) -> Result<(), String> {
     match body {
-        OpBody::CreateTeam {
-            name, owner_name, ..
-        } => {
+        OpBody::CreateTeam { name, owner_name, .. } => {
             check_text("team name", name, NAME_BYTES_MAX)?;
             check_text("owner name", owner_name, NAME_BYTES_MAX)
         }
@@ -309,10 +281,7 @@ pub(crate) fn validate_body(body: &OpBody) -> Result<(), String> {
 
 fn check_hats(hats: &[Hat]) -> Result<(), String> {
     if hats.len() > HATS_MAX {
-        return Err(format!(
-            "it gives {} hats, more than {HATS_MAX}",
-            hats.len()
-        ));
+        return Err(format!("it gives {} hats, more than {HATS_MAX}", hats.len()));
     }
     for (i, hat) in hats.iter().enumerate() {
         check_text("hat name", &hat.name, HAT_NAME_BYTES_MAX)?;
@@ -328,10 +297,7 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
         return Err(format!("the {what} is empty"));
     }
     if text.len() > max {
-        return Err(format!(
-            "the {what} is {} bytes long, more than {max}",
-            text.len()
-        ));
+        return Err(format!("the {what} is {} bytes long, more than {max}", text.len()));
     }
     if text.chars().any(char::is_control) {
         return Err(format!("the {what} contains control characters"));
@@ -385,19 +351,13 @@ mod tests {
     #[test]
     fn oversized_trailing_and_unknown_versions_are_refused() {
         let big = vec![WIRE_VERSION; OP_BYTES_MAX + 1];
-        assert!(matches!(
-            SignedOp::from_bytes(&big),
-            Err(OpError::TooLarge { .. })
-        ));
+        assert!(matches!(SignedOp::from_bytes(&big), Err(OpError::TooLarge { .. })));
         let mut trailing = sample().to_bytes();
         trailing.push(0);
         assert_eq!(SignedOp::from_bytes(&trailing), Err(OpError::NonCanonical));
         let mut version = sample().to_bytes();
         version[0] = 9;
-        assert_eq!(
-            SignedOp::from_bytes(&version),
-            Err(OpError::UnsupportedVersion(9))
-        );
+        assert_eq!(SignedOp::from_bytes(&version), Err(OpError::UnsupportedVersion(9)));
         assert!(SignedOp::from_bytes(&[]).is_err());
     }
 
@@ -412,11 +372,8 @@ mod tests {
         };
         assert!(validate_body(&body).is_err());
         let hats = vec![Hat::named("rota-keeper"); 2];
-        let body = OpBody::ChangeRole {
-            member: MemberId::from_bytes([1; 16]),
-            role: Role::Worker,
-            hats,
-        };
+        let body =
+            OpBody::ChangeRole { member: MemberId::from_bytes([1; 16]), role: Role::Worker, hats };
         assert!(validate_body(&body).is_err());
     }
 

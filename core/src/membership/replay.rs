@@ -33,10 +33,7 @@ impl Membership {
         let (mut state, replay_rejected) = graph.settle(team)?;
         rejected.extend(replay_rejected);
         state.set_heads(graph.heads());
-        let rejected = rejected
-            .into_iter()
-            .map(|(op, reason)| Rejected { op, reason })
-            .collect();
+        let rejected = rejected.into_iter().map(|(op, reason)| Rejected { op, reason }).collect();
         Ok((state, rejected))
     }
 }
@@ -79,9 +76,7 @@ fn collect<'a>(
 /// Checks what can be checked of an op on its own.
 fn screen(team: TeamId, signed: &SignedOp) -> Result<Node, RejectReason> {
     signed.verify().map_err(|_| RejectReason::BadSignature)?;
-    let op = signed
-        .op()
-        .map_err(|e| RejectReason::Malformed(e.to_string()))?;
+    let op = signed.op().map_err(|e| RejectReason::Malformed(e.to_string()))?;
     validate(&op).map_err(RejectReason::Malformed)?;
     if let OpBody::CreateTeam { .. } = op.body {
         if team_id(signed) != team {
@@ -97,10 +92,7 @@ fn screen(team: TeamId, signed: &SignedOp) -> Result<Node, RejectReason> {
         let why = "only the op creating a team may build on no earlier op";
         return Err(RejectReason::Malformed(why.into()));
     }
-    Ok(Node {
-        author: signed.author(),
-        op,
-    })
+    Ok(Node { author: signed.author(), op })
 }
 
 impl Graph {
@@ -172,26 +164,12 @@ impl Graph {
         excluded: &BTreeSet<OpHash>,
     ) -> Result<Replayed, MembershipError> {
         let no_create = MembershipError::NoCreateOp { team };
-        let create = self
-            .order
-            .first()
-            .and_then(|h| self.nodes.get(h))
-            .ok_or(no_create.clone())?;
-        let OpBody::CreateTeam {
-            name,
-            owner,
-            owner_name,
-            ..
-        } = &create.op.body
-        else {
+        let create = self.order.first().and_then(|h| self.nodes.get(h)).ok_or(no_create.clone())?;
+        let OpBody::CreateTeam { name, owner, owner_name, .. } = &create.op.body else {
             return Err(no_create);
         };
-        let mut state = Membership::genesis(
-            team,
-            create.author,
-            create.op.at,
-            (name, *owner, owner_name),
-        );
+        let mut state =
+            Membership::genesis(team, create.author, create.op.at, (name, *owner, owner_name));
         let mut rejected = BTreeMap::new();
         let mut removals = Vec::new();
         for hash in self.order.iter().skip(1) {
@@ -199,9 +177,7 @@ impl Graph {
                 continue;
             };
             let verdict = if excluded.contains(hash) {
-                Err(RejectReason::Removed {
-                    device: node.author,
-                })
+                Err(RejectReason::Removed { device: node.author })
             } else {
                 state.check(node.author, &node.op.body)
             };
@@ -218,16 +194,10 @@ impl Graph {
         // A member's devices are known only once the whole history is replayed.
         for r in &mut removals {
             if let Some(member) = r.member {
-                r.removal
-                    .devices
-                    .extend(self.devices_ever_of(&state, member));
+                r.removal.devices.extend(self.devices_ever_of(&state, member));
             }
         }
-        Ok((
-            state,
-            rejected,
-            removals.into_iter().map(|r| r.removal).collect(),
-        ))
+        Ok((state, rejected, removals.into_iter().map(|r| r.removal).collect()))
     }
 
     /// Adds to `excluded` the ops signed by a device the removal removes that are
@@ -238,9 +208,7 @@ impl Graph {
         ancestors: &mut BTreeMap<OpHash, BTreeSet<OpHash>>,
         excluded: &mut BTreeSet<OpHash>,
     ) {
-        let known = ancestors
-            .entry(removal.op)
-            .or_insert_with(|| self.ancestry(removal.op));
+        let known = ancestors.entry(removal.op).or_insert_with(|| self.ancestry(removal.op));
         for (hash, node) in &self.nodes {
             if removal.devices.contains(&node.author) && !known.contains(hash) {
                 excluded.insert(*hash);
@@ -253,11 +221,7 @@ impl Graph {
         let mut seen = BTreeSet::from([op]);
         let mut stack = vec![op];
         while let Some(hash) = stack.pop() {
-            let preds = self
-                .nodes
-                .get(&hash)
-                .map(|n| n.op.preds.as_slice())
-                .unwrap_or(&[]);
+            let preds = self.nodes.get(&hash).map(|n| n.op.preds.as_slice()).unwrap_or(&[]);
             for pred in preds {
                 if seen.insert(*pred) {
                     stack.push(*pred);
@@ -269,23 +233,14 @@ impl Graph {
 
     fn devices_ever_of(&self, state: &Membership, member: MemberId) -> BTreeSet<DeviceId> {
         let authors = self.nodes.values().map(|n| n.author);
-        authors
-            .filter(|d| state.member_ever_of_device(*d) == Some(member))
-            .collect()
+        authors.filter(|d| state.member_ever_of_device(*d) == Some(member)).collect()
     }
 
     /// The ops that no other op builds on, sorted.
     fn heads(&self) -> Vec<OpHash> {
-        let built_on: BTreeSet<OpHash> = self
-            .nodes
-            .values()
-            .flat_map(|n| n.op.preds.iter().copied())
-            .collect();
-        self.nodes
-            .keys()
-            .filter(|h| !built_on.contains(h))
-            .copied()
-            .collect()
+        let built_on: BTreeSet<OpHash> =
+            self.nodes.values().flat_map(|n| n.op.preds.iter().copied()).collect();
+        self.nodes.keys().filter(|h| !built_on.contains(h)).copied().collect()
     }
 }
 
@@ -298,17 +253,11 @@ struct PendingRemoval {
 fn removal(op: OpHash, body: &OpBody) -> Option<PendingRemoval> {
     match body {
         OpBody::RemoveDevice { device } => Some(PendingRemoval {
-            removal: Removal {
-                op,
-                devices: BTreeSet::from([*device]),
-            },
+            removal: Removal { op, devices: BTreeSet::from([*device]) },
             member: None,
         }),
         OpBody::RemoveMember { member } => Some(PendingRemoval {
-            removal: Removal {
-                op,
-                devices: BTreeSet::new(),
-            },
+            removal: Removal { op, devices: BTreeSet::new() },
             member: Some(*member),
         }),
         _ => None,

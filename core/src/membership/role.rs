@@ -68,13 +68,8 @@ pub struct ParseNameError {
 
 impl Role {
     /// Every role, in order of authority.
-    pub const ALL: [Role; 5] = [
-        Role::Owner,
-        Role::Advocate,
-        Role::Worker,
-        Role::Volunteer,
-        Role::Relay,
-    ];
+    pub const ALL: [Role; 5] =
+        [Role::Owner, Role::Advocate, Role::Worker, Role::Volunteer, Role::Relay];
 
     /// The lowercase name of the role.
     pub fn as_str(self) -> &'static str {
@@ -115,14 +110,11 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = ParseNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s.trim())
-            .ok_or_else(|| ParseNameError {
-                kind: "role",
-                input: s.chars().take(40).collect(),
-                valid: "owner, advocate, worker, volunteer, relay",
-            })
+        Role::ALL.into_iter().find(|r| r.as_str() == s.trim()).ok_or_else(|| ParseNameError {
+            kind: "role",
+            input: s.chars().take(40).collect(),
+            valid: "owner, advocate, worker, volunteer, relay",
+        })
     }
 }
 
@@ -148,32 +140,23 @@ impl fmt::Display for Right {
 impl FromStr for Right {
     type Err = ParseNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Right::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s.trim())
-            .ok_or_else(|| ParseNameError {
-                kind: "right",
-                input: s.chars().take(40).collect(),
-                valid: "manage-members, manage-team",
-            })
+        Right::ALL.into_iter().find(|r| r.as_str() == s.trim()).ok_or_else(|| ParseNameError {
+            kind: "right",
+            input: s.chars().take(40).collect(),
+            valid: "manage-members, manage-team",
+        })
     }
 }
 
 impl Hat {
     /// A hat with a name and no rights (rota keeper, plan keeper, ...).
     pub fn named(name: &str) -> Hat {
-        Hat {
-            name: name.to_owned(),
-            rights: BTreeSet::new(),
-        }
+        Hat { name: name.to_owned(), rights: BTreeSet::new() }
     }
 
     /// The "team-admin" hat: may add and remove members.
     pub fn team_admin() -> Hat {
-        Hat {
-            name: "team-admin".to_owned(),
-            rights: BTreeSet::from([Right::ManageMembers]),
-        }
+        Hat { name: "team-admin".to_owned(), rights: BTreeSet::from([Right::ManageMembers]) }
     }
 }
 
@@ -183,14 +166,8 @@ fn matrix_column(kind: &DocKind) -> usize {
         DocKind::Team => 0,
         DocKind::Plan => 1,
         DocKind::HealthPlan => 2,
-        DocKind::Notes {
-            stream: NoteStream::Care,
-            ..
-        } => 3,
-        DocKind::Notes {
-            stream: NoteStream::General,
-            ..
-        } => 4,
+        DocKind::Notes { stream: NoteStream::Care, .. } => 3,
+        DocKind::Notes { stream: NoteStream::General, .. } => 4,
         DocKind::Rota { .. } => 5,
         DocKind::Promises => 6,
     }
@@ -209,14 +186,8 @@ mod tests {
             DocKind::Team,
             DocKind::Plan,
             DocKind::HealthPlan,
-            DocKind::Notes {
-                stream: NoteStream::Care,
-                month,
-            },
-            DocKind::Notes {
-                stream: NoteStream::General,
-                month,
-            },
+            DocKind::Notes { stream: NoteStream::Care, month },
+            DocKind::Notes { stream: NoteStream::General, month },
             DocKind::Rota { month },
             DocKind::Promises,
         ]
@@ -260,10 +231,7 @@ mod tests {
             assert_eq!(right.to_string().parse::<Right>(), Ok(right));
         }
         let err = "boss".parse::<Role>().expect_err("not a role");
-        assert!(
-            err.to_string()
-                .contains("owner, advocate, worker, volunteer, relay")
-        );
+        assert!(err.to_string().contains("owner, advocate, worker, volunteer, relay"));
         assert!("manage_members".parse::<Right>().is_err());
     }
 }

@@ -90,9 +90,7 @@ impl Membership {
     /// The current member whose current device `device` is.
     pub fn member_of_device(&self, device: DeviceId) -> Option<&Member> {
         let id = self.device_history.get(&device)?;
-        self.members
-            .get(id)
-            .filter(|m| m.devices.contains_key(&device))
+        self.members.get(id).filter(|m| m.devices.contains_key(&device))
     }
 
     /// The role of the member using `device`, if it is a current device.
@@ -131,9 +129,7 @@ impl Membership {
 
     /// Every current device, with its member.
     pub fn devices(&self) -> impl Iterator<Item = (DeviceId, &Member)> {
-        self.members
-            .values()
-            .flat_map(|m| m.devices.keys().map(move |d| (*d, m)))
+        self.members.values().flat_map(|m| m.devices.keys().map(move |d| (*d, m)))
     }
 
     /// Whether an op signed by `author` doing `body` would be accepted now.
@@ -145,9 +141,9 @@ impl Membership {
         }
         match body {
             OpBody::CreateTeam { .. } => Err(conflict("the team already exists")),
-            OpBody::AddMember {
-                member, role, hats, ..
-            } => self.check_add_member(actor, *member, *role, hats),
+            OpBody::AddMember { member, role, hats, .. } => {
+                self.check_add_member(actor, *member, *role, hats)
+            }
             OpBody::AddDevice { member, device, .. } => {
                 self.check_add_device(actor, *member, *device)
             }
@@ -169,18 +165,10 @@ impl Membership {
     ) -> Result<SignedOp, RejectReason> {
         self.check(key.device_id(), &body)?;
         if self.heads.len() > PREDS_MAX {
-            let why = format!(
-                "the history has {} heads, more than {PREDS_MAX}",
-                self.heads.len()
-            );
+            let why = format!("the history has {} heads, more than {PREDS_MAX}", self.heads.len());
             return Err(RejectReason::Malformed(why));
         }
-        let op = Op {
-            team: Some(self.team),
-            preds: self.heads.clone(),
-            at,
-            body,
-        };
+        let op = Op { team: Some(self.team), preds: self.heads.clone(), at, body };
         Ok(SignedOp::sign(key, &op))
     }
 
@@ -191,10 +179,7 @@ impl Membership {
         at: Timestamp,
         (name, owner, owner_name): (&str, MemberId, &str),
     ) -> Membership {
-        let device = DeviceInfo {
-            label: FIRST_DEVICE_LABEL.to_owned(),
-            added_at: at,
-        };
+        let device = DeviceInfo { label: FIRST_DEVICE_LABEL.to_owned(), added_at: at };
         let member = Member {
             id: owner,
             name: owner_name.to_owned(),
@@ -220,12 +205,7 @@ impl Membership {
         let added_by = self.member_of_device(author).map(|m| m.id);
         match body {
             OpBody::CreateTeam { .. } => {}
-            OpBody::AddMember {
-                member,
-                name,
-                role,
-                hats,
-            } => {
+            OpBody::AddMember { member, name, role, hats } => {
                 let new = Member {
                     id: *member,
                     name: name.clone(),
@@ -237,27 +217,15 @@ impl Membership {
                 };
                 self.members.insert(*member, new);
             }
-            OpBody::AddDevice {
-                member,
-                device,
-                label,
-            } => {
+            OpBody::AddDevice { member, device, label } => {
                 if let Some(m) = self.members.get_mut(member) {
-                    m.devices.insert(
-                        *device,
-                        DeviceInfo {
-                            label: label.clone(),
-                            added_at: at,
-                        },
-                    );
+                    m.devices.insert(*device, DeviceInfo { label: label.clone(), added_at: at });
                     self.device_history.insert(*device, *member);
                 }
             }
             OpBody::RemoveDevice { device } => {
-                let member = self
-                    .device_history
-                    .get(device)
-                    .and_then(|id| self.members.get_mut(id));
+                let member =
+                    self.device_history.get(device).and_then(|id| self.members.get_mut(id));
                 if let Some(m) = member {
                     m.devices.remove(device);
                 }
@@ -296,9 +264,7 @@ impl Membership {
     }
 
     fn current(&self, id: MemberId) -> Result<&Member, RejectReason> {
-        self.members
-            .get(&id)
-            .ok_or_else(|| conflict(&format!("{id} is not a current member")))
+        self.members.get(&id).ok_or_else(|| conflict(&format!("{id} is not a current member")))
     }
 
     fn check_manager(&self, actor: &Member, action: &'static str) -> Result<(), RejectReason> {
@@ -336,9 +302,7 @@ impl Membership {
         self.check_manager(actor, "add members")?;
         self.check_grant(actor, role, hats, &[])?;
         if self.removed.contains(&id) {
-            return Err(conflict(&format!(
-                "{id} was removed; add them anew with a new id"
-            )));
+            return Err(conflict(&format!("{id} was removed; add them anew with a new id")));
         }
         if self.members.contains_key(&id) {
             return Err(conflict(&format!("{id} is already a member")));
@@ -383,9 +347,7 @@ impl Membership {
             self.check_manager(actor, "add devices for other members")?;
         }
         if self.device_history.contains_key(&device) {
-            return Err(conflict(&format!(
-                "device {device} is, or was, a device of the team"
-            )));
+            return Err(conflict(&format!("device {device} is, or was, a device of the team")));
         }
         Ok(())
     }
@@ -401,9 +363,7 @@ impl Membership {
             self.check_manager(actor, "remove other members' devices")?;
         }
         if target.id == self.owner && target.devices.len() == 1 {
-            return Err(conflict(
-                "the owner's last device cannot be removed; add another first",
-            ));
+            return Err(conflict("the owner's last device cannot be removed; add another first"));
         }
         Ok(())
     }
@@ -414,10 +374,7 @@ fn rights_of(hats: &[Hat]) -> BTreeSet<Right> {
 }
 
 fn not_allowed(actor: &Member, action: &'static str) -> Result<(), RejectReason> {
-    Err(RejectReason::NotAllowed {
-        member: actor.id,
-        action,
-    })
+    Err(RejectReason::NotAllowed { member: actor.id, action })
 }
 
 fn conflict(what: &str) -> RejectReason {

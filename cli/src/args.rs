@@ -1,0 +1,223 @@
+//! The command-line surface of `care`: every command, option and argument, with the
+//! parsers that turn what a person types into typed values (bad input is a usage error).
+
+use std::path::PathBuf;
+
+use care::{EntryId, Medication, Section, Timestamp};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::when;
+
+/// Care Commons: local-first records for self-managing home-care teams.
+#[derive(Debug, Parser)]
+#[command(name = "care", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The care home directory (default: the platform's data directory).
+    #[arg(long, global = true, env = "CARE_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The team to work on: its id, a prefix of it, or its name (may be left out
+    /// when the home belongs to one team).
+    #[arg(long, global = true, value_name = "TEAM")]
+    pub team: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a care home on this device for a person.
+    Init {
+        /// Your name, as your teams will see it.
+        #[arg(long)]
+        name: String,
+    },
+    /// Show who this home belongs to and this device's id.
+    Whoami,
+    /// Create, list and show teams.
+    #[command(subcommand)]
+    Team(TeamCommand),
+    /// Read and edit the care plan.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Write and read shift notes.
+    #[command(subcommand)]
+    Note(NoteCommand),
+    /// The rota: bookings of visits, and who covers them.
+    #[command(subcommand)]
+    Rota(RotaCommand),
+    /// Promises: written agreements and who agreed to which version.
+    #[command(subcommand)]
+    Promise(PromiseCommand),
+    /// Export a team's documents in open formats.
+    Export {
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// JSON, or Automerge's standard binary format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Check the whole store for damage; exits non-zero if any is found.
+    Doctor,
+}
+
+/// `care team ...`
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    /// Create a team with you as its owner.
+    Create {
+        /// The team's name.
+        name: String,
+    },
+    /// List the teams of this home.
+    List,
+    /// Show a team: its id, name, owner and documents.
+    Show,
+    /// List a team's members, their roles, hats and devices.
+    Members,
+}
+
+/// `care plan ...`
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Show the sections of the care plan you may read.
+    Show,
+    /// Replace the text of a section.
+    Set {
+        /// about-me, what-matters, routines, support, medication, risks, contacts or goals.
+        section: Section,
+        /// The new text.
+        text: String,
+    },
+    /// Edit a section in $EDITOR.
+    Edit {
+        /// The section to edit.
+        section: Section,
+    },
+}
+
+/// `care note ...`
+#[derive(Debug, Subcommand)]
+pub enum NoteCommand {
+    /// Write a shift note.
+    Add(NoteAdd),
+    /// List notes, newest first.
+    List {
+        /// Only notes written on or after this date or time.
+        #[arg(long, value_parser = when::parse, value_name = "DATE")]
+        since: Option<Timestamp>,
+        /// At most this many notes.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show one note with its amendments.
+    Show {
+        /// The note's id.
+        id: EntryId,
+    },
+    /// Amend a note: the original stays, the amendment is added after it.
+    Amend {
+        /// The note's id.
+        id: EntryId,
+        /// The text of the amendment.
+        text: String,
+    },
+}
+
+/// `care note add ...`
+#[derive(Debug, Args)]
+pub struct NoteAdd {
+    /// What happened at the visit.
+    pub text: String,
+    /// When the visit started (RFC 3339, `2026-12-01T09:00`, or `09:00` for today).
+    #[arg(long, value_parser = when::parse, value_name = "TIME")]
+    pub visit_start: Option<Timestamp>,
+    /// When the visit ended.
+    #[arg(long, value_parser = when::parse, value_name = "TIME")]
+    pub visit_end: Option<Timestamp>,
+    /// A medication given or refused: "NAME DOSE given|refused". Repeatable.
+    #[arg(long = "med", value_name = "\"NAME DOSE given|refused\"")]
+    pub meds: Vec<Medication>,
+    /// The person's mood or wellbeing, in a word.
+    #[arg(long)]
+    pub mood: Option<String>,
+    /// Flag a concern to raise with the team.
+    #[arg(long)]
+    pub concern: bool,
+    /// Write a general note (readable by volunteers) rather than a care record.
+    #[arg(long)]
+    pub general: bool,
+}
+
+/// `care rota ...`
+#[derive(Debug, Subcommand)]
+pub enum RotaCommand {
+    /// Add a booking.
+    Add {
+        /// When the visit starts.
+        #[arg(long, value_parser = when::parse, value_name = "TIME")]
+        start: Timestamp,
+        /// When the visit ends.
+        #[arg(long, value_parser = when::parse, value_name = "TIME")]
+        end: Timestamp,
+        /// How many people the visit needs.
+        #[arg(long, default_value_t = 1)]
+        needs: u32,
+        /// What the visit is for.
+        #[arg(long, default_value = "Visit")]
+        title: String,
+    },
+    /// Join a booking.
+    Join {
+        /// The booking's id.
+        id: EntryId,
+    },
+    /// Decline a booking.
+    Decline {
+        /// The booking's id.
+        id: EntryId,
+    },
+    /// List bookings, earliest first.
+    List {
+        /// Only bookings starting on or after this date or time.
+        #[arg(long, value_parser = when::parse, value_name = "DATE")]
+        from: Option<Timestamp>,
+        /// Only bookings starting before this date or time.
+        #[arg(long, value_parser = when::parse, value_name = "DATE")]
+        to: Option<Timestamp>,
+    },
+}
+
+/// `care promise ...`
+#[derive(Debug, Subcommand)]
+pub enum PromiseCommand {
+    /// Write a new promise.
+    Add {
+        /// The promise's title.
+        title: String,
+        /// Its text.
+        #[arg(long)]
+        text: String,
+    },
+    /// Agree to the latest version of a promise.
+    Agree {
+        /// The promise's id.
+        id: EntryId,
+    },
+    /// List promises and who agreed to which version.
+    List,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Plain JSON, one file per document.
+    Json,
+    /// Automerge's standard binary format, one `.automerge` file per document.
+    Automerge,
+}

@@ -1,0 +1,490 @@
+//! What each command does, and how it prints: human-readable text, or JSON on stdout
+//! with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use care::{
+    Booking, ExportFormat, Home, Member, NewBooking, NewNote, NoteQuery, NoteStream, Promise,
+    Response, Section, ShiftNote, Team, Timestamp,
+};
+use chrono::{Local, TimeZone};
+use serde_json::{Value, json};
+
+use crate::args::{
+    Cli, Command, Format, NoteCommand, PlanCommand, PromiseCommand, RotaCommand, TeamCommand,
+};
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let dir = home_dir(&cli)?;
+    let out = Out { json: cli.json };
+    let team = cli.team.clone().unwrap_or_default();
+    match cli.command {
+        Command::Init { name } => {
+            let home = Home::init(&dir, &name)?;
+            out.print(profile_json(&home), || {
+                format!("Created a care home for {} in {}", name, dir.display())
+            });
+        }
+        Command::Whoami => {
+            let home = Home::open(&dir)?;
+            let p = home.profile();
+            out.print(profile_json(&home), || {
+                format!(
+                    "{}\nmember {}\ndevice {}\nhome   {}",
+                    p.name,
+                    p.member,
+                    p.device,
+                    dir.display()
+                )
+            });
+        }
+        Command::Team(cmd) => team_command(&mut Home::open(&dir)?, &team, cmd, out)?,
+        Command::Plan(cmd) => plan_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
+        Command::Note(cmd) => note_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
+        Command::Rota(cmd) => rota_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
+        Command::Promise(cmd) => promise_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
+        Command::Export { out: path, format } => {
+            let format = match format {
+                Format::Json => ExportFormat::Json,
+                Format::Automerge => ExportFormat::Automerge,
+            };
+            let report = Home::open(&dir)?.team(&team)?.export(&path, format)?;
+            out.print(json!(report), || {
+                format!("Exported {} documents to {}", report.documents, path.display())
+            });
+        }
+        Command::Doctor => {
+            let report = Home::open(&dir)?.doctor()?;
+            let healthy = report.problems.is_empty();
+            let problems: Vec<Value> = report
+                .problems
+                .iter()
+                .map(|p| json!({"document": p.doc.map(|d| d.to_string()), "problem": p.detail}))
+                .collect();
+            out.print(
+                json!({"healthy": healthy, "documents_checked": report.docs_checked, "problems": problems}),
+                || {
+                    let mut text = format!("Checked {} documents: ", report.docs_checked);
+                    if healthy {
+                        text.push_str("no damage found.");
+                    } else {
+                        text.push_str(&format!("{} problems", report.problems.len()));
+                        for p in &report.problems {
+                            text.push_str(&format!("\n  {}", p.detail));
+                        }
+                    }
+                    text
+                },
+            );
+            if !healthy {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where output goes: JSON when asked for, text otherwise.
+#[derive(Clone, Copy)]
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn print(self, value: Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
+fn home_dir(cli: &Cli) -> Result<PathBuf> {
+    if let Some(dir) = &cli.home {
+        return Ok(dir.clone());
+    }
+    let data = dirs::data_dir().context("no data directory on this platform: pass --home DIR")?;
+    Ok(data.join("care"))
+}
+
+fn team_command(home: &mut Home, which: &str, cmd: TeamCommand, out: Out) -> Result<()> {
+    match cmd {
+        TeamCommand::Create { name } => {
+            let id = home.create_team(&name)?;
+            out.print(json!({"team": id.to_string(), "name": name}), || {
+                format!("Created team {name} ({id})")
+            });
+        }
+        TeamCommand::List => {
+            let teams = home.teams()?;
+            out.print(json!(teams), || {
+                if teams.is_empty() {
+                    return "No teams yet: create one with `care team create NAME`".into();
+                }
+                let lines: Vec<String> = teams
+                    .iter()
+                    .map(|t| {
+                        let role = t.role.as_deref().unwrap_or("removed");
+                        format!("{}  {}  ({role}, {} members)", t.id, t.name, t.members)
+                    })
+                    .collect();
+                lines.join("\n")
+            });
+        }
+        TeamCommand::Show => {
+            let mut team = home.team(which)?;
+            let info = team.info()?;
+            let docs = team.documents()?;
+            let m = team.membership();
+            let owner = m.member(m.owner()).map(|o| o.name.clone()).unwrap_or_default();
+            let role = team.my_role().map(|r| r.to_string());
+            let value = json!({
+                "team": team.id().to_string(), "name": info.name, "circle": info.circle,
+                "owner": owner, "my_role": role, "members": m.members().count(),
+                "documents": docs.iter().map(|d| json!({
+                    "id": d.id.to_string(), "kind": d.kind, "changes_bytes": d.snapshot_bytes + d.incremental_bytes,
+                })).collect::<Vec<_>>(),
+            });
+            out.print(value, || {
+                let mut text = format!(
+                    "{} ({})\nowner: {owner}\nyour role: {}\nmembers: {}\ndocuments: {}",
+                    info.name,
+                    team.id(),
+                    role.as_deref().unwrap_or("none"),
+                    m.members().count(),
+                    docs.len()
+                );
+                for d in &docs {
+                    text.push_str(&format!(
+                        "\n  {:<24} {} bytes",
+                        d.kind,
+                        d.snapshot_bytes + d.incremental_bytes
+                    ));
+                }
+                text
+            });
+        }
+        TeamCommand::Members => {
+            let team = home.team(which)?;
+            let members: Vec<&Member> = team.membership().members().collect();
+            out.print(json!(members.iter().map(|m| member_json(m)).collect::<Vec<_>>()), || {
+                let lines: Vec<String> = members
+                    .iter()
+                    .map(|m| {
+                        let hats: Vec<&str> = m.hats.iter().map(|h| h.name.as_str()).collect();
+                        let hats = if hats.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", hats.join(", "))
+                        };
+                        format!(
+                            "{:<20} {:<10}{hats}  {} devices  {}",
+                            m.name,
+                            m.role.to_string(),
+                            m.devices.len(),
+                            m.id
+                        )
+                    })
+                    .collect();
+                lines.join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn plan_command(team: &mut Team<'_>, cmd: PlanCommand, out: Out) -> Result<()> {
+    match cmd {
+        PlanCommand::Show => {
+            let sections = team.plan()?;
+            let value: serde_json::Map<String, Value> =
+                sections.iter().map(|(s, t)| (s.to_string(), json!(t))).collect();
+            out.print(Value::Object(value), || {
+                let parts: Vec<String> = sections
+                    .iter()
+                    .map(|(s, t)| format!("## {s}\n{}", if t.is_empty() { "(empty)" } else { t }))
+                    .collect();
+                parts.join("\n\n")
+            });
+        }
+        PlanCommand::Set { section, text } => {
+            team.set_plan_section(section, &text)?;
+            out.print(json!({"section": section.to_string(), "saved": true}), || {
+                format!("Saved {section}")
+            });
+        }
+        PlanCommand::Edit { section } => {
+            let current = plan_text(team, section)?;
+            let edited = edit_in_editor(&current)?;
+            let changed = edited != current;
+            if changed {
+                team.set_plan_section(section, &edited)?;
+            }
+            out.print(json!({"section": section.to_string(), "changed": changed}), || {
+                if changed { format!("Saved {section}") } else { format!("{section} unchanged") }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn plan_text(team: &mut Team<'_>, section: Section) -> Result<String> {
+    let sections = team.plan()?;
+    Ok(sections.into_iter().find(|(s, _)| *s == section).map(|(_, t)| t).unwrap_or_default())
+}
+
+fn edit_in_editor(text: &str) -> Result<String> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_owned());
+    let file = tempfile::Builder::new()
+        .suffix(".md")
+        .tempfile()
+        .context("cannot create a temporary file")?;
+    std::fs::write(file.path(), text).context("cannot write the temporary file")?;
+    // The editor setting may carry arguments ("code --wait"), as shells allow.
+    let mut words = editor.split_whitespace();
+    let program = words.next().context("$EDITOR is empty")?;
+    let status = std::process::Command::new(program)
+        .args(words)
+        .arg(file.path())
+        .status()
+        .with_context(|| format!("cannot run the editor `{editor}`"))?;
+    if !status.success() {
+        bail!("the editor `{editor}` exited with {status}: nothing saved");
+    }
+    std::fs::read_to_string(file.path()).context("cannot read back the edited text")
+}
+
+fn note_command(team: &mut Team<'_>, cmd: NoteCommand, out: Out) -> Result<()> {
+    match cmd {
+        NoteCommand::Add(add) => {
+            let note = NewNote {
+                text: add.text,
+                visit_start: add.visit_start,
+                visit_end: add.visit_end,
+                medications: add.meds,
+                mood: add.mood,
+                concern: add.concern,
+            };
+            let stream = add.general.then_some(NoteStream::General);
+            let id = team.add_note(&note, stream)?;
+            out.print(json!({"id": id.to_string(), "saved": true}), || format!("Saved note {id}"));
+        }
+        NoteCommand::List { since, limit } => {
+            let notes = team.notes(&NoteQuery { since, limit: Some(limit) })?;
+            out.print(json!(notes.iter().map(note_json).collect::<Vec<_>>()), || {
+                if notes.is_empty() {
+                    return "No notes.".into();
+                }
+                notes.iter().map(note_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        NoteCommand::Show { id } => {
+            let note = team.note(id)?;
+            let author = member_name(team, note.member);
+            out.print(note_json(&note), || note_text(&note, &author, team));
+        }
+        NoteCommand::Amend { id, text } => {
+            team.amend_note(id, &text)?;
+            out.print(json!({"id": id.to_string(), "amended": true}), || {
+                format!("Amended note {id}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn rota_command(team: &mut Team<'_>, cmd: RotaCommand, out: Out) -> Result<()> {
+    match cmd {
+        RotaCommand::Add { start, end, needs, title } => {
+            let id = team.add_booking(&NewBooking { start, end, title, needed: needs })?;
+            out.print(json!({"id": id.to_string()}), || format!("Added booking {id}"));
+        }
+        RotaCommand::Join { id } | RotaCommand::Decline { id } => {
+            let response = if matches!(cmd, RotaCommand::Join { .. }) {
+                Response::Joined
+            } else {
+                Response::Declined
+            };
+            team.respond(id, response)?;
+            out.print(json!({"id": id.to_string(), "response": response.to_string()}), || {
+                format!("{response} booking {id}")
+            });
+        }
+        RotaCommand::List { from, to } => {
+            let bookings = team.bookings(from, to)?;
+            let names = |b: &Booking| -> Vec<String> {
+                b.responses
+                    .iter()
+                    .filter(|(_, (r, _))| *r == Response::Joined)
+                    .map(|(m, _)| member_name(team, *m))
+                    .collect()
+            };
+            let value: Vec<Value> = bookings.iter().map(|b| booking_json(b, names(b))).collect();
+            out.print(json!(value), || {
+                if bookings.is_empty() {
+                    return "No bookings.".into();
+                }
+                let lines: Vec<String> = bookings
+                    .iter()
+                    .map(|b| {
+                        let cover = if b.is_covered() { "covered" } else { "NEEDS COVER" };
+                        format!(
+                            "{}  {} - {}  {}  {}/{} {cover}  {}",
+                            b.id,
+                            local(b.start),
+                            local(b.end),
+                            b.title,
+                            b.joined(),
+                            b.needed,
+                            names(b).join(", ")
+                        )
+                    })
+                    .collect();
+                lines.join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn promise_command(team: &mut Team<'_>, cmd: PromiseCommand, out: Out) -> Result<()> {
+    match cmd {
+        PromiseCommand::Add { title, text } => {
+            let id = team.add_promise(&title, &text)?;
+            out.print(json!({"id": id.to_string()}), || format!("Added promise {id}"));
+        }
+        PromiseCommand::Agree { id } => {
+            let version = team.agree(id)?;
+            out.print(json!({"id": id.to_string(), "version": version}), || {
+                format!("Agreed to version {version} of promise {id}")
+            });
+        }
+        PromiseCommand::List => {
+            let promises = team.promises()?;
+            let value: Vec<Value> = promises.iter().map(|p| promise_json(team, p)).collect();
+            out.print(json!(value), || {
+                if promises.is_empty() {
+                    return "No promises.".into();
+                }
+                let parts: Vec<String> = promises
+                    .iter()
+                    .map(|p| {
+                        let latest = p.latest();
+                        let version = latest.map_or(0, |v| v.number);
+                        let agreed: Vec<String> = p
+                            .agreements
+                            .iter()
+                            .filter(|a| a.version == version)
+                            .map(|a| member_name(team, a.member))
+                            .collect();
+                        format!(
+                            "{}  {} (version {version})\n  {}\n  agreed: {}",
+                            p.id,
+                            p.title,
+                            latest.map_or("", |v| v.text.as_str()),
+                            if agreed.is_empty() { "no one yet".into() } else { agreed.join(", ") }
+                        )
+                    })
+                    .collect();
+                parts.join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn profile_json(home: &Home) -> Value {
+    let p = home.profile();
+    json!({"name": p.name, "member": p.member.to_string(), "device": p.device.to_string(), "home": home.dir()})
+}
+
+fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id.to_string(), "name": m.name, "role": m.role.to_string(),
+        "hats": m.hats.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+        "devices": m.devices.iter().map(|(id, d)| json!({"id": id.to_string(), "label": d.label})).collect::<Vec<_>>(),
+    })
+}
+
+fn member_name(team: &Team<'_>, member: care::MemberId) -> String {
+    team.membership().member(member).map_or_else(|| member.short(), |m| m.name.clone())
+}
+
+fn note_json(n: &ShiftNote) -> Value {
+    json!({
+        "id": n.id.to_string(), "member": n.member.to_string(), "device": n.device.to_string(),
+        "written_at_ms": n.written_at.as_millis(),
+        "visit_start_ms": n.visit_start.map(Timestamp::as_millis), "visit_end_ms": n.visit_end.map(Timestamp::as_millis),
+        "text": n.text, "mood": n.mood, "concern": n.concern,
+        "medications": n.medications.iter().map(|m| json!({"name": m.name, "dose": m.dose, "given": m.given})).collect::<Vec<_>>(),
+        "amendments": n.amendments.iter().map(|a| json!({
+            "member": a.member.to_string(), "device": a.device.to_string(),
+            "written_at_ms": a.written_at.as_millis(), "text": a.text,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn note_line(n: &ShiftNote) -> String {
+    let flag = if n.concern { " [concern]" } else { "" };
+    let amended = if n.amendments.is_empty() { "" } else { " [amended]" };
+    let first_line = n.text.lines().next().unwrap_or_default();
+    format!("{}  {}{flag}{amended}  {first_line}", n.id, local(n.written_at))
+}
+
+fn note_text(n: &ShiftNote, author: &str, team: &Team<'_>) -> String {
+    let mut text = format!("note {}\nwritten {} by {author}\n", n.id, local(n.written_at));
+    if let (Some(start), Some(end)) = (n.visit_start, n.visit_end) {
+        text.push_str(&format!("visit {} - {}\n", local(start), local(end)));
+    }
+    for m in &n.medications {
+        text.push_str(&format!("medication: {m}\n"));
+    }
+    if let Some(mood) = &n.mood {
+        text.push_str(&format!("mood: {mood}\n"));
+    }
+    if n.concern {
+        text.push_str("concern raised\n");
+    }
+    text.push_str(&format!("\n{}\n", n.text));
+    for a in &n.amendments {
+        let who = member_name(team, a.member);
+        text.push_str(&format!("\namended {} by {who}:\n{}\n", local(a.written_at), a.text));
+    }
+    text.trim_end().to_owned()
+}
+
+fn booking_json(b: &Booking, joined: Vec<String>) -> Value {
+    json!({
+        "id": b.id.to_string(), "title": b.title, "start_ms": b.start.as_millis(), "end_ms": b.end.as_millis(),
+        "needed": b.needed, "joined": b.joined(), "covered": b.is_covered(), "joined_names": joined,
+        "responses": b.responses.iter().map(|(m, (r, at))| json!({
+            "member": m.to_string(), "response": r.to_string(), "at_ms": at.as_millis(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn promise_json(team: &Team<'_>, p: &Promise) -> Value {
+    json!({
+        "id": p.id.to_string(), "title": p.title,
+        "versions": p.versions.iter().map(|v| json!({
+            "number": v.number, "text": v.text, "member": v.member.to_string(), "written_at_ms": v.written_at.as_millis(),
+        })).collect::<Vec<_>>(),
+        "agreements": p.agreements.iter().map(|a| json!({
+            "member": a.member.to_string(), "name": member_name(team, a.member), "version": a.version, "at_ms": a.at.as_millis(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A moment in the local time zone, to the minute.
+fn local(t: Timestamp) -> String {
+    Local
+        .timestamp_millis_opt(t.as_millis())
+        .single()
+        .map_or_else(|| format!("{}ms", t.as_millis()), |d| d.format("%Y-%m-%d %H:%M").to_string())
+}

@@ -1,0 +1,69 @@
+//! Times as people type them: RFC 3339, `2026-12-01T09:00`, `2026-12-01 09:00`,
+//! `2026-12-01` (midnight), or `09:00` (today), in the local time zone unless an
+//! offset is given.
+
+use care::Timestamp;
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+
+/// Parses a time for a command-line argument.
+pub fn parse(text: &str) -> Result<Timestamp, String> {
+    parse_at(text, Local::now().date_naive())
+}
+
+/// Parses a time, taking `today` for a bare time of day.
+pub fn parse_at(text: &str, today: NaiveDate) -> Result<Timestamp, String> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Timestamp(t.timestamp_millis()));
+    }
+    let naive = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .or_else(|| {
+            let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+            Some(date.and_time(NaiveTime::MIN))
+        })
+        .or_else(|| {
+            let time = ["%H:%M", "%H:%M:%S"]
+                .iter()
+                .find_map(|f| NaiveTime::parse_from_str(text, f).ok())?;
+            Some(today.and_time(time))
+        })
+        .ok_or_else(|| {
+            format!("`{text}` is not a time: use RFC 3339, 2026-12-01T09:00, 2026-12-01 or 09:00")
+        })?;
+    let local = Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .ok_or_else(|| format!("`{text}` does not exist in the local time zone"))?;
+    Ok(Timestamp(local.timestamp_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everyday_forms_parse() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).expect("valid date");
+        let rfc = parse_at("2026-12-01T09:00:00Z", today).expect("rfc 3339");
+        assert_eq!(rfc.as_millis(), 1_796_115_600_000);
+        let long = parse_at("2026-12-01T09:00", today).expect("date and time");
+        let spaced = parse_at("2026-12-01 09:00", today).expect("date and time");
+        assert_eq!(long, spaced);
+        let short = parse_at("09:00", today).expect("time today");
+        let full = parse_at("2026-11-23T09:00", today).expect("date and time");
+        assert_eq!(short, full);
+        let midnight = parse_at("2026-11-23", today).expect("date");
+        assert_eq!(full.as_millis() - midnight.as_millis(), 9 * 3_600_000);
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_a_sentence() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 23).expect("valid date");
+        for bad in ["", "tomorrow", "25:00", "2026-13-01", "9"] {
+            let err = parse_at(bad, today).expect_err(bad);
+            assert!(err.contains("is not a time"), "{err}");
+        }
+    }
+}

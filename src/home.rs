@@ -1,0 +1,323 @@
+//! A care home: one directory on a device holding its key, its profile and the SQLite
+//! store of every team it belongs to. The entry point of the embedding API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use care_core::documents::{self, Author};
+use care_core::membership::{self, Membership, SignedOp};
+use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
+use care_store::{DocMeta, IntegrityReport, Store, StoredDoc, keyfile};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::team::Team;
+
+/// Name of the device's secret key file inside a home directory.
+pub const KEY_FILE: &str = "device.key";
+/// Name of the SQLite store inside a home directory.
+pub const STORE_FILE: &str = "care.sqlite";
+/// Meta key under which the home's profile is stored.
+const PROFILE_KEY: &str = "profile";
+/// Longest name a person may give themselves or a team, in bytes.
+pub const NAME_BYTES_MAX: usize = 200;
+
+/// Who uses this home: the person's name and member id, and this device's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The person's name, as their teams see it.
+    pub name: String,
+    /// The person's member id, used when they create or join a team.
+    pub member: MemberId,
+    /// This device's public id (its ed25519 key and iroh endpoint id).
+    pub device: DeviceId,
+}
+
+/// One line of `teams()`: a team this home belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeamSummary {
+    /// The team's id.
+    pub id: TeamId,
+    /// The team's name.
+    pub name: String,
+    /// This person's role in it, if they are still a member.
+    pub role: Option<String>,
+    /// How many members it has.
+    pub members: usize,
+    /// How many documents of the team this home holds.
+    pub documents: usize,
+}
+
+/// Where a home reads the time. The real clock by default; tests, simulations and
+/// benchmarks pass their own.
+pub trait Clock: Send {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Timestamp(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+}
+
+/// An open care home.
+pub struct Home {
+    dir: PathBuf,
+    clock: Box<dyn Clock>,
+    pub(crate) store: Store,
+    pub(crate) key: DeviceKey,
+    profile: Profile,
+    /// Documents loaded so far, kept so repeated writes do not reload them.
+    pub(crate) docs: HashMap<DocId, StoredDoc>,
+}
+
+impl Home {
+    /// Creates a new care home in `dir` for a person called `name`: a fresh device key
+    /// (readable only by this user), an empty store and a profile.
+    pub fn init(dir: &Path, name: &str) -> Result<Home> {
+        let name = checked_name(name, "your name")?;
+        if dir.join(KEY_FILE).exists() || dir.join(STORE_FILE).exists() {
+            return Err(Error::AlreadyInitialised { dir: dir.to_owned() });
+        }
+        create_private_dir(dir)?;
+        let key = DeviceKey::from_seed(random_bytes());
+        keyfile::create(&dir.join(KEY_FILE), &key.to_seed())?;
+        let mut store = Store::open(&dir.join(STORE_FILE))?;
+        let profile = Profile {
+            name: name.to_owned(),
+            member: MemberId::from_bytes(random_bytes()),
+            device: key.device_id(),
+        };
+        let json = serde_json::to_vec(&profile).expect("a profile always serialises to JSON");
+        store.meta_set(PROFILE_KEY, &json)?;
+        Ok(Home::assemble(dir, store, key, profile))
+    }
+
+    /// Opens the care home in `dir`.
+    pub fn open(dir: &Path) -> Result<Home> {
+        let key_path = dir.join(KEY_FILE);
+        if !key_path.exists() || !dir.join(STORE_FILE).exists() {
+            return Err(Error::NotInitialised { dir: dir.to_owned() });
+        }
+        let key = DeviceKey::from_seed(keyfile::read(&key_path)?);
+        let store = Store::open(&dir.join(STORE_FILE))?;
+        let json =
+            store.meta_get(PROFILE_KEY)?.ok_or_else(|| Error::Profile("it is missing".into()))?;
+        let profile: Profile =
+            serde_json::from_slice(&json).map_err(|e| Error::Profile(e.to_string()))?;
+        if profile.device != key.device_id() {
+            return Err(Error::Profile("it names another device than the key file".into()));
+        }
+        Ok(Home::assemble(dir, store, key, profile))
+    }
+
+    fn assemble(dir: &Path, store: Store, key: DeviceKey, profile: Profile) -> Home {
+        let clock = Box::new(SystemClock);
+        Home { dir: dir.to_owned(), clock, store, key, profile, docs: HashMap::new() }
+    }
+
+    /// Replaces the clock this home stamps changes with.
+    pub fn set_clock(&mut self, clock: impl Clock + 'static) {
+        self.clock = Box::new(clock);
+    }
+
+    /// The current time by this home's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Compacts every document into a single snapshot, and returns the bytes its
+    /// documents take before and after.
+    pub fn compact(&mut self) -> Result<care_store::CompactReport> {
+        let mut total = care_store::CompactReport { before_bytes: 0, after_bytes: 0 };
+        for doc in self.store.docs(None)? {
+            let report = self.store.compact(doc.id)?;
+            total.before_bytes += report.before_bytes;
+            total.after_bytes += report.after_bytes;
+        }
+        self.docs.clear();
+        Ok(total)
+    }
+
+    /// The directory this home lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Who uses this home.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Creates a team owned by this home's person, with this device as its first
+    /// device, and the team's shared documents.
+    pub fn create_team(&mut self, name: &str) -> Result<TeamId> {
+        let name = checked_name(name, "a team name")?;
+        let at = self.now();
+        let create = membership::create_team(
+            &self.key,
+            at,
+            name,
+            self.profile.member,
+            &self.profile.name,
+            random_bytes(),
+        );
+        let team = membership::team_id(&create);
+        self.store.insert_ops(team, &[(create.hash(), create.to_bytes())])?;
+        let mut handle = self.team(&team.to_string())?;
+        handle.set_info(&documents::TeamInfo { name: name.to_owned(), circle: None })?;
+        for kind in [DocKind::Plan, DocKind::HealthPlan, DocKind::Promises] {
+            handle.ensure_doc(kind)?;
+        }
+        Ok(team)
+    }
+
+    /// The teams this home belongs to.
+    pub fn teams(&mut self) -> Result<Vec<TeamSummary>> {
+        let docs = self.store.docs(None)?;
+        let mut out = Vec::new();
+        for team in self.store.teams()? {
+            let membership = self.membership(team)?;
+            let role = membership.role_of_device(self.profile.device).map(|r| r.to_string());
+            out.push(TeamSummary {
+                id: team,
+                name: membership.name().to_owned(),
+                role,
+                members: membership.members().count(),
+                documents: docs.iter().filter(|d| d.team == team).count(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Opens a team by its id, a unique prefix of its id, or its exact name; with
+    /// `""`, the only team of this home.
+    pub fn team(&mut self, which: &str) -> Result<Team<'_>> {
+        let id = self.resolve_team(which)?;
+        let membership = self.membership(id)?;
+        Ok(Team::new(self, membership))
+    }
+
+    /// The team's membership, computed from its signed log as stored here.
+    pub fn membership(&self, team: TeamId) -> Result<Membership> {
+        let ops: Vec<SignedOp> = self
+            .store
+            .ops(team)?
+            .iter()
+            .filter_map(|bytes| SignedOp::from_bytes(bytes).ok())
+            .collect();
+        let (membership, _rejected) = Membership::from_ops(team, &ops)?;
+        Ok(membership)
+    }
+
+    /// Checks the whole store: SQLite's own integrity check, every document's chunks
+    /// against their checksums, and every team's membership log.
+    pub fn doctor(&mut self) -> Result<IntegrityReport> {
+        let mut report = self.store.check()?;
+        for team in self.store.teams()? {
+            if let Err(e) = self.membership(team) {
+                report
+                    .problems
+                    .push(care_store::Problem { doc: None, detail: format!("team {team}: {e}") });
+            }
+        }
+        Ok(report)
+    }
+
+    /// The store, for tools that read it directly (export, status).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The author stamp for a change made now by this device.
+    pub(crate) fn author(&self) -> Author {
+        Author { member: self.profile.member, device: self.profile.device, at: self.now() }
+    }
+
+    /// Loads a document into the cache (refreshing it with other processes' writes),
+    /// creating it from its deterministic genesis when `create` is set.
+    pub(crate) fn doc(
+        &mut self,
+        team: TeamId,
+        kind: DocKind,
+        create: bool,
+    ) -> Result<Option<&mut StoredDoc>> {
+        let id = kind.doc_id(team);
+        if let Some(doc) = self.docs.get_mut(&id) {
+            self.store.refresh(doc)?;
+            return Ok(self.docs.get_mut(&id));
+        }
+        let stored = match self.store.load_doc(id)? {
+            Some(doc) => doc,
+            None if create => {
+                let meta = DocMeta { id, team, kind: kind.to_string() };
+                self.store.create_doc(&meta, &documents::genesis(team, &kind))?
+            }
+            None => return Ok(None),
+        };
+        Ok(Some(self.docs.entry(id).or_insert(stored)))
+    }
+
+    fn resolve_team(&self, which: &str) -> Result<TeamId> {
+        let teams = self.store.teams()?;
+        let which = which.trim();
+        if which.is_empty() {
+            return match teams.as_slice() {
+                [only] => Ok(*only),
+                [] => Err(Error::TeamNotFound("(none: create or join a team first)".into())),
+                _ => Err(Error::TeamAmbiguous("this home belongs to several teams".into())),
+            };
+        }
+        if let Ok(id) = which.parse::<TeamId>()
+            && teams.contains(&id)
+        {
+            return Ok(id);
+        }
+        let mut matches: Vec<TeamId> = Vec::new();
+        for team in teams {
+            let by_prefix = team.to_string().starts_with(&which.to_lowercase());
+            if by_prefix || self.membership(team)?.name() == which {
+                matches.push(team);
+            }
+        }
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::TeamNotFound(which.to_owned())),
+            _ => Err(Error::TeamAmbiguous(format!("`{which}` matches several teams"))),
+        }
+    }
+}
+
+/// Fresh random bytes from the operating system.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    bytes
+}
+
+fn checked_name<'a>(name: &'a str, what: &str) -> Result<&'a str> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(Error::Invalid(format!("{what} must be 1 to {NAME_BYTES_MAX} bytes long")));
+    }
+    Ok(name)
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let io = |source| Error::Io { path: dir.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
