@@ -4,7 +4,8 @@
 //! - the team's signed membership ops, as opaque bytes keyed by their hash;
 //! - its documents, each an opaque Automerge document with a `kind`, kept as a snapshot
 //!   chunk plus one incremental chunk per saved change, each with a BLAKE3 checksum;
-//! - what sync needs between runs: per-peer sync states and peers' last known addresses.
+//! - what sync needs between runs: per-peer sync states, peers' last known addresses, and
+//!   the invitations this device issued.
 //!
 //! The flow for a document: [`Store::create_doc`] or [`Store::load_doc`] gives a
 //! [`StoredDoc`]; every change goes through [`Store::update_doc`], which returns only once
@@ -44,12 +45,14 @@
 
 mod doc;
 mod error;
+mod invites;
 pub mod keyfile;
 mod schema;
 mod store;
 
 pub use doc::{DocMeta, DocSummary, StoredDoc};
 pub use error::{StoreError, UpdateError};
+pub use invites::{Invite, InviteRefusal};
 pub use keyfile::KeyFileError;
 pub use schema::SCHEMA_VERSION;
 pub use store::{

@@ -36,6 +36,13 @@ const MIGRATIONS: &[&str] = &[
         device BLOB PRIMARY KEY NOT NULL, addrs TEXT NOT NULL, updated_at_ms INTEGER NOT NULL
     ) STRICT;
     ",
+    // 2: invitations this device issued, keyed by the hash of their one-time secret.
+    "
+    CREATE TABLE invites (
+        secret_hash BLOB PRIMARY KEY NOT NULL, team BLOB NOT NULL, role TEXT NOT NULL,
+        name TEXT NOT NULL, expires_at_ms INTEGER NOT NULL, used_at_ms INTEGER
+    ) STRICT;
+    ",
 ];
 
 /// The newest schema this build knows.

@@ -69,6 +69,16 @@ impl Store {
         Ok(Store { conn, path: path.to_path_buf() })
     }
 
+    /// The connection, for the other modules of this crate.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The connection, mutably, for transactions in the other modules of this crate.
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path

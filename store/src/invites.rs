@@ -1,0 +1,152 @@
+//! Invitations this device issued: a one-time secret (stored only as its hash) that lets
+//! a new device join a team once, before it expires.
+
+use care_core::ids::TeamId;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{Doing, StoreError};
+use crate::store::Store;
+
+/// An invitation as stored by the device that issued it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// The team the invitation is for.
+    pub team: TeamId,
+    /// The role the new member gets (a role name from the membership rules).
+    pub role: String,
+    /// The name the inviter gave the new member; may be empty.
+    pub name: String,
+    /// When the invitation stops working.
+    pub expires_at_ms: i64,
+}
+
+/// Why an invitation could not be redeemed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InviteRefusal {
+    /// No invitation with this secret was issued here.
+    #[error("this ticket was not issued by this device, or was withdrawn")]
+    Unknown,
+    /// The invitation was already used.
+    #[error("this ticket was already used")]
+    Used,
+    /// The invitation expired.
+    #[error("this ticket has expired")]
+    Expired,
+}
+
+impl Store {
+    /// Records an invitation; `secret_hash` is the hash of its one-time secret.
+    pub fn create_invite(
+        &mut self,
+        secret_hash: &[u8; 32],
+        invite: &Invite,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO invites (secret_hash, team, role, name, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    &secret_hash[..],
+                    &invite.team.as_bytes()[..],
+                    invite.role,
+                    invite.name,
+                    invite.expires_at_ms
+                ],
+            )
+            .doing("recording an invitation")?;
+        Ok(())
+    }
+
+    /// Marks an invitation used, once: a second redemption, an expired or an unknown
+    /// secret is refused. Atomic across processes.
+    pub fn redeem_invite(
+        &mut self,
+        secret_hash: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<Result<Invite, InviteRefusal>, StoreError> {
+        const DOING: &str = "redeeming an invitation";
+        let tx = self
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing(DOING)?;
+        let row = tx
+            .query_row(
+                "SELECT team, role, name, expires_at_ms, used_at_ms FROM invites WHERE secret_hash = ?1",
+                params![&secret_hash[..]],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .doing(DOING)?;
+        let Some((team, role, name, expires_at_ms, used_at_ms)) = row else {
+            return Ok(Err(InviteRefusal::Unknown));
+        };
+        if used_at_ms.is_some() {
+            return Ok(Err(InviteRefusal::Used));
+        }
+        if now_ms >= expires_at_ms {
+            return Ok(Err(InviteRefusal::Expired));
+        }
+        let team = TeamId::from_slice(&team)
+            .map_err(|e| StoreError::Damaged { table: "invites", detail: e.to_string() })?;
+        tx.execute(
+            "UPDATE invites SET used_at_ms = ?2 WHERE secret_hash = ?1",
+            params![&secret_hash[..], now_ms],
+        )
+        .doing(DOING)?;
+        tx.commit().doing(DOING)?;
+        Ok(Ok(Invite { team, role, name, expires_at_ms }))
+    }
+
+    /// A number that changes whenever another connection (another process on this home)
+    /// commits to the store: a cheap way to notice their writes.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .pragma_query_value(None, "data_version", |row| row.get(0))
+            .doing("checking for changes by other programs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invite_works_once_and_not_after_it_expires() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+        let invite = Invite {
+            team: TeamId::from_bytes([3; 16]),
+            role: "worker".into(),
+            name: "Bea".into(),
+            expires_at_ms: 1_000,
+        };
+        store.create_invite(&[1; 32], &invite)?;
+        store.create_invite(&[2; 32], &invite)?;
+        assert_eq!(store.redeem_invite(&[9; 32], 10)?, Err(InviteRefusal::Unknown));
+        assert_eq!(store.redeem_invite(&[1; 32], 10)?, Ok(invite.clone()));
+        assert_eq!(store.redeem_invite(&[1; 32], 11)?, Err(InviteRefusal::Used));
+        assert_eq!(store.redeem_invite(&[2; 32], 1_000)?, Err(InviteRefusal::Expired));
+        Ok(())
+    }
+
+    #[test]
+    fn data_version_moves_when_another_connection_writes() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("home.sqlite");
+        let watcher = Store::open(&path)?;
+        let mut writer = Store::open(&path)?;
+        let before = watcher.data_version()?;
+        assert_eq!(watcher.data_version()?, before);
+        writer.meta_set("profile", b"{}")?;
+        assert_ne!(watcher.data_version()?, before);
+        Ok(())
+    }
+}
