@@ -119,6 +119,12 @@ pub(crate) fn load(conn: &Connection, id: DocId) -> Result<Option<StoredDoc>, St
     Ok(Some(stored))
 }
 
+/// A stored document made from a document just written whole as its only chunk.
+pub(crate) fn from_import(meta: DocMeta, doc: Automerge, last_chunk: i64) -> StoredDoc {
+    let saved_heads = sorted_heads(&doc);
+    StoredDoc { meta, doc, saved_heads, last_chunk }
+}
+
 /// Applies chunks written since `doc.last_chunk` by other connections, and checks that
 /// memory then matches the stored heads. Returns the stored row and whether anything changed.
 pub(crate) fn catch_up(
@@ -242,7 +248,7 @@ pub(crate) fn replace_with_snapshot(
 
 /// Concatenates the chunks with id above `after`, checking each checksum. Returns the
 /// bytes and the last chunk id read (`None` when there were none).
-fn read_chunks(
+pub(crate) fn read_chunks(
     conn: &Connection,
     id: DocId,
     after: i64,

@@ -49,6 +49,7 @@ mod invites;
 pub mod keyfile;
 mod schema;
 mod store;
+mod transfer;
 
 pub use doc::{DocMeta, DocSummary, StoredDoc};
 pub use error::{StoreError, UpdateError};

@@ -352,7 +352,10 @@ impl Store {
     }
 
     /// Takes the write lock now (`BEGIN IMMEDIATE`), waiting up to [`BUSY_TIMEOUT_MS`].
-    fn write_tx(&mut self, doing: &'static str) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    pub(crate) fn write_tx(
+        &mut self,
+        doing: &'static str,
+    ) -> Result<rusqlite::Transaction<'_>, StoreError> {
         self.conn.transaction_with_behavior(TransactionBehavior::Immediate).doing(doing)
     }
 
@@ -413,7 +416,7 @@ fn validated_snapshot(id: DocId, doc: &Automerge) -> Result<Vec<u8>, StoreError>
     Ok(snapshot)
 }
 
-fn check_same_meta(meta: &DocMeta, stored: &DocSummary) -> Result<(), StoreError> {
+pub(crate) fn check_same_meta(meta: &DocMeta, stored: &DocSummary) -> Result<(), StoreError> {
     if stored.team == meta.team && stored.kind == meta.kind {
         return Ok(());
     }
@@ -427,7 +430,7 @@ fn check_same_meta(meta: &DocMeta, stored: &DocSummary) -> Result<(), StoreError
 }
 
 /// This device's clock, in ms since the epoch. Only the store reads it, for `updated_at_ms`.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
