@@ -49,6 +49,15 @@ pub struct TeamSummary {
     pub documents: usize,
 }
 
+/// Why a document is being loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// To read it: it must exist, and is brought up to date first.
+    Read,
+    /// To change it: it is created from its genesis if missing.
+    Write,
+}
+
 /// Where a home reads the time. The real clock by default; tests, simulations and
 /// benchmarks pass their own.
 pub trait Clock: Send {
@@ -242,22 +251,25 @@ impl Home {
         Author { member: self.profile.member, device: self.profile.device, at: self.now() }
     }
 
-    /// Loads a document into the cache (refreshing it with other processes' writes),
-    /// creating it from its deterministic genesis when `create` is set.
+    /// Loads a document into the cache. For reading, a cached copy is first refreshed
+    /// with what other processes wrote; for writing it need not be, since
+    /// `Store::update_doc` catches up inside its own transaction.
     pub(crate) fn doc(
         &mut self,
         team: TeamId,
         kind: DocKind,
-        create: bool,
+        purpose: Purpose,
     ) -> Result<Option<&mut StoredDoc>> {
         let id = kind.doc_id(team);
         if let Some(doc) = self.docs.get_mut(&id) {
-            self.store.refresh(doc)?;
+            if purpose == Purpose::Read {
+                self.store.refresh(doc)?;
+            }
             return Ok(self.docs.get_mut(&id));
         }
         let stored = match self.store.load_doc(id)? {
             Some(doc) => doc,
-            None if create => {
+            None if purpose == Purpose::Write => {
                 let meta = DocMeta { id, team, kind: kind.to_string() };
                 self.store.create_doc(&meta, &documents::genesis(team, &kind))?
             }

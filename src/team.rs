@@ -12,7 +12,7 @@ use care_core::{DocKind, EntryId, Month, NoteStream, Section, TeamId, Timestamp}
 use care_store::{DocSummary, UpdateError};
 
 use crate::error::{Error, Result};
-use crate::home::{Home, random_bytes};
+use crate::home::{Home, Purpose, random_bytes};
 
 /// Which notes `Team::notes` returns, newest first.
 #[derive(Debug, Clone, Copy, Default)]
@@ -207,7 +207,7 @@ impl<'h> Team<'h> {
     ) -> Result<Option<R>> {
         self.require(&kind, Access::Read)?;
         let team = self.id();
-        match self.home.doc(team, kind, false)? {
+        match self.home.doc(team, kind, Purpose::Read)? {
             Some(stored) => f(stored.doc()).map(Some).map_err(|e| doc_error(&kind, e)),
             None => Ok(None),
         }
@@ -225,7 +225,7 @@ impl<'h> Team<'h> {
     /// Makes sure a document exists here, creating it from its genesis if needed.
     pub(crate) fn ensure_doc(&mut self, kind: DocKind) -> Result<()> {
         self.require(&kind, Access::Read)?;
-        self.home.doc(self.id(), kind, true)?;
+        self.home.doc(self.id(), kind, Purpose::Write)?;
         Ok(())
     }
 
@@ -237,7 +237,7 @@ impl<'h> Team<'h> {
     /// The loaded document of a kind, for export.
     pub(crate) fn load(&mut self, kind: DocKind) -> Result<Option<&Automerge>> {
         self.require(&kind, Access::Read)?;
-        Ok(self.home.doc(self.id(), kind, false)?.map(|stored| stored.doc()))
+        Ok(self.home.doc(self.id(), kind, Purpose::Read)?.map(|stored| stored.doc()))
     }
 
     fn write<R>(
@@ -259,7 +259,7 @@ impl<'h> Team<'h> {
         let mut author = self.home.author();
         author.at = at;
         let team = self.id();
-        self.home.doc(team, kind, true)?;
+        self.home.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, .. } = &mut *self.home;
         let stored = docs
             .get_mut(&kind.doc_id(team))
