@@ -72,6 +72,8 @@ pub mod frame;
 mod memory;
 mod replica;
 mod session;
+#[cfg(test)]
+mod sim;
 
 pub use access::TeamAccess;
 pub use frame::{

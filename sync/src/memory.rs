@@ -106,8 +106,9 @@ impl Replica for MemoryReplica {
         message: Message,
     ) -> Result<bool, MemoryError> {
         let mut state = std::mem::take(self.state(peer, doc));
-        let automerge =
-            &mut self.docs.entry((team, doc)).or_insert_with(|| (kind, Automerge::new())).1;
+        // A missing document starts from its genesis, so local writes find its structure
+        // even before the peer's changes arrive.
+        let automerge = self.doc_mut(team, kind);
         let before = automerge.get_heads();
         let result = automerge.receive_sync_message(&mut state, message);
         let changed = automerge.get_heads() != before;

@@ -312,7 +312,10 @@ impl Session {
         let new: Vec<SignedOp> =
             received.into_iter().filter(|op| !known.contains(&op.hash())).collect();
         if new.is_empty() {
-            return Ok(());
+            if self.shared.contains_key(&team) {
+                return Ok(());
+            }
+            return self.not_shared(team, held.is_empty(), out);
         }
         let union: Vec<SignedOp> = held.iter().chain(&new).cloned().collect();
         let Ok(access) = TeamAccess::from_ops(team, &union) else {
