@@ -1,0 +1,126 @@
+//! Who may read and write which documents of a team, as the sync protocol needs it: the
+//! current membership for reading, and every device that is or was a device of a member
+//! whose role allowed writing, so that old history by removed members still replicates.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::{ActorId, ChangeHash};
+use care_core::documents::genesis;
+use care_core::{
+    Access, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, Right, Role,
+    SignedOp, TeamId,
+};
+
+/// A team's membership replayed from its ops, with the history of roles per device.
+#[derive(Clone, Debug)]
+pub struct TeamAccess {
+    membership: Membership,
+    ops_hash: [u8; 16],
+    /// Every device ever added, and its member.
+    device_member: BTreeMap<DeviceId, MemberId>,
+    /// Every role each member ever held, and whether they ever held the right to manage
+    /// the team document.
+    member_roles: BTreeMap<MemberId, (BTreeSet<Role>, bool)>,
+}
+
+impl TeamAccess {
+    /// Replays `ops` (see [`Membership::from_ops`]); rejected ops are left out of the
+    /// role history too.
+    pub fn from_ops(team: TeamId, ops: &[SignedOp]) -> Result<TeamAccess, MembershipError> {
+        let (membership, rejected) = Membership::from_ops(team, ops)?;
+        let rejected: BTreeSet<_> = rejected.iter().map(|r| r.op).collect();
+        let mut access = TeamAccess {
+            membership,
+            ops_hash: ops_hash(ops),
+            device_member: BTreeMap::new(),
+            member_roles: BTreeMap::new(),
+        };
+        for signed in ops.iter().filter(|op| !rejected.contains(&op.hash())) {
+            if let Ok(op) = signed.op() {
+                access.record(signed.author(), &op.body);
+            }
+        }
+        Ok(access)
+    }
+
+    /// The replayed membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The hash announced in [`TeamSummary::ops_hash`](crate::frame::TeamSummary).
+    pub fn ops_hash(&self) -> [u8; 16] {
+        self.ops_hash
+    }
+
+    /// Whether `device` is a current device of a current member.
+    pub fn is_current(&self, device: DeviceId) -> bool {
+        self.membership.member_of_device(device).is_some()
+    }
+
+    /// Whether `device` may read documents of `kind` now.
+    pub fn may_read(&self, device: DeviceId, kind: &DocKind) -> bool {
+        self.membership.access(device, kind) != Access::None
+    }
+
+    /// Whether changes by `actor` may be part of a document of `kind`: the actor is, or
+    /// was, a device of a member who held a role allowed to write `kind`.
+    pub fn may_have_written(&self, actor: &ActorId, kind: &DocKind) -> bool {
+        let Ok(device) = DeviceId::from_slice(actor.to_bytes()) else {
+            return false;
+        };
+        let Some(member) = self.device_member.get(&device) else {
+            return false;
+        };
+        let Some((roles, manages_team)) = self.member_roles.get(member) else {
+            return false;
+        };
+        let writes = |role: &Role| role.access(kind) == Access::ReadWrite;
+        roles.iter().any(writes) || (*kind == DocKind::Team && *manages_team)
+    }
+
+    fn record(&mut self, author: DeviceId, body: &OpBody) {
+        match body {
+            OpBody::CreateTeam { owner, .. } => {
+                self.device_member.insert(author, *owner);
+                self.member_roles.entry(*owner).or_default().0.insert(Role::Owner);
+            }
+            OpBody::AddMember { member, role, hats, .. }
+            | OpBody::ChangeRole { member, role, hats } => {
+                let entry = self.member_roles.entry(*member).or_default();
+                entry.0.insert(*role);
+                let manages = hats.iter().any(|h| h.rights.contains(&Right::ManageTeam));
+                entry.1 |= manages && *role != Role::Relay;
+            }
+            OpBody::AddDevice { member, device, .. } => {
+                self.device_member.insert(*device, *member);
+            }
+            OpBody::RemoveDevice { .. } | OpBody::RemoveMember { .. } => {}
+        }
+    }
+}
+
+/// The actor and hash of the deterministic first change of a document.
+pub fn genesis_change(team: TeamId, kind: &DocKind) -> (ActorId, Option<ChangeHash>) {
+    let doc = genesis(team, kind);
+    (ActorId::from(kind.doc_id(team).as_bytes()), doc.get_heads().first().copied())
+}
+
+/// BLAKE3 over the sorted op hashes, truncated to 16 bytes.
+pub fn ops_hash(ops: &[SignedOp]) -> [u8; 16] {
+    let mut hashes: Vec<_> = ops.iter().map(SignedOp::hash).collect();
+    hashes.sort();
+    hashes.dedup();
+    let mut hasher = blake3::Hasher::new();
+    for hash in &hashes {
+        hasher.update(hash.as_bytes());
+    }
+    truncate(hasher.finalize())
+}
+
+/// The first 16 bytes of a BLAKE3 hash.
+pub fn truncate(hash: blake3::Hash) -> [u8; 16] {
+    let mut out = [0; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    out
+}

@@ -1,0 +1,347 @@
+//! The frames two devices exchange on a `care/sync/1` stream, their compact versioned
+//! encoding, and the length prefix that delimits them on a byte stream.
+//!
+//! A frame on the wire is a 4-byte big-endian length, then that many bytes: one format
+//! byte ([`FORMAT_VERSION`]) followed by the postcard encoding of a [`Frame`]. Decoding
+//! checks the size before anything is allocated and every count after decoding, so a
+//! peer's bytes can never panic the process or make it hold more than [`FRAME_BYTES_MAX`].
+
+use care_core::{DocId, DocKind, Month, TeamId};
+use serde::{Deserialize, Serialize};
+
+/// The ALPN of the sync protocol; the trailing number is [`PROTOCOL_VERSION`].
+pub const ALPN: &[u8] = b"care/sync/1";
+/// The version of the sync protocol, announced in [`Frame::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest encoded frame, in bytes (the length prefix not counted).
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// The first byte of every encoded frame: the version of this encoding.
+pub const FORMAT_VERSION: u8 = 1;
+/// Most teams one [`Frame::Hello`] may list.
+pub const TEAMS_PER_HELLO_MAX: usize = 4096;
+/// Most membership ops one [`Frame::Ops`] may carry (a team's history is sent in batches).
+pub const OPS_PER_FRAME_MAX: usize = 4096;
+/// Most documents one [`Frame::Heads`] may list: the most documents of one team that sync.
+pub const DOCS_PER_FRAME_MAX: usize = 65_536;
+/// Most heads one document may announce.
+pub const HEADS_PER_DOC_MAX: usize = 4096;
+/// Most change attestations one [`Frame::Sync`] may carry.
+pub const ATTESTATIONS_PER_FRAME_MAX: usize = 65_536;
+/// Longest reason in a [`Frame::Close`], in bytes.
+pub const CLOSE_REASON_BYTES_MAX: usize = 1024;
+/// Length of the big-endian length prefix before each frame on a stream, in bytes.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// One message of the sync protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// The first frame each side sends: the teams it shares with the other device.
+    Hello {
+        /// The sender's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// One summary per team in which the receiver is a current device of a member.
+        teams: Vec<TeamSummary>,
+    },
+    /// Signed membership ops of a team ([`care_core::SignedOp`] wire bytes).
+    Ops {
+        /// The team.
+        team: TeamId,
+        /// The ops, each in its wire form.
+        ops: Vec<Vec<u8>>,
+    },
+    /// The heads of every document of a team that both devices may read.
+    Heads {
+        /// The team.
+        team: TeamId,
+        /// The documents the sender holds.
+        docs: Vec<DocHeads>,
+    },
+    /// One Automerge sync message for one document.
+    Sync {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+        /// The encoded `automerge::sync::Message`.
+        message: Vec<u8>,
+        /// Signed attestations of the changes carried (always empty in version 1).
+        attestations: Vec<Vec<u8>>,
+    },
+    /// A whole saved document, for a peer that holds none of it.
+    Snapshot {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+        /// The output of `Automerge::save`.
+        bytes: Vec<u8>,
+    },
+    /// The sender ends the session, and says why.
+    Close {
+        /// A sentence for people.
+        reason: String,
+    },
+}
+
+/// What a device says about one team in its [`Frame::Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamSummary {
+    /// The team.
+    pub team: TeamId,
+    /// A hash of the sorted hashes of the membership ops the sender holds.
+    pub ops_hash: [u8; 16],
+    /// A hash of the sorted (document id, heads) of the documents both devices may read.
+    pub docs_hash: [u8; 16],
+}
+
+/// The heads of one document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocHeads {
+    /// The document; always `kind.doc_id(team)`.
+    pub id: DocId,
+    /// The document's kind.
+    pub kind: DocKind,
+    /// The hashes of its head changes, sorted.
+    pub heads: Vec<[u8; 32]>,
+}
+
+/// Bytes that are not a frame this device accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The frame is larger than [`FRAME_BYTES_MAX`].
+    #[error("a frame of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge {
+        /// The announced or actual length.
+        len: usize,
+        /// [`FRAME_BYTES_MAX`].
+        max: usize,
+    },
+    /// The frame is empty.
+    #[error("an empty frame")]
+    Empty,
+    /// The frame's format byte names an encoding this device does not know.
+    #[error("the frame is in format version {0}; this device reads version {FORMAT_VERSION}")]
+    UnknownFormat(u8),
+    /// The bytes do not decode as a frame.
+    #[error("the frame could not be decoded: {0}")]
+    Malformed(String),
+    /// The frame decodes but breaks a limit or a rule of the protocol.
+    #[error("the frame is invalid: {0}")]
+    Invalid(String),
+}
+
+impl Frame {
+    /// The format byte followed by the postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT_VERSION];
+        // Writing into a Vec cannot fail, and every field type serialises.
+        postcard::to_io(self, &mut out).expect("encoding a frame into a Vec cannot fail");
+        out
+    }
+
+    /// Decodes and checks one frame (without its length prefix).
+    pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+        check_len(bytes.len())?;
+        let (&format, body) = bytes.split_first().ok_or(FrameError::Empty)?;
+        if format != FORMAT_VERSION {
+            return Err(FrameError::UnknownFormat(format));
+        }
+        let frame: Frame =
+            postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        frame.validate().map_err(FrameError::Invalid)?;
+        Ok(frame)
+    }
+
+    /// A short name of the frame's variant, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Ops { .. } => "Ops",
+            Frame::Heads { .. } => "Heads",
+            Frame::Sync { .. } => "Sync",
+            Frame::Snapshot { .. } => "Snapshot",
+            Frame::Close { .. } => "Close",
+        }
+    }
+
+    /// Checks counts, document ids and months.
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Frame::Hello { teams, .. } => {
+                bound("teams in a Hello", teams.len(), TEAMS_PER_HELLO_MAX)
+            }
+            Frame::Ops { ops, .. } => bound("ops in an Ops frame", ops.len(), OPS_PER_FRAME_MAX),
+            Frame::Heads { team, docs } => {
+                bound("documents in a Heads frame", docs.len(), DOCS_PER_FRAME_MAX)?;
+                docs.iter().try_for_each(|d| {
+                    bound("heads of a document", d.heads.len(), HEADS_PER_DOC_MAX)?;
+                    check_doc(*team, d.id, &d.kind)
+                })
+            }
+            Frame::Sync { team, doc, kind, attestations, .. } => {
+                bound("attestations", attestations.len(), ATTESTATIONS_PER_FRAME_MAX)?;
+                check_doc(*team, *doc, kind)
+            }
+            Frame::Snapshot { team, doc, kind, .. } => check_doc(*team, *doc, kind),
+            Frame::Close { reason } => {
+                bound("bytes in a close reason", reason.len(), CLOSE_REASON_BYTES_MAX)
+            }
+        }
+    }
+}
+
+/// The length prefix of a frame of `len` bytes: a 4-byte big-endian u32.
+///
+/// Returns an error when `len` is larger than [`FRAME_BYTES_MAX`].
+pub fn length_prefix(len: usize) -> Result<[u8; LENGTH_PREFIX_BYTES], FrameError> {
+    check_len(len)?;
+    let len = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max: FRAME_BYTES_MAX })?;
+    Ok(len.to_be_bytes())
+}
+
+/// Reads a length prefix; checks it against [`FRAME_BYTES_MAX`] before the caller
+/// allocates a buffer for the frame.
+pub fn read_length_prefix(prefix: [u8; LENGTH_PREFIX_BYTES]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    check_len(len)?;
+    Ok(len)
+}
+
+/// A frame encoded with its length prefix, ready to write to a stream.
+pub fn encode_with_prefix(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let body = frame.encode();
+    let mut out = length_prefix(body.len())?.to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn check_len(len: usize) -> Result<(), FrameError> {
+    if len > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    Ok(())
+}
+
+fn bound(what: &str, count: usize, max: usize) -> Result<(), String> {
+    if count > max {
+        return Err(format!("{count} {what}, more than {max}"));
+    }
+    Ok(())
+}
+
+/// A document id must be the one its team and kind derive, and a month must exist.
+fn check_doc(team: TeamId, doc: DocId, kind: &DocKind) -> Result<(), String> {
+    if let Some(month) = kind.month()
+        && Month::new(month.year(), month.number()) != Some(month)
+    {
+        return Err(format!("the document kind names a month that does not exist: {month}"));
+    }
+    if kind.doc_id(team) != doc {
+        return Err(format!("document {doc} is not the {kind} document of team {team}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use care_core::NoteStream;
+    use proptest::prelude::*;
+
+    fn team() -> TeamId {
+        TeamId::from_bytes([3; 16])
+    }
+
+    fn kind_strategy() -> impl Strategy<Value = DocKind> {
+        let month = (2000..2100i32, 1..=12u8).prop_map(|(y, m)| Month::new(y, m));
+        prop_oneof![
+            Just(DocKind::Team),
+            Just(DocKind::Plan),
+            Just(DocKind::HealthPlan),
+            Just(DocKind::Promises),
+            month.clone().prop_filter_map("valid", |m| m.map(|month| DocKind::Rota { month })),
+            (month, any::<bool>()).prop_filter_map("valid", |(m, general)| {
+                let stream = if general { NoteStream::General } else { NoteStream::Care };
+                m.map(|month| DocKind::Notes { stream, month })
+            }),
+        ]
+    }
+
+    fn frame_strategy() -> impl Strategy<Value = Frame> {
+        let bytes = proptest::collection::vec(any::<u8>(), 0..64);
+        let summary = (any::<[u8; 16]>(), any::<[u8; 16]>())
+            .prop_map(|(ops_hash, docs_hash)| TeamSummary { team: team(), ops_hash, docs_hash });
+        let heads = (kind_strategy(), proptest::collection::vec(any::<[u8; 32]>(), 0..4))
+            .prop_map(|(kind, heads)| DocHeads { id: kind.doc_id(team()), kind, heads });
+        prop_oneof![
+            (any::<u32>(), proptest::collection::vec(summary, 0..4))
+                .prop_map(|(version, teams)| Frame::Hello { version, teams }),
+            proptest::collection::vec(bytes.clone(), 0..4)
+                .prop_map(|ops| Frame::Ops { team: team(), ops }),
+            proptest::collection::vec(heads, 0..4)
+                .prop_map(|docs| Frame::Heads { team: team(), docs }),
+            (kind_strategy(), bytes.clone(), proptest::collection::vec(bytes.clone(), 0..2))
+                .prop_map(|(kind, message, attestations)| Frame::Sync {
+                    team: team(),
+                    doc: kind.doc_id(team()),
+                    kind,
+                    message,
+                    attestations
+                }),
+            (kind_strategy(), bytes).prop_map(|(kind, bytes)| Frame::Snapshot {
+                team: team(),
+                doc: kind.doc_id(team()),
+                kind,
+                bytes
+            }),
+            "[a-z ]{0,40}".prop_map(|reason| Frame::Close { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(frame in frame_strategy()) {
+            prop_assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Frame::decode(&bytes);
+            let mut framed = vec![FORMAT_VERSION];
+            framed.extend_from_slice(&bytes);
+            let _ = Frame::decode(&framed);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(frame in frame_strategy(), cut in 0usize..64) {
+            let bytes = frame.encode();
+            let cut = cut.min(bytes.len().saturating_sub(1));
+            let _ = Frame::decode(&bytes[..cut]);
+        }
+    }
+
+    #[test]
+    fn limits_and_versions_are_checked() {
+        assert!(matches!(Frame::decode(&[]), Err(FrameError::Empty)));
+        assert!(matches!(Frame::decode(&[9, 0]), Err(FrameError::UnknownFormat(9))));
+        let huge = vec![0; FRAME_BYTES_MAX + 1];
+        assert!(matches!(Frame::decode(&huge), Err(FrameError::TooLarge { .. })));
+        assert!(read_length_prefix(u32::MAX.to_be_bytes()).is_err());
+        assert_eq!(read_length_prefix(length_prefix(10).expect("small")), Ok(10));
+        let wrong_id = Frame::Snapshot {
+            team: team(),
+            doc: DocKind::Plan.doc_id(team()),
+            kind: DocKind::HealthPlan,
+            bytes: vec![],
+        };
+        assert!(matches!(Frame::decode(&wrong_id.encode()), Err(FrameError::Invalid(_))));
+        let many = Frame::Ops { team: team(), ops: vec![vec![]; OPS_PER_FRAME_MAX + 1] };
+        assert!(matches!(Frame::decode(&many.encode()), Err(FrameError::Invalid(_))));
+        let framed = encode_with_prefix(&Frame::Close { reason: "bye".into() }).expect("small");
+        assert_eq!(&framed[..4], &((framed.len() - 4) as u32).to_be_bytes());
+    }
+}

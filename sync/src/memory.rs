@@ -1,0 +1,152 @@
+//! An in-memory [`Replica`]: Automerge documents, membership ops and per-peer sync states
+//! in maps. Used by the simulation, the tests and the crate example.
+
+use std::collections::BTreeMap;
+
+use automerge::sync::{Message, State, SyncDoc};
+use automerge::{Automerge, AutomergeError};
+use care_core::documents::genesis;
+use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+
+use crate::replica::{HeldDoc, Replica};
+
+/// A failure of the in-memory replica: Automerge refused the bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("the document could not take the changes: {0}")]
+pub struct MemoryError(#[from] AutomergeError);
+
+/// One device's state, in memory.
+#[derive(Debug)]
+pub struct MemoryReplica {
+    device: DeviceId,
+    ops: BTreeMap<TeamId, BTreeMap<care_core::OpHash, SignedOp>>,
+    docs: BTreeMap<(TeamId, DocId), (DocKind, Automerge)>,
+    /// Per peer and document, as persisted between sessions (`State::encode`) and live.
+    sync_states: BTreeMap<(DeviceId, DocId), State>,
+}
+
+impl MemoryReplica {
+    /// An empty replica for `device`.
+    pub fn new(device: DeviceId) -> MemoryReplica {
+        MemoryReplica {
+            device,
+            ops: BTreeMap::new(),
+            docs: BTreeMap::new(),
+            sync_states: BTreeMap::new(),
+        }
+    }
+
+    /// The document of `kind`, created from its genesis change when missing.
+    pub fn doc_mut(&mut self, team: TeamId, kind: DocKind) -> &mut Automerge {
+        let id = kind.doc_id(team);
+        &mut self.docs.entry((team, id)).or_insert_with(|| (kind, genesis(team, &kind))).1
+    }
+
+    /// The document `doc` of `team`, if held.
+    pub fn doc(&self, team: TeamId, doc: DocId) -> Option<&Automerge> {
+        self.docs.get(&(team, doc)).map(|(_, d)| d)
+    }
+
+    fn state(&mut self, peer: DeviceId, doc: DocId) -> &mut State {
+        self.sync_states.entry((peer, doc)).or_default()
+    }
+}
+
+impl Replica for MemoryReplica {
+    type Error = MemoryError;
+
+    fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    fn teams(&self) -> Result<Vec<TeamId>, MemoryError> {
+        Ok(self.ops.keys().copied().collect())
+    }
+
+    fn ops(&self, team: TeamId) -> Result<Vec<SignedOp>, MemoryError> {
+        Ok(self.ops.get(&team).map(|ops| ops.values().cloned().collect()).unwrap_or_default())
+    }
+
+    fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<(), MemoryError> {
+        let held = self.ops.entry(team).or_default();
+        for op in ops {
+            held.insert(op.hash(), op.clone());
+        }
+        Ok(())
+    }
+
+    fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>, MemoryError> {
+        let range = self.docs.range((team, DocId::from_bytes([0; 16]))..);
+        Ok(range
+            .take_while(|((t, _), _)| *t == team)
+            .map(|((_, id), (kind, doc))| HeldDoc { id: *id, kind: *kind, heads: doc.get_heads() })
+            .collect())
+    }
+
+    fn generate_sync_message(
+        &mut self,
+        peer: DeviceId,
+        team: TeamId,
+        doc: DocId,
+        _kind: DocKind,
+    ) -> Result<Option<Message>, MemoryError> {
+        let Some((_, automerge)) = self.docs.get(&(team, doc)) else {
+            return Ok(None);
+        };
+        let state = self.sync_states.entry((peer, doc)).or_default();
+        Ok(automerge.generate_sync_message(state))
+    }
+
+    fn receive_sync_message(
+        &mut self,
+        peer: DeviceId,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        message: Message,
+    ) -> Result<bool, MemoryError> {
+        let mut state = std::mem::take(self.state(peer, doc));
+        // A missing document starts from its genesis, so local writes find its structure
+        // even before the peer's changes arrive.
+        let automerge = self.doc_mut(team, kind);
+        let before = automerge.get_heads();
+        let result = automerge.receive_sync_message(&mut state, message);
+        let changed = automerge.get_heads() != before;
+        *self.state(peer, doc) = state;
+        result?;
+        Ok(changed)
+    }
+
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, MemoryError> {
+        Ok(self.docs.get(&(team, doc)).map(|(_, d)| d.save()))
+    }
+
+    fn receive_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        _bytes: &[u8],
+        mut loaded: Automerge,
+    ) -> Result<bool, MemoryError> {
+        match self.docs.get_mut(&(team, doc)) {
+            Some((_, held)) => {
+                let before = held.get_heads();
+                held.merge(&mut loaded)?;
+                Ok(held.get_heads() != before)
+            }
+            None => {
+                self.docs.insert((team, doc), (kind, loaded));
+                Ok(true)
+            }
+        }
+    }
+
+    fn reset_sync_state(&mut self, peer: DeviceId) {
+        for ((p, _), state) in self.sync_states.iter_mut() {
+            if *p == peer {
+                *state = State::decode(&state.encode()).unwrap_or_default();
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The storage boundary of the sync protocol: what a [`Session`](crate::Session) needs
+//! from the device's store. The product implements it over SQLite; the simulation over
+//! memory ([`MemoryReplica`](crate::MemoryReplica)).
+
+use automerge::sync::Message;
+use automerge::{Automerge, ChangeHash};
+use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+
+/// A document a device holds, with its heads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldDoc {
+    /// The document.
+    pub id: DocId,
+    /// Its kind.
+    pub kind: DocKind,
+    /// The hashes of its head changes.
+    pub heads: Vec<ChangeHash>,
+}
+
+/// One device's teams, membership ops and documents, with its per-peer sync states.
+///
+/// Every method is synchronous and each write is durable when it returns. The session
+/// checks authorisation before calling a write; the replica only stores.
+pub trait Replica {
+    /// What went wrong in the store.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// This device.
+    fn device(&self) -> DeviceId;
+
+    /// The teams this device holds.
+    fn teams(&self) -> Result<Vec<TeamId>, Self::Error>;
+
+    /// Every membership op of `team` this device holds.
+    fn ops(&self, team: TeamId) -> Result<Vec<SignedOp>, Self::Error>;
+
+    /// Stores ops (idempotent). The session has checked that they decode; it replays the
+    /// whole set with [`care_core::Membership::from_ops`], which leaves invalid ops out.
+    fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<(), Self::Error>;
+
+    /// The documents of `team` this device holds, with their heads (sorted).
+    fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>, Self::Error>;
+
+    /// The next sync message for `doc` to `peer`, from the sync state kept for that peer
+    /// and document (`None` when there is nothing to say).
+    fn generate_sync_message(
+        &mut self,
+        peer: DeviceId,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+    ) -> Result<Option<Message>, Self::Error>;
+
+    /// Applies a checked sync message from `peer` durably, creating the document if this
+    /// device has none of it. Returns whether the document's heads changed.
+    fn receive_sync_message(
+        &mut self,
+        peer: DeviceId,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        message: Message,
+    ) -> Result<bool, Self::Error>;
+
+    /// The whole document, saved (`Automerge::save`), or `None` when not held.
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, Self::Error>;
+
+    /// Merges a checked snapshot: `bytes` as received and `loaded`, the document they
+    /// hold (loaded once by the session to check its authors). Returns whether the heads
+    /// changed.
+    fn receive_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        loaded: Automerge,
+    ) -> Result<bool, Self::Error>;
+
+    /// Drops the in-flight part of every sync state kept for `peer` (what was sent,
+    /// what the peer said), keeping the persisted shared heads. Called when a session
+    /// with `peer` starts and when it ends.
+    fn reset_sync_state(&mut self, peer: DeviceId);
+}

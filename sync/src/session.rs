@@ -1,0 +1,641 @@
+//! One sync session with one remote device: a state machine with no IO. Frames and local
+//! events go in; frames to send, a close and events for the application come out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::sync::Message;
+use automerge::{ActorId, Automerge, ChangeHash};
+use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+
+use crate::access::{TeamAccess, genesis_change, truncate};
+use crate::chunks::{changes_in, changes_of};
+use crate::frame::{
+    CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
+    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, TEAMS_PER_HELLO_MAX, TeamSummary,
+};
+use crate::replica::Replica;
+
+/// Room left in a frame for everything but a snapshot's bytes, in bytes.
+const SNAPSHOT_OVERHEAD_BYTES: usize = 1024;
+
+/// What a session asks its driver to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Write this encoded frame to the connection (behind a length prefix, see
+    /// [`length_prefix`](crate::frame::length_prefix)).
+    Send(Vec<u8>),
+    /// Close the connection after writing what came before; the session is over.
+    Close {
+        /// Why, in a sentence.
+        reason: String,
+    },
+    /// Tell the application (and the other sessions) what happened.
+    Event(SyncEvent),
+}
+
+/// Something the application, and the device's other sessions, should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A document changed by changes from the remote device: the driver calls
+    /// [`Session::local_change`] on its other sessions to pass them on.
+    DocChanged {
+        /// The team.
+        team: TeamId,
+        /// The document.
+        doc: DocId,
+        /// Its kind.
+        kind: DocKind,
+    },
+    /// The team's membership changed by ops from the remote device: the driver calls
+    /// [`Session::membership_changed`] on its other sessions.
+    MembershipChanged {
+        /// The team.
+        team: TeamId,
+    },
+    /// Something the remote device sent was refused and not applied.
+    Refused {
+        /// The team.
+        team: TeamId,
+        /// The document, when the refusal is about one.
+        doc: Option<DocId>,
+        /// Why, in a sentence.
+        reason: String,
+    },
+    /// Both devices already held the same ops and documents of the team when the
+    /// session started.
+    TeamInSync {
+        /// The team.
+        team: TeamId,
+    },
+}
+
+/// The sync protocol with one remote device over one connection.
+///
+/// The driver calls [`start`](Self::start) once, then [`handle_frame`](Self::handle_frame)
+/// for each frame received, [`local_change`](Self::local_change) after each local write
+/// and [`membership_changed`](Self::membership_changed) after new membership ops, and
+/// carries out the returned [`Output`]s in order.
+#[derive(Debug)]
+pub struct Session {
+    local: DeviceId,
+    remote: DeviceId,
+    phase: Phase,
+    /// The teams in which both devices are current devices of members.
+    shared: BTreeMap<TeamId, TeamAccess>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started.
+    New,
+    /// Our Hello is sent; theirs has not arrived.
+    HelloSent,
+    /// Both Hellos exchanged: catching up, then live.
+    Live,
+    /// Over.
+    Closed,
+}
+
+/// The result of a step: `Err` holds the reason to close the session with.
+type Step = Result<(), String>;
+
+impl Session {
+    /// A session of `local` with `remote`, whose key the connection authenticated.
+    pub fn new(local: DeviceId, remote: DeviceId) -> Session {
+        Session { local, remote, phase: Phase::New, shared: BTreeMap::new() }
+    }
+
+    /// The remote device.
+    pub fn remote(&self) -> DeviceId {
+        self.remote
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The teams this session syncs.
+    pub fn shared_teams(&self) -> impl Iterator<Item = TeamId> + '_ {
+        self.shared.keys().copied()
+    }
+
+    /// Starts the session: sends a Hello naming only the teams the remote device is a
+    /// current device of (an empty Hello to anyone else).
+    pub fn start<R: Replica>(&mut self, replica: &mut R) -> Vec<Output> {
+        self.run(replica, |s, r, out| s.send_hello(r, out))
+    }
+
+    /// Handles one frame received from the remote device.
+    pub fn handle_frame<R: Replica>(&mut self, replica: &mut R, bytes: &[u8]) -> Vec<Output> {
+        self.run(replica, |s, r, out| {
+            if s.phase == Phase::New {
+                s.send_hello(r, out)?;
+            }
+            let frame =
+                Frame::decode(bytes).map_err(|e| format!("device {} sent {e}", s.remote))?;
+            s.on_frame(r, frame, out)
+        })
+    }
+
+    /// Pushes a local change of `doc` to the remote device, if it may read it.
+    pub fn local_change<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+    ) -> Vec<Output> {
+        self.run(replica, |s, r, out| {
+            if s.phase == Phase::Live && s.both_read(team, &kind) {
+                s.send_sync(r, team, doc, kind, out)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Re-reads the team's membership after it changed: closes the session when the
+    /// remote device is no longer a current device of any shared team, otherwise sends
+    /// the ops and the heads the remote device may now read.
+    pub fn membership_changed<R: Replica>(&mut self, replica: &mut R, team: TeamId) -> Vec<Output> {
+        self.run(replica, |s, r, out| {
+            let access = s.team_access(r, team)?;
+            s.adopt(r, team, access, out)
+        })
+    }
+
+    /// Ends the session from this side with `reason`.
+    pub fn close<R: Replica>(&mut self, replica: &mut R, reason: &str) -> Vec<Output> {
+        self.run(replica, |_, _, _| Err(reason.to_owned()))
+    }
+
+    /// Runs one step; on failure sends a Close frame and ends the session.
+    fn run<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        step: impl FnOnce(&mut Self, &mut R, &mut Vec<Output>) -> Step,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        if let Err(reason) = step(self, replica, &mut out) {
+            let mut short = reason.clone();
+            truncate_utf8(&mut short, CLOSE_REASON_BYTES_MAX);
+            out.push(Output::Send(Frame::Close { reason: short }.encode()));
+            self.end(replica, reason, &mut out);
+        }
+        out
+    }
+
+    fn end<R: Replica>(&mut self, replica: &mut R, reason: String, out: &mut Vec<Output>) {
+        self.phase = Phase::Closed;
+        self.shared.clear();
+        replica.reset_sync_state(self.remote);
+        out.push(Output::Close { reason });
+    }
+
+    fn send_hello<R: Replica>(&mut self, replica: &mut R, out: &mut Vec<Output>) -> Step {
+        if self.phase != Phase::New {
+            return Ok(());
+        }
+        replica.reset_sync_state(self.remote);
+        for team in replica.teams().map_err(store)? {
+            let access = self.team_access(replica, team)?;
+            if self.both_current(&access) && self.shared.len() < TEAMS_PER_HELLO_MAX {
+                self.shared.insert(team, access);
+            }
+        }
+        let mut teams = Vec::with_capacity(self.shared.len());
+        for (team, access) in &self.shared {
+            let docs_hash = docs_hash(&self.readable_docs(replica, *team, access)?);
+            teams.push(TeamSummary { team: *team, ops_hash: access.ops_hash(), docs_hash });
+        }
+        out.push(Output::Send(Frame::Hello { version: PROTOCOL_VERSION, teams }.encode()));
+        self.phase = Phase::HelloSent;
+        Ok(())
+    }
+
+    fn on_frame<R: Replica>(&mut self, r: &mut R, frame: Frame, out: &mut Vec<Output>) -> Step {
+        let remote = self.remote;
+        match frame {
+            Frame::Close { reason } => {
+                self.end(r, format!("device {remote} closed the session: {reason}"), out);
+                Ok(())
+            }
+            Frame::Hello { version, teams } => self.on_hello(r, version, &teams, out),
+            other if self.phase != Phase::Live => {
+                Err(format!("device {remote} sent {} before Hello", other.name()))
+            }
+            Frame::Ops { team, ops } => self.on_ops(r, team, &ops, out),
+            Frame::Heads { team, docs } => self.on_heads(r, team, &docs, out),
+            Frame::Sync { team, doc, kind, message, .. } => {
+                self.on_sync(r, team, doc, kind, &message, out)
+            }
+            Frame::Snapshot { team, doc, kind, bytes } => {
+                self.on_snapshot(r, team, doc, kind, &bytes, out)
+            }
+        }
+    }
+
+    fn on_hello<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        version: u32,
+        teams: &[TeamSummary],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        if version != PROTOCOL_VERSION {
+            return Err(format!(
+                "peer speaks care/sync version {version}, this device speaks {PROTOCOL_VERSION}"
+            ));
+        }
+        if self.phase == Phase::Live {
+            return Err(format!("device {} sent a second Hello", self.remote));
+        }
+        self.phase = Phase::Live;
+        let theirs: BTreeMap<TeamId, &TeamSummary> = teams.iter().map(|t| (t.team, t)).collect();
+        let shared: Vec<TeamId> = self.shared.keys().copied().collect();
+        for team in shared {
+            self.answer_summary(replica, team, theirs.get(&team).copied(), out)?;
+        }
+        let held: BTreeSet<TeamId> = replica.teams().map_err(store)?.into_iter().collect();
+        if self.shared.is_empty() && !theirs.keys().any(|t| held.contains(t)) {
+            return Err(format!("device {} shares no team with this device", self.remote));
+        }
+        Ok(())
+    }
+
+    /// Compares the remote's summary of a shared team with ours and sends what differs.
+    fn answer_summary<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        theirs: Option<&TeamSummary>,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let Some(access) = self.shared.get(&team) else {
+            return Ok(());
+        };
+        let ours_ops = access.ops_hash();
+        match theirs {
+            Some(t) if t.ops_hash == ours_ops => {
+                let docs = self.readable_docs(replica, team, access)?;
+                if docs_hash(&docs) == t.docs_hash {
+                    out.push(Output::Event(SyncEvent::TeamInSync { team }));
+                    Ok(())
+                } else {
+                    self.send_heads(replica, team, out)
+                }
+            }
+            _ => {
+                self.send_ops(replica, team, out)?;
+                self.send_heads(replica, team, out)
+            }
+        }
+    }
+
+    fn on_ops<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        ops: &[Vec<u8>],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let received = ops
+            .iter()
+            .map(|bytes| SignedOp::from_bytes(bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("device {} sent a bad membership op: {e}", self.remote))?;
+        let held = replica.ops(team).map_err(store)?;
+        let known: BTreeSet<_> = held.iter().map(SignedOp::hash).collect();
+        let new: Vec<SignedOp> =
+            received.into_iter().filter(|op| !known.contains(&op.hash())).collect();
+        if new.is_empty() {
+            if self.shared.contains_key(&team) {
+                return Ok(());
+            }
+            return self.not_shared(team, held.is_empty(), out);
+        }
+        let union: Vec<SignedOp> = held.iter().chain(&new).cloned().collect();
+        let Ok(access) = TeamAccess::from_ops(team, &union) else {
+            return self.not_shared(team, held.is_empty(), out);
+        };
+        if !self.shared.contains_key(&team) && !self.both_current(&access) {
+            return self.not_shared(team, held.is_empty(), out);
+        }
+        replica.add_ops(team, &new).map_err(store)?;
+        out.push(Output::Event(SyncEvent::MembershipChanged { team }));
+        self.adopt(replica, team, access, out)
+    }
+
+    /// Ops arrived for a team this session does not share: ignored for a team this
+    /// device does not hold; otherwise refused, and the session closed when it shares
+    /// nothing else.
+    fn not_shared(&mut self, team: TeamId, unknown: bool, out: &mut Vec<Output>) -> Step {
+        if unknown && !self.shared.contains_key(&team) {
+            return Ok(());
+        }
+        let reason = format!("device {} is not a current device of team {team}", self.remote);
+        if self.shared.is_empty() {
+            return Err(reason);
+        }
+        out.push(Output::Event(SyncEvent::Refused { team, doc: None, reason }));
+        Ok(())
+    }
+
+    /// Takes a team's new membership: keeps syncing it (sending ops and heads) while
+    /// both devices are current, stops otherwise.
+    fn adopt<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        access: TeamAccess,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let was_shared = self.shared.contains_key(&team);
+        if !self.both_current(&access) {
+            self.shared.remove(&team);
+            if was_shared && self.shared.is_empty() {
+                return Err(format!(
+                    "device {} is no longer a current device of team {team}",
+                    self.remote
+                ));
+            }
+            return Ok(());
+        }
+        self.shared.insert(team, access);
+        if self.phase != Phase::Live {
+            return Ok(());
+        }
+        self.send_ops(replica, team, out)?;
+        self.send_heads(replica, team, out)
+    }
+
+    fn on_heads<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        theirs: &[DocHeads],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let Some(access) = self.shared.get(&team) else {
+            return Ok(());
+        };
+        let ours = self.readable_docs(replica, team, access)?;
+        let their_ids: BTreeSet<DocId> = theirs.iter().map(|d| d.id).collect();
+        for d in theirs {
+            let differs = ours.get(&d.id).is_some_and(|(_, heads)| heads_bytes(heads) != d.heads);
+            if differs && self.both_read(team, &d.kind) {
+                self.send_sync(replica, team, d.id, d.kind, out)?;
+            }
+        }
+        for (id, (kind, _)) in ours.iter().filter(|(id, _)| !their_ids.contains(id)) {
+            self.send_snapshot(replica, team, *id, *kind, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_sync<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        message: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let message = Message::decode(message).map_err(|e| {
+            format!("device {} sent a malformed sync message for {kind}: {e}", self.remote)
+        })?;
+        let mut changes = Vec::new();
+        for chunk in message.changes.iter() {
+            match changes_in(chunk) {
+                Ok(found) => changes.extend(found),
+                Err(why) => return Err(format!("device {} sent {why} for {kind}", self.remote)),
+            }
+        }
+        if !self.check_incoming(team, doc, &kind, &changes, out) {
+            return Ok(());
+        }
+        let changed =
+            replica.receive_sync_message(self.remote, team, doc, kind, message).map_err(store)?;
+        if changed {
+            out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
+        }
+        self.send_sync(replica, team, doc, kind, out)
+    }
+
+    fn on_snapshot<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let loaded = Automerge::load(bytes).map_err(|e| {
+            format!("device {} sent a snapshot of {kind} that does not load: {e}", self.remote)
+        })?;
+        if !self.check_incoming(team, doc, &kind, &changes_of(&loaded), out) {
+            return Ok(());
+        }
+        if replica.receive_snapshot(team, doc, kind, bytes, loaded).map_err(store)? {
+            out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
+        }
+        Ok(())
+    }
+
+    /// Whether changes to `doc` from the remote may be applied: the team is shared, both
+    /// devices may read the kind, and every change's author may write it. Reports a
+    /// refusal as an event.
+    fn check_incoming(
+        &self,
+        team: TeamId,
+        doc: DocId,
+        kind: &DocKind,
+        changes: &[(ActorId, ChangeHash)],
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let Some(access) = self.shared.get(&team) else {
+            return false;
+        };
+        let verdict = if !self.both_read(team, kind) {
+            Err(format!("device {} sent a {kind} document it may not read", self.remote))
+        } else {
+            check_authors(access, team, kind, changes)
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(reason) => {
+                out.push(Output::Event(SyncEvent::Refused { team, doc: Some(doc), reason }));
+                false
+            }
+        }
+    }
+
+    fn send_ops<R: Replica>(&self, replica: &mut R, team: TeamId, out: &mut Vec<Output>) -> Step {
+        let ops = replica.ops(team).map_err(store)?;
+        for batch in ops.chunks(OPS_PER_FRAME_MAX) {
+            let ops = batch.iter().map(SignedOp::to_bytes).collect();
+            out.push(Output::Send(Frame::Ops { team, ops }.encode()));
+        }
+        Ok(())
+    }
+
+    fn send_heads<R: Replica>(&self, replica: &mut R, team: TeamId, out: &mut Vec<Output>) -> Step {
+        let Some(access) = self.shared.get(&team) else {
+            return Ok(());
+        };
+        let docs = self.readable_docs(replica, team, access)?;
+        let docs = docs
+            .into_iter()
+            .take(DOCS_PER_FRAME_MAX)
+            .map(|(id, (kind, heads))| {
+                let mut heads = heads_bytes(&heads);
+                heads.truncate(HEADS_PER_DOC_MAX);
+                DocHeads { id, kind, heads }
+            })
+            .collect();
+        out.push(Output::Send(Frame::Heads { team, docs }.encode()));
+        Ok(())
+    }
+
+    fn send_sync<R: Replica>(
+        &self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let message = replica.generate_sync_message(self.remote, team, doc, kind).map_err(store)?;
+        if let Some(message) = message {
+            let message = message.encode();
+            let frame = Frame::Sync { team, doc, kind, message, attestations: Vec::new() };
+            out.push(Output::Send(frame.encode()));
+        }
+        Ok(())
+    }
+
+    /// Sends the whole document to a remote that has none of it; falls back to the sync
+    /// protocol when the saved document would not fit in a frame.
+    fn send_snapshot<R: Replica>(
+        &self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        match replica.snapshot(team, doc).map_err(store)? {
+            Some(bytes) if bytes.len() + SNAPSHOT_OVERHEAD_BYTES <= FRAME_BYTES_MAX => {
+                out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
+                Ok(())
+            }
+            Some(_) => self.send_sync(replica, team, doc, kind, out),
+            None => Ok(()),
+        }
+    }
+
+    fn team_access<R: Replica>(&self, replica: &R, team: TeamId) -> Result<TeamAccess, String> {
+        let ops = replica.ops(team).map_err(store)?;
+        TeamAccess::from_ops(team, &ops)
+            .map_err(|e| format!("the membership of team {team} could not be read: {e}"))
+    }
+
+    fn both_current(&self, access: &TeamAccess) -> bool {
+        access.is_current(self.remote) && access.is_current(self.local)
+    }
+
+    fn both_read(&self, team: TeamId, kind: &DocKind) -> bool {
+        self.shared
+            .get(&team)
+            .is_some_and(|a| a.may_read(self.remote, kind) && a.may_read(self.local, kind))
+    }
+
+    /// The documents of `team` held here that both devices may read, by id.
+    fn readable_docs<R: Replica>(
+        &self,
+        replica: &R,
+        team: TeamId,
+        access: &TeamAccess,
+    ) -> Result<BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>, String> {
+        let docs = replica.docs(team).map_err(store)?;
+        Ok(docs
+            .into_iter()
+            .filter(|d| {
+                access.may_read(self.remote, &d.kind) && access.may_read(self.local, &d.kind)
+            })
+            .map(|mut d| {
+                d.heads.sort();
+                (d.id, (d.kind, d.heads))
+            })
+            .collect())
+    }
+}
+
+/// Checks that every change was written by a device that may write `kind`, or is the
+/// document's deterministic genesis change.
+fn check_authors(
+    access: &TeamAccess,
+    team: TeamId,
+    kind: &DocKind,
+    changes: &[(ActorId, ChangeHash)],
+) -> Result<(), String> {
+    let mut genesis: Option<(ActorId, Option<ChangeHash>)> = None;
+    for (actor, hash) in changes {
+        if access.may_have_written(actor, kind) {
+            continue;
+        }
+        let (genesis_actor, genesis_hash) =
+            genesis.get_or_insert_with(|| genesis_change(team, kind));
+        if actor == genesis_actor && Some(*hash) == *genesis_hash {
+            continue;
+        }
+        return Err(format!(
+            "a change by {} to a {kind} document, which that device may not write",
+            short_actor(actor)
+        ));
+    }
+    Ok(())
+}
+
+/// BLAKE3 over the sorted (document id, heads), truncated to 16 bytes.
+fn docs_hash(docs: &BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    for (id, (_, heads)) in docs {
+        hasher.update(id.as_bytes());
+        hasher.update(&(heads.len() as u64).to_le_bytes());
+        for head in heads {
+            hasher.update(&head.0);
+        }
+    }
+    truncate(hasher.finalize())
+}
+
+fn heads_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
+    heads.iter().map(|h| h.0).collect()
+}
+
+fn short_actor(actor: &ActorId) -> String {
+    match DeviceId::from_slice(actor.to_bytes()) {
+        Ok(device) => format!("device {device}"),
+        Err(_) => format!("actor {actor}"),
+    }
+}
+
+fn store(e: impl std::fmt::Display) -> String {
+    format!("this device's store failed: {e}")
+}
+
+fn truncate_utf8(text: &mut String, max_bytes: usize) {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}

@@ -1,0 +1,568 @@
+//! A deterministic simulation of the sync protocol: 3 to 7 devices of one care team on a
+//! seeded in-memory network with delays, dropped connections and partitions, editing
+//! concurrently; after the network heals every device must hold the same heads for every
+//! document it may read. `CARE_SIM_SEED=N cargo test -p care-sync sim` replays one seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::ChangeHash;
+use care_core::documents::{Author, notes, plan};
+use care_core::{
+    Access, DeviceKey, DocId, DocKind, EntryId, MemberId, Membership, Month, NoteStream, OpBody,
+    Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
+};
+
+use crate::frame::Frame;
+use crate::memory::MemoryReplica;
+use crate::replica::Replica;
+use crate::session::{Output, Session, SyncEvent};
+
+/// Seeds per test run.
+const SEEDS_PER_RUN: u64 = 500;
+/// Ticks (milliseconds of simulated time) of the fault phase.
+const FAULT_TICKS: u64 = 300;
+/// Most ticks to wait for the network to go quiet after healing.
+const QUIET_TICKS_MAX: u64 = 100_000;
+/// Largest delay of one frame, in ticks.
+const DELAY_TICKS_MAX: u64 = 20;
+
+/// SplitMix64: small, seeded, good enough for choosing faults.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True with probability `percent` / 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+struct Peer {
+    key: DeviceKey,
+    member: MemberId,
+    role: Role,
+    replica: MemoryReplica,
+}
+
+struct Conn {
+    ends: [usize; 2],
+    sessions: [Session; 2],
+    /// Delivery time of the last frame sent each way, so a connection stays ordered.
+    last_at: [u64; 2],
+}
+
+struct InFlight {
+    at: u64,
+    seq: u64,
+    conn: u64,
+    to_end: usize,
+    bytes: Vec<u8>,
+}
+
+/// The simulated world of one seed.
+struct World {
+    rng: Rng,
+    now: u64,
+    team: TeamId,
+    month: Month,
+    peers: Vec<Peer>,
+    /// The device outside the team (the last peer).
+    outsider: usize,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    in_flight: Vec<InFlight>,
+    next_seq: u64,
+    /// Peers on side `true` of a partition cannot reach those on side `false`.
+    partition: Option<Vec<bool>>,
+    /// The peer removed mid-run, and the removal op.
+    removed: Option<(usize, SignedOp)>,
+    /// Refusals reported by each peer.
+    refusals: Vec<(usize, String)>,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let mut rng = Rng(seed);
+        let members = 3 + rng.below(5) as usize;
+        let roles = |i: usize| match i {
+            0 => Role::Owner,
+            1 => Role::Volunteer,
+            2 => Role::Advocate,
+            _ => Role::Worker,
+        };
+        let mut peers: Vec<Peer> = (0..=members)
+            .map(|i| {
+                let key = DeviceKey::from_seed([i as u8 + 1; 32]);
+                let member = MemberId::from_bytes([i as u8 + 1; 16]);
+                let replica = MemoryReplica::new(key.device_id());
+                Peer { key, member, role: roles(i), replica }
+            })
+            .collect();
+        let ops = team_ops(&peers[..members], seed);
+        let team = team_id(&ops[0]);
+        for peer in &mut peers[..members] {
+            peer.replica.add_ops(team, &ops).expect("memory replica");
+        }
+        World {
+            rng,
+            now: 0,
+            team,
+            month: Month::new(2026, 11).expect("a valid month"),
+            peers,
+            outsider: members,
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            in_flight: Vec::new(),
+            next_seq: 0,
+            partition: None,
+            removed: None,
+            refusals: Vec::new(),
+        }
+    }
+
+    fn run(&mut self) {
+        let removal_at = 50 + self.rng.below(FAULT_TICKS - 100);
+        while self.now < FAULT_TICKS {
+            self.faults();
+            if self.now == removal_at {
+                self.remove_last_member();
+            }
+            self.deliver_due();
+            self.now += 1;
+        }
+        self.partition = None;
+        let all = self.peers.len();
+        for a in 0..all {
+            for b in a + 1..all {
+                self.connect(a, b);
+            }
+        }
+        let deadline = self.now + QUIET_TICKS_MAX;
+        while !self.in_flight.is_empty() {
+            assert!(self.now < deadline, "the network did not go quiet");
+            self.deliver_due();
+            self.now += 1;
+        }
+    }
+
+    fn faults(&mut self) {
+        let peers = self.peers.len() as u64;
+        if self.rng.chance(8) {
+            let peer = self.rng.below(self.outsider as u64) as usize;
+            self.edit(peer);
+        }
+        if self.rng.chance(10) {
+            let (a, b) = (self.rng.below(peers) as usize, self.rng.below(peers) as usize);
+            self.connect(a, b);
+        }
+        if self.rng.chance(3)
+            && let Some(&id) =
+                self.conns.keys().nth(self.rng.below(self.conns.len() as u64) as usize)
+        {
+            self.drop_conn(id);
+        }
+        if self.rng.chance(1) {
+            self.repartition();
+        }
+    }
+
+    fn repartition(&mut self) {
+        if self.partition.is_some() {
+            self.partition = None;
+            return;
+        }
+        let sides: Vec<bool> = (0..self.peers.len()).map(|_| self.rng.chance(50)).collect();
+        let cut: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| sides[c.ends[0]] != sides[c.ends[1]])
+            .map(|(id, _)| *id)
+            .collect();
+        for id in cut {
+            self.drop_conn(id);
+        }
+        self.partition = Some(sides);
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.conns.values().any(|c| c.ends == [a, b] || c.ends == [b, a])
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        let split = self.partition.as_ref().is_some_and(|s| s[a] != s[b]);
+        if a == b || split || self.connected(a, b) {
+            return;
+        }
+        let (da, db) = (self.peers[a].key.device_id(), self.peers[b].key.device_id());
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let sessions = [Session::new(da, db), Session::new(db, da)];
+        self.conns.insert(id, Conn { ends: [a, b], sessions, last_at: [0, 0] });
+        for end in 0..2 {
+            let outputs = self.with_session(id, end, |s, r| s.start(r));
+            self.apply(id, end, outputs);
+        }
+    }
+
+    /// Ends a connection: its frames in flight are lost, both sessions end.
+    fn drop_conn(&mut self, id: u64) {
+        if let Some(conn) = self.conns.remove(&id) {
+            let [a, b] = conn.ends;
+            let (da, db) = (self.peers[a].key.device_id(), self.peers[b].key.device_id());
+            self.peers[a].replica.reset_sync_state(db);
+            self.peers[b].replica.reset_sync_state(da);
+        }
+    }
+
+    fn with_session(
+        &mut self,
+        conn: u64,
+        end: usize,
+        f: impl FnOnce(&mut Session, &mut MemoryReplica) -> Vec<Output>,
+    ) -> Vec<Output> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let peer = c.ends[end];
+        f(&mut c.sessions[end], &mut self.peers[peer].replica)
+    }
+
+    /// Carries out a session's outputs, and what they cause on the peer's other sessions.
+    fn apply(&mut self, conn: u64, end: usize, outputs: Vec<Output>) {
+        let mut work = vec![(conn, end, outputs)];
+        while let Some((conn, end, outputs)) = work.pop() {
+            for output in outputs {
+                let Some(c) = self.conns.get(&conn) else {
+                    break;
+                };
+                let peer = c.ends[end];
+                match output {
+                    Output::Send(bytes) => self.send(conn, end, bytes),
+                    Output::Close { .. } => self.drop_conn(conn),
+                    Output::Event(event) => work.extend(self.fan_out(peer, conn, &event)),
+                }
+            }
+        }
+    }
+
+    /// Passes a session's event on to the peer's other sessions.
+    fn fan_out(
+        &mut self,
+        peer: usize,
+        from: u64,
+        event: &SyncEvent,
+    ) -> Vec<(u64, usize, Vec<Output>)> {
+        match event {
+            SyncEvent::DocChanged { team, doc, kind } => {
+                let (team, doc, kind) = (*team, *doc, *kind);
+                self.each_session(peer, Some(from), |s, r| s.local_change(r, team, doc, kind))
+            }
+            SyncEvent::MembershipChanged { team } => {
+                let team = *team;
+                self.each_session(peer, Some(from), |s, r| s.membership_changed(r, team))
+            }
+            SyncEvent::Refused { reason, .. } => {
+                self.refusals.push((peer, reason.clone()));
+                Vec::new()
+            }
+            SyncEvent::TeamInSync { .. } => Vec::new(),
+        }
+    }
+
+    fn each_session(
+        &mut self,
+        peer: usize,
+        except: Option<u64>,
+        mut f: impl FnMut(&mut Session, &mut MemoryReplica) -> Vec<Output>,
+    ) -> Vec<(u64, usize, Vec<Output>)> {
+        let mut results = Vec::new();
+        for (id, conn) in &mut self.conns {
+            if Some(*id) == except {
+                continue;
+            }
+            for end in 0..2 {
+                if conn.ends[end] == peer {
+                    results.push((
+                        *id,
+                        end,
+                        f(&mut conn.sessions[end], &mut self.peers[peer].replica),
+                    ));
+                }
+            }
+        }
+        results
+    }
+
+    fn send(&mut self, conn: u64, end: usize, bytes: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let (from, to) = (c.ends[end], c.ends[1 - end]);
+        let at = (self.now + 1 + self.rng.below(DELAY_TICKS_MAX)).max(c.last_at[end]);
+        c.last_at[end] = at;
+        self.check_frame(from, to, &bytes);
+        self.in_flight.push(InFlight { at, seq: self.next_seq, conn, to_end: 1 - end, bytes });
+        self.next_seq += 1;
+    }
+
+    fn deliver_due(&mut self) {
+        let now = self.now;
+        let (mut due, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.in_flight).into_iter().partition(|f| f.at <= now);
+        self.in_flight = rest;
+        due.sort_by_key(|f| (f.at, f.seq));
+        for frame in due {
+            // Frames of a connection that has closed are lost with it.
+            let outputs =
+                self.with_session(frame.conn, frame.to_end, |s, r| s.handle_frame(r, &frame.bytes));
+            self.apply(frame.conn, frame.to_end, outputs);
+        }
+    }
+
+    /// Writes a note or a plan section the peer's role may write.
+    fn edit(&mut self, peer: usize) {
+        let month = if self.rng.chance(50) { self.month } else { self.month.next() };
+        let kinds = [
+            DocKind::Notes { stream: NoteStream::Care, month },
+            DocKind::Notes { stream: NoteStream::General, month },
+            DocKind::Plan,
+            DocKind::HealthPlan,
+        ];
+        let kind = kinds[self.rng.below(kinds.len() as u64) as usize];
+        let p = &self.peers[peer];
+        if p.role.access(&kind) != Access::ReadWrite {
+            return;
+        }
+        let author = Author {
+            member: p.member,
+            device: p.key.device_id(),
+            at: Timestamp(month.start().0 + self.now as i64),
+        };
+        let random = self.rng.next().to_le_bytes();
+        let section = if kind == DocKind::Plan { Section::Routines } else { Section::Medication };
+        let text = format!("edit {} by peer {peer}", self.now);
+        let team = self.team;
+        let doc = self.peers[peer].replica.doc_mut(team, kind);
+        let written = match kind {
+            DocKind::Notes { .. } => {
+                let note = notes::NewNote { text, ..Default::default() };
+                notes::add_note(doc, &author, EntryId::new(month, random), &note)
+            }
+            _ => plan::set_section(doc, &author, section, &text),
+        };
+        written.expect("a valid edit");
+        let id = kind.doc_id(team);
+        let results = self.each_session(peer, None, |s, r| s.local_change(r, team, id, kind));
+        for (conn, end, outputs) in results {
+            self.apply(conn, end, outputs);
+        }
+    }
+
+    /// The owner removes the last member, mid-run.
+    fn remove_last_member(&mut self) {
+        let target = self.outsider - 1;
+        let owner = &self.peers[0];
+        let ops = owner.replica.ops(self.team).expect("memory replica");
+        let (membership, _) = Membership::from_ops(self.team, &ops).expect("valid ops");
+        let body = OpBody::RemoveMember { member: self.peers[target].member };
+        let op =
+            membership.author_op(&owner.key, Timestamp(1), body).expect("the owner may remove");
+        self.peers[0]
+            .replica
+            .add_ops(self.team, std::slice::from_ref(&op))
+            .expect("memory replica");
+        self.removed = Some((target, op));
+        let team = self.team;
+        let results = self.each_session(0, None, |s, r| s.membership_changed(r, team));
+        for (conn, end, outputs) in results {
+            self.apply(conn, end, outputs);
+        }
+    }
+
+    /// Checks what a frame may reveal to its receiver.
+    fn check_frame(&self, from: usize, to: usize, bytes: &[u8]) {
+        let frame = Frame::decode(bytes).expect("sessions send valid frames");
+        let knows_removal = self.removed.as_ref().is_some_and(|(target, op)| {
+            *target == to
+                && self.peers[from].replica.ops(self.team).is_ok_and(|ops| ops.contains(op))
+        });
+        if to == self.outsider || knows_removal {
+            assert!(reveals_nothing(&frame), "peer {from} sent {frame:?} to a non-member {to}");
+        }
+        if self.peers[to].role == Role::Volunteer {
+            for kind in kinds_in(&frame) {
+                assert!(
+                    Role::Volunteer.access(&kind) != Access::None,
+                    "peer {from} sent a {kind} document to the volunteer"
+                );
+            }
+        }
+    }
+
+    /// Every current member holds the same heads for every document it may read.
+    fn assert_converged(&self) {
+        let removed = self.removed.as_ref().map(|(p, _)| *p);
+        let members: Vec<usize> = (0..self.outsider).filter(|p| Some(*p) != removed).collect();
+        let mut docs: BTreeMap<DocId, DocKind> = BTreeMap::new();
+        for p in &members {
+            let held = self.peers[*p].replica.docs(self.team).expect("memory replica");
+            docs.extend(held.into_iter().map(|d| (d.id, d.kind)));
+        }
+        for (id, kind) in docs {
+            let heads: BTreeSet<Vec<ChangeHash>> = members
+                .iter()
+                .filter(|p| self.peers[**p].role.access(&kind) != Access::None)
+                .map(|p| {
+                    self.peers[*p]
+                        .replica
+                        .doc(self.team, id)
+                        .map(|d| d.get_heads())
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert_eq!(heads.len(), 1, "members disagree on {kind}: {heads:?}");
+        }
+        assert!(
+            self.refusals.iter().all(|(_, r)| !r.contains("may not write")),
+            "{:?}",
+            self.refusals
+        );
+        let outsider = &self.peers[self.outsider].replica;
+        assert!(outsider.teams().expect("memory replica").is_empty());
+        assert!(self.conns.values().all(|c| !c.ends.contains(&self.outsider)));
+        if let Some(target) = removed {
+            assert!(
+                self.conns.values().all(|c| !c.ends.contains(&target)),
+                "the removed device is still connected"
+            );
+        }
+    }
+}
+
+/// The ops creating the team: peer 0 owns it, each other peer is added with a device.
+fn team_ops(peers: &[Peer], seed: u64) -> Vec<SignedOp> {
+    let owner = &peers[0];
+    let create =
+        create_team(&owner.key, Timestamp(0), "Rosa's team", owner.member, "Rosa", nonce(seed));
+    let team = team_id(&create);
+    let mut ops = vec![create];
+    for peer in &peers[1..] {
+        let bodies = [
+            OpBody::AddMember {
+                member: peer.member,
+                name: "Sam".into(),
+                role: peer.role,
+                hats: vec![],
+            },
+            OpBody::AddDevice {
+                member: peer.member,
+                device: peer.key.device_id(),
+                label: "phone".into(),
+            },
+        ];
+        for body in bodies {
+            let (membership, _) = Membership::from_ops(team, &ops).expect("valid ops");
+            ops.push(membership.author_op(&owner.key, Timestamp(1), body).expect("the owner may"));
+        }
+    }
+    ops
+}
+
+fn nonce(seed: u64) -> [u8; 16] {
+    let mut nonce = [0; 16];
+    nonce[..8].copy_from_slice(&seed.to_le_bytes());
+    nonce
+}
+
+/// A frame that names no team or document and carries no document bytes.
+fn reveals_nothing(frame: &Frame) -> bool {
+    match frame {
+        Frame::Hello { teams, .. } => teams.is_empty(),
+        Frame::Close { .. } => true,
+        _ => false,
+    }
+}
+
+fn kinds_in(frame: &Frame) -> Vec<DocKind> {
+    match frame {
+        Frame::Heads { docs, .. } => docs.iter().map(|d| d.kind).collect(),
+        Frame::Sync { kind, .. } | Frame::Snapshot { kind, .. } => vec![*kind],
+        _ => Vec::new(),
+    }
+}
+
+fn run_seed(seed: u64) {
+    let mut world = World::new(seed);
+    world.run();
+    if std::env::var("CARE_SIM_STATS").is_ok() {
+        let docs: Vec<usize> =
+            world.peers.iter().map(|p| p.replica.docs(world.team).map_or(0, |d| d.len())).collect();
+        eprintln!(
+            "seed {seed}: {} peers, docs held {docs:?}, conns made {}, refusals {:?}, removed {:?}",
+            world.peers.len(),
+            world.next_conn,
+            world.refusals,
+            world.removed.as_ref().map(|r| r.0)
+        );
+    }
+    world.assert_converged();
+}
+
+#[test]
+fn peers_converge_after_faults() {
+    if let Ok(seed) = std::env::var("CARE_SIM_SEED") {
+        run_seed(seed.parse().expect("CARE_SIM_SEED is a number"));
+        return;
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                for seed in (t..SEEDS_PER_RUN).step_by(threads as usize) {
+                    let result = std::panic::catch_unwind(|| run_seed(seed));
+                    if result.is_err() {
+                        panic!(
+                            "simulation failed with seed {seed}; replay with CARE_SIM_SEED={seed}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_health_plan_change_by_a_volunteer_is_refused() {
+    let mut world = World::new(7);
+    let volunteer = world.peers[1].key.device_id();
+    let team = world.team;
+    let forged = Author { member: world.peers[1].member, device: volunteer, at: Timestamp(1_000) };
+    // The advocate's copy carries a change under the volunteer's key.
+    let doc = world.peers[2].replica.doc_mut(team, DocKind::HealthPlan);
+    plan::set_section(doc, &forged, Section::Medication, "forged").expect("writes");
+    world.connect(0, 2);
+    while !world.in_flight.is_empty() {
+        world.deliver_due();
+        world.now += 1;
+    }
+    assert!(
+        world.refusals.iter().any(|(p, r)| *p == 0 && r.contains("may not write")),
+        "{:?}",
+        world.refusals
+    );
+    let held = world.peers[0].replica.doc(team, DocKind::HealthPlan.doc_id(team));
+    assert!(
+        held.is_none_or(|d| plan::section(d, Section::Medication).ok() != Some("forged".into()))
+    );
+}
