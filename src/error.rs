@@ -74,6 +74,15 @@ pub enum Error {
     /// Input that cannot be used, such as an empty name.
     #[error("{0}")]
     Invalid(String),
+    /// The network endpoint could not start.
+    #[error(transparent)]
+    Net(#[from] care_sync::net::NetError),
+    /// Another device could not be reached or answered wrongly.
+    #[error(transparent)]
+    Dial(#[from] care_sync::net::DialError),
+    /// The inviting device refused the ticket.
+    #[error("the ticket was refused: {0}")]
+    JoinRefused(String),
     /// The home's profile record is damaged.
     #[error("the home's profile is damaged: {0}")]
     Profile(String),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use care_core::documents::{self, Author};
-use care_core::membership::{self, Membership, SignedOp};
+use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, IntegrityReport, Store, StoredDoc, keyfile};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,8 @@ pub struct Home {
     profile: Profile,
     /// Documents loaded so far, kept so repeated writes do not reload them.
     pub(crate) docs: HashMap<DocId, StoredDoc>,
+    /// Automerge sync states of the sessions under way, by peer and document.
+    pub(crate) sync_states: HashMap<(DeviceId, DocId), automerge::sync::State>,
 }
 
 impl Home {
@@ -129,7 +131,15 @@ impl Home {
 
     fn assemble(dir: &Path, store: Store, key: DeviceKey, profile: Profile) -> Home {
         let clock = Box::new(SystemClock);
-        Home { dir: dir.to_owned(), clock, store, key, profile, docs: HashMap::new() }
+        Home {
+            dir: dir.to_owned(),
+            clock,
+            store,
+            key,
+            profile,
+            docs: HashMap::new(),
+            sync_states: HashMap::new(),
+        }
     }
 
     /// Replaces the clock this home stamps changes with.
@@ -217,14 +227,56 @@ impl Home {
 
     /// The team's membership, computed from its signed log as stored here.
     pub fn membership(&self, team: TeamId) -> Result<Membership> {
-        let ops: Vec<SignedOp> = self
+        let (membership, _rejected) = Membership::from_ops(team, &self.signed_ops(team)?)?;
+        Ok(membership)
+    }
+
+    /// Signs a membership operation with this device's key, if the team's membership
+    /// allows it, and stores it.
+    pub fn author_op(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
+        let membership = self.membership(team)?;
+        let op = membership.author_op(&self.key, self.now(), body).map_err(Error::Refused)?;
+        self.store.insert_ops(team, &[(op.hash(), op.to_bytes())])?;
+        Ok(op)
+    }
+
+    /// Records an invitation to `team` with `role`, valid until `expires`, and returns its
+    /// one-time secret (the store keeps only its hash). Only those who may add members may
+    /// invite.
+    pub fn create_invite(
+        &mut self,
+        team: TeamId,
+        role: Role,
+        name: &str,
+        expires: Timestamp,
+    ) -> Result<[u8; 16]> {
+        let probe = OpBody::AddMember {
+            member: MemberId::from_bytes(random_bytes()),
+            name: if name.trim().is_empty() { "new member".to_owned() } else { name.to_owned() },
+            role,
+            hats: Vec::new(),
+        };
+        self.membership(team)?.check(self.profile.device, &probe).map_err(Error::Refused)?;
+        let secret: [u8; 16] = random_bytes();
+        let invite = care_store::Invite {
+            team,
+            role: role.to_string(),
+            name: name.to_owned(),
+            expires_at_ms: expires.as_millis(),
+        };
+        self.store.create_invite(&care_sync::ticket::secret_hash(&secret), &invite)?;
+        Ok(secret)
+    }
+
+    /// The team's signed membership ops as stored here; unreadable rows are skipped
+    /// (the store checks their checksums, and membership replay judges the rest).
+    pub(crate) fn signed_ops(&self, team: TeamId) -> Result<Vec<SignedOp>> {
+        Ok(self
             .store
             .ops(team)?
             .iter()
             .filter_map(|bytes| SignedOp::from_bytes(bytes).ok())
-            .collect();
-        let (membership, _rejected) = Membership::from_ops(team, &ops)?;
-        Ok(membership)
+            .collect())
     }
 
     /// Checks the whole store: SQLite's own integrity check, every document's chunks

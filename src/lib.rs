@@ -27,18 +27,23 @@
 pub mod error;
 pub mod export;
 pub mod home;
+pub mod node;
+mod replica;
 pub mod team;
 
+pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
+pub use care_sync::ticket::JoinTicket;
 pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport};
 pub use home::{Clock, Home, Profile, SystemClock, TeamSummary};
+pub use node::Node;
 pub use team::{NoteQuery, Team};
 
 pub use care_core::documents::{
     Amendment, Booking, DocError, Medication, NewBooking, NewNote, Promise, PromiseVersion,
     Response, ShiftNote, TeamInfo,
 };
-pub use care_core::membership::{Access, Hat, Member, Membership, Right, Role};
+pub use care_core::membership::{Access, Hat, Member, Membership, OpBody, Right, Role};
 pub use care_core::{
     DeviceId, DocId, DocKind, EntryId, MemberId, Month, NoteStream, Section, TeamId, Timestamp,
 };

@@ -50,6 +50,7 @@ pub mod keyfile;
 mod schema;
 mod store;
 mod transfer;
+pub use transfer::Imported;
 
 pub use doc::{DocMeta, DocSummary, StoredDoc};
 pub use error::{StoreError, UpdateError};

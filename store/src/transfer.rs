@@ -8,6 +8,16 @@ use crate::doc::{self, DocMeta, DocSummary, StoredDoc, sorted_heads};
 use crate::error::{Doing, StoreError};
 use crate::store::{Store, check_same_meta, now_ms};
 
+/// What [`Store::import_doc`] did.
+#[derive(Debug)]
+pub enum Imported {
+    /// The document was new here and is now stored.
+    Stored(StoredDoc),
+    /// A document with this id is already stored: nothing was written, and the received
+    /// document is handed back for the caller to merge.
+    AlreadyHeld(Automerge),
+}
+
 impl Store {
     /// A document's stored bytes (its snapshot followed by its incremental chunks, each
     /// checked against its checksum): a valid input to `Automerge::load`.
@@ -21,18 +31,18 @@ impl Store {
 
     /// Stores a document received whole: `bytes` as its only chunk and `loaded` (the
     /// caller's `Automerge::load(bytes)`) as what memory holds. A document already stored
-    /// under this id is not replaced: `None` is returned and the caller merges instead.
+    /// under this id is not replaced.
     pub fn import_doc(
         &mut self,
         meta: &DocMeta,
         bytes: &[u8],
         loaded: Automerge,
-    ) -> Result<Option<StoredDoc>, StoreError> {
+    ) -> Result<Imported, StoreError> {
         let doing = "storing a received document";
         let tx = self.write_tx(doing)?;
         if let Some(stored) = doc::read_summary(&tx, meta.id)? {
             check_same_meta(meta, &stored)?;
-            return Ok(None);
+            return Ok(Imported::AlreadyHeld(loaded));
         }
         let summary = DocSummary {
             id: meta.id,
@@ -47,7 +57,7 @@ impl Store {
         doc::insert_summary(&tx, &summary)?;
         let chunk = doc::append_chunk(&tx, meta.id, true, bytes)?;
         tx.commit().doing(doing)?;
-        Ok(Some(doc::from_import(meta.clone(), loaded, chunk)))
+        Ok(Imported::Stored(doc::from_import(meta.clone(), loaded, chunk)))
     }
 }
 
@@ -78,9 +88,12 @@ mod tests {
         }
         let bytes = a.doc_bytes(meta.id)?.ok_or("stored")?;
         let loaded = Automerge::load(&bytes)?;
-        let imported = b.import_doc(&meta, &bytes, loaded.clone())?.ok_or("new here")?;
+        let Imported::Stored(imported) = b.import_doc(&meta, &bytes, loaded.clone())? else {
+            return Err("a new document should be stored".into());
+        };
         assert_eq!(imported.doc().get_heads(), doc.doc().get_heads());
-        assert!(b.import_doc(&meta, &bytes, loaded)?.is_none(), "never replaces a stored document");
+        let again = b.import_doc(&meta, &bytes, loaded)?;
+        assert!(matches!(again, Imported::AlreadyHeld(_)), "never replaces a stored document");
         let reloaded = b.load_doc(meta.id)?.ok_or("stored")?;
         assert!(reloaded.doc().get(ROOT, "note4")?.is_some());
         assert_eq!(a.doc_bytes(DocId::from_bytes([9; 16]))?, None);

@@ -69,11 +69,14 @@
 pub mod access;
 mod chunks;
 pub mod frame;
+pub mod join;
 mod memory;
+pub mod net;
 mod replica;
 mod session;
 #[cfg(test)]
 mod sim;
+pub mod ticket;
 
 pub use access::TeamAccess;
 pub use frame::{

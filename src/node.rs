@@ -1,0 +1,269 @@
+//! A home on the network: the device's endpoint serving sync and invitations, sessions
+//! kept with the team's known devices, and every change to the store (made through this
+//! node, received from a peer, or written by another program on this home) pushed to
+//! the connected peers at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use automerge::ChangeHash;
+use care_core::membership::Role;
+use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId, Timestamp};
+use care_sync::join::{JoinReply, JoinRequest};
+use care_sync::net::{Change, NetConfig, PeerAddr, PeerEvent, Runtime};
+use care_sync::ticket::JoinTicket;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::home::Home;
+
+/// How often the store is checked for writes by other programs on this home.
+pub const WATCH_INTERVAL_MS: u64 = 100;
+
+/// A home on the network.
+pub struct Node {
+    home: Arc<Mutex<Home>>,
+    runtime: Arc<Runtime<Home>>,
+    changed: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the store looked like when the watcher last checked.
+#[derive(Default)]
+struct Seen {
+    docs: HashMap<DocId, Vec<ChangeHash>>,
+    ops: HashMap<TeamId, usize>,
+    devices: BTreeSet<DeviceId>,
+}
+
+impl Node {
+    /// Starts the network side of a home: binds the endpoint and keeps sessions with the
+    /// known devices of every team.
+    pub async fn start(home: Home, config: &NetConfig) -> Result<Node> {
+        let seed = home.key.to_seed();
+        let home = Arc::new(Mutex::new(home));
+        let runtime = Arc::new(Runtime::start(Arc::clone(&home), seed, config).await?);
+        let changed = Arc::new(Notify::new());
+        let mut node = Node { home, runtime, changed, tasks: Vec::new() };
+        let mut seen = Seen::default();
+        node.watch_once(&mut seen)?;
+        node.tasks.push(tokio::spawn(watch(
+            Arc::clone(&node.home),
+            Arc::clone(&node.runtime),
+            Arc::clone(&node.changed),
+            seen,
+        )));
+        node.tasks
+            .push(tokio::spawn(record_addrs(Arc::clone(&node.home), Arc::clone(&node.runtime))));
+        Ok(node)
+    }
+
+    /// Runs `f` on the home; whatever it changes is pushed to connected peers.
+    pub fn with_home<T>(&self, f: impl FnOnce(&mut Home) -> T) -> T {
+        let result = f(&mut lock(&self.home));
+        self.changed.notify_one();
+        result
+    }
+
+    /// Where this device listens.
+    pub fn addr(&self) -> PeerAddr {
+        self.runtime.addr()
+    }
+
+    /// Events of every session, for an app to render.
+    pub fn events(&self) -> broadcast::Receiver<PeerEvent> {
+        self.runtime.service().subscribe()
+    }
+
+    /// The devices with a session right now.
+    pub fn connected(&self) -> Vec<DeviceId> {
+        self.runtime.service().connected()
+    }
+
+    /// Issues a ticket inviting a new member with `role` into a team (its id, a prefix or
+    /// its name), valid once for `valid_for`.
+    pub fn invite(
+        &self,
+        team: &str,
+        role: Role,
+        name: &str,
+        valid_for: Duration,
+    ) -> Result<JoinTicket> {
+        let (team, secret) = self.with_home(|home| {
+            let team = home.team(team)?.id();
+            let expires =
+                Timestamp(home.now().as_millis().saturating_add(valid_for.as_millis() as i64));
+            home.create_invite(team, role, name, expires).map(|secret| (team, secret))
+        })?;
+        let addr = self.addr();
+        Ok(JoinTicket {
+            team,
+            inviter: addr.device,
+            addrs: addr.addrs,
+            relay: addr.relay.map(|r| r.to_string()),
+            secret,
+        })
+    }
+
+    /// Joins a team with a ticket: the inviting device adds this device to the team and
+    /// sends its membership log; the team's documents follow over a sync session.
+    pub async fn join(&self, ticket: &JoinTicket) -> Result<TeamId> {
+        let (member, name) =
+            self.with_home(|home| (home.profile().member, home.profile().name.clone()));
+        let request = JoinRequest { secret: ticket.secret, member, name };
+        let reply = self.runtime.join(ticket, &request).await?;
+        let ops = match reply {
+            JoinReply::Accepted { team, ops } if team == ticket.team => ops,
+            JoinReply::Accepted { .. } => {
+                return Err(Error::Invalid("the inviting device answered for another team".into()));
+            }
+            JoinReply::Refused { reason } => return Err(Error::JoinRefused(reason)),
+        };
+        let ops: Vec<SignedOp> =
+            ops.iter().filter_map(|bytes| SignedOp::from_bytes(bytes).ok()).collect();
+        self.with_home(|home| {
+            care_sync::Replica::add_ops(home, ticket.team, &ops)?;
+            let membership = home.membership(ticket.team)?;
+            if membership.member_of_device(home.profile().device).is_none() {
+                return Err(Error::Invalid(
+                    "the inviting device did not add this device to the team".into(),
+                ));
+            }
+            let now = home.now().as_millis();
+            home.store.set_peer_addrs(ticket.inviter, &render_addrs(&ticket.addrs), now)?;
+            Ok(())
+        })?;
+        let inviter = PeerAddr {
+            device: ticket.inviter,
+            addrs: ticket.addrs.clone(),
+            relay: ticket.relay.as_deref().and_then(|r| r.parse().ok()),
+        };
+        self.runtime.keep_connected(inviter);
+        Ok(ticket.team)
+    }
+
+    /// Connects once to a device (given by its address) and syncs with it.
+    pub async fn connect(&self, peer: &PeerAddr) -> Result<()> {
+        Ok(self.runtime.connect(peer).await?)
+    }
+
+    /// Stops every session and the endpoint; the home stays as it is on disk.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Ok(runtime) = Arc::try_unwrap(self.runtime) {
+            runtime.shutdown().await;
+        }
+    }
+
+    /// Compares the store with what was seen last, and tells the sessions what moved.
+    fn watch_once(&self, seen: &mut Seen) -> Result<()> {
+        watch_once(&self.home, &self.runtime, seen)
+    }
+}
+
+/// Addresses as stored in the peers table: comma-separated `ip:port`.
+fn render_addrs(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_addrs(text: &str) -> Vec<SocketAddr> {
+    text.split(',').filter_map(|a| a.trim().parse().ok()).collect()
+}
+
+async fn watch(
+    home: Arc<Mutex<Home>>,
+    runtime: Arc<Runtime<Home>>,
+    changed: Arc<Notify>,
+    mut seen: Seen,
+) {
+    let mut version = lock(&home).store.data_version().unwrap_or_default();
+    loop {
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(WATCH_INTERVAL_MS)) => {
+                let now = lock(&home).store.data_version().unwrap_or(version);
+                if now == version {
+                    continue;
+                }
+                version = now;
+            }
+        }
+        if let Err(e) = watch_once(&home, &runtime, &mut seen) {
+            tracing::warn!("cannot read the store for changes: {e}");
+        }
+    }
+}
+
+fn watch_once(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Seen) -> Result<()> {
+    let (docs, ops, devices) = {
+        let home = lock(home);
+        let docs = home.store.docs(None)?;
+        let mut ops = HashMap::new();
+        let mut devices = BTreeSet::new();
+        let mut addrs = HashMap::new();
+        for team in home.store.teams()? {
+            ops.insert(team, home.store.ops(team)?.len());
+            for (device, _) in home.membership(team)?.devices() {
+                if device != home.profile().device && devices.insert(device) {
+                    let stored = home.store.peer_addrs(device)?.map(|(a, _)| parse_addrs(&a));
+                    addrs.insert(device, stored.unwrap_or_default());
+                }
+            }
+        }
+        (docs, ops, (devices, addrs))
+    };
+    let service = runtime.service();
+    for doc in docs {
+        if seen.docs.get(&doc.id) != Some(&doc.heads) {
+            if let Ok(kind) = doc.kind.parse::<DocKind>() {
+                service.notify(Change::Doc { team: doc.team, doc: doc.id, kind });
+            }
+            seen.docs.insert(doc.id, doc.heads);
+        }
+    }
+    for (team, count) in ops {
+        if seen.ops.insert(team, count) != Some(count) {
+            service.notify(Change::Membership { team });
+        }
+    }
+    let (devices, mut addrs) = devices;
+    for device in devices.difference(&seen.devices) {
+        let addrs = addrs.remove(device).unwrap_or_default();
+        runtime.keep_connected(PeerAddr { device: *device, addrs, relay: None });
+    }
+    for device in seen.devices.difference(&devices) {
+        runtime.forget(*device);
+    }
+    seen.devices = devices;
+    Ok(())
+}
+
+/// Remembers where connected devices were seen, so they can be redialled later.
+async fn record_addrs(home: Arc<Mutex<Home>>, runtime: Arc<Runtime<Home>>) {
+    let mut events = runtime.service().subscribe();
+    loop {
+        match events.recv().await {
+            Ok(PeerEvent::Connected { peer }) => {
+                let addrs = runtime.seen_addrs(peer).await;
+                if !addrs.is_empty() {
+                    let mut home = lock(&home);
+                    let now = home.now().as_millis();
+                    let _ = home.store.set_peer_addrs(peer, &render_addrs(&addrs), now);
+                }
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Locks the home, going on if a panicking thread poisoned the lock: every change to the
+/// home is a completed store transaction, so it is never half-made.
+fn lock(home: &Mutex<Home>) -> MutexGuard<'_, Home> {
+    home.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,111 @@
+//! The device's iroh endpoint, offline by default: no n0 relays, no n0 DNS, no port
+//! mapping. Addresses come from tickets and the store; a relay is used only when one is
+//! configured; LAN discovery (mDNS) only when asked for.
+
+use std::net::SocketAddr;
+
+use care_core::DeviceId;
+use iroh::endpoint::{Connection, presets};
+use iroh::{
+    Endpoint, EndpointAddr, NetReportConfig, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey,
+};
+
+use crate::frame::ALPN;
+use crate::join::JOIN_ALPN;
+
+/// How a device's endpoint listens and reaches others.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The address to listen on (`0.0.0.0:0` for any interface and a free port).
+    pub listen: SocketAddr,
+    /// A relay server run by the circle, if any.
+    pub relay: Option<RelayUrl>,
+    /// Whether to find and announce devices on the local network by mDNS.
+    pub lan: bool,
+}
+
+impl NetConfig {
+    /// Loopback only, no relay, no LAN discovery: for tests and benchmarks.
+    pub fn loopback() -> NetConfig {
+        NetConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), relay: None, lan: false }
+    }
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The endpoint failed to bind.
+    #[error("cannot start the network endpoint: {0}")]
+    Bind(String),
+    /// LAN discovery could not start.
+    #[error("cannot start LAN discovery: {0}")]
+    Lan(String),
+}
+
+/// Binds this device's endpoint with its secret key, speaking the sync and join ALPNs.
+pub async fn bind(secret: [u8; 32], config: &NetConfig) -> Result<Endpoint, NetError> {
+    let relay_mode = match &config.relay {
+        Some(url) => RelayMode::Custom(RelayMap::from(RelayConfig::new(url.clone(), None))),
+        None => RelayMode::Disabled,
+    };
+    let mut report = NetReportConfig::minimal();
+    // With a relay of the circle's own, probing it over HTTP is how a home relay is chosen.
+    report.https_probes = config.relay.is_some();
+    let builder = Endpoint::builder(presets::Minimal)
+        .secret_key(SecretKey::from_bytes(&secret))
+        .alpns(vec![ALPN.to_vec(), JOIN_ALPN.to_vec()])
+        .relay_mode(relay_mode)
+        .net_report_config(report)
+        .clear_ip_transports()
+        .bind_addr(config.listen)
+        .map_err(|e| NetError::Listen { addr: config.listen, reason: e.to_string() })?;
+    let endpoint = builder.bind().await.map_err(|e| NetError::Bind(e.to_string()))?;
+    if config.lan {
+        let mdns = iroh_mdns_address_lookup::MdnsAddressLookup::builder()
+            .build(endpoint.id())
+            .map_err(|e| NetError::Lan(e.to_string()))?;
+        endpoint.address_lookup().map_err(|e| NetError::Lan(e.to_string()))?.add(mdns);
+    }
+    Ok(endpoint)
+}
+
+/// The iroh address of a device from what is known of it.
+pub fn endpoint_addr(
+    device: DeviceId,
+    addrs: &[SocketAddr],
+    relay: Option<&RelayUrl>,
+) -> Option<EndpointAddr> {
+    let id = iroh::EndpointId::from_bytes(device.as_bytes()).ok()?;
+    let mut addr = EndpointAddr::new(id);
+    for ip in addrs {
+        addr = addr.with_ip_addr(*ip);
+    }
+    if let Some(relay) = relay {
+        addr = addr.with_relay_url(relay.clone());
+    }
+    Some(addr)
+}
+
+/// The authenticated device at the other end of a connection.
+pub fn remote_device(conn: &Connection) -> DeviceId {
+    DeviceId::from_bytes(*conn.remote_id().as_bytes())
+}
+
+/// The addresses this endpoint can be reached at, for tickets and `care serve`.
+pub fn local_addrs(endpoint: &Endpoint) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = endpoint.addr().ip_addrs().copied().collect();
+    if addrs.is_empty() {
+        addrs = endpoint.bound_sockets();
+    }
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}

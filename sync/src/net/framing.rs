@@ -1,0 +1,51 @@
+//! Frames on a QUIC stream: a 4-byte big-endian length, then that many bytes. The length
+//! is checked against [`FRAME_BYTES_MAX`] before anything is allocated.
+
+use iroh::endpoint::{ReadExactError, RecvStream, SendStream, WriteError};
+
+use crate::frame::FRAME_BYTES_MAX;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    /// The peer finished its stream between frames: the session is over.
+    #[error("the other device closed the session")]
+    Finished,
+    /// The stream broke mid-frame or the connection was lost.
+    #[error("the connection was lost: {0}")]
+    Lost(String),
+    /// The announced frame is larger than allowed.
+    #[error("the other device announced a {len}-byte frame, more than the {max} allowed")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Writes one frame.
+pub async fn write_frame(send: &mut SendStream, frame: &[u8]) -> Result<(), WriteError> {
+    let len = u32::try_from(frame.len()).expect("frames are smaller than FRAME_BYTES_MAX");
+    let mut buf = Vec::with_capacity(4 + frame.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(frame);
+    send.write_all(&buf).await
+}
+
+/// Reads one frame.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFrameError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Err(ReadFrameError::Finished),
+        Err(e) => return Err(ReadFrameError::Lost(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(ReadFrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    let mut frame = vec![0u8; len];
+    recv.read_exact(&mut frame).await.map_err(|e| ReadFrameError::Lost(e.to_string()))?;
+    Ok(frame)
+}

@@ -1,0 +1,13 @@
+//! The iroh runtime of the sync protocol: the device's endpoint, frames on QUIC streams,
+//! and the service that runs one session per connected device.
+
+pub mod endpoint;
+pub mod framing;
+pub mod runtime;
+pub mod service;
+
+pub use endpoint::{NetConfig, NetError, bind, endpoint_addr, local_addrs, remote_device};
+pub use runtime::{PeerAddr, Runtime};
+pub use service::{
+    Change, DialError, JoinProtocol, PeerEvent, SyncProtocol, SyncService, request_join,
+};

@@ -1,0 +1,390 @@
+//! The sync runtime on iroh: one task per connection drives a [`Session`] over one
+//! bidirectional stream, feeding it frames as they arrive and this device's changes as
+//! they happen, and carrying out what it returns. At most one session per remote device.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+use iroh::endpoint::{Connection, SendStream, VarInt};
+use iroh::{Endpoint, EndpointAddr};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::frame::ALPN;
+use crate::join::{self, Invites, JOIN_ALPN, JoinReply, JoinRequest};
+use crate::net::endpoint::remote_device;
+use crate::net::framing::{ReadFrameError, read_frame, write_frame};
+use crate::replica::Replica;
+use crate::session::{Output, Session, SyncEvent};
+
+/// Frames read ahead of the session, per connection.
+const FRAMES_AHEAD_MAX: usize = 16;
+/// Changes queued for each session before it must resynchronise.
+const CHANGES_QUEUED_MAX: usize = 4096;
+/// Events queued for the application.
+const EVENTS_QUEUED_MAX: usize = 4096;
+/// How long a join handshake may take.
+const JOIN_TIMEOUT_MS: u64 = 15_000;
+
+/// A change on this device that connected peers may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A document's heads moved.
+    Doc {
+        /// Its team.
+        team: TeamId,
+        /// The document.
+        doc: DocId,
+        /// Its kind.
+        kind: DocKind,
+    },
+    /// A team's membership log grew.
+    Membership {
+        /// The team.
+        team: TeamId,
+    },
+}
+
+/// What happened with a peer, for the application.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// A session with the peer started.
+    Connected {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// The session reported something.
+    Sync {
+        /// The peer.
+        peer: DeviceId,
+        /// What.
+        event: SyncEvent,
+    },
+    /// The session ended.
+    Disconnected {
+        /// The peer.
+        peer: DeviceId,
+        /// Why, as a sentence.
+        reason: String,
+    },
+}
+
+/// Why a dial or a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// No connection could be made.
+    #[error("cannot reach the device: {0}")]
+    Connect(String),
+    /// The connection broke during the handshake.
+    #[error("the connection broke: {0}")]
+    Lost(String),
+    /// The other device answered something unreadable.
+    #[error("the other device answered something unreadable: {0}")]
+    Protocol(String),
+    /// The handshake took too long.
+    #[error("the other device did not answer in time")]
+    Timeout,
+}
+
+/// The sessions of one device, over one replica.
+pub struct SyncService<R> {
+    replica: Arc<Mutex<R>>,
+    local: DeviceId,
+    changes: broadcast::Sender<Change>,
+    events: broadcast::Sender<PeerEvent>,
+    sessions: Mutex<HashMap<DeviceId, Registered>>,
+    next_session: AtomicU64,
+}
+
+/// A running session, as the service tracks it.
+struct Registered {
+    id: u64,
+    dialer: DeviceId,
+    stop: Arc<Notify>,
+}
+
+impl<R: Replica + Invites + Send + 'static> SyncService<R> {
+    /// A service for the device whose replica this is.
+    pub fn new(replica: Arc<Mutex<R>>) -> Arc<SyncService<R>> {
+        let local = lock(&replica).device();
+        Arc::new(SyncService {
+            replica,
+            local,
+            changes: broadcast::channel(CHANGES_QUEUED_MAX).0,
+            events: broadcast::channel(EVENTS_QUEUED_MAX).0,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Tells every session about a change made on this device.
+    pub fn notify(&self, change: Change) {
+        // No receivers just means no sessions: nothing to tell.
+        let _ = self.changes.send(change);
+    }
+
+    /// Events of every session.
+    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        self.events.subscribe()
+    }
+
+    /// The devices with a running session.
+    pub fn connected(&self) -> Vec<DeviceId> {
+        let mut peers: Vec<DeviceId> = lock(&self.sessions).keys().copied().collect();
+        peers.sort();
+        peers
+    }
+
+    /// Connects to a device and runs a session with it in the background.
+    pub async fn dial(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        addr: EndpointAddr,
+    ) -> Result<(), DialError> {
+        let conn =
+            endpoint.connect(addr, ALPN).await.map_err(|e| DialError::Connect(e.to_string()))?;
+        let service = Arc::clone(self);
+        tokio::spawn(async move { service.run(conn, true).await });
+        Ok(())
+    }
+
+    /// Runs a session over an established connection until it ends; returns why it ended.
+    pub async fn run(self: Arc<Self>, conn: Connection, dialed_by_me: bool) -> String {
+        let remote = remote_device(&conn);
+        let dialer = if dialed_by_me { self.local } else { remote };
+        let Some((id, stop)) = self.register(remote, dialer) else {
+            let reason = "already connected to this device";
+            conn.close(VarInt::from_u32(1), reason.as_bytes());
+            return reason.to_owned();
+        };
+        let _ = self.events.send(PeerEvent::Connected { peer: remote });
+        let reason = match self.drive(&conn, remote, dialed_by_me, &stop).await {
+            Ok(reason) | Err(reason) => reason,
+        };
+        conn.close(VarInt::from_u32(0), reason.as_bytes());
+        self.unregister(remote, id);
+        lock(&self.replica).reset_sync_state(remote);
+        let _ = self.events.send(PeerEvent::Disconnected { peer: remote, reason: reason.clone() });
+        reason
+    }
+
+    /// Answers a join handshake: redeems the ticket's secret and replies with the
+    /// team's membership log, or the reason it was refused.
+    pub async fn answer_join(self: Arc<Self>, conn: Connection) {
+        let remote = remote_device(&conn);
+        let answered = tokio::time::timeout(Duration::from_millis(JOIN_TIMEOUT_MS), async {
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let bytes = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+            let reply = match join::decode::<JoinRequest>(&bytes) {
+                Ok(request) => self.redeem(remote, &request),
+                Err(e) => JoinReply::Refused { reason: e.to_string() },
+            };
+            write_frame(&mut send, &join::encode(&reply)).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            // The joining device closes the connection once it has read the reply.
+            conn.closed().await;
+            Ok::<_, String>(())
+        })
+        .await;
+        if !matches!(answered, Ok(Ok(()))) {
+            conn.close(VarInt::from_u32(1), b"join handshake failed");
+        }
+    }
+
+    fn redeem(&self, remote: DeviceId, request: &JoinRequest) -> JoinReply {
+        let redeemed = lock(&self.replica).redeem(remote, request);
+        match redeemed {
+            Ok((team, ops)) => {
+                self.notify(Change::Membership { team });
+                JoinReply::Accepted { team, ops: ops.iter().map(SignedOp::to_bytes).collect() }
+            }
+            Err(reason) => JoinReply::Refused { reason },
+        }
+    }
+
+    async fn drive(
+        &self,
+        conn: &Connection,
+        remote: DeviceId,
+        dialed_by_me: bool,
+        stop: &Notify,
+    ) -> Result<String, String> {
+        let (mut send, mut recv) = if dialed_by_me {
+            conn.open_bi().await.map_err(|e| format!("cannot open the sync stream: {e}"))?
+        } else {
+            conn.accept_bi().await.map_err(|e| format!("the sync stream did not open: {e}"))?
+        };
+        let (frames_tx, mut frames) = mpsc::channel(FRAMES_AHEAD_MAX);
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame(&mut recv).await;
+                let last = frame.is_err();
+                if frames_tx.send(frame).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        let mut changes = self.changes.subscribe();
+        let mut session = Session::new(self.local, remote);
+        let mut outputs = session.start(&mut *lock(&self.replica));
+        let ended = loop {
+            if let Some(reason) = self.carry_out(&mut send, remote, outputs).await? {
+                break reason;
+            }
+            outputs = tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(Ok(bytes)) => session.handle_frame(&mut *lock(&self.replica), &bytes),
+                    Some(Err(ReadFrameError::Finished)) | None => break "the other device ended the session".to_owned(),
+                    Some(Err(e)) => {
+                        let reason = e.to_string();
+                        session.close(&mut *lock(&self.replica), &reason)
+                    }
+                },
+                change = changes.recv() => match change {
+                    Ok(change) => self.on_change(&mut session, change),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        session.close(&mut *lock(&self.replica), "this device fell behind; reconnect to resynchronise")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break "this device is shutting down".to_owned(),
+                },
+                () = stop.notified() => session.close(&mut *lock(&self.replica), "replaced by another connection between the same devices"),
+            };
+        };
+        reader.abort();
+        let _ = send.finish();
+        Ok(ended)
+    }
+
+    fn on_change(&self, session: &mut Session, change: Change) -> Vec<Output> {
+        let mut replica = lock(&self.replica);
+        match change {
+            Change::Doc { team, doc, kind } => session.local_change(&mut *replica, team, doc, kind),
+            Change::Membership { team } => session.membership_changed(&mut *replica, team),
+        }
+    }
+
+    /// Writes frames and publishes events; returns the reason if the session closed.
+    async fn carry_out(
+        &self,
+        send: &mut SendStream,
+        remote: DeviceId,
+        outputs: Vec<Output>,
+    ) -> Result<Option<String>, String> {
+        for output in outputs {
+            match output {
+                Output::Send(frame) => {
+                    write_frame(send, &frame)
+                        .await
+                        .map_err(|e| format!("the connection was lost: {e}"))?;
+                }
+                Output::Close { reason } => return Ok(Some(reason)),
+                Output::Event(event) => self.publish(remote, event),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Passes what a session learned to the other sessions and to the application.
+    fn publish(&self, remote: DeviceId, event: SyncEvent) {
+        match &event {
+            SyncEvent::DocChanged { team, doc, kind } => {
+                self.notify(Change::Doc { team: *team, doc: *doc, kind: *kind });
+            }
+            SyncEvent::MembershipChanged { team } => {
+                self.notify(Change::Membership { team: *team })
+            }
+            SyncEvent::Refused { .. } | SyncEvent::TeamInSync { .. } => {}
+        }
+        let _ = self.events.send(PeerEvent::Sync { peer: remote, event });
+    }
+
+    /// Registers a session with `remote`. Between two connections of the same pair of
+    /// devices, both ends keep the one dialed by the smaller device id (or the newer one
+    /// when both were dialed by the same device), so crossing dials settle on one.
+    fn register(&self, remote: DeviceId, dialer: DeviceId) -> Option<(u64, Arc<Notify>)> {
+        let mut sessions = lock(&self.sessions);
+        if let Some(existing) = sessions.get(&remote) {
+            if existing.dialer < dialer {
+                return None;
+            }
+            existing.stop.notify_one();
+        }
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let stop = Arc::new(Notify::new());
+        sessions.insert(remote, Registered { id, dialer, stop: Arc::clone(&stop) });
+        Some((id, stop))
+    }
+
+    fn unregister(&self, remote: DeviceId, id: u64) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(&remote).is_some_and(|s| s.id == id) {
+            sessions.remove(&remote);
+        }
+    }
+}
+
+/// Asks the device at `addr` to redeem a ticket's secret for this device.
+pub async fn request_join(
+    endpoint: &Endpoint,
+    addr: EndpointAddr,
+    request: &JoinRequest,
+) -> Result<JoinReply, DialError> {
+    let attempt = async {
+        let conn = endpoint
+            .connect(addr, JOIN_ALPN)
+            .await
+            .map_err(|e| DialError::Connect(e.to_string()))?;
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| DialError::Lost(e.to_string()))?;
+        write_frame(&mut send, &join::encode(request))
+            .await
+            .map_err(|e| DialError::Lost(e.to_string()))?;
+        send.finish().map_err(|e| DialError::Lost(e.to_string()))?;
+        let bytes = read_frame(&mut recv).await.map_err(|e| DialError::Lost(e.to_string()))?;
+        conn.close(VarInt::from_u32(0), b"joined");
+        join::decode::<JoinReply>(&bytes).map_err(|e| DialError::Protocol(e.to_string()))
+    };
+    tokio::time::timeout(Duration::from_millis(JOIN_TIMEOUT_MS), attempt)
+        .await
+        .map_err(|_| DialError::Timeout)?
+}
+
+/// Locks a mutex, going on with its data if a panicking thread poisoned it: every
+/// change to the data is a completed store transaction, so it is never half-made.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Routes incoming connections on the sync ALPN to a [`SyncService`].
+pub struct SyncProtocol<R>(pub Arc<SyncService<R>>);
+
+/// Routes incoming connections on the join ALPN to a [`SyncService`].
+pub struct JoinProtocol<R>(pub Arc<SyncService<R>>);
+
+impl<R> std::fmt::Debug for SyncProtocol<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SyncProtocol({:?})", self.0.local)
+    }
+}
+
+impl<R> std::fmt::Debug for JoinProtocol<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinProtocol({:?})", self.0.local)
+    }
+}
+
+impl<R: Replica + Invites + Send + 'static> iroh::protocol::ProtocolHandler for SyncProtocol<R> {
+    async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
+        Arc::clone(&self.0).run(conn, false).await;
+        Ok(())
+    }
+}
+
+impl<R: Replica + Invites + Send + 'static> iroh::protocol::ProtocolHandler for JoinProtocol<R> {
+    async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
+        Arc::clone(&self.0).answer_join(conn).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! Sync between real homes over iroh on loopback: invitations, concurrent edits, a device
+//! that was offline, a device outside the team, a removed device, spent tickets, and a
+//! peer that sends garbage.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use care::{Home, NetConfig, NewNote, Node, NoteQuery, OpBody, PeerAddr, Role, Section, TeamId};
+use care_sync::Frame;
+use care_sync::net::{bind, endpoint_addr, framing};
+
+/// Longest any test waits for devices to agree.
+const SETTLE_MS: u64 = 20_000;
+
+fn note(text: &str) -> NewNote {
+    NewNote { text: text.into(), ..NewNote::default() }
+}
+
+async fn start(dir: &Path, name: &str) -> Result<Node> {
+    let home = if dir.join(care::home::KEY_FILE).exists() {
+        Home::open(dir)?
+    } else {
+        Home::init(dir, name)?
+    };
+    Ok(Node::start(home, &NetConfig::loopback()).await?)
+}
+
+/// The texts of every note a device can read in a team, sorted.
+fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
+    node.with_home(|home| {
+        let mut team = home.team(&team.to_string())?;
+        let mut texts: Vec<String> =
+            team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
+        texts.sort();
+        Ok(texts)
+    })
+}
+
+/// Polls `check` until it holds or the time is up.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
+    loop {
+        if check().await.unwrap_or(false) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A team owned by the first node, with the second joined as `role`.
+async fn team_of_two(a: &Node, b: &Node, role: Role) -> Result<TeamId> {
+    let team = a.with_home(|h| h.create_team("Ada's team"))?;
+    let ticket = a.invite(&team.to_string(), role, "Bea", Duration::from_secs(600))?;
+    let joined = b.join(&ticket).await?;
+    assert_eq!(joined, team);
+    Ok(team)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_join_and_concurrent_edits_converge() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let c = start(dirs[2].path(), "Cal").await?;
+    let team = team_of_two(&a, &b, Role::Advocate).await?;
+    a.with_home(|h| h.team("")?.set_plan_section(Section::AboutMe, "I like the radio."))?;
+    let ticket = a.invite(&team.to_string(), Role::Worker, "Cal", Duration::from_secs(600))?;
+    c.join(&ticket).await?;
+
+    // Everyone writes at once.
+    a.with_home(|h| h.team("")?.add_note(&note("from Ada"), None))?;
+    b.with_home(|h| h.team("")?.add_note(&note("from Bea"), None))?;
+    c.with_home(|h| h.team("")?.add_note(&note("from Cal"), None))?;
+    let all = vec!["from Ada".to_owned(), "from Bea".to_owned(), "from Cal".to_owned()];
+    for (name, node) in [("Ada", &a), ("Bea", &b), ("Cal", &c)] {
+        eventually(&format!("{name} sees every note"), || async {
+            Ok(note_texts(node, team)? == all)
+        })
+        .await?;
+    }
+    let plan = c.with_home(|h| h.team("")?.plan())?;
+    assert!(plan.iter().any(|(s, t)| *s == Section::AboutMe && t == "I like the radio."));
+    let members = c.with_home(|h| h.membership(team).map(|m| m.members().count()))?;
+    assert_eq!(members, 3);
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_for_a_while_catches_up_both_ways() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let team = team_of_two(&a, &b, Role::Worker).await?;
+    eventually("the worker has the team's documents", || async {
+        Ok(b.with_home(|h| h.team("").and_then(|t| t.documents()).map(|d| d.len() >= 3))?)
+    })
+    .await?;
+    b.shutdown().await;
+
+    // The worker's home visit, with no network: the home is opened without a node.
+    {
+        let mut home = Home::open(dirs[1].path())?;
+        let mut t = home.team("")?;
+        for i in 0..20 {
+            t.add_note(&note(&format!("offline visit {i:02}")), None)?;
+        }
+    }
+    a.with_home(|h| h.team("")?.add_note(&note("written while Bea was away"), None))?;
+
+    let b = start(dirs[1].path(), "Bea").await?;
+    for (name, node) in [("Ada", &a), ("Bea", &b)] {
+        eventually(&format!("{name} has all 21 notes"), || async {
+            Ok(note_texts(node, team)?.len() == 21)
+        })
+        .await?;
+    }
+    assert_eq!(note_texts(&a, team)?, note_texts(&b, team)?);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_outside_the_team_receives_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = start(dir.path(), "Ada").await?;
+    let team = a.with_home(|h| h.create_team("Ada's team"))?;
+    a.with_home(|h| h.team("")?.add_note(&note("private"), None))?;
+
+    // A stranger dials the owner's device on the sync protocol and records every frame.
+    let stranger = bind([42; 32], &NetConfig::loopback()).await?;
+    let addr = a.addr();
+    let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
+    let conn = stranger.connect(target, care_sync::ALPN).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Frame::Hello { version: care_sync::PROTOCOL_VERSION, teams: Vec::new() };
+    framing::write_frame(&mut send, &hello.encode()).await?;
+    let mut received = Vec::new();
+    while let Ok(Ok(frame)) =
+        tokio::time::timeout(Duration::from_millis(1_500), framing::read_frame(&mut recv)).await
+    {
+        received.push(frame);
+    }
+    let team_bytes = team.as_bytes();
+    for frame in &received {
+        assert!(
+            !frame.windows(team_bytes.len()).any(|w| w == team_bytes),
+            "a frame named the team"
+        );
+        match Frame::decode(frame)? {
+            Frame::Hello { teams, .. } => {
+                assert!(teams.is_empty(), "the Hello listed teams: {teams:?}")
+            }
+            other => panic!("a stranger was sent {other:?}"),
+        }
+    }
+    assert!(received.len() <= 1, "a stranger got {} frames", received.len());
+    stranger.close().await;
+    a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_is_disconnected_and_refused() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let team = team_of_two(&a, &b, Role::Worker).await?;
+    b.with_home(|h| h.team("")?.add_note(&note("before removal"), None))?;
+    eventually("the owner has the worker's note", || async {
+        Ok(note_texts(&a, team)?.len() == 1)
+    })
+    .await?;
+
+    let bea = b.with_home(|h| h.profile().member);
+    a.with_home(|h| h.author_op(team, OpBody::RemoveMember { member: bea }))?;
+    eventually("the removed device is disconnected", || async {
+        Ok(!a.connected().contains(&b.addr().device))
+    })
+    .await?;
+    b.with_home(|h| h.team("")?.add_note(&note("after removal"), None))?;
+    // The removed device keeps trying; give it time, then check nothing arrived.
+    b.connect(&PeerAddr { device: a.addr().device, addrs: a.addr().addrs, relay: None }).await.ok();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(note_texts(&a, team)?, vec!["before removal".to_owned()]);
+    assert!(!a.connected().contains(&b.addr().device));
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_and_expired_tickets_fail_clearly() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let c = start(dirs[2].path(), "Cal").await?;
+    let team = a.with_home(|h| h.create_team("Ada's team"))?;
+    let ticket = a.invite(&team.to_string(), Role::Worker, "", Duration::from_secs(600))?;
+    b.join(&ticket).await?;
+    let again = c.join(&ticket).await.expect_err("a used ticket must fail");
+    assert!(again.to_string().contains("already used"), "{again}");
+    let short = a.invite(&team.to_string(), Role::Worker, "", Duration::from_millis(1))?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expired = c.join(&short).await.expect_err("an expired ticket must fail");
+    assert!(expired.to_string().contains("expired"), "{expired}");
+    assert!(c.with_home(|h| h.teams())?.is_empty(), "a refused device holds no team");
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_close_that_connection_and_others_go_on() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let team = team_of_two(&a, &b, Role::Worker).await?;
+
+    let vandal = bind([7; 32], &NetConfig::loopback()).await?;
+    let addr = a.addr();
+    let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
+    for garbage in [vec![0xff; 64], vec![], b"\x01not a frame at all".to_vec()] {
+        let conn = vandal.connect(target.clone(), care_sync::ALPN).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        framing::write_frame(&mut send, &garbage).await?;
+        // The node answers at most its (empty) Hello, then closes the connection.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while framing::read_frame(&mut recv).await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection was not closed after garbage");
+    }
+    // An oversized length prefix is refused before anything is allocated.
+    let conn = vandal.connect(target, care_sync::ALPN).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&u32::MAX.to_be_bytes()).await?;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while framing::read_frame(&mut recv).await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was not closed after an oversized frame");
+    vandal.close().await;
+
+    b.with_home(|h| h.team("")?.add_note(&note("still syncing"), None))?;
+    eventually("the owner still syncs with the worker", || async {
+        Ok(note_texts(&a, team)?.len() == 1)
+    })
+    .await?;
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
