@@ -20,7 +20,7 @@ use crate::session::{Output, Session, SyncEvent};
 /// Seeds per test run.
 const SEEDS_PER_RUN: u64 = 500;
 /// Ticks (milliseconds of simulated time) of the fault phase.
-const FAULT_TICKS: u64 = 300;
+const FAULT_TICKS: u64 = 200;
 /// Most ticks to wait for the network to go quiet after healing.
 const QUIET_TICKS_MAX: u64 = 100_000;
 /// Largest delay of one frame, in ticks.
@@ -158,7 +158,7 @@ impl World {
 
     fn faults(&mut self) {
         let peers = self.peers.len() as u64;
-        if self.rng.chance(8) {
+        if self.rng.chance(10) {
             let peer = self.rng.below(self.outsider as u64) as usize;
             self.edit(peer);
         }
