@@ -36,7 +36,7 @@ pub use care_sync::ticket::JoinTicket;
 pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport};
 pub use home::{Clock, Home, Profile, SystemClock, TeamSummary};
-pub use node::Node;
+pub use node::{Node, NodeOptions};
 pub use team::{NoteQuery, Team};
 
 pub use care_core::documents::{

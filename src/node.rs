@@ -23,11 +23,26 @@ use crate::home::Home;
 /// How often the store is checked for writes by other programs on this home.
 pub const WATCH_INTERVAL_MS: u64 = 100;
 
+/// How a node behaves beyond its network settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// Keep sessions with every known device of every team, redialling with backoff.
+    /// Off for a node that should talk only to the devices it is told to connect to.
+    pub dial_known_devices: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { dial_known_devices: true }
+    }
+}
+
 /// A home on the network.
 pub struct Node {
     home: Arc<Mutex<Home>>,
     runtime: Arc<Runtime<Home>>,
     changed: Arc<Notify>,
+    options: NodeOptions,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -43,11 +58,16 @@ impl Node {
     /// Starts the network side of a home: binds the endpoint and keeps sessions with the
     /// known devices of every team.
     pub async fn start(home: Home, config: &NetConfig) -> Result<Node> {
+        Node::start_with(home, config, NodeOptions::default()).await
+    }
+
+    /// Starts the network side of a home with options.
+    pub async fn start_with(home: Home, config: &NetConfig, options: NodeOptions) -> Result<Node> {
         let seed = home.key.to_seed();
         let home = Arc::new(Mutex::new(home));
         let runtime = Arc::new(Runtime::start(Arc::clone(&home), seed, config).await?);
         let changed = Arc::new(Notify::new());
-        let mut node = Node { home, runtime, changed, tasks: Vec::new() };
+        let mut node = Node { home, runtime, changed, options, tasks: Vec::new() };
         let mut seen = Seen::default();
         node.watch_once(&mut seen)?;
         node.tasks.push(tokio::spawn(watch(
@@ -55,6 +75,7 @@ impl Node {
             Arc::clone(&node.runtime),
             Arc::clone(&node.changed),
             seen,
+            options,
         )));
         node.tasks
             .push(tokio::spawn(record_addrs(Arc::clone(&node.home), Arc::clone(&node.runtime))));
@@ -76,6 +97,11 @@ impl Node {
     /// Events of every session, for an app to render.
     pub fn events(&self) -> broadcast::Receiver<PeerEvent> {
         self.runtime.service().subscribe()
+    }
+
+    /// Frames and bytes this node's sessions have carried since it started.
+    pub fn traffic(&self) -> care_sync::net::Traffic {
+        self.runtime.service().traffic()
     }
 
     /// The devices with a session right now.
@@ -162,7 +188,7 @@ impl Node {
 
     /// Compares the store with what was seen last, and tells the sessions what moved.
     fn watch_once(&self, seen: &mut Seen) -> Result<()> {
-        watch_once(&self.home, &self.runtime, seen)
+        watch_once(&self.home, &self.runtime, seen, self.options)
     }
 }
 
@@ -180,6 +206,7 @@ async fn watch(
     runtime: Arc<Runtime<Home>>,
     changed: Arc<Notify>,
     mut seen: Seen,
+    options: NodeOptions,
 ) {
     let mut version = lock(&home).store.data_version().unwrap_or_default();
     loop {
@@ -193,13 +220,18 @@ async fn watch(
                 version = now;
             }
         }
-        if let Err(e) = watch_once(&home, &runtime, &mut seen) {
+        if let Err(e) = watch_once(&home, &runtime, &mut seen, options) {
             tracing::warn!("cannot read the store for changes: {e}");
         }
     }
 }
 
-fn watch_once(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Seen) -> Result<()> {
+fn watch_once(
+    home: &Mutex<Home>,
+    runtime: &Runtime<Home>,
+    seen: &mut Seen,
+    options: NodeOptions,
+) -> Result<()> {
     let (docs, ops, devices) = {
         let home = lock(home);
         let docs = home.store.docs(None)?;
@@ -232,6 +264,9 @@ fn watch_once(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Seen) -> R
         }
     }
     let (devices, mut addrs) = devices;
+    if !options.dial_known_devices {
+        return Ok(());
+    }
     for device in devices.difference(&seen.devices) {
         let addrs = addrs.remove(device).unwrap_or_default();
         runtime.keep_connected(PeerAddr { device: *device, addrs, relay: None });

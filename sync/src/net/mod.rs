@@ -9,5 +9,5 @@ pub mod service;
 pub use endpoint::{NetConfig, NetError, bind, endpoint_addr, local_addrs, remote_device};
 pub use runtime::{PeerAddr, Runtime};
 pub use service::{
-    Change, DialError, JoinProtocol, PeerEvent, SyncProtocol, SyncService, request_join,
+    Change, DialError, JoinProtocol, PeerEvent, SyncProtocol, SyncService, Traffic, request_join,
 };

@@ -88,10 +88,33 @@ pub enum DialError {
     Timeout,
 }
 
+/// Frames and bytes carried by every session of a device since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Bytes written, length prefixes included.
+    pub bytes_sent: u64,
+    /// Frames read.
+    pub frames_received: u64,
+    /// Bytes read, length prefixes included.
+    pub bytes_received: u64,
+}
+
+/// The counters behind [`Traffic`].
+#[derive(Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
 /// The sessions of one device, over one replica.
 pub struct SyncService<R> {
     replica: Arc<Mutex<R>>,
     local: DeviceId,
+    counters: Counters,
     changes: broadcast::Sender<Change>,
     events: broadcast::Sender<PeerEvent>,
     sessions: Mutex<HashMap<DeviceId, Registered>>,
@@ -116,7 +139,19 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
             events: broadcast::channel(EVENTS_QUEUED_MAX).0,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            counters: Counters::default(),
         })
+    }
+
+    /// Frames and bytes carried so far by every session.
+    pub fn traffic(&self) -> Traffic {
+        let c = &self.counters;
+        Traffic {
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            frames_received: c.frames_received.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+        }
     }
 
     /// Tells every session about a change made on this device.
@@ -235,7 +270,11 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
             }
             outputs = tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(Ok(bytes)) => session.handle_frame(&mut *lock(&self.replica), &bytes),
+                    Some(Ok(bytes)) => {
+                        self.counters.frames_received.fetch_add(1, Ordering::Relaxed);
+                        self.counters.bytes_received.fetch_add(4 + bytes.len() as u64, Ordering::Relaxed);
+                        session.handle_frame(&mut *lock(&self.replica), &bytes)
+                    }
                     Some(Err(ReadFrameError::Finished)) | None => break "the other device ended the session".to_owned(),
                     Some(Err(e)) => {
                         let reason = e.to_string();
