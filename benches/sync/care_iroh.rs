@@ -1,0 +1,233 @@
+//! This engine as a contestant: two real nodes over iroh on loopback, each with its
+//! SQLite home on disk (synchronous=FULL), so every figure includes durable storage.
+//! Notes are written through the embedding API, which partitions them by month: the
+//! catch-up team holds the same notes as the other contestants' single document, spread
+//! over its month documents.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use automerge::ChangeHash;
+use care::{
+    Clock, DocId, Home, NetConfig, NewNote, Node, NodeOptions, OpBody, PeerEvent, Role, TeamId,
+    Timestamp,
+};
+use care_sync::{Replica, SyncEvent};
+use tokio::sync::broadcast;
+
+use crate::{Figures, SCENARIO_TIMEOUT, Size, median, median_count, quantile, workload};
+
+/// 2025-11-01T00:00:00Z.
+const START_MS: i64 = 1_761_955_200_000;
+/// Ten visits a day.
+const VISIT_STEP_MS: i64 = 144 * 60_000;
+/// About a month.
+const MONTH_MS: i64 = 31 * 86_400_000;
+
+/// Runs the three scenarios and returns this engine's figures.
+pub fn run(size: &Size) -> Result<Figures> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let root = tempfile::tempdir()?;
+        let fresh = prepare(&root.path().join("catch-up"), size.notes, VISIT_STEP_MS, 1).await?;
+        let (catch_up_ms, catch_up_bytes) = catch_up(&fresh, &root.path().join("runs"), size.runs).await?;
+        let step = MONTH_MS / size.doc_notes as i64;
+        let many = prepare(&root.path().join("reconnect"), size.docs * size.doc_notes, step, 1).await?;
+        sync_fully(&many).await?;
+        let (reconnect_ms, bytes_per_doc, rounds) = reconnect(&many, size.runs).await?;
+        let (live_p50_ms, live_p90_ms) = live(&fresh, &root.path().join("live"), size.live_edits).await?;
+        Ok(Figures {
+            catch_up_ms,
+            catch_up_bytes,
+            reconnect_ms,
+            reconnect_bytes_per_doc: bytes_per_doc,
+            reconnect_round_trips: Some(rounds),
+            live_p50_ms,
+            live_p90_ms,
+        })
+    })
+}
+
+/// Two homes: the owner's, holding a team with `notes` notes written `step_ms` apart and
+/// compacted, and a worker's that is already a member but holds no document.
+struct Pair {
+    owner: std::path::PathBuf,
+    worker: std::path::PathBuf,
+    team: TeamId,
+}
+
+/// A clock that moves on by a fixed step each time it is read.
+struct SteppingClock {
+    now_ms: Arc<AtomicI64>,
+    step_ms: i64,
+}
+
+impl Clock for SteppingClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now_ms.fetch_add(self.step_ms, Ordering::Relaxed))
+    }
+}
+
+async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pair> {
+    let owner = dir.join("owner");
+    let worker = dir.join("worker");
+    let mut home = Home::init(&owner, "Ada")?;
+    home.set_clock(SteppingClock { now_ms: Arc::new(AtomicI64::new(START_MS)), step_ms });
+    let team = home.create_team("Benchmark team")?;
+    {
+        let mut t = home.team(&team.to_string())?;
+        for i in 0..notes {
+            let note = NewNote { text: workload::note_text(i + usize::from(seed)), ..NewNote::default() };
+            t.add_note(&note, None)?;
+        }
+    }
+    let mut other = Home::init(&worker, "Bea")?;
+    let member = other.profile().member;
+    let device = other.profile().device;
+    home.author_op(team, OpBody::AddMember { member, name: "Bea".into(), role: Role::Worker, hats: Vec::new() })?;
+    home.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+    let ops = home.ops(team)?;
+    other.add_ops(team, &ops)?;
+    home.compact()?;
+    Ok(Pair { owner, worker, team })
+}
+
+/// A node for a home, talking only to the device it is told to connect to.
+async fn node(dir: &Path) -> Result<Node> {
+    let options = NodeOptions { dial_known_devices: false };
+    Ok(Node::start_with(Home::open(dir)?, &NetConfig::loopback(), options).await?)
+}
+
+fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
+    let docs = node.with_home(|h| h.store().docs(None))?;
+    Ok(docs.into_iter().map(|d| (d.id, d.heads)).collect())
+}
+
+/// Connects the worker to the owner and waits until the worker holds every document at
+/// the owner's heads; returns the time and the bytes both ways.
+async fn connect_and_settle(owner: &Node, worker: &Node) -> Result<(Duration, u64)> {
+    let target = heads(owner)?;
+    let started = Instant::now();
+    worker.connect(&owner.addr()).await?;
+    while heads(worker)? != target {
+        if started.elapsed() > SCENARIO_TIMEOUT {
+            bail!("the worker did not catch up within {SCENARIO_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let traffic = worker.traffic();
+    Ok((started.elapsed(), traffic.bytes_sent + traffic.bytes_received))
+}
+
+async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usize)> {
+    let (mut times, mut bytes) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let dir = runs_dir.join(run.to_string());
+        copy_dir(&pair.owner, &dir.join("owner"))?;
+        copy_dir(&pair.worker, &dir.join("worker"))?;
+        let owner = node(&dir.join("owner")).await?;
+        let worker = node(&dir.join("worker")).await?;
+        let (elapsed, moved) = connect_and_settle(&owner, &worker).await?;
+        times.push(elapsed);
+        bytes.push(moved);
+        worker.shutdown().await;
+        owner.shutdown().await;
+    }
+    Ok((median(&mut times), median_count(&mut bytes) as usize))
+}
+
+async fn sync_fully(pair: &Pair) -> Result<()> {
+    let owner = node(&pair.owner).await?;
+    let worker = node(&pair.worker).await?;
+    connect_and_settle(&owner, &worker).await?;
+    worker.shutdown().await;
+    owner.shutdown().await;
+    Ok(())
+}
+
+/// Reconnects two devices that agree on everything; returns the median time until the
+/// worker's session reports the team in sync, bytes per document, and round trips.
+async fn reconnect(pair: &Pair, runs: usize) -> Result<(f64, f64, f64)> {
+    let (mut times, mut bytes, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+    let mut docs = 0;
+    for _ in 0..runs {
+        let owner = node(&pair.owner).await?;
+        let worker = node(&pair.worker).await?;
+        docs = heads(&worker)?.len();
+        let mut events = worker.events();
+        let started = Instant::now();
+        worker.connect(&owner.addr()).await?;
+        wait_in_sync(&mut events, pair.team).await?;
+        times.push(started.elapsed());
+        let traffic = worker.traffic();
+        bytes.push(traffic.bytes_sent + traffic.bytes_received);
+        frames.push(traffic.frames_sent.max(traffic.frames_received));
+        worker.shutdown().await;
+        owner.shutdown().await;
+    }
+    let per_doc = median_count(&mut bytes) as f64 / docs.max(1) as f64;
+    Ok((median(&mut times), per_doc, median_count(&mut frames) as f64))
+}
+
+async fn wait_in_sync(events: &mut broadcast::Receiver<PeerEvent>, team: TeamId) -> Result<()> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(PeerEvent::Sync { event: SyncEvent::TeamInSync { team: t }, .. }) if t == team => return Ok(()),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => bail!("the node stopped"),
+            }
+        }
+    };
+    tokio::time::timeout(SCENARIO_TIMEOUT, wait).await.context("no TeamInSync in time")?
+}
+
+/// One new note at a time, from the owner to the connected worker, until the worker has
+/// stored it; returns p50 and p90 in milliseconds.
+async fn live(pair: &Pair, dir: &Path, edits: usize) -> Result<(f64, f64)> {
+    copy_dir(&pair.owner, &dir.join("owner"))?;
+    copy_dir(&pair.worker, &dir.join("worker"))?;
+    let owner = node(&dir.join("owner")).await?;
+    let worker = node(&dir.join("worker")).await?;
+    connect_and_settle(&owner, &worker).await?;
+    let mut events = worker.events();
+    let mut samples = Vec::with_capacity(edits);
+    for i in 0..edits {
+        let note = NewNote { text: workload::note_text(i), ..NewNote::default() };
+        let started = Instant::now();
+        let id = owner.with_home(|h| h.team("")?.add_note(&note, None))?;
+        let month = id.month();
+        let arrived = async {
+            loop {
+                match events.recv().await {
+                    Ok(PeerEvent::Sync { event: SyncEvent::DocChanged { kind, .. }, .. })
+                        if kind.month() == Some(month) =>
+                    {
+                        return Ok(());
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => bail!("the node stopped"),
+                }
+            }
+        };
+        tokio::time::timeout(SCENARIO_TIMEOUT, arrived).await.context("a live edit did not arrive")??;
+        samples.push(started.elapsed());
+    }
+    worker.shutdown().await;
+    owner.shutdown().await;
+    Ok((quantile(&mut samples, 0.5), quantile(&mut samples, 0.9)))
+}
+
+/// Copies a home directory (its key and SQLite files).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
