@@ -67,15 +67,15 @@ struct Traffic {
     bytes: usize,
     /// Messages, both ways.
     messages: usize,
-    /// Rounds of the loop, each sending at most one message each way.
+    /// Rounds: a message from `a` and the answer from `b`, either possibly absent.
     rounds: usize,
     /// When `b` first held every head it was waiting for.
     arrived: Option<Instant>,
 }
 
 impl Pair {
-    /// Exchanges messages until neither side has anything to send, noting when `b` first
-    /// holds all of `target`.
+    /// Exchanges messages in turn (`a` then `b`, each generating after it has received)
+    /// until neither side has anything to send, noting when `b` first holds all of `target`.
     fn exchange(&mut self, target: &[ChangeHash], deadline: Instant) -> Result<Traffic> {
         let mut traffic = Traffic::default();
         for _ in 0..ROUNDS_MAX {
@@ -83,11 +83,7 @@ impl Pair {
                 bail!("in-memory sync did not finish before its deadline");
             }
             let to_b = self.a.generate_sync_message(&mut self.a_state);
-            let to_a = self.b.generate_sync_message(&mut self.b_state);
-            if to_b.is_none() && to_a.is_none() {
-                return Ok(traffic);
-            }
-            traffic.rounds += 1;
+            let sent_to_b = to_b.is_some();
             if let Some(message) = to_b {
                 let bytes = message.encode();
                 traffic.bytes += bytes.len();
@@ -97,12 +93,18 @@ impl Pair {
                     traffic.arrived = Some(Instant::now());
                 }
             }
-            if let Some(message) = to_a {
-                let bytes = message.encode();
-                traffic.bytes += bytes.len();
-                traffic.messages += 1;
-                self.a.receive_sync_message(&mut self.a_state, Message::decode(&bytes)?)?;
-            }
+            let Some(message) = self.b.generate_sync_message(&mut self.b_state) else {
+                if sent_to_b {
+                    traffic.rounds += 1;
+                    continue;
+                }
+                return Ok(traffic);
+            };
+            traffic.rounds += 1;
+            let bytes = message.encode();
+            traffic.bytes += bytes.len();
+            traffic.messages += 1;
+            self.a.receive_sync_message(&mut self.a_state, Message::decode(&bytes)?)?;
         }
         bail!("in-memory sync did not settle within {ROUNDS_MAX} rounds")
     }
