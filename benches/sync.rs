@@ -1,7 +1,10 @@
-//! Sync benchmark, comparison half (release mode: `cargo bench --bench sync`). Prints
-//! catch-up, reconnect and live-edit figures for each contestant side by side: the
-//! in-memory Automerge floor and samod 0.16 over TCP on loopback.
+//! Sync benchmark (release mode: `cargo bench --bench sync`). Prints
+//! catch-up, reconnect and live-edit figures for each contestant side by side: this
+//! engine over iroh on loopback with its SQLite homes on disk, the in-memory Automerge
+//! floor, and samod 0.16 over TCP on loopback.
 
+#[path = "sync/care_iroh.rs"]
+mod care_iroh;
 #[path = "sync/floor.rs"]
 mod floor;
 #[path = "sync/samod_tcp.rs"]
@@ -17,6 +20,8 @@ use anyhow::Result;
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
 /// The row every other row is compared with for the cost of a real transport.
 const FLOOR: &str = "in-memory floor";
+/// This engine's row.
+const CARE: &str = "care / iroh + SQLite";
 /// The row every other row is compared with as the existing library to beat.
 const SAMOD: &str = "samod 0.16 / TCP";
 
@@ -80,7 +85,8 @@ fn main() -> Result<()> {
         floor.reconnect_messages as f64 / size.docs as f64
     );
     let samod = samod_tcp::run(&size)?;
-    let rows = [(FLOOR, floor.figures), (SAMOD, samod)];
+    let care = care_iroh::run(&size)?;
+    let rows = [(CARE, care), (FLOOR, floor.figures), (SAMOD, samod)];
     print_table(&rows);
     Ok(())
 }

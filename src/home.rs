@@ -9,6 +9,7 @@ use care_core::documents::{self, Author};
 use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, IntegrityReport, Store, StoredDoc, keyfile};
+use care_sync::net::Change;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -87,6 +88,8 @@ pub struct Home {
     pub(crate) docs: HashMap<DocId, StoredDoc>,
     /// Automerge sync states of the sessions under way, by peer and document.
     pub(crate) sync_states: HashMap<(DeviceId, DocId), automerge::sync::State>,
+    /// What this home changed since a node last collected it, to push to peers.
+    pub(crate) changed: Vec<Change>,
 }
 
 impl Home {
@@ -139,6 +142,7 @@ impl Home {
             profile,
             docs: HashMap::new(),
             sync_states: HashMap::new(),
+            changed: Vec::new(),
         }
     }
 
@@ -237,6 +241,7 @@ impl Home {
         let membership = self.membership(team)?;
         let op = membership.author_op(&self.key, self.now(), body).map_err(Error::Refused)?;
         self.store.insert_ops(team, &[(op.hash(), op.to_bytes())])?;
+        self.changed.push(Change::Membership { team });
         Ok(op)
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use automerge::ChangeHash;
 use care_core::membership::Role;
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId, Timestamp};
+use care_sync::SyncEvent;
 use care_sync::join::{JoinReply, JoinRequest};
 use care_sync::net::{Change, NetConfig, PeerAddr, PeerEvent, Runtime};
 use care_sync::ticket::JoinTicket;
@@ -77,15 +78,29 @@ impl Node {
             seen,
             options,
         )));
-        node.tasks
-            .push(tokio::spawn(record_addrs(Arc::clone(&node.home), Arc::clone(&node.runtime))));
+        node.tasks.push(tokio::spawn(follow_sessions(
+            Arc::clone(&node.home),
+            Arc::clone(&node.runtime),
+            Arc::clone(&node.changed),
+        )));
         Ok(node)
     }
 
     /// Runs `f` on the home; whatever it changes is pushed to connected peers.
     pub fn with_home<T>(&self, f: impl FnOnce(&mut Home) -> T) -> T {
-        let result = f(&mut lock(&self.home));
-        self.changed.notify_one();
+        let (result, changed) = {
+            let mut home = lock(&self.home);
+            let result = f(&mut home);
+            (result, std::mem::take(&mut home.changed))
+        };
+        let service = self.runtime.service();
+        for change in changed {
+            service.notify(change);
+            if matches!(change, Change::Membership { .. }) {
+                // New or removed devices: the watcher updates whom to keep connected.
+                self.changed.notify_one();
+            }
+        }
         result
     }
 
@@ -160,6 +175,7 @@ impl Node {
             }
             let now = home.now().as_millis();
             home.store.set_peer_addrs(ticket.inviter, &render_addrs(&ticket.addrs), now)?;
+            home.changed.push(Change::Membership { team: ticket.team });
             Ok(())
         })?;
         let inviter = PeerAddr {
@@ -232,24 +248,15 @@ fn watch_once(
     seen: &mut Seen,
     options: NodeOptions,
 ) -> Result<()> {
-    let (docs, ops, devices) = {
+    let service = runtime.service();
+    let (docs, ops) = {
         let home = lock(home);
-        let docs = home.store.docs(None)?;
         let mut ops = HashMap::new();
-        let mut devices = BTreeSet::new();
-        let mut addrs = HashMap::new();
         for team in home.store.teams()? {
             ops.insert(team, home.store.ops(team)?.len());
-            for (device, _) in home.membership(team)?.devices() {
-                if device != home.profile().device && devices.insert(device) {
-                    let stored = home.store.peer_addrs(device)?.map(|(a, _)| parse_addrs(&a));
-                    addrs.insert(device, stored.unwrap_or_default());
-                }
-            }
         }
-        (docs, ops, (devices, addrs))
+        (home.store.docs(None)?, ops)
     };
-    let service = runtime.service();
     for doc in docs {
         if seen.docs.get(&doc.id) != Some(&doc.heads) {
             if let Ok(kind) = doc.kind.parse::<DocKind>() {
@@ -258,17 +265,36 @@ fn watch_once(
             seen.docs.insert(doc.id, doc.heads);
         }
     }
+    let mut membership_moved = seen.ops.is_empty();
     for (team, count) in ops {
         if seen.ops.insert(team, count) != Some(count) {
             service.notify(Change::Membership { team });
+            membership_moved = true;
         }
     }
-    let (devices, mut addrs) = devices;
-    if !options.dial_known_devices {
-        return Ok(());
+    if membership_moved && options.dial_known_devices {
+        keep_known_devices(home, runtime, seen)?;
     }
+    Ok(())
+}
+
+/// Keeps sessions with every current device of every team, and drops removed ones.
+fn keep_known_devices(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Seen) -> Result<()> {
+    let mut known = HashMap::new();
+    {
+        let home = lock(home);
+        for team in home.store.teams()? {
+            for (device, _) in home.membership(team)?.devices() {
+                if device != home.profile().device && !known.contains_key(&device) {
+                    let stored = home.store.peer_addrs(device)?.map(|(a, _)| parse_addrs(&a));
+                    known.insert(device, stored.unwrap_or_default());
+                }
+            }
+        }
+    }
+    let devices: BTreeSet<DeviceId> = known.keys().copied().collect();
     for device in devices.difference(&seen.devices) {
-        let addrs = addrs.remove(device).unwrap_or_default();
+        let addrs = known.remove(device).unwrap_or_default();
         runtime.keep_connected(PeerAddr { device: *device, addrs, relay: None });
     }
     for device in seen.devices.difference(&devices) {
@@ -278,11 +304,20 @@ fn watch_once(
     Ok(())
 }
 
-/// Remembers where connected devices were seen, so they can be redialled later.
-async fn record_addrs(home: Arc<Mutex<Home>>, runtime: Arc<Runtime<Home>>) {
+/// Follows the sessions: remembers where connected devices were seen, so they can be
+/// redialled later, and has the watcher revisit whom to keep connected when a
+/// membership log grew.
+async fn follow_sessions(
+    home: Arc<Mutex<Home>>,
+    runtime: Arc<Runtime<Home>>,
+    changed: Arc<Notify>,
+) {
     let mut events = runtime.service().subscribe();
     loop {
         match events.recv().await {
+            Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { .. }, .. }) => {
+                changed.notify_one()
+            }
             Ok(PeerEvent::Connected { peer }) => {
                 let addrs = runtime.seen_addrs(peer).await;
                 if !addrs.is_empty() {

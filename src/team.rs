@@ -10,6 +10,7 @@ use care_core::documents::{
 use care_core::membership::{Access, Membership, Role};
 use care_core::{DocKind, EntryId, Month, NoteStream, Section, TeamId, Timestamp};
 use care_store::{DocSummary, UpdateError};
+use care_sync::net::Change;
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose, random_bytes};
@@ -264,10 +265,12 @@ impl<'h> Team<'h> {
         let stored = docs
             .get_mut(&kind.doc_id(team))
             .expect("the document was loaded into the cache just above");
-        store.update_doc(stored, |doc| f(doc, &author)).map_err(|e| match e {
+        let written = store.update_doc(stored, |doc| f(doc, &author)).map_err(|e| match e {
             UpdateError::Store(e) => Error::Store(e),
             UpdateError::Rejected(e) => doc_error(&kind, e),
-        })
+        })?;
+        self.home.changed.push(Change::Doc { team, doc: kind.doc_id(team), kind });
+        Ok(written)
     }
 
     fn require(&self, kind: &DocKind, need: Access) -> Result<()> {

@@ -30,16 +30,20 @@ const MONTH_MS: i64 = 31 * 86_400_000;
 
 /// Runs the three scenarios and returns this engine's figures.
 pub fn run(size: &Size) -> Result<Figures> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let root = tempfile::tempdir()?;
         let fresh = prepare(&root.path().join("catch-up"), size.notes, VISIT_STEP_MS, 1).await?;
-        let (catch_up_ms, catch_up_bytes) = catch_up(&fresh, &root.path().join("runs"), size.runs).await?;
+        let (catch_up_ms, catch_up_bytes) =
+            catch_up(&fresh, &root.path().join("runs"), size.runs).await?;
         let step = MONTH_MS / size.doc_notes as i64;
-        let many = prepare(&root.path().join("reconnect"), size.docs * size.doc_notes, step, 1).await?;
+        let many =
+            prepare(&root.path().join("reconnect"), size.docs * size.doc_notes, step, 1).await?;
         sync_fully(&many).await?;
         let (reconnect_ms, bytes_per_doc, rounds) = reconnect(&many, size.runs).await?;
-        let (live_p50_ms, live_p90_ms) = live(&fresh, &root.path().join("live"), size.live_edits).await?;
+        let (live_p50_ms, live_p90_ms) =
+            live(&fresh, &root.path().join("live"), size.live_edits).await?;
         Ok(Figures {
             catch_up_ms,
             catch_up_bytes,
@@ -81,14 +85,18 @@ async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pai
     {
         let mut t = home.team(&team.to_string())?;
         for i in 0..notes {
-            let note = NewNote { text: workload::note_text(i + usize::from(seed)), ..NewNote::default() };
+            let note =
+                NewNote { text: workload::note_text(i + usize::from(seed)), ..NewNote::default() };
             t.add_note(&note, None)?;
         }
     }
     let mut other = Home::init(&worker, "Bea")?;
     let member = other.profile().member;
     let device = other.profile().device;
-    home.author_op(team, OpBody::AddMember { member, name: "Bea".into(), role: Role::Worker, hats: Vec::new() })?;
+    home.author_op(
+        team,
+        OpBody::AddMember { member, name: "Bea".into(), role: Role::Worker, hats: Vec::new() },
+    )?;
     home.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
     let ops = home.ops(team)?;
     other.add_ops(team, &ops)?;
@@ -177,7 +185,11 @@ async fn wait_in_sync(events: &mut broadcast::Receiver<PeerEvent>, team: TeamId)
     let wait = async {
         loop {
             match events.recv().await {
-                Ok(PeerEvent::Sync { event: SyncEvent::TeamInSync { team: t }, .. }) if t == team => return Ok(()),
+                Ok(PeerEvent::Sync { event: SyncEvent::TeamInSync { team: t }, .. })
+                    if t == team =>
+                {
+                    return Ok(());
+                }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => bail!("the node stopped"),
             }
@@ -214,7 +226,9 @@ async fn live(pair: &Pair, dir: &Path, edits: usize) -> Result<(f64, f64)> {
                 }
             }
         };
-        tokio::time::timeout(SCENARIO_TIMEOUT, arrived).await.context("a live edit did not arrive")??;
+        tokio::time::timeout(SCENARIO_TIMEOUT, arrived)
+            .await
+            .context("a live edit did not arrive")??;
         samples.push(started.elapsed());
     }
     worker.shutdown().await;
