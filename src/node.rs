@@ -11,6 +11,7 @@ use std::time::Duration;
 use automerge::ChangeHash;
 use care_core::membership::Role;
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId, Timestamp};
+use care_sync::SyncEvent;
 use care_sync::join::{JoinReply, JoinRequest};
 use care_sync::net::{Change, NetConfig, PeerAddr, PeerEvent, Runtime};
 use care_sync::ticket::JoinTicket;
@@ -243,7 +244,8 @@ fn watch_once(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Seen) -> R
     Ok(())
 }
 
-/// Remembers where connected devices were seen, so they can be redialled later.
+/// Remembers where connected devices were seen, so they can be redialled later, and
+/// when each session last ended or found a team in sync.
 async fn record_addrs(home: Arc<Mutex<Home>>, runtime: Arc<Runtime<Home>>) {
     let mut events = runtime.service().subscribe();
     loop {
@@ -255,6 +257,14 @@ async fn record_addrs(home: Arc<Mutex<Home>>, runtime: Arc<Runtime<Home>>) {
                     let now = home.now().as_millis();
                     let _ = home.store.set_peer_addrs(peer, &render_addrs(&addrs), now);
                 }
+            }
+            Ok(
+                PeerEvent::Disconnected { peer, .. }
+                | PeerEvent::Sync { peer, event: SyncEvent::TeamInSync { .. } },
+            ) => {
+                let mut home = lock(&home);
+                let now = home.now().as_millis();
+                let _ = home.record_sync(peer, now);
             }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
