@@ -156,6 +156,10 @@ impl Node {
         for task in &self.tasks {
             task.abort();
         }
+        // Aborted tasks drop their handles on the runtime only once they are awaited.
+        for task in self.tasks {
+            let _ = task.await;
+        }
         if let Ok(runtime) = Arc::try_unwrap(self.runtime) {
             runtime.shutdown().await;
         }

@@ -141,6 +141,18 @@ fn note_texts(care: &Care) -> Vec<String> {
     notes.iter().filter_map(|n| n["text"].as_str().map(str::to_owned)).collect()
 }
 
+/// Checks `done` every 100 ms until it holds (true) or `within` passes (false).
+fn poll(within: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
 /// Runs `care sync --peer ADDR` on loopback, for at most `timeout` seconds.
 fn sync(care: &Care, peer: &str, timeout: &str) -> Output {
     let mut args = vec!["--json", "sync", "--peer", peer, "--timeout", timeout];
@@ -211,6 +223,19 @@ fn serve_invite_join_sync_remove_status_and_stop() {
     ada.json(&["note", "add", "Lunch out"]);
     let arrived = sync_until(&bea, &serve.addr, |b| note_texts(b).contains(&"Lunch out".into()));
     assert!(arrived, "a note written while serve runs reaches Bea");
+
+    let mut bea_serve = bea.serve();
+    let connected = std::iter::from_fn(|| bea_serve.line(Duration::from_secs(40)))
+        .any(|e| e.contains("\"connected\""));
+    assert!(connected, "Bea's serve connects to Ada's");
+    ada.json(&["note", "add", "Tea at four"]);
+    let pushed = poll(Duration::from_secs(5), || note_texts(&bea).contains(&"Tea at four".into()));
+    let lines = |s: &Serve| -> Vec<String> {
+        std::iter::from_fn(|| s.line(Duration::from_millis(100))).collect()
+    };
+    assert!(pushed, "not pushed: ada {:?} bea {:?}", lines(&serve), lines(&bea_serve));
+    let stopped = bea_serve.terminate(Duration::from_secs(10)).expect("Bea's serve stops");
+    assert!(stopped.success());
 
     let bea_device = bea.json(&["whoami"])["device"].as_str().expect("device").to_owned();
     let status = ada.json(&["status"]);
