@@ -2,13 +2,14 @@
 //! store of every team it belongs to. The entry point of the embedding API.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use care_core::documents::{self, Author};
 use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
-use care_store::{DocMeta, IntegrityReport, Store, StoredDoc, keyfile};
+use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
 use care_sync::net::Change;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,10 @@ pub const KEY_FILE: &str = "device.key";
 pub const STORE_FILE: &str = "care.sqlite";
 /// Meta key under which the home's profile is stored.
 const PROFILE_KEY: &str = "profile";
+/// Meta key under which a running node records where it listens, for invitations.
+const LISTEN_KEY: &str = "serve_addrs";
+/// Meta key prefix under which the time of the last sync with a device is stored.
+const LAST_SYNC_PREFIX: &str = "last_sync:";
 /// Longest name a person may give themselves or a team, in bytes.
 pub const NAME_BYTES_MAX: usize = 200;
 
@@ -48,6 +53,15 @@ pub struct TeamSummary {
     pub members: usize,
     /// How many documents of the team this home holds.
     pub documents: usize,
+}
+
+/// Where a running node of this home can be reached, as recorded for invitations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenAddrs {
+    /// Direct addresses.
+    pub addrs: Vec<SocketAddr>,
+    /// The relay the node uses, if any.
+    pub relay: Option<String>,
 }
 
 /// Why a document is being loaded.
@@ -271,6 +285,63 @@ impl Home {
         };
         self.store.create_invite(&care_sync::ticket::secret_hash(&secret), &invite)?;
         Ok(secret)
+    }
+
+    /// Records where this home's running node listens, so that invitations issued by
+    /// other programs on this home carry addresses; `None` clears the record.
+    pub fn record_listen_addrs(&mut self, addrs: Option<&ListenAddrs>) -> Result<()> {
+        let json = match addrs {
+            Some(addrs) => serde_json::to_vec(addrs).expect("addresses always serialise to JSON"),
+            None => Vec::new(),
+        };
+        Ok(self.store.meta_set(LISTEN_KEY, &json)?)
+    }
+
+    /// Where this home's running node listens, as last recorded (empty if no node runs).
+    pub fn listen_addrs(&self) -> Result<ListenAddrs> {
+        let json = self.store.meta_get(LISTEN_KEY)?.unwrap_or_default();
+        Ok(serde_json::from_slice(&json).unwrap_or_default())
+    }
+
+    /// Records that a session with `device` ended or reported a team in sync at `at_ms`.
+    pub fn record_sync(&mut self, device: DeviceId, at_ms: i64) -> Result<()> {
+        let key = format!("{LAST_SYNC_PREFIX}{device}");
+        Ok(self.store.meta_set(&key, at_ms.to_string().as_bytes())?)
+    }
+
+    /// When this home last synced with `device`, in milliseconds since the Unix epoch.
+    pub fn last_sync(&self, device: DeviceId) -> Result<Option<i64>> {
+        let value = self.store.meta_get(&format!("{LAST_SYNC_PREFIX}{device}"))?;
+        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
+    /// The documents of `team` holding changes that no other device of the team is
+    /// known to have: their heads are not all among the shared heads of the sync state
+    /// saved with any other device.
+    pub fn unshared_docs(&self, team: TeamId) -> Result<Vec<DocSummary>> {
+        let me = self.profile.device;
+        let peers: Vec<DeviceId> =
+            self.membership(team)?.devices().map(|(d, _)| d).filter(|d| *d != me).collect();
+        let mut unshared = Vec::new();
+        for doc in self.store.docs(Some(team))? {
+            if !self.shared_with_any(&doc, &peers)? {
+                unshared.push(doc);
+            }
+        }
+        Ok(unshared)
+    }
+
+    fn shared_with_any(&self, doc: &DocSummary, peers: &[DeviceId]) -> Result<bool> {
+        for peer in peers {
+            let saved = self.store.sync_state(*peer, doc.id)?;
+            let Some(state) = saved.and_then(|b| automerge::sync::State::decode(&b).ok()) else {
+                continue;
+            };
+            if doc.heads.iter().all(|h| state.shared_heads.contains(h)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The team's signed membership ops as stored here; unreadable rows are skipped

@@ -31,11 +31,12 @@ pub mod node;
 mod replica;
 pub mod team;
 
+pub use care_sync::SyncEvent;
 pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
-pub use care_sync::ticket::JoinTicket;
+pub use care_sync::ticket::{JoinTicket, TicketError};
 pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport};
-pub use home::{Clock, Home, Profile, SystemClock, TeamSummary};
+pub use home::{Clock, Home, ListenAddrs, Profile, SystemClock, TeamSummary};
 pub use node::{Node, NodeOptions};
 pub use team::{NoteQuery, Team};
 

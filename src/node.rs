@@ -197,6 +197,10 @@ impl Node {
         for task in &self.tasks {
             task.abort();
         }
+        // Aborted tasks drop their handles on the runtime only once they are awaited.
+        for task in self.tasks {
+            let _ = task.await;
+        }
         if let Ok(runtime) = Arc::try_unwrap(self.runtime) {
             runtime.shutdown().await;
         }
@@ -304,9 +308,9 @@ fn keep_known_devices(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Se
     Ok(())
 }
 
-/// Follows the sessions: remembers where connected devices were seen, so they can be
-/// redialled later, and has the watcher revisit whom to keep connected when a
-/// membership log grew.
+/// Follows the sessions: remembers where connected devices were seen (so they can be
+/// redialled later) and when each session last ended or found a team in sync, and has
+/// the watcher revisit whom to keep connected when a membership log grew.
 async fn follow_sessions(
     home: Arc<Mutex<Home>>,
     runtime: Arc<Runtime<Home>>,
@@ -325,6 +329,14 @@ async fn follow_sessions(
                     let now = home.now().as_millis();
                     let _ = home.store.set_peer_addrs(peer, &render_addrs(&addrs), now);
                 }
+            }
+            Ok(
+                PeerEvent::Disconnected { peer, .. }
+                | PeerEvent::Sync { peer, event: SyncEvent::TeamInSync { .. } },
+            ) => {
+                let mut home = lock(&home);
+                let now = home.now().as_millis();
+                let _ = home.record_sync(peer, now);
             }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,

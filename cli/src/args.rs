@@ -1,9 +1,13 @@
 //! The command-line surface of `care`: every command, option and argument, with the
 //! parsers that turn what a person types into typed values (bad input is a usage error).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use care::{EntryId, Medication, Section, Timestamp};
+use care::{
+    DeviceId, EntryId, JoinTicket, Medication, NetConfig, PeerAddr, Role, Section, Timestamp,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::when;
@@ -64,6 +68,43 @@ pub enum Command {
     },
     /// Check the whole store for damage; exits non-zero if any is found.
     Doctor,
+    /// Serve this home on the network until stopped: keeps the teams' devices in sync,
+    /// answers invitations, and prints what happens.
+    Serve {
+        /// Where to listen and reach others from.
+        #[command(flatten)]
+        net: NetArgs,
+        /// A relay server of the circle, through which devices can reach each other.
+        #[arg(long, value_parser = parse_relay, value_name = "URL")]
+        relay: Option<String>,
+    },
+    /// Sync once with the teams' devices (or one device), then exit.
+    Sync {
+        /// One device to sync with: `DEVICE_ID@ip:port[,ip:port]` as `care serve`
+        /// prints it, or a ticket from it.
+        #[arg(long, value_parser = parse_peer, value_name = "ADDR_OR_TICKET")]
+        peer: Option<PeerAddr>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+        timeout: u64,
+        /// Where to listen and reach others from.
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Show the teams' known devices, when they were last synced, and the documents
+    /// holding changes no other device has yet.
+    Status,
+}
+
+/// How a command that goes on the network listens.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Do not find or announce devices on the local network.
+    #[arg(long)]
+    pub no_lan: bool,
 }
 
 /// `care team ...`
@@ -80,6 +121,35 @@ pub enum TeamCommand {
     Show,
     /// List a team's members, their roles, hats and devices.
     Members,
+    /// Invite someone: prints a one-time ticket (and its QR code) to join the team with.
+    Invite {
+        /// The role the new member gets: advocate, worker, volunteer or relay.
+        #[arg(long, value_parser = parse_invitable_role)]
+        role: Role,
+        /// The name the new member is known by until they give their own.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the ticket stays valid: `90s`, `30m`, `2h` or `7d`.
+        #[arg(long, default_value = "7d", value_parser = when::parse_duration, value_name = "DURATION")]
+        expires: Duration,
+    },
+    /// Join a team with a ticket, and fetch its documents.
+    Join {
+        /// The ticket, as printed by `care team invite`.
+        #[arg(value_parser = parse_ticket)]
+        ticket: JoinTicket,
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Give up waiting for the team's documents after this many seconds.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Remove a member from the team (owners and those who manage members).
+    Remove {
+        /// The member: their id, a unique prefix of it, or their exact name.
+        member: String,
+    },
 }
 
 /// `care plan ...`
@@ -220,4 +290,44 @@ pub enum Format {
     Json,
     /// Automerge's standard binary format, one `.automerge` file per document.
     Automerge,
+}
+
+/// A role a new member may be invited with: any but owner.
+fn parse_invitable_role(text: &str) -> Result<Role, String> {
+    let role: Role = text.parse().map_err(|e| format!("{e}"))?;
+    if role == Role::Owner {
+        return Err("a team has one owner: invite as advocate, worker, volunteer or relay".into());
+    }
+    Ok(role)
+}
+
+/// A join ticket, with the ticket's own sentence when it is not one.
+fn parse_ticket(text: &str) -> Result<JoinTicket, String> {
+    text.parse().map_err(|e: care::TicketError| e.to_string())
+}
+
+/// A relay URL, checked here and kept as text.
+fn parse_relay(text: &str) -> Result<String, String> {
+    let mut config = NetConfig::loopback();
+    config.relay = Some(text.parse().map_err(|e| format!("`{text}` is not a relay URL: {e}"))?);
+    Ok(text.to_owned())
+}
+
+/// A device to sync with: `DEVICE_ID@ip:port[,ip:port]`, or a join ticket naming it.
+pub fn parse_peer(text: &str) -> Result<PeerAddr, String> {
+    let text = text.trim();
+    if let Ok(ticket) = text.parse::<JoinTicket>() {
+        let relay = ticket.relay.as_deref().and_then(|r| r.parse().ok());
+        return Ok(PeerAddr { device: ticket.inviter, addrs: ticket.addrs, relay });
+    }
+    let (device, addrs) = text.split_once('@').ok_or_else(|| {
+        format!("`{text}` is neither a ticket nor an address of the form DEVICE_ID@ip:port")
+    })?;
+    let device: DeviceId =
+        device.parse().map_err(|e| format!("`{device}` is not a device id: {e}"))?;
+    let addrs = addrs
+        .split(',')
+        .map(|a| a.trim().parse().map_err(|_| format!("`{a}` is not an ip:port address")))
+        .collect::<Result<Vec<SocketAddr>, String>>()?;
+    Ok(PeerAddr { device, addrs, relay: None })
 }

@@ -1,9 +1,37 @@
 //! Times as people type them: RFC 3339, `2026-12-01T09:00`, `2026-12-01 09:00`,
 //! `2026-12-01` (midnight), or `09:00` (today), in the local time zone unless an
-//! offset is given.
+//! offset is given; and durations such as `90s`, `30m`, `2h` or `7d`.
+
+use std::time::Duration;
 
 use care::Timestamp;
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+
+/// Longest duration accepted, in days.
+pub const DURATION_DAYS_MAX: u64 = 365;
+
+/// Parses a duration: a whole number followed by `s`, `m`, `h` or `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad =
+        || format!("`{text}` is not a duration: use a number and s, m, h or d, as in 30m or 7d");
+    let unit_at =
+        text.len().checked_sub(1).filter(|&i| text.is_char_boundary(i)).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(unit_at);
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let count: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = count.checked_mul(seconds_per).ok_or_else(bad)?;
+    if seconds == 0 || seconds > DURATION_DAYS_MAX * 86_400 {
+        return Err(format!("`{text}` must be between 1s and {DURATION_DAYS_MAX}d"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
 
 /// Parses a time for a command-line argument.
 pub fn parse(text: &str) -> Result<Timestamp, String> {
@@ -56,6 +84,17 @@ mod tests {
         assert_eq!(short, full);
         let midnight = parse_at("2026-11-23", today).expect("date");
         assert_eq!(full.as_millis() - midnight.as_millis(), 9 * 3_600_000);
+    }
+
+    #[test]
+    fn durations_parse_and_nonsense_is_refused() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "d", "7", "7w", "-1d", "0s", "1.5h", "999999d", "7дн"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! What each command does, and how it prints: human-readable text, or JSON on stdout
 //! with `--json`.
 
-use std::path::PathBuf;
+mod invite;
+mod net;
+mod progress;
+mod status;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -41,7 +46,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 )
             });
         }
-        Command::Team(cmd) => team_command(&mut Home::open(&dir)?, &team, cmd, out)?,
+        Command::Team(cmd) => team_command(&dir, &team, cmd, out)?,
+        Command::Serve { net, relay } => return net::serve(&dir, &net, relay.as_deref(), out),
+        Command::Sync { peer, timeout, net } => {
+            return net::sync(&dir, peer.as_ref(), timeout, &net, out);
+        }
+        Command::Status => status::status(&mut Home::open(&dir)?, out)?,
         Command::Plan(cmd) => plan_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
         Command::Note(cmd) => note_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
         Command::Rota(cmd) => rota_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
@@ -89,12 +99,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Where output goes: JSON when asked for, text otherwise.
 #[derive(Clone, Copy)]
-struct Out {
+pub(crate) struct Out {
     json: bool,
 }
 
 impl Out {
-    fn print(self, value: Value, text: impl FnOnce() -> String) {
+    pub(crate) fn print(self, value: Value, text: impl FnOnce() -> String) {
         if self.json {
             println!("{value}");
         } else {
@@ -111,7 +121,8 @@ fn home_dir(cli: &Cli) -> Result<PathBuf> {
     Ok(data.join("care"))
 }
 
-fn team_command(home: &mut Home, which: &str, cmd: TeamCommand, out: Out) -> Result<()> {
+fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<()> {
+    let home = &mut Home::open(dir)?;
     match cmd {
         TeamCommand::Create { name } => {
             let id = home.create_team(&name)?;
@@ -192,6 +203,13 @@ fn team_command(home: &mut Home, which: &str, cmd: TeamCommand, out: Out) -> Res
                     .collect();
                 lines.join("\n")
             });
+        }
+        TeamCommand::Invite { role, name, expires } => {
+            invite::invite(home, which, role, name.as_deref(), expires, out)?;
+        }
+        TeamCommand::Remove { member } => invite::remove(home, which, &member, out)?,
+        TeamCommand::Join { ticket, listen, timeout } => {
+            net::join(dir, &ticket, listen, timeout, out)?;
         }
     }
     Ok(())
@@ -482,7 +500,7 @@ fn promise_json(team: &Team<'_>, p: &Promise) -> Value {
 }
 
 /// A moment in the local time zone, to the minute.
-fn local(t: Timestamp) -> String {
+pub(crate) fn local(t: Timestamp) -> String {
     Local
         .timestamp_millis_opt(t.as_millis())
         .single()

@@ -1,0 +1,338 @@
+//! The commands that go on the network: `care serve`, `care sync` and `care team join`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use care::{
+    DeviceId, Home, JoinTicket, ListenAddrs, NetConfig, Node, PeerAddr, PeerEvent, SyncEvent,
+    TeamId,
+};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::Out;
+use super::progress::{Progress, wait_until};
+use crate::args::NetArgs;
+
+/// Serves the home until Ctrl-C or SIGTERM, printing its address and then its events.
+pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result<ExitCode> {
+    let config = net_config(net.listen, relay, !net.no_lan)?;
+    block_on(async {
+        let mut stop = Stop::new()?;
+        let node = Node::start(Home::open(dir)?, &config).await?;
+        let mut events = node.events();
+        let addr = node.addr();
+        let listen = ListenAddrs {
+            addrs: addr.addrs.clone(),
+            relay: addr.relay.as_ref().map(ToString::to_string),
+        };
+        let recorded = node.with_home(|home| home.record_listen_addrs(Some(&listen)));
+        if let Err(e) = recorded {
+            node.shutdown().await;
+            return Err(e.into());
+        }
+        print_addr(&addr, out);
+        loop {
+            tokio::select! {
+                () = stop.wait() => break,
+                event = events.recv() => match event {
+                    Ok(event) => print_event(&event, out),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("warning: {n} events were not shown");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        let _ = node.with_home(|home| home.record_listen_addrs(None));
+        node.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Joins a team with a ticket and waits until its documents have arrived.
+pub fn join(
+    dir: &Path,
+    ticket: &JoinTicket,
+    listen: SocketAddr,
+    timeout_s: u64,
+    out: Out,
+) -> Result<()> {
+    let config = net_config(listen, None, false)?;
+    block_on(async {
+        let node = Node::start(Home::open(dir)?, &config).await?;
+        let joined = join_and_wait(&node, ticket, timeout_s).await;
+        node.shutdown().await;
+        let (name, documents) = joined?;
+        let team = ticket.team;
+        out.print(json!({"team": team.to_string(), "name": name, "documents": documents}), || {
+            format!("Joined {name} ({team}): {documents} documents")
+        });
+        Ok(())
+    })
+}
+
+/// Syncs once with one device, or with every known device of every team.
+pub fn sync(
+    dir: &Path,
+    peer: Option<&PeerAddr>,
+    timeout_s: u64,
+    net: &NetArgs,
+    out: Out,
+) -> Result<ExitCode> {
+    let config = net_config(net.listen, None, !net.no_lan)?;
+    block_on(async {
+        let home = Home::open(dir)?;
+        let expected = expected_devices(&home, peer.map(|p| p.device))?;
+        let node = Node::start(home, &config).await?;
+        let synced = sync_with(&node, peer, &expected, timeout_s, out).await;
+        record_synced(&node, &synced);
+        node.shutdown().await;
+        Ok(print_summary(&synced, out))
+    })
+}
+
+/// How one device fared in a `care sync`.
+struct Synced {
+    device: DeviceId,
+    reachable: bool,
+    in_sync: bool,
+    docs_changed: usize,
+}
+
+async fn join_and_wait(
+    node: &Node,
+    ticket: &JoinTicket,
+    timeout_s: u64,
+) -> Result<(String, usize)> {
+    let mut events = node.events();
+    let team = node.join(ticket).await?;
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let inviter = ticket.inviter;
+    let mut progress = Progress::default();
+    let done = |p: &Progress, now| p.in_sync(inviter, team, now);
+    let arrived = wait_until(&mut events, &mut progress, deadline, done, |_, _| {}).await;
+    let summary = node.with_home(|home| home.teams())?.into_iter().find(|t| t.id == team);
+    let (name, documents) = summary.map(|t| (t.name, t.documents)).unwrap_or_default();
+    if !arrived {
+        bail!(
+            "joined {name}, but its documents did not all arrive within {timeout_s} s: \
+             run `care sync` while the inviting device runs `care serve`"
+        );
+    }
+    node.with_home(|home| home.record_sync(inviter, home.now().as_millis()))?;
+    Ok((name, documents))
+}
+
+/// The devices to sync with, and the teams shared with each.
+fn expected_devices(
+    home: &Home,
+    peer: Option<DeviceId>,
+) -> Result<BTreeMap<DeviceId, Vec<TeamId>>> {
+    let me = home.profile().device;
+    let mut expected: BTreeMap<DeviceId, Vec<TeamId>> = BTreeMap::new();
+    for team in home.store().teams()? {
+        for (device, _) in home.membership(team)?.devices() {
+            if device != me && peer.is_none_or(|p| p == device) {
+                expected.entry(device).or_default().push(team);
+            }
+        }
+    }
+    match peer {
+        Some(p) if expected.is_empty() => bail!("device {p} is not a device of any of your teams"),
+        None if expected.is_empty() => {
+            bail!("your teams have no other devices yet: invite someone with `care team invite`")
+        }
+        _ => Ok(expected),
+    }
+}
+
+async fn sync_with(
+    node: &Node,
+    peer: Option<&PeerAddr>,
+    expected: &BTreeMap<DeviceId, Vec<TeamId>>,
+    timeout_s: u64,
+    out: Out,
+) -> Vec<Synced> {
+    let mut events = node.events();
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    if let Some(peer) = peer
+        && let Err(e) = node.connect(peer).await
+    {
+        eprintln!("cannot reach {}: {e}", peer.device.short());
+    }
+    let all_in_sync = |p: &Progress, now: Instant| {
+        expected.iter().all(|(d, teams)| teams.iter().all(|t| p.in_sync(*d, *t, now)))
+    };
+    let mut progress = Progress::default();
+    let show = |event: &PeerEvent, _: &Progress| {
+        if !out.json {
+            print_progress(event);
+        }
+    };
+    wait_until(&mut events, &mut progress, deadline, all_in_sync, show).await;
+    let now = Instant::now();
+    expected
+        .iter()
+        .map(|(device, teams)| Synced {
+            device: *device,
+            reachable: progress.connected(*device),
+            in_sync: teams.iter().all(|t| progress.in_sync(*device, *t, now)),
+            docs_changed: progress.docs_changed(*device),
+        })
+        .collect()
+}
+
+fn record_synced(node: &Node, synced: &[Synced]) {
+    for s in synced.iter().filter(|s| s.in_sync) {
+        let _ = node.with_home(|home| home.record_sync(s.device, home.now().as_millis()));
+    }
+}
+
+/// Prints one line per device; exit 0 when some device was reached and all reached are in sync.
+fn print_summary(synced: &[Synced], out: Out) -> ExitCode {
+    let status = |s: &Synced| match (s.reachable, s.in_sync) {
+        (_, true) => "in sync",
+        (true, false) => "not in sync",
+        (false, false) => "unreachable",
+    };
+    let value: Vec<Value> = synced
+        .iter()
+        .map(|s| {
+            json!({"device": s.device.to_string(), "status": status(s), "reachable": s.reachable,
+                   "in_sync": s.in_sync, "changes_received": s.docs_changed})
+        })
+        .collect();
+    let ok = synced.iter().any(|s| s.in_sync) && synced.iter().all(|s| s.in_sync || !s.reachable);
+    out.print(json!({"in_sync": ok, "devices": value}), || {
+        let lines: Vec<String> =
+            synced.iter().map(|s| format!("{}  {}", s.device.short(), status(s))).collect();
+        lines.join("\n")
+    });
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Runs a future on a fresh tokio runtime.
+fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(future)
+}
+
+fn net_config(listen: SocketAddr, relay: Option<&str>, lan: bool) -> Result<NetConfig> {
+    let mut config = NetConfig { listen, relay: None, lan };
+    if let Some(url) = relay {
+        config.relay = Some(url.parse().with_context(|| format!("`{url}` is not a relay URL"))?);
+    }
+    Ok(config)
+}
+
+fn print_addr(addr: &PeerAddr, out: Out) {
+    let addrs: Vec<String> = addr.addrs.iter().map(ToString::to_string).collect();
+    let relay = addr.relay.as_ref().map(ToString::to_string);
+    out.print(json!({"device": addr.device.to_string(), "addrs": addrs, "relay": relay}), || {
+        format!("{}@{}", addr.device, addrs.join(","))
+    });
+}
+
+fn print_event(event: &PeerEvent, out: Out) {
+    out.print(event_json(event), || event_text(event));
+}
+
+fn print_progress(event: &PeerEvent) {
+    if let PeerEvent::Sync { event: SyncEvent::DocChanged { .. }, .. } = event {
+        return;
+    }
+    println!("{}", event_text(event));
+}
+
+fn event_json(event: &PeerEvent) -> Value {
+    match event {
+        PeerEvent::Connected { peer } => json!({"event": "connected", "peer": peer.to_string()}),
+        PeerEvent::Disconnected { peer, reason } => {
+            json!({"event": "disconnected", "peer": peer.to_string(), "reason": reason})
+        }
+        PeerEvent::Sync { peer, event } => {
+            let peer = peer.to_string();
+            match event {
+                SyncEvent::DocChanged { team, doc, kind } => json!({"event": "doc_changed",
+                    "peer": peer, "team": team.to_string(), "doc": doc.to_string(), "kind": kind.to_string()}),
+                SyncEvent::MembershipChanged { team } => {
+                    json!({"event": "membership_changed", "peer": peer, "team": team.to_string()})
+                }
+                SyncEvent::Refused { team, doc, reason } => {
+                    json!({"event": "refused", "peer": peer,
+                    "team": team.to_string(), "doc": doc.map(|d| d.to_string()), "reason": reason})
+                }
+                SyncEvent::TeamInSync { team } => {
+                    json!({"event": "team_in_sync", "peer": peer, "team": team.to_string()})
+                }
+            }
+        }
+    }
+}
+
+fn event_text(event: &PeerEvent) -> String {
+    match event {
+        PeerEvent::Connected { peer } => format!("connected {}", peer.short()),
+        PeerEvent::Disconnected { peer, reason } => {
+            format!("disconnected {}: {reason}", peer.short())
+        }
+        PeerEvent::Sync { peer, event } => {
+            let peer = peer.short();
+            match event {
+                SyncEvent::DocChanged { kind, .. } => format!("{kind} changed by {peer}"),
+                SyncEvent::MembershipChanged { team } => {
+                    format!("membership of team {} changed by {peer}", team.short())
+                }
+                SyncEvent::Refused { reason, .. } => format!("refused from {peer}: {reason}"),
+                SyncEvent::TeamInSync { team } => {
+                    format!("team {} in sync with {peer}", team.short())
+                }
+            }
+        }
+    }
+}
+
+/// What stops `care serve`: Ctrl-C, or SIGTERM on Unix.
+struct Stop {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    /// Listens for the signals from now on.
+    fn new() -> Result<Stop> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let cannot = "cannot listen for stop signals";
+            Ok(Stop {
+                interrupt: signal(SignalKind::interrupt()).context(cannot)?,
+                terminate: signal(SignalKind::terminate()).context(cannot)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Stop {})
+    }
+
+    /// Waits for a stop signal.
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

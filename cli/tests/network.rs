@@ -1,0 +1,258 @@
+//! `care serve`, `care team invite/join/remove`, `care sync` and `care status` with the
+//! built binary in temporary homes, on loopback only.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The listen options every networked command gets in these tests.
+const LOOPBACK: [&str; 3] = ["--listen", "127.0.0.1:0", "--no-lan"];
+
+/// A temporary care home driven through the `care` binary.
+struct Care {
+    dir: tempfile::TempDir,
+}
+
+impl Care {
+    fn new(name: &str) -> Care {
+        let care = Care { dir: tempfile::tempdir().expect("a temporary directory") };
+        care.json(&["init", "--name", name]);
+        care
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_care"));
+        command.arg("--home").arg(self.home()).args(args).env_remove("CARE_HOME");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("the care binary runs")
+    }
+
+    /// Runs a command that must succeed, and returns its JSON output.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut with_json = vec!["--json"];
+        with_json.extend_from_slice(args);
+        let out = self.run(&with_json);
+        assert!(out.status.success(), "care {args:?} failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("care {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    /// Runs a command that must fail with `code`, and returns its stderr.
+    fn fails(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "care {args:?}: {err}");
+        assert!(!err.contains("panicked"), "care {args:?} panicked: {err}");
+        err
+    }
+
+    /// Starts `care serve --json` and reads the address it prints.
+    fn serve(&self) -> Serve {
+        let mut args = vec!["--json", "serve"];
+        args.extend_from_slice(&LOOPBACK);
+        let mut child = self
+            .command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("care serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut serve = Serve { child, lines, addr: String::new() };
+        let first = serve.line(Duration::from_secs(20)).expect("serve prints its address");
+        let addr: Value = serde_json::from_str(&first).expect("the address line is JSON");
+        let addrs: Vec<&str> =
+            addr["addrs"].as_array().expect("addrs").iter().filter_map(Value::as_str).collect();
+        assert!(!addrs.is_empty(), "serve listens somewhere: {addr}");
+        let device = addr["device"].as_str().expect("the address names the device");
+        serve.addr = format!("{device}@{}", addrs.join(","));
+        serve
+    }
+}
+
+/// A running `care serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// `DEVICE_ID@ip:port`, as `care sync --peer` takes it.
+    addr: String,
+}
+
+impl Serve {
+    fn line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").arg("-TERM").arg(&pid).status().expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited on") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn with_team(name: &str) -> Care {
+    let care = Care::new(name);
+    care.json(&["team", "create", &format!("{name}'s team")]);
+    care
+}
+
+fn note_texts(care: &Care) -> Vec<String> {
+    let notes = care.json(&["note", "list"]);
+    let notes = notes.as_array().expect("a list of notes");
+    notes.iter().filter_map(|n| n["text"].as_str().map(str::to_owned)).collect()
+}
+
+/// Checks `done` every 100 ms until it holds (true) or `within` passes (false).
+fn poll(within: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// Runs `care sync --peer ADDR` on loopback, for at most `timeout` seconds.
+fn sync(care: &Care, peer: &str, timeout: &str) -> Output {
+    let mut args = vec!["--json", "sync", "--peer", peer, "--timeout", timeout];
+    args.extend_from_slice(&LOOPBACK);
+    care.run(&args)
+}
+
+/// Runs `care sync` until `done` holds, within a bounded number of tries.
+fn sync_until(care: &Care, peer: &str, done: impl Fn(&Care) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let out = sync(care, peer, "15");
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        if done(care) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn invite_prints_a_ticket_and_bad_input_is_a_usage_error() {
+    let ada = with_team("Ada");
+    let out = ada.run(&["--json", "team", "invite", "--role", "worker", "--expires", "2h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let invite: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ticket = invite["ticket"].as_str().expect("a ticket");
+    assert!(ticket.parse::<care::JoinTicket>().is_ok(), "{ticket}");
+    assert_eq!(invite["role"], "worker");
+    assert!(stderr(&out).contains("care serve"), "warns that no serve runs: {}", stderr(&out));
+    let text = ada.run(&["team", "invite", "--role", "volunteer"]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).contains('█'), "a QR code is printed");
+    for bad in ["7", "7w", "0d", "soon", "-1h"] {
+        ada.fails(2, &["team", "invite", "--role", "worker", "--expires", bad]);
+    }
+    ada.fails(2, &["team", "invite", "--role", "owner"]);
+    ada.fails(2, &["team", "invite", "--role", "boss"]);
+    let err = ada.fails(2, &["team", "join", "careinvite1garbage"]);
+    assert!(err.contains("damaged"), "{err}");
+    let err = ada.fails(2, &["team", "join", "hello"]);
+    assert!(err.contains("not a care invitation ticket"), "{err}");
+    ada.fails(2, &["sync", "--peer", "nonsense"]);
+    ada.fails(2, &["serve", "--listen", "not-an-address"]);
+}
+
+#[test]
+fn serve_invite_join_sync_remove_status_and_stop() {
+    let ada = with_team("Ada");
+    ada.json(&["note", "add", "Breakfast and a walk"]);
+    let mut serve = ada.serve();
+    let invite = ada.run(&["--json", "team", "invite", "--role", "worker"]);
+    assert!(invite.status.success(), "{}", stderr(&invite));
+    assert!(!stderr(&invite).contains("warning"), "serve recorded its addresses");
+    let invite: Value = serde_json::from_slice(&invite.stdout).expect("JSON");
+    let ticket = invite["ticket"].as_str().expect("a ticket").to_owned();
+
+    let bea = Care::new("Bea");
+    let join = ["team", "join", &ticket, "--listen", "127.0.0.1:0", "--timeout", "30"];
+    let joined = bea.json(&join);
+    assert!(joined["documents"].as_u64().unwrap_or(0) >= 1, "{joined}");
+    assert!(note_texts(&bea).contains(&"Breakfast and a walk".to_owned()));
+    let cal = Care::new("Cal");
+    let err = cal.fails(1, &join);
+    assert!(err.contains("already used"), "{err}");
+
+    ada.json(&["note", "add", "Lunch out"]);
+    let arrived = sync_until(&bea, &serve.addr, |b| note_texts(b).contains(&"Lunch out".into()));
+    assert!(arrived, "a note written while serve runs reaches Bea");
+
+    let mut bea_serve = bea.serve();
+    let connected = std::iter::from_fn(|| bea_serve.line(Duration::from_secs(40)))
+        .any(|e| e.contains("\"connected\""));
+    assert!(connected, "Bea's serve connects to Ada's");
+    ada.json(&["note", "add", "Tea at four"]);
+    let pushed = poll(Duration::from_secs(5), || note_texts(&bea).contains(&"Tea at four".into()));
+    let lines = |s: &Serve| -> Vec<String> {
+        std::iter::from_fn(|| s.line(Duration::from_millis(100))).collect()
+    };
+    assert!(pushed, "not pushed: ada {:?} bea {:?}", lines(&serve), lines(&bea_serve));
+    let stopped = bea_serve.terminate(Duration::from_secs(10)).expect("Bea's serve stops");
+    assert!(stopped.success());
+
+    let bea_device = bea.json(&["whoami"])["device"].as_str().expect("device").to_owned();
+    let status = ada.json(&["status"]);
+    let devices = status[0]["devices"].as_array().expect("devices");
+    assert!(devices.iter().any(|d| d["device"] == bea_device.as_str()), "{status}");
+
+    ada.json(&["team", "remove", "Bea"]);
+    ada.json(&["note", "add", "After Bea left"]);
+    let out = sync(&bea, &serve.addr, "4");
+    assert_eq!(out.status.code(), Some(1), "a removed member is not in sync: {}", stderr(&out));
+    assert!(!note_texts(&bea).contains(&"After Bea left".to_owned()));
+
+    let events: Vec<String> =
+        std::iter::from_fn(|| serve.line(Duration::from_millis(100))).collect();
+    assert!(events.iter().any(|e| e.contains("\"connected\"")), "{events:?}");
+    let status = serve.terminate(Duration::from_secs(10)).expect("serve stops on SIGTERM");
+    assert!(status.success(), "serve exits 0: {status}");
+    let after = ada.run(&["--json", "team", "invite", "--role", "worker"]);
+    assert!(stderr(&after).contains("care serve"), "the stopped serve cleared its addresses");
+}
