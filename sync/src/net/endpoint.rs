@@ -3,15 +3,22 @@
 //! configured; LAN discovery (mDNS) only when asked for.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use care_core::DeviceId;
-use iroh::endpoint::{Connection, presets};
+
+use iroh::endpoint::{Connection, IdleTimeout, QuicTransportConfig, presets};
 use iroh::{
     Endpoint, EndpointAddr, NetReportConfig, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey,
 };
 
 use crate::frame::ALPN;
 use crate::join::JOIN_ALPN;
+
+/// A connection that has heard nothing for this long (keep-alives go every second) is
+/// given up: a device that vanished (a phone switched off, a killed process) stops
+/// holding its session, and its next dial is accepted soon after.
+pub const IDLE_TIMEOUT_MS: u64 = 5_000;
 
 /// How a device's endpoint listens and reaches others.
 #[derive(Debug, Clone)]
@@ -59,8 +66,12 @@ pub async fn bind(secret: [u8; 32], config: &NetConfig) -> Result<Endpoint, NetE
     let mut report = NetReportConfig::minimal();
     // With a relay of the circle's own, probing it over HTTP is how a home relay is chosen.
     report.https_probes = config.relay.is_some();
+    let idle = IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
+        .expect("five seconds is a valid QUIC idle timeout");
+    let transport = QuicTransportConfig::builder().max_idle_timeout(Some(idle)).build();
     let builder = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&secret))
+        .transport_config(transport)
         .alpns(vec![ALPN.to_vec(), JOIN_ALPN.to_vec()])
         .relay_mode(relay_mode)
         .net_report_config(report)
