@@ -849,3 +849,7 @@ fn truncate_utf8(text: &mut String, max_bytes: usize) {
         text.truncate(end);
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
