@@ -7,7 +7,7 @@ use automerge::sync::Message;
 use automerge::{ActorId, Automerge, ChangeHash};
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
-use crate::access::{TeamAccess, genesis_change, truncate};
+use crate::access::{TeamAccess, genesis_change, ops_hash, truncate};
 use crate::chunks::{changes_in, changes_of};
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
@@ -61,8 +61,10 @@ pub enum SyncEvent {
         /// Why, in a sentence.
         reason: String,
     },
-    /// Both devices already held the same ops and documents of the team when the
-    /// session started.
+    /// Every document of the team that both devices may read is known to be the same on
+    /// both, under the same membership: the Hello summaries agreed, or an exchange that
+    /// moved data has finished. Emitted once each time the team comes into sync, so again
+    /// after later live changes settle (see [`Session::in_sync`]).
     TeamInSync {
         /// The team.
         team: TeamId,
@@ -82,6 +84,44 @@ pub struct Session {
     phase: Phase,
     /// The teams in which both devices are current devices of members.
     shared: BTreeMap<TeamId, TeamAccess>,
+    /// What is known of each shared team's agreement with the remote device.
+    progress: BTreeMap<TeamId, Progress>,
+}
+
+/// What one session knows of whether a shared team agrees with the remote device.
+///
+/// The remote describes every document in a Hello summary or a Heads frame, and one
+/// document in each Sync or Snapshot frame; our side is known from our replica and from
+/// the sync messages we generate. Each frame updates one document, so the work per frame
+/// does not grow with the team.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Whether the remote has described all its documents (a matching Hello summary or
+    /// a Heads frame).
+    described: bool,
+    /// The hash of the membership ops the remote held when it last described its
+    /// documents: which documents both may read depends on it.
+    their_ops: Option<[u8; 16]>,
+    /// Ops received since the remote's last Heads frame, which follows them.
+    ops_received: BTreeMap<care_core::OpHash, SignedOp>,
+    /// Per document, our heads and the remote's, as last known (each sorted).
+    heads: BTreeMap<DocId, KnownHeads>,
+    /// The documents whose known heads differ.
+    pending: BTreeSet<DocId>,
+    /// Whether the team was in sync when last checked (and TeamInSync was emitted).
+    in_sync: bool,
+    /// Whether we have sent the remote a Heads frame of the team.
+    heads_sent: bool,
+    /// The hash of the ops we last told the remote we hold (in our Hello or Ops frames).
+    ops_announced: Option<[u8; 16]>,
+}
+
+/// Our heads and the remote's of one document, as last known; empty when unknown or not
+/// held.
+#[derive(Debug, Default)]
+struct KnownHeads {
+    ours: Vec<ChangeHash>,
+    theirs: Vec<ChangeHash>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +142,13 @@ type Step = Result<(), String>;
 impl Session {
     /// A session of `local` with `remote`, whose key the connection authenticated.
     pub fn new(local: DeviceId, remote: DeviceId) -> Session {
-        Session { local, remote, phase: Phase::New, shared: BTreeMap::new() }
+        Session {
+            local,
+            remote,
+            phase: Phase::New,
+            shared: BTreeMap::new(),
+            progress: BTreeMap::new(),
+        }
     }
 
     /// The remote device.
@@ -118,6 +164,13 @@ impl Session {
     /// The teams this session syncs.
     pub fn shared_teams(&self) -> impl Iterator<Item = TeamId> + '_ {
         self.shared.keys().copied()
+    }
+
+    /// Whether every document of `team` that both devices may read is known to agree,
+    /// under the same membership: true from each [`SyncEvent::TeamInSync`] until a
+    /// change on either side.
+    pub fn in_sync(&self, team: TeamId) -> bool {
+        self.shared.contains_key(&team) && self.progress.get(&team).is_some_and(|p| p.in_sync)
     }
 
     /// Starts the session: sends a Hello naming only the teams the remote device is a
@@ -148,7 +201,9 @@ impl Session {
     ) -> Vec<Output> {
         self.run(replica, |s, r, out| {
             if s.phase == Phase::Live && s.both_read(team, &kind) {
-                s.send_sync(r, team, doc, kind, out)?;
+                let ours = s.send_sync(r, team, doc, kind, out)?;
+                s.note_heads(team, doc, ours, None);
+                s.settle(team, out);
             }
             Ok(())
         })
@@ -191,6 +246,7 @@ impl Session {
     fn end<R: Replica>(&mut self, replica: &mut R, reason: String, out: &mut Vec<Output>) {
         self.phase = Phase::Closed;
         self.shared.clear();
+        self.progress.clear();
         replica.reset_sync_state(self.remote);
         out.push(Output::Close { reason });
     }
@@ -210,6 +266,9 @@ impl Session {
         for (team, access) in &self.shared {
             let docs_hash = docs_hash(&self.readable_docs(replica, *team, access)?);
             teams.push(TeamSummary { team: *team, ops_hash: access.ops_hash(), docs_hash });
+        }
+        for summary in &teams {
+            self.progress.entry(summary.team).or_default().ops_announced = Some(summary.ops_hash);
         }
         out.push(Output::Send(Frame::Hello { version: PROTOCOL_VERSION, teams }.encode()));
         self.phase = Phase::HelloSent;
@@ -277,22 +336,24 @@ impl Session {
         let Some(access) = self.shared.get(&team) else {
             return Ok(());
         };
-        let ours_ops = access.ops_hash();
-        match theirs {
-            Some(t) if t.ops_hash == ours_ops => {
-                let docs = self.readable_docs(replica, team, access)?;
-                if docs_hash(&docs) == t.docs_hash {
-                    out.push(Output::Event(SyncEvent::TeamInSync { team }));
-                    Ok(())
-                } else {
-                    self.send_heads(replica, team, out)
-                }
-            }
-            _ => {
-                self.send_ops(replica, team, out)?;
-                self.send_heads(replica, team, out)
-            }
+        self.progress.entry(team).or_default().their_ops = theirs.map(|t| t.ops_hash);
+        let Some(t) = theirs.filter(|t| t.ops_hash == access.ops_hash()) else {
+            self.send_ops(replica, team, out)?;
+            return self.send_heads(replica, team, out);
+        };
+        let docs = self.readable_docs(replica, team, access)?;
+        if docs_hash(&docs) != t.docs_hash {
+            return self.send_heads(replica, team, out);
         }
+        let progress = self.progress.entry(team).or_default();
+        progress.described = true;
+        progress.pending.clear();
+        progress.heads = docs
+            .into_iter()
+            .map(|(id, (_, heads))| (id, KnownHeads { theirs: heads.clone(), ours: heads }))
+            .collect();
+        self.settle(team, out);
+        Ok(())
     }
 
     fn on_ops<R: Replica>(
@@ -307,10 +368,27 @@ impl Session {
             .map(|bytes| SignedOp::from_bytes(bytes))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("device {} sent a bad membership op: {e}", self.remote))?;
+        self.merge_ops(replica, team, &received, out)?;
+        if self.shared.contains_key(&team) {
+            let progress = self.progress.entry(team).or_default();
+            progress.ops_received.extend(received.into_iter().map(|op| (op.hash(), op)));
+        }
+        Ok(())
+    }
+
+    /// Stores the ops the remote sent that are new here, and adopts the membership they
+    /// make.
+    fn merge_ops<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        received: &[SignedOp],
+        out: &mut Vec<Output>,
+    ) -> Step {
         let held = replica.ops(team).map_err(store)?;
         let known: BTreeSet<_> = held.iter().map(SignedOp::hash).collect();
         let new: Vec<SignedOp> =
-            received.into_iter().filter(|op| !known.contains(&op.hash())).collect();
+            received.iter().filter(|op| !known.contains(&op.hash())).cloned().collect();
         if new.is_empty() {
             if self.shared.contains_key(&team) {
                 return Ok(());
@@ -356,6 +434,7 @@ impl Session {
         let was_shared = self.shared.contains_key(&team);
         if !self.both_current(&access) {
             self.shared.remove(&team);
+            self.progress.remove(&team);
             if was_shared && self.shared.is_empty() {
                 return Err(format!(
                     "device {} is no longer a current device of team {team}",
@@ -365,6 +444,9 @@ impl Session {
             return Ok(());
         }
         self.shared.insert(team, access);
+        // Under new ops the team is out of sync until the remote describes its documents
+        // under the same ops.
+        self.settle(team, out);
         if self.phase != Phase::Live {
             return Ok(());
         }
@@ -393,6 +475,14 @@ impl Session {
         for (id, (kind, _)) in ours.iter().filter(|(id, _)| !their_ids.contains(id)) {
             self.send_snapshot(replica, team, *id, *kind, out)?;
         }
+        self.note_described(team, ours, theirs);
+        self.settle(team, out);
+        // The remote found a difference where we found none (our Hello was out of date
+        // by the time theirs arrived): describe the team in turn, so that it too learns
+        // when the team is in sync.
+        if !self.progress.get(&team).is_some_and(|p| p.heads_sent) {
+            self.send_heads(replica, team, out)?;
+        }
         Ok(())
     }
 
@@ -408,6 +498,7 @@ impl Session {
         let message = Message::decode(message).map_err(|e| {
             format!("device {} sent a malformed sync message for {kind}: {e}", self.remote)
         })?;
+        let theirs = sorted(message.heads.clone());
         let mut changes = Vec::new();
         for chunk in message.changes.iter() {
             match changes_in(chunk) {
@@ -416,6 +507,8 @@ impl Session {
             }
         }
         if !self.check_incoming(team, doc, &kind, &changes, out) {
+            self.note_heads(team, doc, None, Some(theirs));
+            self.settle(team, out);
             return Ok(());
         }
         let changed =
@@ -423,7 +516,12 @@ impl Session {
         if changed {
             out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         }
-        self.send_sync(replica, team, doc, kind, out)
+        // Right after a message is received nothing is in flight, so Automerge stays
+        // silent only when the remote's heads equal ours and nothing is left to send.
+        let ours = self.send_sync(replica, team, doc, kind, out)?.unwrap_or_else(|| theirs.clone());
+        self.note_heads(team, doc, Some(ours), Some(theirs));
+        self.settle(team, out);
+        Ok(())
     }
 
     fn on_snapshot<R: Replica>(
@@ -438,12 +536,20 @@ impl Session {
         let loaded = Automerge::load(bytes).map_err(|e| {
             format!("device {} sent a snapshot of {kind} that does not load: {e}", self.remote)
         })?;
+        let theirs = sorted(loaded.get_heads());
         if !self.check_incoming(team, doc, &kind, &changes_of(&loaded), out) {
+            self.note_heads(team, doc, None, Some(theirs));
+            self.settle(team, out);
             return Ok(());
         }
         if replica.receive_snapshot(team, doc, kind, bytes, loaded).map_err(store)? {
             out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         }
+        // A sync message in reply tells the remote our heads, so that it knows too when
+        // the document agrees.
+        let ours = self.send_sync(replica, team, doc, kind, out)?;
+        self.note_heads(team, doc, ours, Some(theirs));
+        self.settle(team, out);
         Ok(())
     }
 
@@ -475,8 +581,14 @@ impl Session {
         }
     }
 
-    fn send_ops<R: Replica>(&self, replica: &mut R, team: TeamId, out: &mut Vec<Output>) -> Step {
+    fn send_ops<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        out: &mut Vec<Output>,
+    ) -> Step {
         let ops = replica.ops(team).map_err(store)?;
+        self.progress.entry(team).or_default().ops_announced = Some(ops_hash(&ops));
         for batch in ops.chunks(OPS_PER_FRAME_MAX) {
             let ops = batch.iter().map(SignedOp::to_bytes).collect();
             out.push(Output::Send(Frame::Ops { team, ops }.encode()));
@@ -484,7 +596,22 @@ impl Session {
         Ok(())
     }
 
-    fn send_heads<R: Replica>(&self, replica: &mut R, team: TeamId, out: &mut Vec<Output>) -> Step {
+    fn send_heads<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let Some(access) = self.shared.get(&team) else {
+            return Ok(());
+        };
+        // A Heads frame is read under the ops we last announced: announce them first
+        // when they have changed since (our Hello may be out of date).
+        let progress = self.progress.entry(team).or_default();
+        progress.heads_sent = true;
+        if progress.ops_announced != Some(access.ops_hash()) {
+            self.send_ops(replica, team, out)?;
+        }
         let Some(access) = self.shared.get(&team) else {
             return Ok(());
         };
@@ -502,6 +629,8 @@ impl Session {
         Ok(())
     }
 
+    /// Sends the next sync message for `doc`, if Automerge has one; returns the heads it
+    /// announced (ours, sorted).
     fn send_sync<R: Replica>(
         &self,
         replica: &mut R,
@@ -509,14 +638,16 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         out: &mut Vec<Output>,
-    ) -> Step {
+    ) -> Result<Option<Vec<ChangeHash>>, String> {
         let message = replica.generate_sync_message(self.remote, team, doc, kind).map_err(store)?;
-        if let Some(message) = message {
-            let message = message.encode();
-            let frame = Frame::Sync { team, doc, kind, message, attestations: Vec::new() };
-            out.push(Output::Send(frame.encode()));
-        }
-        Ok(())
+        let Some(message) = message else {
+            return Ok(None);
+        };
+        let heads = sorted(message.heads.clone());
+        let message = message.encode();
+        let frame = Frame::Sync { team, doc, kind, message, attestations: Vec::new() };
+        out.push(Output::Send(frame.encode()));
+        Ok(Some(heads))
     }
 
     /// Sends the whole document to a remote that has none of it; falls back to the sync
@@ -534,9 +665,83 @@ impl Session {
                 out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
                 Ok(())
             }
-            Some(_) => self.send_sync(replica, team, doc, kind, out),
+            Some(_) => self.send_sync(replica, team, doc, kind, out).map(|_| ()),
             None => Ok(()),
         }
+    }
+
+    /// Records what a Heads frame said of every document the remote holds, with ours
+    /// (both limited to the documents both devices may read), and the ops it was sent
+    /// under: the ops of the Ops frames just before it, or else those of its Hello.
+    fn note_described(
+        &mut self,
+        team: TeamId,
+        ours: BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>,
+        theirs: &[DocHeads],
+    ) {
+        let mut heads: BTreeMap<DocId, KnownHeads> = ours
+            .into_iter()
+            .map(|(id, (_, ours))| (id, KnownHeads { ours, theirs: Vec::new() }))
+            .collect();
+        for d in theirs.iter().filter(|d| self.both_read(team, &d.kind)) {
+            let their_heads = sorted(d.heads.iter().map(|h| ChangeHash(*h)).collect());
+            heads.entry(d.id).or_default().theirs = their_heads;
+        }
+        let progress = self.progress.entry(team).or_default();
+        if !progress.ops_received.is_empty() {
+            let ops: Vec<SignedOp> =
+                std::mem::take(&mut progress.ops_received).into_values().collect();
+            progress.their_ops = Some(ops_hash(&ops));
+        }
+        progress.described = true;
+        progress.pending =
+            heads.iter().filter(|(_, h)| h.ours != h.theirs).map(|(id, _)| *id).collect();
+        progress.heads = heads;
+    }
+
+    /// Records our heads or the remote's of one document of a shared team, when known.
+    fn note_heads(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        ours: Option<Vec<ChangeHash>>,
+        theirs: Option<Vec<ChangeHash>>,
+    ) {
+        if !self.shared.contains_key(&team) {
+            return;
+        }
+        let progress = self.progress.entry(team).or_default();
+        let known = progress.heads.entry(doc).or_default();
+        if let Some(ours) = ours {
+            known.ours = ours;
+        }
+        if let Some(mut theirs) = theirs {
+            // More heads than a Heads frame may carry never match ours: the document
+            // simply stays pending.
+            theirs.truncate(HEADS_PER_DOC_MAX + 1);
+            known.theirs = theirs;
+        }
+        if known.ours == known.theirs {
+            progress.pending.remove(&doc);
+        } else {
+            progress.pending.insert(doc);
+        }
+    }
+
+    /// Emits [`SyncEvent::TeamInSync`] when the team has just come into sync: the remote
+    /// has described its documents under the ops we hold, and no document differs.
+    fn settle(&mut self, team: TeamId, out: &mut Vec<Output>) {
+        let Some(access) = self.shared.get(&team) else {
+            return;
+        };
+        let progress = self.progress.entry(team).or_default();
+        let in_sync = progress.described
+            && progress.their_ops == Some(access.ops_hash())
+            && progress.pending.is_empty();
+        if in_sync && !progress.in_sync {
+            out.push(Output::Event(SyncEvent::TeamInSync { team }));
+        }
+        progress.in_sync = in_sync;
     }
 
     fn team_access<R: Replica>(&self, replica: &R, team: TeamId) -> Result<TeamAccess, String> {
@@ -615,6 +820,11 @@ fn docs_hash(docs: &BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>) -> [u8; 16] {
     truncate(hasher.finalize())
 }
 
+fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    heads.sort();
+    heads
+}
+
 fn heads_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
     heads.iter().map(|h| h.0).collect()
 }
@@ -639,3 +849,7 @@ fn truncate_utf8(text: &mut String, max_bytes: usize) {
         text.truncate(end);
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -60,6 +60,8 @@ struct Conn {
     sessions: [Session; 2],
     /// Delivery time of the last frame sent each way, so a connection stays ordered.
     last_at: [u64; 2],
+    /// How many times each end's session reported TeamInSync.
+    in_sync_events: [usize; 2],
 }
 
 struct InFlight {
@@ -208,7 +210,8 @@ impl World {
         let id = self.next_conn;
         self.next_conn += 1;
         let sessions = [Session::new(da, db), Session::new(db, da)];
-        self.conns.insert(id, Conn { ends: [a, b], sessions, last_at: [0, 0] });
+        self.conns
+            .insert(id, Conn { ends: [a, b], sessions, last_at: [0, 0], in_sync_events: [0, 0] });
         for end in 0..2 {
             let outputs = self.with_session(id, end, |s, r| s.start(r));
             self.apply(id, end, outputs);
@@ -276,7 +279,13 @@ impl World {
                 self.refusals.push((peer, reason.clone()));
                 Vec::new()
             }
-            SyncEvent::TeamInSync { .. } => Vec::new(),
+            SyncEvent::TeamInSync { .. } => {
+                if let Some(conn) = self.conns.get_mut(&from) {
+                    let end = usize::from(conn.ends[1] == peer);
+                    conn.in_sync_events[end] += 1;
+                }
+                Vec::new()
+            }
         }
     }
 
@@ -410,6 +419,30 @@ impl World {
         }
     }
 
+    /// Both sessions of every connection between current members report the team in
+    /// sync, and each has emitted TeamInSync at least once.
+    fn assert_in_sync(&self) {
+        let removed = self.removed.as_ref().map(|(p, _)| *p);
+        for conn in self.conns.values() {
+            if conn.ends.iter().any(|p| Some(*p) == removed || *p == self.outsider) {
+                continue;
+            }
+            for end in 0..2 {
+                let session = &conn.sessions[end];
+                let [a, b] = [conn.ends[end], conn.ends[1 - end]];
+                assert!(
+                    session.shared_teams().any(|t| t == self.team),
+                    "peer {a} does not sync the team with peer {b}"
+                );
+                assert!(session.in_sync(self.team), "peer {a} is not in sync with peer {b}");
+                assert!(
+                    conn.in_sync_events[end] > 0,
+                    "peer {a} never reported TeamInSync with peer {b}"
+                );
+            }
+        }
+    }
+
     /// Every current member holds the same heads for every document it may read.
     fn assert_converged(&self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
@@ -517,6 +550,7 @@ fn run_seed(seed: u64) {
         );
     }
     world.assert_converged();
+    world.assert_in_sync();
 }
 
 #[test]
