@@ -8,14 +8,17 @@
 //!    current device of a member: a hash of the membership ops and a hash of the
 //!    (document id, heads) of the documents both devices may read. Anyone else gets an
 //!    empty Hello and a close: not a team id, not a document id.
-//! 2. for a team whose summaries agree, does nothing more ([`SyncEvent::TeamInSync`]); where
+//! 2. for a team whose summaries agree, does nothing more; where
 //!    the ops differ, sends [`Frame::Ops`]; where anything differs, sends [`Frame::Heads`].
 //! 3. on Heads, sends a [`Frame::Snapshot`] of each document the remote lacks, and starts
 //!    Automerge's sync protocol ([`Frame::Sync`]) for each document whose heads differ.
 //!    Incoming changes are checked before they are applied: the remote device must be
 //!    allowed to read the document, and every change's author must be, or have been, a
 //!    device of a member whose role may write it.
-//! 4. stays live: [`Session::local_change`] pushes a local write at once, and the
+//! 4. reports [`SyncEvent::TeamInSync`] each time a team settles: the remote described
+//!    all its documents under the membership both now hold, and no document is still
+//!    being exchanged.
+//! 5. stays live: [`Session::local_change`] pushes a local write at once, and the
 //!    [`SyncEvent`]s tell the driver what to pass on to its other sessions.
 //!
 //! ```

@@ -115,7 +115,7 @@ async fn join_and_wait(
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     let inviter = ticket.inviter;
     let mut progress = Progress::default();
-    let done = |p: &Progress, now| p.in_sync(inviter, team, now);
+    let done = |p: &Progress| p.in_sync(inviter, team);
     let arrived = wait_until(&mut events, &mut progress, deadline, done, |_, _| {}).await;
     let summary = node.with_home(|home| home.teams())?.into_iter().find(|t| t.id == team);
     let (name, documents) = summary.map(|t| (t.name, t.documents)).unwrap_or_default();
@@ -166,9 +166,8 @@ async fn sync_with(
     {
         eprintln!("cannot reach {}: {e}", peer.device.short());
     }
-    let all_in_sync = |p: &Progress, now: Instant| {
-        expected.iter().all(|(d, teams)| teams.iter().all(|t| p.in_sync(*d, *t, now)))
-    };
+    let all_in_sync =
+        |p: &Progress| expected.iter().all(|(d, teams)| teams.iter().all(|t| p.in_sync(*d, *t)));
     let mut progress = Progress::default();
     let show = |event: &PeerEvent, _: &Progress| {
         if !out.json {
@@ -176,13 +175,12 @@ async fn sync_with(
         }
     };
     wait_until(&mut events, &mut progress, deadline, all_in_sync, show).await;
-    let now = Instant::now();
     expected
         .iter()
         .map(|(device, teams)| Synced {
             device: *device,
             reachable: progress.connected(*device),
-            in_sync: teams.iter().all(|t| progress.in_sync(*device, *t, now)),
+            in_sync: teams.iter().all(|t| progress.in_sync(*device, *t)),
             docs_changed: progress.docs_changed(*device),
         })
         .collect()

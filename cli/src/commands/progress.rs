@@ -8,21 +8,6 @@ use care::{DeviceId, PeerEvent, SyncEvent, TeamId};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-/// Which signal says that a team has caught up with a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// The session reports `TeamInSync` once its exchange for the team completes.
-    #[allow(dead_code, reason = "the signal to switch to once sessions report it on completion")]
-    TeamInSync,
-    /// `TeamInSync` (both devices agreed from the start), or `QUIET_MS` without events
-    /// after the team's changes began to arrive.
-    Quiet,
-}
-
-/// The signal in use.
-pub const SIGNAL: Signal = Signal::Quiet;
-/// How long a team must see no events from a device to count as caught up.
-pub const QUIET_MS: u64 = 500;
 /// How often waits look at the clock when no event comes.
 const TICK_MS: u64 = 100;
 
@@ -36,15 +21,14 @@ pub struct Progress {
 #[derive(Debug, Default)]
 struct PeerProgress {
     connected: bool,
-    /// When each team last had an event from the device.
-    active: HashMap<TeamId, Instant>,
+    /// Teams whose session reported them in sync (the exchange completed).
     in_sync: BTreeSet<TeamId>,
     docs_changed: usize,
 }
 
 impl Progress {
     /// Takes an event into account.
-    pub fn record(&mut self, event: &PeerEvent, now: Instant) {
+    pub fn record(&mut self, event: &PeerEvent) {
         match event {
             PeerEvent::Connected { peer } => self.peer(*peer).connected = true,
             PeerEvent::Disconnected { .. } => {}
@@ -54,13 +38,8 @@ impl Progress {
                     SyncEvent::TeamInSync { team } => {
                         progress.in_sync.insert(*team);
                     }
-                    SyncEvent::DocChanged { team, .. } => {
-                        progress.docs_changed += 1;
-                        progress.active.insert(*team, now);
-                    }
-                    SyncEvent::MembershipChanged { team } | SyncEvent::Refused { team, .. } => {
-                        progress.active.insert(*team, now);
-                    }
+                    SyncEvent::DocChanged { .. } => progress.docs_changed += 1,
+                    SyncEvent::MembershipChanged { .. } | SyncEvent::Refused { .. } => {}
                 }
             }
         }
@@ -77,14 +56,8 @@ impl Progress {
     }
 
     /// Whether the team has caught up with the device.
-    pub fn in_sync(&self, peer: DeviceId, team: TeamId, now: Instant) -> bool {
-        let Some(progress) = self.peers.get(&peer) else { return false };
-        if progress.in_sync.contains(&team) {
-            return true;
-        }
-        let quiet = Duration::from_millis(QUIET_MS);
-        SIGNAL == Signal::Quiet
-            && progress.active.get(&team).is_some_and(|at| now.duration_since(*at) >= quiet)
+    pub fn in_sync(&self, peer: DeviceId, team: TeamId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.in_sync.contains(&team))
     }
 
     fn peer(&mut self, peer: DeviceId) -> &mut PeerProgress {
@@ -98,12 +71,12 @@ pub async fn wait_until(
     events: &mut broadcast::Receiver<PeerEvent>,
     progress: &mut Progress,
     deadline: Instant,
-    done: impl Fn(&Progress, Instant) -> bool,
+    done: impl Fn(&Progress) -> bool,
     mut seen: impl FnMut(&PeerEvent, &Progress),
 ) -> bool {
     loop {
         let now = Instant::now();
-        if done(progress, now) {
+        if done(progress) {
             return true;
         }
         if now >= deadline {
@@ -112,7 +85,7 @@ pub async fn wait_until(
         let tick = deadline.min(now + Duration::from_millis(TICK_MS));
         match tokio::time::timeout_at(tick, events.recv()).await {
             Ok(Ok(event)) => {
-                progress.record(&event, Instant::now());
+                progress.record(&event);
                 seen(&event, progress);
             }
             Ok(Err(broadcast::error::RecvError::Closed)) => return false,
