@@ -7,17 +7,18 @@
 //! `CARE_LAN_CHILD` set. Without `unshare`, `ip` (iproute2) or the right to use them the
 //! test prints why and passes, unless `CARE_LAN_REQUIRED` is set.
 
-use std::future::Future;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
-use care::{Home, JoinTicket, NetConfig, NewNote, Node, NoteQuery, Role, TeamId};
+use care::{Home, JoinTicket, NetConfig, NewNote, Node, Role};
+use common::{SETTLE_MS, eventually, note_texts};
 
 /// Longest the test waits for discovery, a join, or a note to arrive.
-const SETTLE_MS: u64 = 20_000;
 /// Longest the child process may run before it is killed.
 const CHILD_TIMEOUT_MS: u64 = 120_000;
 /// Set in the child, which runs inside the network namespace, to the parent's namespace.
@@ -182,33 +183,4 @@ fn valid() -> Duration {
 /// The ticket with its addresses removed: the device must be found some other way.
 fn without_addrs(ticket: JoinTicket) -> JoinTicket {
     JoinTicket { addrs: vec![], ..ticket }
-}
-
-/// The texts of every note a device can read in a team, sorted.
-fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
-    node.with_home(|home| {
-        let mut team = home.team(&team.to_string())?;
-        let mut texts: Vec<String> =
-            team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
-        texts.sort();
-        Ok(texts)
-    })
-}
-
-/// Polls `check` until it holds or the time is up.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
-    loop {
-        if check().await.unwrap_or(false) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

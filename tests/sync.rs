@@ -2,17 +2,16 @@
 //! that was offline, a device outside the team, a removed device, spent tickets, and a
 //! peer that sends garbage.
 
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use care::{Home, NetConfig, NewNote, Node, NoteQuery, OpBody, PeerAddr, Role, Section, TeamId};
+mod common;
+
+use anyhow::{Context, Result};
+use care::{Home, NetConfig, NewNote, Node, OpBody, PeerAddr, Role, Section, TeamId};
 use care_sync::Frame;
 use care_sync::net::{bind, endpoint_addr, framing};
-
-/// Longest any test waits for devices to agree.
-const SETTLE_MS: u64 = 20_000;
+use common::{eventually, note_texts};
 
 fn note(text: &str) -> NewNote {
     NewNote { text: text.into(), ..NewNote::default() }
@@ -25,35 +24,6 @@ async fn start(dir: &Path, name: &str) -> Result<Node> {
         Home::init(dir, name)?
     };
     Ok(Node::start(home, &NetConfig::loopback()).await?)
-}
-
-/// The texts of every note a device can read in a team, sorted.
-fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
-    node.with_home(|home| {
-        let mut team = home.team(&team.to_string())?;
-        let mut texts: Vec<String> =
-            team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
-        texts.sort();
-        Ok(texts)
-    })
-}
-
-/// Polls `check` until it holds or the time is up.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
-    loop {
-        if check().await.unwrap_or(false) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A team owned by the first node, with the second joined as `role`.

@@ -1,0 +1,39 @@
+//! Helpers shared by the integration tests that run real nodes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use care::{Node, NoteQuery, TeamId};
+
+/// Longest any test waits for devices to agree.
+pub const SETTLE_MS: u64 = 20_000;
+
+/// The texts of every note a device can read in a team, sorted.
+pub fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
+    node.with_home(|home| {
+        let mut team = home.team(&team.to_string())?;
+        let mut texts: Vec<String> =
+            team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
+        texts.sort();
+        Ok(texts)
+    })
+}
+
+/// Polls `check` until it holds or [`SETTLE_MS`] have passed.
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
+    loop {
+        if check().await.unwrap_or(false) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
