@@ -13,6 +13,8 @@ use care::{Clock, DocKind, Home, NewBooking, NewNote, NoteQuery, Timestamp};
 
 /// Teams in the home with 1,000 documents, and bookings (one month each) per team.
 const BOOKING_MONTHS: usize = 6;
+/// Appends timed to measure the disk's fsync latency.
+const FSYNC_PROBES: usize = 200;
 /// Repetitions of each read measurement.
 const READ_RUNS: usize = 30;
 
@@ -32,6 +34,7 @@ fn main() -> Result<()> {
         if full { "" } else { ": smoke run" }
     );
     let dir = tempfile::tempdir()?;
+    fsync_floor(dir.path())?;
     notes_team(&dir.path().join("notes"), size.notes)?;
     thousand_documents(&dir.path().join("many"), size.teams)?;
     Ok(())
@@ -108,6 +111,22 @@ fn notes_team(dir: &Path, notes: usize) -> Result<()> {
         compacted.before_bytes / 1024,
         compacted.after_bytes / 1024
     );
+    Ok(())
+}
+
+/// The disk's own cost of a durable write (a small append and `fsync`), the floor under
+/// every acknowledged change: `synchronous=FULL` pays it once per commit.
+fn fsync_floor(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("fsync-probe"))?;
+    let mut samples = Vec::with_capacity(FSYNC_PROBES);
+    for _ in 0..FSYNC_PROBES {
+        let started = Instant::now();
+        file.write_all(&[0u8; 128])?;
+        file.sync_all()?;
+        samples.push(started.elapsed());
+    }
+    report("disk floor: 128-byte append + fsync", &mut samples, "");
     Ok(())
 }
 
