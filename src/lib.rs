@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod circle;
 pub mod error;
 pub mod export;
 pub mod home;
@@ -33,6 +34,9 @@ pub mod team;
 
 pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::ticket::JoinTicket;
+#[cfg(feature = "relay-server")]
+pub use circle::{CircleConfig, CircleNode};
+pub use care_sync::circle::CircleTicket;
 pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport};
 pub use home::{Clock, Home, Profile, SystemClock, TeamSummary};

@@ -67,6 +67,7 @@
 //! ```
 
 pub mod access;
+pub mod circle;
 mod chunks;
 pub mod frame;
 pub mod join;
