@@ -191,8 +191,10 @@ impl Node {
 
     /// Stops every session and the endpoint; the home stays as it is on disk.
     pub async fn shutdown(self) {
-        for task in &self.tasks {
+        for task in self.tasks {
             task.abort();
+            // Wait for it to let go of the runtime, so the endpoint is really closed.
+            let _ = task.await;
         }
         if let Ok(runtime) = Arc::try_unwrap(self.runtime) {
             runtime.shutdown().await;
