@@ -13,7 +13,7 @@ use care_sync::net::{PeerAddr, endpoint_addr};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, random_bytes};
-use crate::node::{Node, lock, render_addrs};
+use crate::node::{Node, render_addrs};
 
 /// Meta key of the circle's secret, on a circle node's home.
 const CIRCLE_SECRET_KEY: &str = "circle.secret";
@@ -160,17 +160,17 @@ mod server {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use care_sync::SyncEvent;
     use care_sync::circle::CircleTicket;
     use care_sync::net::circle::CircleProtocol;
     use care_sync::net::relay::{Admitted, RelayServer};
     use care_sync::net::{NetConfig, PeerEvent};
-    use care_sync::SyncEvent;
     use tokio::sync::{Notify, broadcast};
     use tokio::task::JoinHandle;
 
-    use super::lock;
     use crate::error::Result;
     use crate::home::Home;
+    use crate::node::lock;
     use crate::node::{Node, NodeOptions};
 
     /// Longest the relay server's admitted devices lag a membership change by when no
@@ -217,8 +217,7 @@ mod server {
             let circle = CircleProtocol::new(Arc::clone(&home), on_taken_on).protocol();
             let mut net = config.net.clone();
             net.relay = Some(relay.url().clone());
-            let node =
-                Node::start_serving(home, &net, config.options, vec![circle]).await?;
+            let node = Node::start_serving(home, &net, config.options, vec![circle]).await?;
             let addr = node.addr();
             let ticket = CircleTicket {
                 device: addr.device,

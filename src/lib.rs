@@ -32,11 +32,11 @@ pub mod node;
 mod replica;
 pub mod team;
 
+pub use care_sync::circle::CircleTicket;
 pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::ticket::JoinTicket;
 #[cfg(feature = "relay-server")]
 pub use circle::{CircleConfig, CircleNode};
-pub use care_sync::circle::CircleTicket;
 pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport};
 pub use home::{Clock, Home, Profile, SystemClock, TeamSummary};

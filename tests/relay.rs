@@ -107,8 +107,8 @@ async fn team_with_relay(a: &Node, b: &Node, circle: &CircleNode) -> Result<Team
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_never_online_together_converge_through_the_circle_node() -> Result<()> {
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
-    let circle = start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default())
-        .await?;
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
     let url = circle.relay_url();
     let opts = NodeOptions::default();
     let a = start(dirs[0].path(), "Ada", &url, opts).await?;
@@ -148,8 +148,8 @@ async fn members_never_online_together_converge_through_the_circle_node() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circle_node_restart_loses_nothing() -> Result<()> {
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
-    let circle = start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default())
-        .await?;
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
     let url = circle.relay_url();
     let relay_listen: SocketAddr =
         url.trim_start_matches("http://").trim_end_matches('/').parse()?;
@@ -168,8 +168,7 @@ async fn a_circle_node_restart_loses_nothing() -> Result<()> {
     circle.shutdown().await;
     a.with_home(|h| h.team("")?.add_note(&note("while the circle node was down"), None))?;
 
-    let circle = start_circle(dirs[2].path(), relay_listen, listen, NodeOptions::default())
-        .await?;
+    let circle = start_circle(dirs[2].path(), relay_listen, listen, NodeOptions::default()).await?;
     eventually("the restarted circle node has both notes", || async {
         Ok(note_texts(circle.node(), team)?.len() == 2)
     })
@@ -189,16 +188,18 @@ async fn a_circle_node_restart_loses_nothing() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_of_a_team_that_did_not_add_the_circle_gets_nothing() -> Result<()> {
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
-    let circle = start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default())
-        .await?;
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
     let url = circle.relay_url();
     let opts = NodeOptions::default();
     let a = start(dirs[0].path(), "Ada", &url, opts).await?;
     let team = a.with_home(|h| h.create_team("Rosa's team"))?;
     a.add_relay(&team.to_string(), circle.ticket()).await?;
     a.with_home(|h| h.team("")?.add_note(&note("private"), None))?;
-    eventually("the circle node has the note", || async { has_note(circle.node(), team, "private") })
-        .await?;
+    eventually("the circle node has the note", || async {
+        has_note(circle.node(), team, "private")
+    })
+    .await?;
 
     // A device of another team, using the same relay server, connects to the circle node.
     let x = start(dirs[1].path(), "Xan", &url, opts).await?;
@@ -207,8 +208,8 @@ async fn a_device_of_a_team_that_did_not_add_the_circle_gets_nothing() -> Result
     x.connect(&PeerAddr { device: addr.device, addrs: addr.addrs.clone(), relay: None }).await?;
 
     // And a stranger dials the circle node on the sync protocol and records every frame.
-    let stranger = bind([42; 32], &NetConfig { relay: Some(url.parse()?), ..NetConfig::loopback() })
-        .await?;
+    let stranger =
+        bind([42; 32], &NetConfig { relay: Some(url.parse()?), ..NetConfig::loopback() }).await?;
     let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
     let conn = stranger.connect(target, care_sync::ALPN).await?;
     let (mut send, mut recv) = conn.open_bi().await?;

@@ -128,7 +128,11 @@ mod tests {
 
     #[test]
     fn circle_messages_round_trip() {
-        let request = CircleRequest { secret: [1; 16], team: TeamId::from_bytes([5; 16]), ops: vec![vec![1, 2]] };
+        let request = CircleRequest {
+            secret: [1; 16],
+            team: TeamId::from_bytes([5; 16]),
+            ops: vec![vec![1, 2]],
+        };
         assert_eq!(decode::<CircleRequest>(&encode(&request)), Ok(request));
         let reply = CircleReply::Refused { reason: "wrong circle secret".into() };
         assert_eq!(decode::<CircleReply>(&encode(&reply)), Ok(reply));

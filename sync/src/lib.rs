@@ -67,8 +67,8 @@
 //! ```
 
 pub mod access;
-pub mod circle;
 mod chunks;
+pub mod circle;
 pub mod frame;
 pub mod join;
 mod memory;
