@@ -84,6 +84,14 @@ pub enum Error {
     #[error("the ticket was refused: {0}")]
     JoinRefused(String),
     /// The home's profile record is damaged.
+    /// The circle node refused to serve the team.
+    #[error("the circle node refused the team: {0}")]
+    CircleRefused(String),
+    /// The circle's relay server could not start.
+    #[cfg(feature = "relay-server")]
+    #[error(transparent)]
+    Relay(#[from] care_sync::net::relay::RelayError),
+    /// The home's profile is damaged.
     #[error("the home's profile is damaged: {0}")]
     Profile(String),
 }

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod circle;
 pub mod error;
 pub mod export;
 pub mod home;
@@ -32,8 +33,11 @@ mod replica;
 pub mod team;
 
 pub use care_sync::SyncEvent;
+pub use care_sync::circle::CircleTicket;
 pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::ticket::{JoinTicket, TicketError};
+#[cfg(feature = "relay-server")]
+pub use circle::{CircleConfig, CircleNode};
 pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport};
 pub use home::{Clock, Home, ListenAddrs, Profile, SystemClock, TeamSummary};

@@ -40,8 +40,8 @@ impl Default for NodeOptions {
 
 /// A home on the network.
 pub struct Node {
-    home: Arc<Mutex<Home>>,
-    runtime: Arc<Runtime<Home>>,
+    pub(crate) home: Arc<Mutex<Home>>,
+    pub(crate) runtime: Arc<Runtime<Home>>,
     changed: Arc<Notify>,
     options: NodeOptions,
     tasks: Vec<JoinHandle<()>>,
@@ -64,9 +64,19 @@ impl Node {
 
     /// Starts the network side of a home with options.
     pub async fn start_with(home: Home, config: &NetConfig, options: NodeOptions) -> Result<Node> {
-        let seed = home.key.to_seed();
-        let home = Arc::new(Mutex::new(home));
-        let runtime = Arc::new(Runtime::start(Arc::clone(&home), seed, config).await?);
+        Node::start_serving(Arc::new(Mutex::new(home)), config, options, Vec::new()).await
+    }
+
+    /// Starts a node over a shared home, serving extra protocols (a circle node's).
+    pub(crate) async fn start_serving(
+        home: Arc<Mutex<Home>>,
+        config: &NetConfig,
+        options: NodeOptions,
+        protocols: Vec<care_sync::net::Protocol>,
+    ) -> Result<Node> {
+        let seed = lock(&home).key.to_seed();
+        let runtime =
+            Arc::new(Runtime::start_with(Arc::clone(&home), seed, config, protocols).await?);
         let changed = Arc::new(Notify::new());
         let mut node = Node { home, runtime, changed, options, tasks: Vec::new() };
         let mut seen = Seen::default();
@@ -176,6 +186,9 @@ impl Node {
             let now = home.now().as_millis();
             home.store.set_peer_addrs(ticket.inviter, &render_addrs(&ticket.addrs), now)?;
             home.changed.push(Change::Membership { team: ticket.team });
+            if let Some(relay) = &ticket.relay {
+                home.set_circle_relay(relay)?;
+            }
             Ok(())
         })?;
         let inviter = PeerAddr {
@@ -213,7 +226,7 @@ impl Node {
 }
 
 /// Addresses as stored in the peers table: comma-separated `ip:port`.
-fn render_addrs(addrs: &[SocketAddr]) -> String {
+pub(crate) fn render_addrs(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
@@ -346,6 +359,6 @@ async fn follow_sessions(
 
 /// Locks the home, going on if a panicking thread poisoned the lock: every change to the
 /// home is a completed store transaction, so it is never half-made.
-fn lock(home: &Mutex<Home>) -> MutexGuard<'_, Home> {
+pub(crate) fn lock(home: &Mutex<Home>) -> MutexGuard<'_, Home> {
     home.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -71,6 +71,7 @@
 
 pub mod access;
 mod chunks;
+pub mod circle;
 pub mod frame;
 pub mod join;
 mod memory;

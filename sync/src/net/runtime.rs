@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use care_core::DeviceId;
-use iroh::protocol::Router;
+use iroh::protocol::{DynProtocolHandler, Router};
 use iroh::{Endpoint, RelayUrl, TransportAddr};
 use tokio::task::JoinHandle;
 
@@ -39,6 +39,9 @@ pub struct PeerAddr {
     pub relay: Option<RelayUrl>,
 }
 
+/// An extra protocol a device serves: its ALPN and its handler.
+pub type Protocol = (&'static [u8], Box<dyn DynProtocolHandler>);
+
 /// A device on the network.
 pub struct Runtime<R> {
     endpoint: Endpoint,
@@ -55,12 +58,26 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
         secret: [u8; 32],
         config: &NetConfig,
     ) -> Result<Self, NetError> {
+        Self::start_with(replica, secret, config, Vec::new()).await
+    }
+
+    /// Starts the endpoint, serving sync, join and the given extra protocols (a circle
+    /// node's handshake).
+    pub async fn start_with(
+        replica: Arc<Mutex<R>>,
+        secret: [u8; 32],
+        config: &NetConfig,
+        protocols: Vec<Protocol>,
+    ) -> Result<Self, NetError> {
         let endpoint = bind(secret, config).await?;
         let service = SyncService::new(replica);
-        let router = Router::builder(endpoint.clone())
+        let mut router = Router::builder(endpoint.clone())
             .accept(ALPN, SyncProtocol(Arc::clone(&service)))
-            .accept(JOIN_ALPN, JoinProtocol(Arc::clone(&service)))
-            .spawn();
+            .accept(JOIN_ALPN, JoinProtocol(Arc::clone(&service)));
+        for (alpn, handler) in protocols {
+            router = router.accept(alpn, handler);
+        }
+        let router = router.spawn();
         Ok(Runtime {
             endpoint,
             router,
@@ -79,6 +96,11 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
     pub fn addr(&self) -> PeerAddr {
         let device = DeviceId::from_bytes(*self.endpoint.id().as_bytes());
         PeerAddr { device, addrs: local_addrs(&self.endpoint), relay: self.relay.clone() }
+    }
+
+    /// The endpoint, for handshakes beyond sync and join.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Direct addresses a connected device was last seen at.

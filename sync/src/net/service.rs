@@ -317,6 +317,8 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
                     write_frame(send, &frame)
                         .await
                         .map_err(|e| format!("the connection was lost: {e}"))?;
+                    self.counters.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    self.counters.bytes_sent.fetch_add(4 + frame.len() as u64, Ordering::Relaxed);
                 }
                 Output::Close { reason } => return Ok(Some(reason)),
                 Output::Event(event) => self.publish(remote, event),

@@ -1,0 +1,298 @@
+//! The circle's always-on node and how a team adds it. A [`CircleNode`] is a home (named
+//! like "Circle relay") on the network plus the circle's relay server; a team's owner or
+//! admin adds it with [`Node::add_relay`] and a [`CircleTicket`], making it a member with
+//! the role `relay` (reads every document, writes none) and handing it the team's
+//! membership log. From then on ordinary sync sessions keep a replica of the team on
+//! it, and it passes changes between members who are never online at the same time.
+
+use care_core::membership::{Membership, OpBody, Role};
+use care_core::{DeviceId, SignedOp, TeamId};
+use care_sync::circle::{CircleHost, CircleReply, CircleRequest, CircleTicket};
+use care_sync::net::circle::request_circle;
+use care_sync::net::{PeerAddr, endpoint_addr};
+
+use crate::error::{Error, Result};
+use crate::home::{Home, random_bytes};
+use crate::node::{Node, render_addrs};
+
+/// Meta key of the circle's secret, on a circle node's home.
+const CIRCLE_SECRET_KEY: &str = "circle.secret";
+/// Meta key of the circle relay URL a device's teams use.
+const CIRCLE_RELAY_KEY: &str = "circle.relay";
+
+impl Home {
+    /// The relay URL of the circle this home's teams use, if one was added or came with
+    /// a ticket: the `relay` a node of this home should start with.
+    pub fn circle_relay(&self) -> Result<Option<String>> {
+        let bytes = self.store.meta_get(CIRCLE_RELAY_KEY)?;
+        Ok(bytes.and_then(|b| String::from_utf8(b).ok()))
+    }
+
+    /// Records the relay URL of the circle this home's teams use.
+    pub fn set_circle_relay(&mut self, url: &str) -> Result<()> {
+        Ok(self.store.meta_set(CIRCLE_RELAY_KEY, url.as_bytes())?)
+    }
+
+    /// This home's circle secret, created on first use: the secret in the tickets of a
+    /// circle node run on this home.
+    pub fn circle_secret(&mut self) -> Result<[u8; 16]> {
+        if let Some(bytes) = self.store.meta_get(CIRCLE_SECRET_KEY)?
+            && let Ok(secret) = <[u8; 16]>::try_from(bytes.as_slice())
+        {
+            return Ok(secret);
+        }
+        let secret: [u8; 16] = random_bytes();
+        self.store.meta_set(CIRCLE_SECRET_KEY, &secret)?;
+        Ok(secret)
+    }
+
+    /// Every current device of every team this home holds, and this device: who a
+    /// circle node's relay server admits.
+    pub fn team_devices(&self) -> Result<std::collections::BTreeSet<DeviceId>> {
+        let mut devices = std::collections::BTreeSet::from([self.profile().device]);
+        for team in self.store.teams()? {
+            devices.extend(self.membership(team)?.devices().map(|(device, _)| device));
+        }
+        Ok(devices)
+    }
+
+    /// Checks a team's log handed to this circle node, then stores it.
+    fn take_on_team(&mut self, secret: &[u8; 16], team: TeamId, ops: &[SignedOp]) -> Result<()> {
+        if self.store.meta_get(CIRCLE_SECRET_KEY)?.as_deref() != Some(secret.as_slice()) {
+            return Err(Error::CircleRefused("the circle secret is wrong".into()));
+        }
+        let (membership, _rejected) = Membership::from_ops(team, ops)?;
+        if membership.role_of_device(self.profile().device) != Some(Role::Relay) {
+            return Err(Error::CircleRefused(
+                "the team's log does not make this node a device of its relay member".into(),
+            ));
+        }
+        care_sync::Replica::add_ops(self, team, ops)
+    }
+}
+
+impl CircleHost for Home {
+    fn take_on(
+        &mut self,
+        _device: DeviceId,
+        secret: &[u8; 16],
+        team: TeamId,
+        ops: &[SignedOp],
+    ) -> std::result::Result<(), String> {
+        self.take_on_team(secret, team, ops).map_err(|e| e.to_string())
+    }
+}
+
+impl Node {
+    /// Adds the circle node named by `ticket` to a team (its id, a prefix or its name) as
+    /// a member with the role `relay`, hands it the team's membership log, and keeps a
+    /// session with it. Only those who may add members may do this.
+    pub async fn add_relay(&self, team: &str, ticket: &CircleTicket) -> Result<()> {
+        let (team, ops, added) = self.with_home(|home| add_relay_member(home, team, ticket))?;
+        let relay = ticket.relay.as_deref().and_then(|r| r.parse().ok());
+        let addr = endpoint_addr(ticket.device, &ticket.addrs, relay.as_ref())
+            .ok_or_else(|| Error::Invalid("the circle ticket names an invalid device".into()))?;
+        let request = CircleRequest {
+            secret: ticket.secret,
+            team,
+            ops: ops.iter().map(SignedOp::to_bytes).collect(),
+        };
+        let reply = request_circle(self.runtime.endpoint(), addr, &request).await;
+        let refusal = match reply {
+            Ok(CircleReply::Accepted) => None,
+            Ok(CircleReply::Refused { reason }) => Some(Error::CircleRefused(reason)),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(error) = refusal {
+            if added {
+                // The circle node will never serve the team: take it out again.
+                let member = ticket.member;
+                self.with_home(|h| h.author_op(team, OpBody::RemoveMember { member }))?;
+            }
+            return Err(error);
+        }
+        self.runtime.keep_connected(PeerAddr {
+            device: ticket.device,
+            addrs: ticket.addrs.clone(),
+            relay,
+        });
+        Ok(())
+    }
+}
+
+/// Authors the ops adding the circle node to a team, unless it is already in; returns
+/// the team, its whole log, and whether ops were added.
+fn add_relay_member(
+    home: &mut Home,
+    team: &str,
+    ticket: &CircleTicket,
+) -> Result<(TeamId, Vec<SignedOp>, bool)> {
+    let team = home.team(team)?.id();
+    let membership = home.membership(team)?;
+    let mut added = false;
+    if membership.member(ticket.member).is_none() {
+        let name = ticket.name.clone();
+        let body =
+            OpBody::AddMember { member: ticket.member, name, role: Role::Relay, hats: Vec::new() };
+        home.author_op(team, body)?;
+        added = true;
+    }
+    if membership.member_of_device(ticket.device).is_none() {
+        let label = "circle node".to_owned();
+        let body = OpBody::AddDevice { member: ticket.member, device: ticket.device, label };
+        home.author_op(team, body)?;
+        added = true;
+    }
+    let now = home.now().as_millis();
+    home.store.set_peer_addrs(ticket.device, &render_addrs(&ticket.addrs), now)?;
+    if let Some(relay) = &ticket.relay {
+        home.set_circle_relay(relay)?;
+    }
+    Ok((team, home.signed_ops(team)?, added))
+}
+
+#[cfg(feature = "relay-server")]
+pub use server::{CircleConfig, CircleNode};
+
+#[cfg(feature = "relay-server")]
+mod server {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use care_sync::SyncEvent;
+    use care_sync::circle::CircleTicket;
+    use care_sync::net::circle::CircleProtocol;
+    use care_sync::net::relay::{Admitted, RelayServer};
+    use care_sync::net::{NetConfig, PeerEvent};
+    use tokio::sync::{Notify, broadcast};
+    use tokio::task::JoinHandle;
+
+    use crate::error::Result;
+    use crate::home::Home;
+    use crate::node::lock;
+    use crate::node::{Node, NodeOptions};
+
+    /// Longest the relay server's admitted devices lag a membership change by when no
+    /// event announced it (another program wrote to the home).
+    const ADMITTED_REFRESH_MS: u64 = 5_000;
+
+    /// Where a circle node listens.
+    #[derive(Debug, Clone)]
+    pub struct CircleConfig {
+        /// The relay server's HTTP address (`0.0.0.0:3340`, or `127.0.0.1:0` in tests).
+        pub relay_listen: SocketAddr,
+        /// The sync endpoint's address; its `relay` is replaced by the circle's own.
+        pub net: NetConfig,
+        /// How the sync node behaves (by default it keeps sessions with every device of
+        /// the teams it serves, through its relay server).
+        pub options: NodeOptions,
+    }
+
+    /// The circle's always-on node: a home on the network that keeps a replica of every
+    /// team that added it, and the relay server those teams' devices use.
+    pub struct CircleNode {
+        node: Node,
+        relay: RelayServer,
+        admitted: Arc<Admitted>,
+        ticket: CircleTicket,
+        refresher: JoinHandle<()>,
+    }
+
+    impl CircleNode {
+        /// Starts the relay server and the node on `home`; the relay admits the current
+        /// devices of the teams the home holds, kept current as memberships change.
+        pub async fn start(mut home: Home, config: &CircleConfig) -> Result<CircleNode> {
+            let secret = home.circle_secret()?;
+            let admitted = Arc::new(Admitted::default());
+            admitted.set(home.team_devices()?);
+            let relay = RelayServer::spawn(config.relay_listen, Arc::clone(&admitted)).await?;
+            let (member, name) = (home.profile().member, home.profile().name.clone());
+            let home = Arc::new(Mutex::new(home));
+            let refresh = Arc::new(Notify::new());
+            let on_taken_on = {
+                let refresh = Arc::clone(&refresh);
+                Arc::new(move |_| refresh.notify_one())
+            };
+            let circle = CircleProtocol::new(Arc::clone(&home), on_taken_on).protocol();
+            let mut net = config.net.clone();
+            net.relay = Some(relay.url().clone());
+            let node = Node::start_serving(home, &net, config.options, vec![circle]).await?;
+            let addr = node.addr();
+            let ticket = CircleTicket {
+                device: addr.device,
+                member,
+                name,
+                addrs: addr.addrs,
+                relay: Some(relay.url().to_string()),
+                secret,
+            };
+            let refresher = tokio::spawn(refresh_admitted(
+                Arc::clone(&node.home),
+                Arc::clone(&admitted),
+                refresh,
+                node.events(),
+            ));
+            Ok(CircleNode { node, relay, admitted, ticket, refresher })
+        }
+
+        /// The ticket a team's owner or admin adds this circle node with.
+        pub fn ticket(&self) -> &CircleTicket {
+            &self.ticket
+        }
+
+        /// The sync node.
+        pub fn node(&self) -> &Node {
+            &self.node
+        }
+
+        /// The relay server's URL.
+        pub fn relay_url(&self) -> String {
+            self.relay.url().to_string()
+        }
+
+        /// How many devices the relay server admits now.
+        pub fn admitted(&self) -> usize {
+            self.admitted.len()
+        }
+
+        /// How many relay connections were refused since the node started.
+        pub fn refused(&self) -> u64 {
+            self.admitted.refused()
+        }
+
+        /// Stops the node and the relay server; the home stays as it is on disk.
+        pub async fn shutdown(self) {
+            self.refresher.abort();
+            self.node.shutdown().await;
+            self.relay.shutdown().await;
+        }
+    }
+
+    /// Keeps the relay server's admitted devices equal to the current devices of the
+    /// teams the home holds: at once after a team is taken on or a membership changes,
+    /// and every `ADMITTED_REFRESH_MS` in any case.
+    async fn refresh_admitted(
+        home: Arc<Mutex<Home>>,
+        admitted: Arc<Admitted>,
+        refresh: Arc<Notify>,
+        mut events: broadcast::Receiver<PeerEvent>,
+    ) {
+        loop {
+            tokio::select! {
+                () = refresh.notified() => {}
+                event = events.recv() => match event {
+                    Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { .. }, .. })
+                    | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep(Duration::from_millis(ADMITTED_REFRESH_MS)) => {}
+            }
+            match lock(&home).team_devices() {
+                Ok(devices) => admitted.set(devices),
+                Err(e) => tracing::warn!("cannot read the teams' devices for the relay: {e}"),
+            }
+        }
+    }
+}

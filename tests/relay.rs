@@ -1,0 +1,277 @@
+//! The circle's relay node over iroh on loopback: members never online at the same time
+//! converge through it, a restart of it loses nothing, a device of a team that did not
+//! add it gets nothing, and two devices that know no address of each other sync through
+//! its relay server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use care::{
+    CircleConfig, CircleNode, Home, NetConfig, NewNote, Node, NodeOptions, NoteQuery, PeerAddr,
+    Role, TeamId,
+};
+use care_sync::Frame;
+use care_sync::net::{bind, endpoint_addr, framing};
+
+/// Longest any test waits for devices to agree.
+const SETTLE_MS: u64 = 30_000;
+
+fn note(text: &str) -> NewNote {
+    NewNote { text: text.into(), ..NewNote::default() }
+}
+
+fn open_or_init(dir: &Path, name: &str) -> Result<Home> {
+    Ok(if dir.join(care::home::KEY_FILE).exists() {
+        Home::open(dir)?
+    } else {
+        Home::init(dir, name)?
+    })
+}
+
+/// A device whose endpoint uses the circle's relay server.
+async fn start(dir: &Path, name: &str, relay: &str, options: NodeOptions) -> Result<Node> {
+    let config = NetConfig { relay: Some(relay.parse()?), ..NetConfig::loopback() };
+    Ok(Node::start_with(open_or_init(dir, name)?, &config, options).await?)
+}
+
+/// The circle node, on fixed addresses when restarted.
+async fn start_circle(
+    dir: &Path,
+    relay_listen: SocketAddr,
+    listen: SocketAddr,
+    options: NodeOptions,
+) -> Result<CircleNode> {
+    let net = NetConfig { listen, ..NetConfig::loopback() };
+    let config = CircleConfig { relay_listen, net, options };
+    Ok(CircleNode::start(open_or_init(dir, "Circle relay")?, &config).await?)
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The texts of every note a device can read in a team, sorted (none if it lacks it).
+fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
+    node.with_home(|home| {
+        let mut team = home.team(&team.to_string())?;
+        let mut texts: Vec<String> =
+            team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
+        texts.sort();
+        Ok(texts)
+    })
+}
+
+fn has_note(node: &Node, team: TeamId, text: &str) -> Result<bool> {
+    Ok(note_texts(node, team)?.iter().any(|t| t == text))
+}
+
+/// Polls `check` until it holds or the time is up.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
+    loop {
+        if check().await.unwrap_or(false) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A team owned by `a`, with `b` joined as a worker and the circle node added.
+async fn team_with_relay(a: &Node, b: &Node, circle: &CircleNode) -> Result<TeamId> {
+    let team = a.with_home(|h| h.create_team("Rosa's team"))?;
+    let ticket = a.invite(&team.to_string(), Role::Worker, "Bea", Duration::from_secs(600))?;
+    b.join(&ticket).await?;
+    a.add_relay(&team.to_string(), circle.ticket()).await?;
+    let relay = circle.ticket().device;
+    eventually("the worker knows the circle node", || async {
+        Ok(b.with_home(|h| h.membership(team))?.member_of_device(relay).is_some())
+    })
+    .await?;
+    eventually("the circle node holds the team's documents", || async {
+        Ok(circle.node().with_home(|h| h.team(&team.to_string())?.documents())?.len() >= 3)
+    })
+    .await?;
+    Ok(team)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_never_online_together_converge_through_the_circle_node() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
+    let url = circle.relay_url();
+    let opts = NodeOptions::default();
+    let a = start(dirs[0].path(), "Ada", &url, opts).await?;
+    let b = start(dirs[1].path(), "Bea", &url, opts).await?;
+    let team = team_with_relay(&a, &b, &circle).await?;
+    b.shutdown().await;
+
+    // Day: Ada writes while Bea is away, then goes offline herself.
+    a.with_home(|h| h.team("")?.add_note(&note("day: lunch and a walk"), None))?;
+    eventually("the circle node has the day note", || async {
+        has_note(circle.node(), team, "day: lunch and a walk")
+    })
+    .await?;
+    a.shutdown().await;
+
+    // Night: Bea comes online, reads the day note, writes hers, and leaves.
+    let b = start(dirs[1].path(), "Bea", &url, opts).await?;
+    eventually("Bea has the day note", || async { has_note(&b, team, "day: lunch and a walk") })
+        .await?;
+    b.with_home(|h| h.team("")?.add_note(&note("night: slept well"), None))?;
+    eventually("the circle node has the night note", || async {
+        has_note(circle.node(), team, "night: slept well")
+    })
+    .await?;
+    b.shutdown().await;
+
+    // Next morning Ada sees it.
+    let a = start(dirs[0].path(), "Ada", &url, opts).await?;
+    eventually("Ada has the night note", || async { has_note(&a, team, "night: slept well") })
+        .await?;
+    assert_eq!(note_texts(&a, team)?, note_texts(circle.node(), team)?);
+    a.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circle_node_restart_loses_nothing() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
+    let url = circle.relay_url();
+    let relay_listen: SocketAddr =
+        url.trim_start_matches("http://").trim_end_matches('/').parse()?;
+    let listen = *circle.node().addr().addrs.first().context("the circle node's address")?;
+    let opts = NodeOptions::default();
+    let a = start(dirs[0].path(), "Ada", &url, opts).await?;
+    let b = start(dirs[1].path(), "Bea", &url, opts).await?;
+    let team = team_with_relay(&a, &b, &circle).await?;
+    b.shutdown().await;
+
+    a.with_home(|h| h.team("")?.add_note(&note("before the restart"), None))?;
+    eventually("the circle node has the first note", || async {
+        has_note(circle.node(), team, "before the restart")
+    })
+    .await?;
+    circle.shutdown().await;
+    a.with_home(|h| h.team("")?.add_note(&note("while the circle node was down"), None))?;
+
+    let circle = start_circle(dirs[2].path(), relay_listen, listen, NodeOptions::default()).await?;
+    eventually("the restarted circle node has both notes", || async {
+        Ok(note_texts(circle.node(), team)?.len() == 2)
+    })
+    .await?;
+    a.shutdown().await;
+
+    let b = start(dirs[1].path(), "Bea", &url, opts).await?;
+    eventually("Bea has both notes from the circle node", || async {
+        Ok(note_texts(&b, team)?.len() == 2)
+    })
+    .await?;
+    b.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_of_a_team_that_did_not_add_the_circle_gets_nothing() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
+    let url = circle.relay_url();
+    let opts = NodeOptions::default();
+    let a = start(dirs[0].path(), "Ada", &url, opts).await?;
+    let team = a.with_home(|h| h.create_team("Rosa's team"))?;
+    a.add_relay(&team.to_string(), circle.ticket()).await?;
+    a.with_home(|h| h.team("")?.add_note(&note("private"), None))?;
+    eventually("the circle node has the note", || async {
+        has_note(circle.node(), team, "private")
+    })
+    .await?;
+
+    // A device of another team, using the same relay server, connects to the circle node.
+    let x = start(dirs[1].path(), "Xan", &url, opts).await?;
+    let other = x.with_home(|h| h.create_team("Another team"))?;
+    let addr = circle.node().addr();
+    x.connect(&PeerAddr { device: addr.device, addrs: addr.addrs.clone(), relay: None }).await?;
+
+    // And a stranger dials the circle node on the sync protocol and records every frame.
+    let stranger =
+        bind([42; 32], &NetConfig { relay: Some(url.parse()?), ..NetConfig::loopback() }).await?;
+    let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
+    let conn = stranger.connect(target, care_sync::ALPN).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Frame::Hello { version: care_sync::PROTOCOL_VERSION, teams: Vec::new() };
+    framing::write_frame(&mut send, &hello.encode()).await?;
+    let mut received = Vec::new();
+    while let Ok(Ok(frame)) =
+        tokio::time::timeout(Duration::from_millis(1_500), framing::read_frame(&mut recv)).await
+    {
+        received.push(frame);
+    }
+    for frame in &received {
+        assert!(!frame.windows(16).any(|w| w == team.as_bytes()), "a frame named the team");
+        match Frame::decode(frame)? {
+            Frame::Hello { teams, .. } => assert!(teams.is_empty(), "the Hello listed {teams:?}"),
+            other => panic!("a stranger was sent {other:?}"),
+        }
+    }
+    assert!(received.len() <= 1, "a stranger got {} frames", received.len());
+    stranger.close().await;
+
+    let teams: Vec<TeamId> = x.with_home(|h| h.teams())?.into_iter().map(|t| t.id).collect();
+    assert_eq!(teams, vec![other], "the outsider holds only its own team");
+    let held = x.with_home(|h| h.store().docs(Some(team)))?;
+    assert!(held.is_empty(), "the outsider holds documents of the team: {held:?}");
+    eventually("the relay server refused the outsiders", || async { Ok(circle.refused() > 0) })
+        .await?;
+    x.shutdown().await;
+    a.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_with_no_address_of_each_other_sync_through_the_relay_server() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    // Nobody dials on their own: the only session is the one made below.
+    let quiet = NodeOptions { dial_known_devices: false };
+    let circle = start_circle(dirs[2].path(), any_port(), any_port(), quiet).await?;
+    let url = circle.relay_url();
+    let a = start(dirs[0].path(), "Ada", &url, quiet).await?;
+    let b = start(dirs[1].path(), "Bea", &url, quiet).await?;
+    let team = team_with_relay(&a, &b, &circle).await?;
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // Restarted on new ports, each knows the other only by device id and the relay URL.
+    let a = start(dirs[0].path(), "Ada", &url, quiet).await?;
+    let b = start(dirs[1].path(), "Bea", &url, quiet).await?;
+    a.with_home(|h| h.team("")?.add_note(&note("through the relay"), None))?;
+    let ada = PeerAddr { device: a.addr().device, addrs: Vec::new(), relay: Some(url.parse()?) };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
+    while b.connect(&ada).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("Bea never reached Ada through the relay server");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually("Bea has Ada's note", || async { has_note(&b, team, "through the relay") }).await?;
+    assert!(!circle.node().connected().contains(&a.addr().device), "the circle node synced");
+    a.shutdown().await;
+    b.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}
