@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use care::{
-    DeviceId, EntryId, JoinTicket, Medication, NetConfig, PeerAddr, Role, Section, Timestamp,
+    CircleTicket, DeviceId, EntryId, JoinTicket, Medication, NetConfig, PeerAddr, Role, Section,
+    Timestamp,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -78,6 +79,13 @@ pub enum Command {
         #[arg(long, value_parser = parse_relay, value_name = "URL")]
         relay: Option<String>,
     },
+    /// Run a circle node: a relay server for devices that cannot reach each other
+    /// directly, and an always-on replica of every team that adds it.
+    Relay {
+        /// Where to listen: the relay server on this TCP port, sync on the same UDP port.
+        #[arg(long, default_value = "0.0.0.0:3340", value_name = "ADDR")]
+        listen: SocketAddr,
+    },
     /// Sync once with the teams' devices (or one device), then exit.
     Sync {
         /// One device to sync with: `DEVICE_ID@ip:port[,ip:port]` as `care serve`
@@ -142,6 +150,18 @@ pub enum TeamCommand {
         #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
         listen: SocketAddr,
         /// Give up waiting for the team's documents after this many seconds.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Add a circle node (from its ticket) to the team, as its relay.
+    AddRelay {
+        /// The circle ticket, as printed by `care relay`.
+        #[arg(value_parser = parse_circle_ticket)]
+        ticket: CircleTicket,
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Give up waiting for the circle node to hold the team after this many seconds.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
         timeout: u64,
     },
@@ -311,6 +331,11 @@ fn parse_relay(text: &str) -> Result<String, String> {
     let mut config = NetConfig::loopback();
     config.relay = Some(text.parse().map_err(|e| format!("`{text}` is not a relay URL: {e}"))?);
     Ok(text.to_owned())
+}
+
+/// A circle ticket, as `care relay` prints it.
+fn parse_circle_ticket(text: &str) -> Result<CircleTicket, String> {
+    text.parse().map_err(|e: care::TicketError| e.to_string())
 }
 
 /// A device to sync with: `DEVICE_ID@ip:port[,ip:port]`, or a join ticket naming it.

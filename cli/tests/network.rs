@@ -62,8 +62,21 @@ impl Care {
     fn serve(&self) -> Serve {
         let mut args = vec!["--json", "serve"];
         args.extend_from_slice(&LOOPBACK);
+        let mut serve = self.spawn(&args);
+        let first = serve.line(Duration::from_secs(20)).expect("serve prints its address");
+        let addr: Value = serde_json::from_str(&first).expect("the address line is JSON");
+        let addrs: Vec<&str> =
+            addr["addrs"].as_array().expect("addrs").iter().filter_map(Value::as_str).collect();
+        assert!(!addrs.is_empty(), "serve listens somewhere: {addr}");
+        let device = addr["device"].as_str().expect("the address names the device");
+        serve.addr = format!("{device}@{}", addrs.join(","));
+        serve
+    }
+
+    /// Starts a long-running command, reading its stdout line by line.
+    fn spawn(&self, args: &[&str]) -> Serve {
         let mut child = self
-            .command(&args)
+            .command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -77,19 +90,11 @@ impl Care {
                 }
             }
         });
-        let mut serve = Serve { child, lines, addr: String::new() };
-        let first = serve.line(Duration::from_secs(20)).expect("serve prints its address");
-        let addr: Value = serde_json::from_str(&first).expect("the address line is JSON");
-        let addrs: Vec<&str> =
-            addr["addrs"].as_array().expect("addrs").iter().filter_map(Value::as_str).collect();
-        assert!(!addrs.is_empty(), "serve listens somewhere: {addr}");
-        let device = addr["device"].as_str().expect("the address names the device");
-        serve.addr = format!("{device}@{}", addrs.join(","));
-        serve
+        Serve { child, lines, addr: String::new() }
     }
 }
 
-/// A running `care serve`, killed when dropped.
+/// A running `care serve` (or `care relay`), killed when dropped.
 struct Serve {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -255,4 +260,26 @@ fn serve_invite_join_sync_remove_status_and_stop() {
     assert!(status.success(), "serve exits 0: {status}");
     let after = ada.run(&["--json", "team", "invite", "--role", "worker"]);
     assert!(stderr(&after).contains("care serve"), "the stopped serve cleared its addresses");
+}
+
+#[test]
+fn a_circle_node_added_to_a_team_holds_its_documents() {
+    let ada = with_team("Ada");
+    ada.json(&["note", "add", "written before the circle node joined"]);
+    let circle = Care::new("Circle relay");
+    let mut relay = circle.spawn(&["--json", "relay", "--listen", "127.0.0.1:0"]);
+    let first = relay.line(Duration::from_secs(20)).expect("the circle node prints its ticket");
+    let printed: Value = serde_json::from_str(&first).expect("the ticket line is JSON");
+    let ticket = printed["ticket"].as_str().expect("a ticket field").to_owned();
+    assert!(ticket.starts_with("carecircle1"), "{ticket}");
+
+    ada.fails(2, &["team", "add-relay", "carecircle1damaged"]);
+    let added = ada.json(&["team", "add-relay", &ticket, "--listen", "127.0.0.1:0"]);
+    assert_eq!(added["in_sync"], true, "{added}");
+    let members = ada.json(&["team", "members"]);
+    let roles: Vec<&str> =
+        members.as_array().expect("members").iter().filter_map(|m| m["role"].as_str()).collect();
+    assert!(roles.contains(&"relay"), "{members}");
+    let status = relay.terminate(Duration::from_secs(10)).expect("the circle node stops");
+    assert!(status.success(), "care relay exited with {status}");
 }

@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Team(cmd) => team_command(&dir, &team, cmd, out)?,
         Command::Serve { net, relay } => return net::serve(&dir, &net, relay.as_deref(), out),
+        Command::Relay { listen } => return net::relay(&dir, listen, out),
         Command::Sync { peer, timeout, net } => {
             return net::sync(&dir, peer.as_ref(), timeout, &net, out);
         }
@@ -210,6 +211,9 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
         TeamCommand::Remove { member } => invite::remove(home, which, &member, out)?,
         TeamCommand::Join { ticket, listen, timeout } => {
             net::join(dir, &ticket, listen, timeout, out)?;
+        }
+        TeamCommand::AddRelay { ticket, listen, timeout } => {
+            net::add_relay(dir, which, &ticket, listen, timeout, out)?;
         }
     }
     Ok(())

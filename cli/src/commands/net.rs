@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use care::{
-    DeviceId, Home, JoinTicket, ListenAddrs, NetConfig, Node, PeerAddr, PeerEvent, SyncEvent,
-    TeamId,
+    CircleConfig, CircleNode, CircleTicket, DeviceId, Home, JoinTicket, ListenAddrs, NetConfig,
+    Node, NodeOptions, PeerAddr, PeerEvent, SyncEvent, TeamId,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -21,10 +21,11 @@ use crate::args::NetArgs;
 
 /// Serves the home until Ctrl-C or SIGTERM, printing its address and then its events.
 pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result<ExitCode> {
-    let config = net_config(net.listen, relay, !net.no_lan)?;
+    let home = Home::open(dir)?;
+    let config = home_net_config(&home, net.listen, relay, !net.no_lan)?;
     block_on(async {
         let mut stop = Stop::new()?;
-        let node = Node::start(Home::open(dir)?, &config).await?;
+        let node = Node::start(home, &config).await?;
         let mut events = node.events();
         let addr = node.addr();
         let listen = ListenAddrs {
@@ -63,7 +64,7 @@ pub fn join(
     timeout_s: u64,
     out: Out,
 ) -> Result<()> {
-    let config = net_config(listen, None, false)?;
+    let config = net_config(listen, ticket.relay.as_deref(), false)?;
     block_on(async {
         let node = Node::start(Home::open(dir)?, &config).await?;
         let joined = join_and_wait(&node, ticket, timeout_s).await;
@@ -85,9 +86,9 @@ pub fn sync(
     net: &NetArgs,
     out: Out,
 ) -> Result<ExitCode> {
-    let config = net_config(net.listen, None, !net.no_lan)?;
+    let home = Home::open(dir)?;
+    let config = home_net_config(&home, net.listen, None, !net.no_lan)?;
     block_on(async {
-        let home = Home::open(dir)?;
         let expected = expected_devices(&home, peer.map(|p| p.device))?;
         let node = Node::start(home, &config).await?;
         let synced = sync_with(&node, peer, &expected, timeout_s, out).await;
@@ -222,6 +223,97 @@ fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(future)
+}
+
+/// Runs a circle node until Ctrl-C or SIGTERM: prints its ticket, then its events.
+pub fn relay(dir: &Path, listen: SocketAddr, out: Out) -> Result<ExitCode> {
+    block_on(async {
+        let mut stop = Stop::new()?;
+        let home = if dir.join(care::home::KEY_FILE).exists() {
+            Home::open(dir)?
+        } else {
+            Home::init(dir, "Circle relay")?
+        };
+        // The relay server takes the TCP port, sync the UDP port of the same number.
+        let net = NetConfig { listen, relay: None, lan: false };
+        let config = CircleConfig { relay_listen: listen, net, options: NodeOptions::default() };
+        let circle = CircleNode::start(home, &config).await?;
+        let ticket = circle.ticket().to_string();
+        let addr = circle.node().addr();
+        let addrs: Vec<String> = addr.addrs.iter().map(ToString::to_string).collect();
+        let value = json!({
+            "ticket": ticket, "relay_url": circle.relay_url(),
+            "device": addr.device.to_string(), "addrs": addrs,
+        });
+        out.print(value, || {
+            format!(
+                "circle node {}@{}\nrelay server {}\nticket {ticket}",
+                addr.device,
+                addrs.join(","),
+                circle.relay_url()
+            )
+        });
+        let mut events = circle.node().events();
+        loop {
+            tokio::select! {
+                () = stop.wait() => break,
+                event = events.recv() => match event {
+                    Ok(event) => print_event(&event, out),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("warning: {n} events were not shown");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        circle.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Adds a circle node to a team and waits until it holds the team's documents.
+pub fn add_relay(
+    dir: &Path,
+    which: &str,
+    ticket: &CircleTicket,
+    listen: SocketAddr,
+    timeout_s: u64,
+    out: Out,
+) -> Result<()> {
+    let mut home = Home::open(dir)?;
+    let team = home.team(which)?.id();
+    let config = net_config(listen, ticket.relay.as_deref(), false)?;
+    block_on(async {
+        let node = Node::start(home, &config).await?;
+        let mut events = node.events();
+        let added = node.add_relay(&team.to_string(), ticket).await;
+        let deadline = Instant::now() + Duration::from_secs(timeout_s);
+        let mut progress = Progress::default();
+        let done = |p: &Progress| p.in_sync(ticket.device, team);
+        let in_sync = match added {
+            Ok(()) => wait_until(&mut events, &mut progress, deadline, done, |_, _| {}).await,
+            Err(_) => false,
+        };
+        node.shutdown().await;
+        added?;
+        let relay = ticket.relay.clone();
+        out.print(json!({"team": team.to_string(), "relay": relay, "in_sync": in_sync}), || {
+            let held = if in_sync { "holds the team's documents" } else { "is still catching up" };
+            format!("Added the circle node {} to the team; it {held}", ticket.device.short())
+        });
+        Ok(())
+    })
+}
+
+/// The network settings of a home: its circle's relay unless another is given.
+fn home_net_config(
+    home: &Home,
+    listen: SocketAddr,
+    relay: Option<&str>,
+    lan: bool,
+) -> Result<NetConfig> {
+    let stored = home.circle_relay()?;
+    net_config(listen, relay.or(stored.as_deref()), lan)
 }
 
 fn net_config(listen: SocketAddr, relay: Option<&str>, lan: bool) -> Result<NetConfig> {
