@@ -11,8 +11,9 @@ use iroh::{Endpoint, EndpointAddr};
 
 use crate::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
 use crate::join;
+use crate::join::JOIN_MESSAGE_BYTES_MAX;
 use crate::net::endpoint::remote_device;
-use crate::net::framing::{read_frame, write_frame};
+use crate::net::framing::{read_frame_max, write_frame};
 use crate::net::service::DialError;
 
 /// How long a circle handshake may take.
@@ -54,7 +55,9 @@ impl<H: CircleHost + Send + 'static> iroh::protocol::ProtocolHandler for CircleP
         let remote = remote_device(&conn);
         let answered = tokio::time::timeout(Duration::from_millis(CIRCLE_TIMEOUT_MS), async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let bytes = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+            let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
+                .await
+                .map_err(|e| e.to_string())?;
             let reply = match join::decode::<CircleRequest>(&bytes) {
                 Ok(request) => {
                     let ops: Vec<SignedOp> = request
@@ -108,7 +111,9 @@ pub async fn request_circle(
             .await
             .map_err(|e| DialError::Lost(e.to_string()))?;
         send.finish().map_err(|e| DialError::Lost(e.to_string()))?;
-        let bytes = read_frame(&mut recv).await.map_err(|e| DialError::Lost(e.to_string()))?;
+        let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
+            .await
+            .map_err(|e| DialError::Lost(e.to_string()))?;
         conn.close(VarInt::from_u32(0), b"handed over");
         join::decode::<CircleReply>(&bytes).map_err(|e| DialError::Protocol(e.to_string()))
     };

@@ -33,8 +33,14 @@ pub async fn write_frame(send: &mut SendStream, frame: &[u8]) -> Result<(), Writ
     send.write_all(&buf).await
 }
 
-/// Reads one frame.
+/// Reads one sync frame, of at most [`FRAME_BYTES_MAX`].
 pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFrameError> {
+    read_frame_max(recv, FRAME_BYTES_MAX).await
+}
+
+/// Reads one frame of at most `max` bytes: handshakes that anyone may start (joining a
+/// team, handing a team to a circle node) read with their own, smaller limits.
+pub async fn read_frame_max(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, ReadFrameError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -42,8 +48,8 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFrameError
         Err(e) => return Err(ReadFrameError::Lost(e.to_string())),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(ReadFrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+    if len > max {
+        return Err(ReadFrameError::TooLarge { len, max });
     }
     let mut frame = vec![0u8; len];
     recv.read_exact(&mut frame).await.map_err(|e| ReadFrameError::Lost(e.to_string()))?;

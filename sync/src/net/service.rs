@@ -13,14 +13,17 @@ use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::frame::ALPN;
-use crate::join::{self, Invites, JOIN_ALPN, JoinReply, JoinRequest};
+use crate::join::{self, Invites, JOIN_ALPN, JOIN_MESSAGE_BYTES_MAX, JoinReply, JoinRequest};
 use crate::net::endpoint::remote_device;
-use crate::net::framing::{ReadFrameError, read_frame, write_frame};
+use crate::net::framing::{ReadFrameError, read_frame, read_frame_max, write_frame};
 use crate::replica::Replica;
 use crate::session::{Output, Session, SyncEvent};
 
-/// Frames read ahead of the session, per connection.
-const FRAMES_AHEAD_MAX: usize = 16;
+/// Frames read ahead of the session, per connection: with `FRAME_BYTES_MAX` this bounds
+/// what one connection can make this device hold before the session judges it.
+const FRAMES_AHEAD_MAX: usize = 2;
+/// Largest join request accepted from a device that is not yet in any team.
+const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
 /// Changes queued for each session before it must resynchronise.
 const CHANGES_QUEUED_MAX: usize = 4096;
 /// Events queued for the application.
@@ -211,7 +214,9 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
         let remote = remote_device(&conn);
         let answered = tokio::time::timeout(Duration::from_millis(JOIN_TIMEOUT_MS), async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let bytes = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+            let bytes = read_frame_max(&mut recv, JOIN_REQUEST_BYTES_MAX)
+                .await
+                .map_err(|e| e.to_string())?;
             let reply = match join::decode::<JoinRequest>(&bytes) {
                 Ok(request) => self.redeem(remote, &request),
                 Err(e) => JoinReply::Refused { reason: e.to_string() },
@@ -383,7 +388,9 @@ pub async fn request_join(
             .await
             .map_err(|e| DialError::Lost(e.to_string()))?;
         send.finish().map_err(|e| DialError::Lost(e.to_string()))?;
-        let bytes = read_frame(&mut recv).await.map_err(|e| DialError::Lost(e.to_string()))?;
+        let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
+            .await
+            .map_err(|e| DialError::Lost(e.to_string()))?;
         conn.close(VarInt::from_u32(0), b"joined");
         join::decode::<JoinReply>(&bytes).map_err(|e| DialError::Protocol(e.to_string()))
     };
