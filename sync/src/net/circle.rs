@@ -10,8 +10,7 @@ use iroh::endpoint::{Connection, VarInt};
 use iroh::{Endpoint, EndpointAddr};
 
 use crate::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
-use crate::join;
-use crate::join::JOIN_MESSAGE_BYTES_MAX;
+use crate::join::{self, JOIN_MESSAGE_BYTES_MAX};
 use crate::net::endpoint::remote_device;
 use crate::net::framing::{read_frame_max, write_frame};
 use crate::net::service::DialError;
