@@ -149,7 +149,7 @@ pub(crate) fn catch_up(
 /// Reads one document's row.
 pub(crate) fn read_summary(conn: &Connection, id: DocId) -> Result<Option<DocSummary>, StoreError> {
     let doing = "reading a document's row";
-    let mut stmt = conn.prepare(&format!("{SUMMARY_SELECT} WHERE id = ?1")).doing(doing)?;
+    let mut stmt = conn.prepare_cached(&format!("{SUMMARY_SELECT} WHERE id = ?1")).doing(doing)?;
     let raw = stmt.query_row([id.as_bytes()], RawSummary::from_row).optional().doing(doing)?;
     raw.map(RawSummary::parse).transpose()
 }
@@ -163,13 +163,13 @@ pub(crate) fn read_summaries(
     let raws = match team {
         Some(team) => {
             let sql = format!("{SUMMARY_SELECT} WHERE team = ?1 ORDER BY id");
-            let mut stmt = conn.prepare(&sql).doing(doing)?;
+            let mut stmt = conn.prepare_cached(&sql).doing(doing)?;
             let rows = stmt.query_map([team.as_bytes()], RawSummary::from_row).doing(doing)?;
             rows.collect::<Result<Vec<_>, _>>().doing(doing)?
         }
         None => {
             let sql = format!("{SUMMARY_SELECT} ORDER BY team, id");
-            let mut stmt = conn.prepare(&sql).doing(doing)?;
+            let mut stmt = conn.prepare_cached(&sql).doing(doing)?;
             let rows = stmt.query_map([], RawSummary::from_row).doing(doing)?;
             rows.collect::<Result<Vec<_>, _>>().doing(doing)?
         }
@@ -179,7 +179,7 @@ pub(crate) fn read_summaries(
 
 /// Inserts a new document's row.
 pub(crate) fn insert_summary(conn: &Connection, s: &DocSummary) -> Result<(), StoreError> {
-    conn.prepare(
+    conn.prepare_cached(
         "INSERT INTO docs (id, team, kind, heads, snapshot_bytes, incremental_bytes, chunks,
          updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
@@ -201,7 +201,7 @@ pub(crate) fn insert_summary(conn: &Connection, s: &DocSummary) -> Result<(), St
 
 /// Updates a document's heads and counters.
 pub(crate) fn update_summary(conn: &Connection, s: &DocSummary) -> Result<(), StoreError> {
-    conn.prepare(
+    conn.prepare_cached(
         "UPDATE docs SET heads = ?2, snapshot_bytes = ?3, incremental_bytes = ?4, chunks = ?5,
          updated_at_ms = ?6 WHERE id = ?1",
     )
@@ -227,11 +227,13 @@ pub(crate) fn append_chunk(
     data: &[u8],
 ) -> Result<i64, StoreError> {
     let checksum = blake3::hash(data);
-    conn.prepare("INSERT INTO chunks (doc, is_snapshot, data, checksum) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut stmt| {
-            stmt.execute(params![id.as_bytes(), is_snapshot, data, checksum.as_bytes()])
-        })
-        .doing("saving a change")?;
+    conn.prepare_cached(
+        "INSERT INTO chunks (doc, is_snapshot, data, checksum) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![id.as_bytes(), is_snapshot, data, checksum.as_bytes()])
+    })
+    .doing("saving a change")?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -255,7 +257,9 @@ pub(crate) fn read_chunks(
 ) -> Result<(Vec<u8>, Option<i64>), StoreError> {
     let doing = "reading a document's chunks";
     let mut stmt = conn
-        .prepare("SELECT id, data, checksum FROM chunks WHERE doc = ?1 AND id > ?2 ORDER BY id")
+        .prepare_cached(
+            "SELECT id, data, checksum FROM chunks WHERE doc = ?1 AND id > ?2 ORDER BY id",
+        )
         .doing(doing)?;
     let mut rows = stmt.query(params![id.as_bytes(), after]).doing(doing)?;
     let (mut bytes, mut last) = (Vec::new(), None);

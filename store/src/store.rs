@@ -115,7 +115,7 @@ impl Store {
         let mut inserted = 0;
         {
             let mut stmt = tx
-                .prepare(
+                .prepare_cached(
                     "INSERT OR IGNORE INTO ops (hash, team, bytes, checksum) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .doing(doing)?;
@@ -136,7 +136,7 @@ impl Store {
         let doing = "reading membership changes";
         let mut stmt = self
             .conn
-            .prepare("SELECT hash, bytes, checksum FROM ops WHERE team = ?1 ORDER BY rowid")
+            .prepare_cached("SELECT hash, bytes, checksum FROM ops WHERE team = ?1 ORDER BY rowid")
             .doing(doing)?;
         let rows = stmt.query_map([team.as_bytes()], op_row).doing(doing)?;
         let rows = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
@@ -147,7 +147,7 @@ impl Store {
     pub fn teams(&self) -> Result<Vec<TeamId>, StoreError> {
         let doing = "listing teams";
         let mut stmt =
-            self.conn.prepare("SELECT DISTINCT team FROM ops ORDER BY team").doing(doing)?;
+            self.conn.prepare_cached("SELECT DISTINCT team FROM ops ORDER BY team").doing(doing)?;
         let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0)).doing(doing)?;
         let rows = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
         rows.iter()
@@ -466,7 +466,7 @@ fn check_op(hash: &[u8], bytes: Vec<u8>, sum: &[u8]) -> Result<Vec<u8>, StoreErr
 
 fn sqlite_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
     let doing = "checking the store file";
-    let mut stmt = conn.prepare("PRAGMA integrity_check").doing(doing)?;
+    let mut stmt = conn.prepare_cached("PRAGMA integrity_check").doing(doing)?;
     let rows = stmt.query_map([], |row| row.get::<_, String>(0)).doing(doing)?;
     let lines = rows.collect::<Result<Vec<_>, _>>().doing(doing)?;
     Ok(lines
@@ -478,7 +478,7 @@ fn sqlite_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
 
 fn op_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> {
     let doing = "checking membership changes";
-    let mut stmt = conn.prepare("SELECT hash, bytes, checksum FROM ops").doing(doing)?;
+    let mut stmt = conn.prepare_cached("SELECT hash, bytes, checksum FROM ops").doing(doing)?;
     let rows = stmt.query_map([], op_row).doing(doing)?;
     let mut problems = Vec::new();
     for row in rows {
@@ -511,7 +511,7 @@ fn orphan_chunk_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> 
 /// Every document id; rows with a malformed id are reported as problems.
 fn doc_ids(conn: &Connection, problems: &mut Vec<Problem>) -> Result<Vec<DocId>, StoreError> {
     let doing = "listing documents";
-    let mut stmt = conn.prepare("SELECT id FROM docs ORDER BY id").doing(doing)?;
+    let mut stmt = conn.prepare_cached("SELECT id FROM docs ORDER BY id").doing(doing)?;
     let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0)).doing(doing)?;
     let mut ids = Vec::new();
     for row in rows {
