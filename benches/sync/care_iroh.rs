@@ -115,20 +115,21 @@ fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
     Ok(docs.into_iter().map(|d| (d.id, d.heads)).collect())
 }
 
-/// Connects the worker to the owner and waits until the worker holds every document at
-/// the owner's heads; returns the time and the bytes both ways.
-async fn connect_and_settle(owner: &Node, worker: &Node) -> Result<(Duration, u64)> {
+/// Connects the worker to the owner and waits until the worker's session reports the
+/// team in sync (its documents at the owner's heads, durably stored); returns the time
+/// and the bytes both ways.
+async fn connect_and_settle(owner: &Node, worker: &Node, team: TeamId) -> Result<(Duration, u64)> {
     let target = heads(owner)?;
+    let mut events = worker.events();
     let started = Instant::now();
     worker.connect(&owner.addr()).await?;
-    while heads(worker)? != target {
-        if started.elapsed() > SCENARIO_TIMEOUT {
-            bail!("the worker did not catch up within {SCENARIO_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
+    wait_in_sync(&mut events, team).await?;
+    let elapsed = started.elapsed();
+    if heads(worker)? != target {
+        bail!("the worker reported the team in sync without the owner's heads");
     }
     let traffic = worker.traffic();
-    Ok((started.elapsed(), traffic.bytes_sent + traffic.bytes_received))
+    Ok((elapsed, traffic.bytes_sent + traffic.bytes_received))
 }
 
 async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usize)> {
@@ -139,7 +140,7 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         copy_dir(&pair.worker, &dir.join("worker"))?;
         let owner = node(&dir.join("owner")).await?;
         let worker = node(&dir.join("worker")).await?;
-        let (elapsed, moved) = connect_and_settle(&owner, &worker).await?;
+        let (elapsed, moved) = connect_and_settle(&owner, &worker, pair.team).await?;
         times.push(elapsed);
         bytes.push(moved);
         worker.shutdown().await;
@@ -151,7 +152,7 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
 async fn sync_fully(pair: &Pair) -> Result<()> {
     let owner = node(&pair.owner).await?;
     let worker = node(&pair.worker).await?;
-    connect_and_settle(&owner, &worker).await?;
+    connect_and_settle(&owner, &worker, pair.team).await?;
     worker.shutdown().await;
     owner.shutdown().await;
     Ok(())
@@ -205,7 +206,7 @@ async fn live(pair: &Pair, dir: &Path, edits: usize) -> Result<(f64, f64)> {
     copy_dir(&pair.worker, &dir.join("worker"))?;
     let owner = node(&dir.join("owner")).await?;
     let worker = node(&dir.join("worker")).await?;
-    connect_and_settle(&owner, &worker).await?;
+    connect_and_settle(&owner, &worker, pair.team).await?;
     let mut events = worker.events();
     let mut samples = Vec::with_capacity(edits);
     for i in 0..edits {
