@@ -116,8 +116,29 @@ impl Node {
             addrs: ticket.addrs.clone(),
             relay,
         });
+        if let Some(url) = &ticket.relay {
+            self.runtime.use_relay(url).await?;
+            // Tell the rest of the team, through the team document, to use it too. Only
+            // those who may edit the team document can; the circle node still serves the
+            // team without it.
+            let recorded = self.with_home(|home| record_circle(home, team, url));
+            if let Err(e) = recorded {
+                tracing::info!("the team document does not name the circle relay: {e}");
+            }
+        }
         Ok(())
     }
+}
+
+/// Names the circle's relay in the team document, so every device of the team uses it.
+fn record_circle(home: &mut Home, team: TeamId, url: &str) -> Result<()> {
+    let mut team = home.team(&team.to_string())?;
+    let mut info = team.info()?;
+    if info.circle.as_deref() != Some(url) {
+        info.circle = Some(url.to_owned());
+        team.set_info(&info)?;
+    }
+    Ok(())
 }
 
 /// Authors the ops adding the circle node to a team, unless it is already in; returns

@@ -335,6 +335,14 @@ async fn follow_sessions(
             Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { .. }, .. }) => {
                 changed.notify_one()
             }
+            Ok(PeerEvent::Sync {
+                event: SyncEvent::DocChanged { team, kind: DocKind::Team, .. },
+                ..
+            }) => {
+                if let Err(e) = adopt_circle_relay(&home, &runtime, team).await {
+                    tracing::warn!("cannot use the team's circle relay: {e}");
+                }
+            }
             Ok(PeerEvent::Connected { peer }) => {
                 let addrs = runtime.seen_addrs(peer).await;
                 if !addrs.is_empty() {
@@ -355,6 +363,28 @@ async fn follow_sessions(
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// Starts using the circle relay a team's document names, if this device does not yet:
+/// every device of a team that added a circle node reaches the others through it.
+async fn adopt_circle_relay(
+    home: &Mutex<Home>,
+    runtime: &Runtime<Home>,
+    team: TeamId,
+) -> Result<()> {
+    let url = {
+        let mut home = lock(home);
+        let circle = home.team(&team.to_string())?.info()?.circle;
+        match circle {
+            Some(url) if home.circle_relay()?.as_deref() != Some(url.as_str()) => {
+                home.set_circle_relay(&url)?;
+                url
+            }
+            _ => return Ok(()),
+        }
+    };
+    runtime.use_relay(&url).await?;
+    Ok(())
 }
 
 /// Locks the home, going on if a panicking thread poisoned the lock: every change to the

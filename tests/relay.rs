@@ -3,21 +3,19 @@
 //! add it gets nothing, and two devices that know no address of each other sync through
 //! its relay server.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{Context, Result, bail};
 use care::{
-    CircleConfig, CircleNode, Home, NetConfig, NewNote, Node, NodeOptions, NoteQuery, PeerAddr,
-    Role, TeamId,
+    CircleConfig, CircleNode, Home, NetConfig, NewNote, Node, NodeOptions, PeerAddr, Role, TeamId,
 };
 use care_sync::Frame;
 use care_sync::net::{bind, endpoint_addr, framing};
-
-/// Longest any test waits for devices to agree.
-const SETTLE_MS: u64 = 30_000;
+use common::{SETTLE_MS, eventually, note_texts};
 
 fn note(text: &str) -> NewNote {
     NewNote { text: text.into(), ..NewNote::default() }
@@ -53,37 +51,8 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// The texts of every note a device can read in a team, sorted (none if it lacks it).
-fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
-    node.with_home(|home| {
-        let mut team = home.team(&team.to_string())?;
-        let mut texts: Vec<String> =
-            team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
-        texts.sort();
-        Ok(texts)
-    })
-}
-
 fn has_note(node: &Node, team: TeamId, text: &str) -> Result<bool> {
     Ok(note_texts(node, team)?.iter().any(|t| t == text))
-}
-
-/// Polls `check` until it holds or the time is up.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
-    loop {
-        if check().await.unwrap_or(false) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A team owned by `a`, with `b` joined as a worker and the circle node added.
@@ -272,6 +241,36 @@ async fn devices_with_no_address_of_each_other_sync_through_the_relay_server() -
     assert!(!circle.node().connected().contains(&a.addr().device), "the circle node synced");
     a.shutdown().await;
     b.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_who_joined_earlier_learn_the_circle_relay_from_the_team() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let circle =
+        start_circle(dirs[0].path(), any_port(), any_port(), NodeOptions::default()).await?;
+    let url = circle.relay_url();
+    let rosa = start(dirs[1].path(), "Rosa", &url, NodeOptions::default()).await?;
+    // Bea joins before there is a circle node, with no relay configured at all.
+    let bea = Node::start(Home::init(dirs[2].path(), "Bea")?, &NetConfig::loopback()).await?;
+    let team = rosa.with_home(|h| h.create_team("Rosa's team"))?;
+    let mut ticket =
+        rosa.invite(&team.to_string(), Role::Worker, "Bea", Duration::from_secs(600))?;
+    ticket.relay = None;
+    bea.join(&ticket).await?;
+    assert_eq!(bea.with_home(|h| h.circle_relay())?, None);
+
+    rosa.add_relay(&team.to_string(), circle.ticket()).await?;
+    eventually("Bea uses the circle relay named by the team", || async {
+        Ok(bea.with_home(|h| h.circle_relay())?.as_deref() == Some(url.as_str()))
+    })
+    .await?;
+    let info = bea.with_home(|h| h.team("")?.info())?;
+    assert_eq!(info.circle.as_deref(), Some(url.as_str()));
+    for node in [rosa, bea] {
+        node.shutdown().await;
+    }
     circle.shutdown().await;
     Ok(())
 }

@@ -7,9 +7,9 @@ use anyhow::{Result, bail};
 use care::{Node, NoteQuery, TeamId};
 
 /// Longest any test waits for devices to agree.
-pub const SETTLE_MS: u64 = 20_000;
+pub const SETTLE_MS: u64 = 30_000;
 
-/// The texts of every note a device can read in a team, sorted.
+/// The texts of every note a device can read in a team, sorted (none if it lacks it).
 pub fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
     node.with_home(|home| {
         let mut team = home.team(&team.to_string())?;

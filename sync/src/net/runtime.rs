@@ -47,7 +47,7 @@ pub struct Runtime<R> {
     endpoint: Endpoint,
     router: Router,
     service: Arc<SyncService<R>>,
-    relay: Option<RelayUrl>,
+    relay: Arc<Mutex<Option<RelayUrl>>>,
     keepers: Mutex<HashMap<DeviceId, JoinHandle<()>>>,
 }
 
@@ -82,7 +82,7 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
             endpoint,
             router,
             service,
-            relay: config.relay.clone(),
+            relay: Arc::new(Mutex::new(config.relay.clone())),
             keepers: Mutex::new(HashMap::new()),
         })
     }
@@ -92,10 +92,30 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
         &self.service
     }
 
+    /// The relay server this device uses, if any.
+    pub fn relay(&self) -> Option<RelayUrl> {
+        self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Starts using a relay server (a circle's, learnt from a team) without restarting:
+    /// the endpoint adds it to its relay map, and dials from now on go through it too.
+    /// Returns whether it was new.
+    pub async fn use_relay(&self, url: &str) -> Result<bool, NetError> {
+        let url: RelayUrl =
+            url.parse().map_err(|e| NetError::Bind(format!("`{url}` is not a relay URL: {e}")))?;
+        if self.relay().as_ref() == Some(&url) {
+            return Ok(false);
+        }
+        let config = std::sync::Arc::new(iroh::RelayConfig::new(url.clone(), None));
+        self.endpoint.insert_relay(url.clone(), config).await;
+        *self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(url);
+        Ok(true)
+    }
+
     /// Where this device listens, and its relay.
     pub fn addr(&self) -> PeerAddr {
         let device = DeviceId::from_bytes(*self.endpoint.id().as_bytes());
-        PeerAddr { device, addrs: local_addrs(&self.endpoint), relay: self.relay.clone() }
+        PeerAddr { device, addrs: local_addrs(&self.endpoint), relay: self.relay() }
     }
 
     /// The endpoint, for handshakes beyond sync and join.
@@ -117,9 +137,12 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
 
     /// Connects to a device once and runs a session with it in the background.
     pub async fn connect(&self, peer: &PeerAddr) -> Result<(), DialError> {
-        let addr =
-            endpoint_addr(peer.device, &peer.addrs, peer.relay.as_ref().or(self.relay.as_ref()))
-                .ok_or_else(|| DialError::Connect("the device id is not a valid key".into()))?;
+        let addr = endpoint_addr(
+            peer.device,
+            &peer.addrs,
+            peer.relay.clone().or_else(|| self.relay()).as_ref(),
+        )
+        .ok_or_else(|| DialError::Connect("the device id is not a valid key".into()))?;
         tokio::time::timeout(
             Duration::from_millis(CONNECT_TIMEOUT_MS),
             self.service.dial(&self.endpoint, addr),
@@ -133,10 +156,9 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
     pub fn keep_connected(&self, peer: PeerAddr) {
         let service = Arc::clone(&self.service);
         let endpoint = self.endpoint.clone();
-        let relay = peer.relay.clone().or_else(|| self.relay.clone());
+        let relay = Arc::clone(&self.relay);
         let device = peer.device;
         let keeper = tokio::spawn(async move {
-            let Some(addr) = endpoint_addr(device, &peer.addrs, relay.as_ref()) else { return };
             let mut backoff_ms = RECONNECT_INITIAL_MS;
             loop {
                 if service.connected().contains(&device) {
@@ -144,7 +166,13 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
                     tokio::time::sleep(Duration::from_millis(CONNECTED_CHECK_MS)).await;
                     continue;
                 }
-                let dial = service.dial(&endpoint, addr.clone());
+                // The device's own relay, else this device's current one (which a team
+                // may have brought since the keeper started).
+                let current =
+                    relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let via = peer.relay.clone().or(current);
+                let Some(addr) = endpoint_addr(device, &peer.addrs, via.as_ref()) else { return };
+                let dial = service.dial(&endpoint, addr);
                 match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), dial).await {
                     Ok(Ok(())) => backoff_ms = RECONNECT_INITIAL_MS,
                     _ => {
@@ -177,7 +205,7 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
     ) -> Result<JoinReply, DialError> {
         let relay = ticket.relay.as_deref().and_then(|url| url.parse::<RelayUrl>().ok());
         let addr =
-            endpoint_addr(ticket.inviter, &ticket.addrs, relay.as_ref().or(self.relay.as_ref()))
+            endpoint_addr(ticket.inviter, &ticket.addrs, relay.or_else(|| self.relay()).as_ref())
                 .ok_or_else(|| DialError::Connect("the ticket names an invalid device".into()))?;
         request_join(&self.endpoint, addr, request).await
     }
