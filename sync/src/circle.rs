@@ -7,11 +7,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use care_core::ids::{decode_base32, encode_base32};
 use care_core::{DeviceId, MemberId, SignedOp, TeamId};
 use serde::{Deserialize, Serialize};
 
-use crate::ticket::{TICKET_ADDRS_MAX, TICKET_BYTES_MAX, TicketError};
+use crate::ticket::{TICKET_ADDRS_MAX, TicketError, read_ticket, write_ticket};
 
 /// The ALPN of the circle handshake.
 pub const CIRCLE_ALPN: &[u8] = b"care/circle/1";
@@ -74,24 +73,15 @@ pub trait CircleHost {
 
 impl fmt::Display for CircleTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = postcard::to_stdvec(self).map_err(|_| fmt::Error)?;
-        write!(f, "{CIRCLE_TICKET_PREFIX}{}", encode_base32(&bytes))
+        write_ticket(f, CIRCLE_TICKET_PREFIX, self)
     }
 }
 
 impl FromStr for CircleTicket {
     type Err = TicketError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.len() > TICKET_BYTES_MAX {
-            return Err(TicketError::TooLong);
-        }
-        let lower = s.to_ascii_lowercase();
-        let body = lower.strip_prefix(CIRCLE_TICKET_PREFIX).ok_or(TicketError::NotATicket)?;
-        let bytes = decode_base32(body).ok_or(TicketError::Damaged)?;
-        let (ticket, rest): (CircleTicket, &[u8]) =
-            postcard::take_from_bytes(&bytes).map_err(|_| TicketError::Damaged)?;
-        if !rest.is_empty() || ticket.addrs.len() > TICKET_ADDRS_MAX {
+        let ticket: CircleTicket = read_ticket(CIRCLE_TICKET_PREFIX, s)?;
+        if ticket.addrs.len() > TICKET_ADDRS_MAX {
             return Err(TicketError::Damaged);
         }
         Ok(ticket)

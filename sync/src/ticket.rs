@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use care_core::ids::{decode_base32, encode_base32};
 use care_core::{DeviceId, TeamId};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// What every ticket string starts with; the digit is the ticket format's version.
@@ -59,28 +60,44 @@ pub fn secret_hash(secret: &[u8; 16]) -> [u8; 32] {
 
 impl fmt::Display for JoinTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = postcard::to_stdvec(self).map_err(|_| fmt::Error)?;
-        write!(f, "{TICKET_PREFIX}{}", encode_base32(&bytes))
+        write_ticket(f, TICKET_PREFIX, self)
     }
 }
 
 impl FromStr for JoinTicket {
     type Err = TicketError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.len() > TICKET_BYTES_MAX {
-            return Err(TicketError::TooLong);
-        }
-        let lower = s.to_ascii_lowercase();
-        let body = lower.strip_prefix(TICKET_PREFIX).ok_or(TicketError::NotATicket)?;
-        let bytes = decode_base32(body).ok_or(TicketError::Damaged)?;
-        let (ticket, rest): (JoinTicket, &[u8]) =
-            postcard::take_from_bytes(&bytes).map_err(|_| TicketError::Damaged)?;
-        if !rest.is_empty() || ticket.addrs.len() > TICKET_ADDRS_MAX {
+        let ticket: JoinTicket = read_ticket(TICKET_PREFIX, s)?;
+        if ticket.addrs.len() > TICKET_ADDRS_MAX {
             return Err(TicketError::Damaged);
         }
         Ok(ticket)
     }
+}
+
+/// Writes a ticket's string form: its prefix, then its postcard bytes in base32.
+pub(crate) fn write_ticket<T: Serialize>(
+    f: &mut fmt::Formatter<'_>,
+    prefix: &str,
+    ticket: &T,
+) -> fmt::Result {
+    let bytes = postcard::to_stdvec(ticket).map_err(|_| fmt::Error)?;
+    write!(f, "{prefix}{}", encode_base32(&bytes))
+}
+
+/// Reads a ticket's string form (case-insensitive), refusing a wrong prefix, an
+/// oversized string, damaged base32 and trailing bytes.
+pub(crate) fn read_ticket<T: DeserializeOwned>(prefix: &str, s: &str) -> Result<T, TicketError> {
+    let s = s.trim();
+    if s.len() > TICKET_BYTES_MAX {
+        return Err(TicketError::TooLong);
+    }
+    let lower = s.to_ascii_lowercase();
+    let body = lower.strip_prefix(prefix).ok_or(TicketError::NotATicket)?;
+    let bytes = decode_base32(body).ok_or(TicketError::Damaged)?;
+    let (ticket, rest): (T, &[u8]) =
+        postcard::take_from_bytes(&bytes).map_err(|_| TicketError::Damaged)?;
+    if rest.is_empty() { Ok(ticket) } else { Err(TicketError::Damaged) }
 }
 
 #[cfg(test)]

@@ -38,18 +38,7 @@ pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result
             return Err(e.into());
         }
         print_addr(&addr, out);
-        loop {
-            tokio::select! {
-                () = stop.wait() => break,
-                event = events.recv() => match event {
-                    Ok(event) => print_event(&event, out),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("warning: {n} events were not shown");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
-            }
-        }
+        print_events_until_stopped(&mut events, &mut stop, out).await;
         let _ = node.with_home(|home| home.record_listen_addrs(None));
         node.shutdown().await;
         Ok(ExitCode::SUCCESS)
@@ -216,6 +205,26 @@ fn print_summary(synced: &[Synced], out: Out) -> ExitCode {
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
+/// Prints a node's events until a stop signal arrives or the node stops.
+async fn print_events_until_stopped(
+    events: &mut tokio::sync::broadcast::Receiver<PeerEvent>,
+    stop: &mut Stop,
+    out: Out,
+) {
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            event = events.recv() => match event {
+                Ok(event) => print_event(&event, out),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("warning: {n} events were not shown");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
 /// Runs a future on a fresh tokio runtime.
 fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Builder::new_multi_thread()
@@ -254,18 +263,7 @@ pub fn relay(dir: &Path, listen: SocketAddr, out: Out) -> Result<ExitCode> {
             )
         });
         let mut events = circle.node().events();
-        loop {
-            tokio::select! {
-                () = stop.wait() => break,
-                event = events.recv() => match event {
-                    Ok(event) => print_event(&event, out),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("warning: {n} events were not shown");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
-            }
-        }
+        print_events_until_stopped(&mut events, &mut stop, out).await;
         circle.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })

@@ -13,10 +13,8 @@ use crate::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
 use crate::join::{self, JOIN_MESSAGE_BYTES_MAX};
 use crate::net::endpoint::remote_device;
 use crate::net::framing::{read_frame_max, write_frame};
+use crate::net::handshake::{self, HANDSHAKE_TIMEOUT_MS};
 use crate::net::service::DialError;
-
-/// How long a circle handshake may take.
-const CIRCLE_TIMEOUT_MS: u64 = 15_000;
 
 /// What the circle node runs when it has taken on a team (e.g. refresh who its relay
 /// server admits).
@@ -52,7 +50,7 @@ impl<H> std::fmt::Debug for CircleProtocol<H> {
 impl<H: CircleHost + Send + 'static> iroh::protocol::ProtocolHandler for CircleProtocol<H> {
     async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
         let remote = remote_device(&conn);
-        let answered = tokio::time::timeout(Duration::from_millis(CIRCLE_TIMEOUT_MS), async {
+        let answered = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
                 .await
@@ -99,24 +97,5 @@ pub async fn request_circle(
     addr: EndpointAddr,
     request: &CircleRequest,
 ) -> Result<CircleReply, DialError> {
-    let attempt = async {
-        let conn = endpoint
-            .connect(addr, CIRCLE_ALPN)
-            .await
-            .map_err(|e| DialError::Connect(e.to_string()))?;
-        let (mut send, mut recv) =
-            conn.open_bi().await.map_err(|e| DialError::Lost(e.to_string()))?;
-        write_frame(&mut send, &join::encode(request))
-            .await
-            .map_err(|e| DialError::Lost(e.to_string()))?;
-        send.finish().map_err(|e| DialError::Lost(e.to_string()))?;
-        let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
-            .await
-            .map_err(|e| DialError::Lost(e.to_string()))?;
-        conn.close(VarInt::from_u32(0), b"handed over");
-        join::decode::<CircleReply>(&bytes).map_err(|e| DialError::Protocol(e.to_string()))
-    };
-    tokio::time::timeout(Duration::from_millis(CIRCLE_TIMEOUT_MS), attempt)
-        .await
-        .map_err(|_| DialError::Timeout)?
+    handshake::request(endpoint, addr, CIRCLE_ALPN, request).await
 }

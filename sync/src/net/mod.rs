@@ -4,6 +4,7 @@
 pub mod circle;
 pub mod endpoint;
 pub mod framing;
+pub mod handshake;
 #[cfg(feature = "relay-server")]
 pub mod relay;
 pub mod runtime;

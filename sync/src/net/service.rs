@@ -13,9 +13,10 @@ use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::frame::ALPN;
-use crate::join::{self, Invites, JOIN_ALPN, JOIN_MESSAGE_BYTES_MAX, JoinReply, JoinRequest};
+use crate::join::{self, Invites, JOIN_ALPN, JoinReply, JoinRequest};
 use crate::net::endpoint::remote_device;
 use crate::net::framing::{ReadFrameError, read_frame, read_frame_max, write_frame};
+use crate::net::handshake::{self, HANDSHAKE_TIMEOUT_MS};
 use crate::replica::Replica;
 use crate::session::{Output, Session, SyncEvent};
 
@@ -28,9 +29,6 @@ const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
 const CHANGES_QUEUED_MAX: usize = 4096;
 /// Events queued for the application.
 const EVENTS_QUEUED_MAX: usize = 4096;
-/// How long a join handshake may take.
-const JOIN_TIMEOUT_MS: u64 = 15_000;
-
 /// A change on this device that connected peers may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -212,7 +210,7 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
     /// team's membership log, or the reason it was refused.
     pub async fn answer_join(self: Arc<Self>, conn: Connection) {
         let remote = remote_device(&conn);
-        let answered = tokio::time::timeout(Duration::from_millis(JOIN_TIMEOUT_MS), async {
+        let answered = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let bytes = read_frame_max(&mut recv, JOIN_REQUEST_BYTES_MAX)
                 .await
@@ -377,26 +375,7 @@ pub async fn request_join(
     addr: EndpointAddr,
     request: &JoinRequest,
 ) -> Result<JoinReply, DialError> {
-    let attempt = async {
-        let conn = endpoint
-            .connect(addr, JOIN_ALPN)
-            .await
-            .map_err(|e| DialError::Connect(e.to_string()))?;
-        let (mut send, mut recv) =
-            conn.open_bi().await.map_err(|e| DialError::Lost(e.to_string()))?;
-        write_frame(&mut send, &join::encode(request))
-            .await
-            .map_err(|e| DialError::Lost(e.to_string()))?;
-        send.finish().map_err(|e| DialError::Lost(e.to_string()))?;
-        let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
-            .await
-            .map_err(|e| DialError::Lost(e.to_string()))?;
-        conn.close(VarInt::from_u32(0), b"joined");
-        join::decode::<JoinReply>(&bytes).map_err(|e| DialError::Protocol(e.to_string()))
-    };
-    tokio::time::timeout(Duration::from_millis(JOIN_TIMEOUT_MS), attempt)
-        .await
-        .map_err(|_| DialError::Timeout)?
+    handshake::request(endpoint, addr, JOIN_ALPN, request).await
 }
 
 /// Locks a mutex, going on with its data if a panicking thread poisoned it: every
