@@ -3,17 +3,15 @@
 //! ([`CircleProtocol`]), after which ordinary sync sessions replicate the team.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use care_core::{SignedOp, TeamId};
-use iroh::endpoint::{Connection, VarInt};
+use care_core::{DeviceId, SignedOp, TeamId};
+use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr};
 
 use crate::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
-use crate::join::{self, JOIN_MESSAGE_BYTES_MAX};
+use crate::join::JOIN_MESSAGE_BYTES_MAX;
 use crate::net::endpoint::remote_device;
-use crate::net::framing::{read_frame_max, write_frame};
-use crate::net::handshake::{self, HANDSHAKE_TIMEOUT_MS};
+use crate::net::handshake;
 use crate::net::service::DialError;
 
 /// What the circle node runs when it has taken on a team (e.g. refresh who its relay
@@ -47,46 +45,36 @@ impl<H> std::fmt::Debug for CircleProtocol<H> {
     }
 }
 
+impl<H: CircleHost + Send + 'static> CircleProtocol<H> {
+    /// Has the host take on the team the request hands over.
+    fn take_on(&self, remote: DeviceId, request: &CircleRequest) -> CircleReply {
+        let ops: Vec<SignedOp> =
+            request.ops.iter().filter_map(|bytes| SignedOp::from_bytes(bytes).ok()).collect();
+        let taken = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take_on(
+            remote,
+            &request.secret,
+            request.team,
+            &ops,
+        );
+        match taken {
+            Ok(()) => {
+                (self.on_taken_on)(request.team);
+                CircleReply::Accepted
+            }
+            Err(reason) => CircleReply::Refused { reason },
+        }
+    }
+}
+
 impl<H: CircleHost + Send + 'static> iroh::protocol::ProtocolHandler for CircleProtocol<H> {
     async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
         let remote = remote_device(&conn);
-        let answered = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
-            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let bytes = read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX)
-                .await
-                .map_err(|e| e.to_string())?;
-            let reply = match join::decode::<CircleRequest>(&bytes) {
-                Ok(request) => {
-                    let ops: Vec<SignedOp> = request
-                        .ops
-                        .iter()
-                        .filter_map(|bytes| SignedOp::from_bytes(bytes).ok())
-                        .collect();
-                    let taken = self
-                        .host
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take_on(remote, &request.secret, request.team, &ops);
-                    match taken {
-                        Ok(()) => {
-                            (self.on_taken_on)(request.team);
-                            CircleReply::Accepted
-                        }
-                        Err(reason) => CircleReply::Refused { reason },
-                    }
-                }
-                Err(e) => CircleReply::Refused { reason: e.to_string() },
-            };
-            write_frame(&mut send, &join::encode(&reply)).await.map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            // The team's device closes the connection once it has read the reply.
-            conn.closed().await;
-            Ok::<_, String>(())
+        let failed = "circle handshake failed";
+        handshake::answer(&conn, JOIN_MESSAGE_BYTES_MAX, failed, |request| match request {
+            Ok(request) => self.take_on(remote, &request),
+            Err(e) => CircleReply::Refused { reason: e.to_string() },
         })
         .await;
-        if !matches!(answered, Ok(Ok(()))) {
-            conn.close(VarInt::from_u32(1), b"circle handshake failed");
-        }
         Ok(())
     }
 }

@@ -1,14 +1,15 @@
-//! The client side of the one-shot handshakes (joining a team, handing a team to a circle
-//! node): connect on the handshake's ALPN, send one request, read one bounded reply.
+//! The one-shot handshakes (joining a team, handing a team to a circle node): the client
+//! connects on the handshake's ALPN, sends one request and reads one bounded reply; the
+//! server reads one bounded request and answers it.
 
 use std::time::Duration;
 
-use iroh::endpoint::VarInt;
+use iroh::endpoint::{Connection, VarInt};
 use iroh::{Endpoint, EndpointAddr};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::join::{self, JOIN_MESSAGE_BYTES_MAX};
+use crate::join::{self, JOIN_MESSAGE_BYTES_MAX, JoinMessageError};
 use crate::net::framing::{read_frame_max, write_frame};
 use crate::net::service::DialError;
 
@@ -37,4 +38,30 @@ pub async fn request<Req: Serialize, Reply: DeserializeOwned>(
     tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), attempt)
         .await
         .map_err(|_| DialError::Timeout)?
+}
+
+/// Answers one handshake on an incoming connection: reads a request of at most
+/// `request_max` bytes, replies with what `answer` makes of it (the request, or why it
+/// could not be read), and waits for the other device to close. A connection that
+/// breaks the handshake or takes too long is closed with `failed` as the reason.
+pub async fn answer<Req: DeserializeOwned, Reply: Serialize>(
+    conn: &Connection,
+    request_max: usize,
+    failed: &'static str,
+    answer: impl FnOnce(Result<Req, JoinMessageError>) -> Reply,
+) {
+    let answered = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let bytes = read_frame_max(&mut recv, request_max).await.map_err(|e| e.to_string())?;
+        let reply = answer(join::decode::<Req>(&bytes));
+        write_frame(&mut send, &join::encode(&reply)).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        // The other device closes the connection once it has read the reply.
+        conn.closed().await;
+        Ok::<_, String>(())
+    })
+    .await;
+    if !matches!(answered, Ok(Ok(()))) {
+        conn.close(VarInt::from_u32(1), failed.as_bytes());
+    }
 }

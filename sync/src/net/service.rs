@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use iroh::endpoint::{Connection, SendStream, VarInt};
@@ -13,10 +12,10 @@ use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::frame::ALPN;
-use crate::join::{self, Invites, JOIN_ALPN, JoinReply, JoinRequest};
+use crate::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
 use crate::net::endpoint::remote_device;
-use crate::net::framing::{ReadFrameError, read_frame, read_frame_max, write_frame};
-use crate::net::handshake::{self, HANDSHAKE_TIMEOUT_MS};
+use crate::net::framing::{ReadFrameError, read_frame, write_frame};
+use crate::net::handshake;
 use crate::replica::Replica;
 use crate::session::{Output, Session, SyncEvent};
 
@@ -210,25 +209,12 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
     /// team's membership log, or the reason it was refused.
     pub async fn answer_join(self: Arc<Self>, conn: Connection) {
         let remote = remote_device(&conn);
-        let answered = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
-            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let bytes = read_frame_max(&mut recv, JOIN_REQUEST_BYTES_MAX)
-                .await
-                .map_err(|e| e.to_string())?;
-            let reply = match join::decode::<JoinRequest>(&bytes) {
-                Ok(request) => self.redeem(remote, &request),
-                Err(e) => JoinReply::Refused { reason: e.to_string() },
-            };
-            write_frame(&mut send, &join::encode(&reply)).await.map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())?;
-            // The joining device closes the connection once it has read the reply.
-            conn.closed().await;
-            Ok::<_, String>(())
+        let failed = "join handshake failed";
+        handshake::answer(&conn, JOIN_REQUEST_BYTES_MAX, failed, |request| match request {
+            Ok(request) => self.redeem(remote, &request),
+            Err(e) => JoinReply::Refused { reason: e.to_string() },
         })
         .await;
-        if !matches!(answered, Ok(Ok(()))) {
-            conn.close(VarInt::from_u32(1), b"join handshake failed");
-        }
     }
 
     fn redeem(&self, remote: DeviceId, request: &JoinRequest) -> JoinReply {
