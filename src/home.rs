@@ -10,6 +10,8 @@ use care_core::documents::{self, Author};
 use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
+use care_sync::TeamAccess;
+use care_sync::access::check_document;
 use care_sync::net::Change;
 use serde::{Deserialize, Serialize};
 
@@ -395,7 +397,7 @@ impl Home {
             }
             return Ok(self.docs.get_mut(&id));
         }
-        let stored = match self.store.load_doc(id)? {
+        let stored = match self.load_verified(team, &kind, id)? {
             Some(doc) => doc,
             None if purpose == Purpose::Write => {
                 let meta = DocMeta { id, team, kind: kind.to_string() };
@@ -404,6 +406,41 @@ impl Home {
             None => return Ok(None),
         };
         Ok(Some(self.docs.entry(id).or_insert(stored)))
+    }
+
+    /// Loads a document from the store. One received whole and not loaded since is
+    /// verified first: it must load to the heads it was stored with, and every change must
+    /// be by a device that may have written it. One that fails is discarded, as if it had
+    /// never arrived; nothing this device wrote or accepted is ever in such a document.
+    fn load_verified(
+        &mut self,
+        team: TeamId,
+        kind: &DocKind,
+        id: DocId,
+    ) -> Result<Option<StoredDoc>> {
+        let refusal = match self.store.load_doc(id) {
+            Ok(Some(doc)) if doc.verified() => return Ok(Some(doc)),
+            Ok(None) => return Ok(None),
+            Ok(Some(doc)) => {
+                let access = TeamAccess::from_ops(team, &self.signed_ops(team)?)?;
+                match check_document(&access, team, kind, doc.doc()) {
+                    Ok(()) => {
+                        self.store.set_verified(id)?;
+                        return Ok(Some(doc));
+                    }
+                    Err(reason) => reason,
+                }
+            }
+            Err(e) => {
+                if !self.store.is_unverified(id)? {
+                    return Err(e.into());
+                }
+                e.to_string()
+            }
+        };
+        tracing::warn!("discarding a {kind} document received from a peer: {refusal}");
+        self.store.discard_unverified(id)?;
+        Ok(None)
     }
 
     fn resolve_team(&self, which: &str) -> Result<TeamId> {

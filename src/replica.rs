@@ -2,14 +2,14 @@
 //! SQLite, with a per-peer Automerge sync state kept in memory during a session and saved
 //! in the store when the session ends, so the next session resumes from it.
 
-use automerge::Automerge;
 use automerge::sync::{Message, State, SyncDoc};
+use automerge::{Automerge, ChangeHash};
 use care_core::membership::{OpBody, Role};
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
-use care_sync::{HeldDoc, Replica};
+use care_sync::{HeldDoc, Import, Replica, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
@@ -52,6 +52,13 @@ impl Replica for Home {
         kind: DocKind,
     ) -> Result<Option<Message>> {
         let mut state = self.take_sync_state(peer, doc)?;
+        if self
+            .stored_heads_if_unloaded(doc)?
+            .is_some_and(|ours| agreed::nothing_to_send(&state, &ours))
+        {
+            self.sync_states.insert((peer, doc), state);
+            return Ok(None);
+        }
         let message = match self.doc(team, kind, Purpose::Read)? {
             Some(stored) => stored.doc().generate_sync_message(&mut state),
             None => Automerge::new().generate_sync_message(&mut state),
@@ -69,6 +76,13 @@ impl Replica for Home {
         message: Message,
     ) -> Result<bool> {
         let mut state = self.take_sync_state(peer, doc)?;
+        if self
+            .stored_heads_if_unloaded(doc)?
+            .is_some_and(|ours| agreed::receive(&mut state, &ours, &message))
+        {
+            self.sync_states.insert((peer, doc), state);
+            return Ok(false);
+        }
         self.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
@@ -85,8 +99,27 @@ impl Replica for Home {
         Ok(changed)
     }
 
+    fn holds(&self, _team: TeamId, doc: DocId) -> Result<bool> {
+        Ok(self.docs.contains_key(&doc) || self.store.doc_summary(doc)?.is_some())
+    }
+
     fn snapshot(&mut self, _team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
         Ok(self.store.doc_bytes(doc)?)
+    }
+
+    fn import_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        heads: &[ChangeHash],
+    ) -> Result<Import> {
+        let meta = DocMeta { id: doc, team, kind: kind.to_string() };
+        Ok(match self.store.import_doc(&meta, bytes, heads)? {
+            Imported::Stored => Import::Stored,
+            Imported::AlreadyHeld => Import::Held,
+        })
     }
 
     fn receive_snapshot(
@@ -94,17 +127,9 @@ impl Replica for Home {
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
-        loaded: Automerge,
+        _bytes: &[u8],
+        mut loaded: Automerge,
     ) -> Result<bool> {
-        let meta = DocMeta { id: doc, team, kind: kind.to_string() };
-        let mut loaded = match self.store.import_doc(&meta, bytes, loaded)? {
-            Imported::Stored(imported) => {
-                self.docs.insert(doc, imported);
-                return Ok(true);
-            }
-            Imported::AlreadyHeld(loaded) => loaded,
-        };
         self.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
@@ -116,6 +141,10 @@ impl Replica for Home {
             }
         })?;
         Ok(stored.doc().get_heads() != before)
+    }
+
+    fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {
+        self.sync_states.insert((peer, doc), state);
     }
 
     fn reset_sync_state(&mut self, peer: DeviceId) {
@@ -175,6 +204,15 @@ impl Home {
         Ok((team, self.signed_ops(team)?))
     }
 
+    /// The heads of a document that is stored but not loaded into memory: sync messages
+    /// that only confirm them are handled without loading it (see [`agreed`]).
+    fn stored_heads_if_unloaded(&self, doc: DocId) -> Result<Option<Vec<ChangeHash>>> {
+        if self.docs.contains_key(&doc) {
+            return Ok(None);
+        }
+        Ok(self.store.doc_summary(doc)?.map(|summary| summary.heads))
+    }
+
     /// The state of the sync exchange with `peer` about `doc`: in memory during a
     /// session, else as saved at the end of the last one, else fresh.
     fn take_sync_state(&mut self, peer: DeviceId, doc: DocId) -> Result<State> {
@@ -183,5 +221,75 @@ impl Home {
         }
         let saved = self.store.sync_state(peer, doc)?;
         Ok(saved.and_then(|bytes| State::decode(&bytes).ok()).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ROOT};
+    use care_core::documents::genesis;
+    use care_core::{Month, NoteStream};
+
+    use super::*;
+
+    /// A notes document of a team: its genesis, then one change by `actor`.
+    fn received(team: TeamId, kind: &DocKind, actor: ActorId) -> (Vec<u8>, Vec<ChangeHash>) {
+        let mut doc = genesis(team, kind).with_actor(actor);
+        doc.transact(|tx| tx.put(ROOT, "written_by", "someone"))
+            .map_err(|f| f.error)
+            .expect("a change to a fresh document");
+        let mut heads = doc.get_heads();
+        heads.sort();
+        (doc.save(), heads)
+    }
+
+    #[test]
+    fn a_document_received_whole_is_verified_when_first_used() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let team = home.create_team("Rosa's team")?;
+        let month = Month::new(2026, 11).expect("a month");
+        let own = home.profile().device;
+        let kinds: Vec<DocKind> = (0..3)
+            .map(|i| DocKind::Notes {
+                stream: NoteStream::Care,
+                month: Month::new(2026, 9 + i).unwrap_or(month),
+            })
+            .collect();
+
+        // By a device of the team: stored unloaded, verified on first use.
+        let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));
+        let id = kinds[0].doc_id(team);
+        assert_eq!(home.import_snapshot(team, id, kinds[0], &bytes, &heads)?, Import::Stored);
+        assert!(home.store().is_unverified(id)?);
+        assert_eq!(home.store().doc_summary(id)?.map(|s| s.heads), Some(heads.clone()));
+        assert!(home.doc(team, kinds[0], Purpose::Read)?.is_some());
+        assert!(!home.store().is_unverified(id)?, "verified once loaded");
+
+        // Under the actor of the deterministic first change, which anyone can take: it
+        // passes the header check but not the check on first use, and is discarded.
+        let genesis_actor = ActorId::from(kinds[1].doc_id(team).as_bytes());
+        let (bytes, heads) = received(team, &kinds[1], genesis_actor);
+        let id = kinds[1].doc_id(team);
+        assert_eq!(home.import_snapshot(team, id, kinds[1], &bytes, &heads)?, Import::Stored);
+        assert!(home.doc(team, kinds[1], Purpose::Read)?.is_none());
+        assert!(home.store().doc_summary(id)?.is_none(), "the forged document is gone");
+
+        // Bytes that do not hold the heads they came with: discarded too.
+        let (bytes, _) = received(team, &kinds[2], ActorId::from(own.as_bytes()));
+        let id = kinds[2].doc_id(team);
+        let wrong = vec![ChangeHash([7; 32])];
+        assert_eq!(home.import_snapshot(team, id, kinds[2], &bytes, &wrong)?, Import::Stored);
+        assert!(home.doc(team, kinds[2], Purpose::Read)?.is_none());
+        assert!(home.store().doc_summary(id)?.is_none());
+
+        // A document already held is never replaced by an import.
+        let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));
+        assert_eq!(
+            home.import_snapshot(team, kinds[0].doc_id(team), kinds[0], &bytes, &heads)?,
+            Import::Held
+        );
+        Ok(())
     }
 }

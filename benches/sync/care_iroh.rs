@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use automerge::ChangeHash;
 use care::{
-    Clock, DocId, Home, NetConfig, NewNote, Node, NodeOptions, OpBody, PeerEvent, Role, TeamId,
-    Timestamp,
+    Clock, DocId, Home, NetConfig, NewNote, Node, NodeOptions, NoteQuery, OpBody, PeerEvent, Role,
+    TeamId, Timestamp,
 };
 use care_sync::{Replica, SyncEvent};
 use tokio::sync::broadcast;
@@ -28,14 +28,23 @@ const VISIT_STEP_MS: i64 = 144 * 60_000;
 /// About a month.
 const MONTH_MS: i64 = 31 * 86_400_000;
 
+/// What a device that has caught up pays when it first reads what arrived: documents
+/// received whole are stored as they came and loaded (and verified) on first use.
+pub struct FirstReads {
+    /// Reading the latest 50 notes right after catching up (median).
+    pub latest_ms: f64,
+    /// Then reading every note, which loads every other month (median).
+    pub all_ms: f64,
+}
+
 /// Runs the three scenarios and returns this engine's figures.
-pub fn run(size: &Size) -> Result<Figures> {
+pub fn run(size: &Size) -> Result<(Figures, FirstReads)> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let root = tempfile::tempdir()?;
         let fresh = prepare(&root.path().join("catch-up"), size.notes, VISIT_STEP_MS, 1).await?;
-        let (catch_up_ms, catch_up_bytes) =
+        let (catch_up_ms, catch_up_bytes, first_reads) =
             catch_up(&fresh, &root.path().join("runs"), size.runs).await?;
         let step = MONTH_MS / size.doc_notes as i64;
         let many =
@@ -44,7 +53,7 @@ pub fn run(size: &Size) -> Result<Figures> {
         let (reconnect_ms, bytes_per_doc, rounds) = reconnect(&many, size.runs).await?;
         let (live_p50_ms, live_p90_ms) =
             live(&fresh, &root.path().join("live"), size.live_edits).await?;
-        Ok(Figures {
+        let figures = Figures {
             catch_up_ms,
             catch_up_bytes,
             reconnect_ms,
@@ -52,7 +61,8 @@ pub fn run(size: &Size) -> Result<Figures> {
             reconnect_round_trips: Some(rounds),
             live_p50_ms,
             live_p90_ms,
-        })
+        };
+        Ok((figures, first_reads))
     })
 }
 
@@ -62,6 +72,7 @@ struct Pair {
     owner: std::path::PathBuf,
     worker: std::path::PathBuf,
     team: TeamId,
+    notes: usize,
 }
 
 /// A clock that moves on by a fixed step each time it is read.
@@ -101,7 +112,7 @@ async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pai
     let ops = home.ops(team)?;
     other.add_ops(team, &ops)?;
     home.compact()?;
-    Ok(Pair { owner, worker, team })
+    Ok(Pair { owner, worker, team, notes })
 }
 
 /// A node for a home, talking only to the device it is told to connect to.
@@ -132,8 +143,9 @@ async fn connect_and_settle(owner: &Node, worker: &Node, team: TeamId) -> Result
     Ok((elapsed, traffic.bytes_sent + traffic.bytes_received))
 }
 
-async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usize)> {
+async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usize, FirstReads)> {
     let (mut times, mut bytes) = (Vec::new(), Vec::new());
+    let (mut latest, mut all) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let dir = runs_dir.join(run.to_string());
         copy_dir(&pair.owner, &dir.join("owner"))?;
@@ -143,10 +155,25 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         let (elapsed, moved) = connect_and_settle(&owner, &worker, pair.team).await?;
         times.push(elapsed);
         bytes.push(moved);
+        let team = pair.team.to_string();
+        let read = |limit| {
+            let started = Instant::now();
+            let query = NoteQuery { since: None, limit };
+            let notes = worker.with_home(|h| h.team(&team)?.notes(&query))?;
+            anyhow::Ok((started.elapsed(), notes.len()))
+        };
+        let (latest_time, _) = read(Some(50))?;
+        let (all_time, count) = read(None)?;
+        if count != pair.notes {
+            bail!("the worker reads {count} notes after catching up, not {}", pair.notes);
+        }
+        latest.push(latest_time);
+        all.push(all_time);
         worker.shutdown().await;
         owner.shutdown().await;
     }
-    Ok((median(&mut times), median_count(&mut bytes) as usize))
+    let reads = FirstReads { latest_ms: median(&mut latest), all_ms: median(&mut all) };
+    Ok((median(&mut times), median_count(&mut bytes) as usize, reads))
 }
 
 async fn sync_fully(pair: &Pair) -> Result<()> {

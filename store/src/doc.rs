@@ -41,6 +41,10 @@ pub struct DocSummary {
     pub chunks: u64,
     /// When it was last written, in milliseconds since the Unix epoch (this device's clock).
     pub updated_at_ms: i64,
+    /// False for a document received whole from a peer and stored as received, until it
+    /// is first loaded: until then neither its authors nor its heads have been verified
+    /// here (see [`Store::import_doc`](crate::Store::import_doc)).
+    pub verified: bool,
 }
 
 /// A document loaded from the store. Change it only through
@@ -53,6 +57,7 @@ pub struct StoredDoc {
     doc: Automerge,
     saved_heads: Vec<ChangeHash>,
     last_chunk: i64,
+    verified: bool,
 }
 
 impl StoredDoc {
@@ -69,6 +74,15 @@ impl StoredDoc {
     /// The id of the newest chunk row this copy has read.
     pub fn last_chunk(&self) -> i64 {
         self.last_chunk
+    }
+
+    /// Whether the document was verified when it was stored or loaded before. An
+    /// unverified document was received whole and has just been loaded for the first
+    /// time: it loads to the heads recorded for it, but who wrote its changes is for the
+    /// caller to check before using it ([`Store::set_verified`](crate::Store::set_verified)
+    /// then records the result).
+    pub fn verified(&self) -> bool {
+        self.verified
     }
 }
 
@@ -114,15 +128,10 @@ pub(crate) fn load(conn: &Connection, id: DocId) -> Result<Option<StoredDoc>, St
         doc,
         saved_heads: summary.heads.clone(),
         last_chunk: last_chunk.unwrap_or(0),
+        verified: summary.verified,
     };
     check_heads(&stored, &summary)?;
     Ok(Some(stored))
-}
-
-/// A stored document made from a document just written whole as its only chunk.
-pub(crate) fn from_import(meta: DocMeta, doc: Automerge, last_chunk: i64) -> StoredDoc {
-    let saved_heads = sorted_heads(&doc);
-    StoredDoc { meta, doc, saved_heads, last_chunk }
 }
 
 /// Applies chunks written since `doc.last_chunk` by other connections, and checks that
@@ -181,7 +190,7 @@ pub(crate) fn read_summaries(
 pub(crate) fn insert_summary(conn: &Connection, s: &DocSummary) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO docs (id, team, kind, heads, snapshot_bytes, incremental_bytes, chunks,
-         updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         updated_at_ms, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -193,6 +202,7 @@ pub(crate) fn insert_summary(conn: &Connection, s: &DocSummary) -> Result<(), St
             to_i64(s.incremental_bytes),
             to_i64(s.chunks),
             s.updated_at_ms,
+            s.verified,
         ])
     })
     .doing("adding a document")?;
@@ -292,7 +302,7 @@ fn check_heads(doc: &StoredDoc, summary: &DocSummary) -> Result<(), StoreError> 
 }
 
 const SUMMARY_SELECT: &str = "SELECT id, team, kind, heads, snapshot_bytes, incremental_bytes,
-    chunks, updated_at_ms FROM docs";
+    chunks, updated_at_ms, verified FROM docs";
 
 /// A `docs` row as SQLite returns it, before validation.
 struct RawSummary {
@@ -302,6 +312,7 @@ struct RawSummary {
     heads: Vec<u8>,
     counters: [i64; 3],
     updated_at_ms: i64,
+    verified: bool,
 }
 
 impl RawSummary {
@@ -313,6 +324,7 @@ impl RawSummary {
             heads: row.get(3)?,
             counters: [row.get(4)?, row.get(5)?, row.get(6)?],
             updated_at_ms: row.get(7)?,
+            verified: row.get(8)?,
         })
     }
 
@@ -332,6 +344,7 @@ impl RawSummary {
             incremental_bytes: counter(self.counters[1])?,
             chunks: counter(self.counters[2])?,
             updated_at_ms: self.updated_at_ms,
+            verified: self.verified,
         })
     }
 }

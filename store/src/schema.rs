@@ -43,6 +43,11 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL, expires_at_ms INTEGER NOT NULL, used_at_ms INTEGER
     ) STRICT;
     ",
+    // 3: whether a document has been loaded here since it arrived. A document received
+    // whole from a peer is stored as received (0) and verified when first loaded (1).
+    "
+    ALTER TABLE docs ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+    ",
 ];
 
 /// The newest schema this build knows.

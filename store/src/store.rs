@@ -163,6 +163,11 @@ impl Store {
         doc::read_summaries(&self.conn, team)
     }
 
+    /// One document's summary, if it is stored (the document is not loaded).
+    pub fn doc_summary(&self, id: DocId) -> Result<Option<DocSummary>, StoreError> {
+        doc::read_summary(&self.conn, id)
+    }
+
     /// Stores a new document from its genesis state and returns it loaded. If the document
     /// already exists, returns the stored one and ignores `genesis`. The returned copy has
     /// a fresh random actor, as from [`Store::load_doc`]; set the device's actor in
@@ -187,6 +192,7 @@ impl Store {
                 incremental_bytes: 0,
                 chunks: 1,
                 updated_at_ms: now_ms(),
+                verified: true,
             };
             doc::insert_summary(&tx, &summary)?;
             doc::append_chunk(&tx, meta.id, true, &snapshot)?;

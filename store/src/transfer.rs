@@ -1,83 +1,139 @@
 //! Whole documents in and out, as stored bytes: what a sync session sends a device that
-//! has none of a document, without re-encoding it.
+//! has none of a document, and what that device stores, neither side re-encoding it.
+//!
+//! A device catching up on a year of history receives every document whole and stores it
+//! as received, without loading it: loading is what costs (Automerge rebuilds every
+//! operation), and most of that history is not read soon. Such a document is marked
+//! unverified; the first load checks that it adds up to the heads it was stored with, and
+//! the caller checks who wrote it before using it.
 
-use automerge::Automerge;
+use automerge::ChangeHash;
 use care_core::ids::DocId;
+use rusqlite::params;
 
-use crate::doc::{self, DocMeta, DocSummary, StoredDoc, sorted_heads};
+use crate::doc::{self, DocMeta, DocSummary};
 use crate::error::{Doing, StoreError};
 use crate::store::{Store, check_same_meta, now_ms};
 
 /// What [`Store::import_doc`] did.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imported {
-    /// The document was new here and is now stored.
-    Stored(StoredDoc),
+    /// The document was new here and is now stored, unverified.
+    Stored,
     /// A document with this id is already stored: nothing was written, and the received
-    /// document is handed back for the caller to merge.
-    AlreadyHeld(Automerge),
+    /// bytes are for the caller to merge into it.
+    AlreadyHeld,
 }
 
 impl Store {
     /// A document's stored bytes (its snapshot followed by its incremental chunks, each
     /// checked against its checksum): a valid input to `Automerge::load`.
     pub fn doc_bytes(&self, id: DocId) -> Result<Option<Vec<u8>>, StoreError> {
-        if doc::read_summary(self.conn(), id)?.is_none() {
+        let tx = self.conn().unchecked_transaction().doing("reading a document")?;
+        if doc::read_summary(&tx, id)?.is_none() {
             return Ok(None);
         }
-        let (bytes, _) = doc::read_chunks(self.conn(), id, 0)?;
+        let (bytes, _) = doc::read_chunks(&tx, id, 0)?;
         Ok(Some(bytes))
     }
 
-    /// Stores a document received whole: `bytes` as its only chunk and `loaded` (the
-    /// caller's `Automerge::load(bytes)`) as what memory holds. A document already stored
-    /// under this id is not replaced.
+    /// Stores a document received whole, as its only chunk, without loading it: `heads`
+    /// are the heads the bytes say they hold. The document is unverified until
+    /// [`Store::load_doc`] first loads it (which fails if the bytes do not load to `heads`)
+    /// and the caller, having checked its authors, calls [`Store::set_verified`]. A
+    /// document already stored under this id is not replaced.
     pub fn import_doc(
         &mut self,
         meta: &DocMeta,
         bytes: &[u8],
-        loaded: Automerge,
+        heads: &[ChangeHash],
     ) -> Result<Imported, StoreError> {
         let doing = "storing a received document";
         let tx = self.write_tx(doing)?;
         if let Some(stored) = doc::read_summary(&tx, meta.id)? {
             check_same_meta(meta, &stored)?;
-            return Ok(Imported::AlreadyHeld(loaded));
+            return Ok(Imported::AlreadyHeld);
         }
+        let mut heads = heads.to_vec();
+        heads.sort();
         let summary = DocSummary {
             id: meta.id,
             team: meta.team,
             kind: meta.kind.clone(),
-            heads: sorted_heads(&loaded),
+            heads,
             snapshot_bytes: bytes.len() as u64,
             incremental_bytes: 0,
             chunks: 1,
             updated_at_ms: now_ms(),
+            verified: false,
         };
         doc::insert_summary(&tx, &summary)?;
-        let chunk = doc::append_chunk(&tx, meta.id, true, bytes)?;
+        doc::append_chunk(&tx, meta.id, true, bytes)?;
         tx.commit().doing(doing)?;
-        Ok(Imported::Stored(doc::from_import(meta.clone(), loaded, chunk)))
+        Ok(Imported::Stored)
+    }
+
+    /// Records that a received document has been loaded and its authors checked.
+    pub fn set_verified(&mut self, id: DocId) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("UPDATE docs SET verified = 1 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute([id.as_bytes()]))
+            .doing("recording that a document was verified")?;
+        Ok(())
+    }
+
+    /// Deletes a document that was received whole and failed verification, with its
+    /// chunks and sync states. Refuses a verified document: this never drops anything
+    /// this device wrote or accepted.
+    pub fn discard_unverified(&mut self, id: DocId) -> Result<bool, StoreError> {
+        let doing = "discarding a received document";
+        let tx = self.write_tx(doing)?;
+        match doc::read_summary(&tx, id) {
+            Ok(Some(summary)) if summary.verified => return Ok(false),
+            Ok(None) => return Ok(false),
+            // A row too damaged to read is not known to be unverified.
+            Err(e) => return Err(e),
+            Ok(Some(_)) => {}
+        }
+        for sql in [
+            "DELETE FROM chunks WHERE doc = ?1",
+            "DELETE FROM sync_states WHERE doc = ?1",
+            "DELETE FROM docs WHERE id = ?1",
+        ] {
+            tx.execute(sql, params![id.as_bytes()]).doing(doing)?;
+        }
+        tx.commit().doing(doing)?;
+        Ok(true)
+    }
+
+    /// Whether the document is stored and unverified (received whole, never loaded).
+    pub fn is_unverified(&self, id: DocId) -> Result<bool, StoreError> {
+        Ok(doc::read_summary(self.conn(), id)?.is_some_and(|s| !s.verified))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use automerge::{ROOT, ReadDoc, transaction::Transactable};
+    use automerge::{Automerge, ROOT, ReadDoc, transaction::Transactable};
     use care_core::ids::TeamId;
 
     use super::*;
 
-    #[test]
-    fn stored_bytes_load_elsewhere_and_import_whole() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let mut a = Store::open(&dir.path().join("a.sqlite"))?;
-        let mut b = Store::open(&dir.path().join("b.sqlite"))?;
-        let meta = DocMeta {
+    fn meta() -> DocMeta {
+        DocMeta {
             id: DocId::from_bytes([1; 16]),
             team: TeamId::from_bytes([2; 16]),
             kind: "notes".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn stored_bytes_import_whole_unverified_and_load_elsewhere()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut a = Store::open(&dir.path().join("a.sqlite"))?;
+        let mut b = Store::open(&dir.path().join("b.sqlite"))?;
+        let meta = meta();
         let mut doc = a.create_doc(&meta, &Automerge::new())?;
         for i in 0..5 {
             a.update_doc(&mut doc, |d| {
@@ -87,16 +143,42 @@ mod tests {
             })?;
         }
         let bytes = a.doc_bytes(meta.id)?.ok_or("stored")?;
-        let loaded = Automerge::load(&bytes)?;
-        let Imported::Stored(imported) = b.import_doc(&meta, &bytes, loaded.clone())? else {
-            return Err("a new document should be stored".into());
-        };
-        assert_eq!(imported.doc().get_heads(), doc.doc().get_heads());
-        let again = b.import_doc(&meta, &bytes, loaded)?;
-        assert!(matches!(again, Imported::AlreadyHeld(_)), "never replaces a stored document");
-        let reloaded = b.load_doc(meta.id)?.ok_or("stored")?;
-        assert!(reloaded.doc().get(ROOT, "note4")?.is_some());
+        let heads = doc.doc().get_heads();
+        assert_eq!(b.import_doc(&meta, &bytes, &heads)?, Imported::Stored);
+        assert_eq!(b.import_doc(&meta, &bytes, &heads)?, Imported::AlreadyHeld);
+        assert!(b.is_unverified(meta.id)?);
+        assert_eq!(b.docs(None)?[0].heads, doc.saved_heads(), "heads known without a load");
+
+        let loaded = b.load_doc(meta.id)?.ok_or("stored")?;
+        assert!(!loaded.verified());
+        assert!(loaded.doc().get(ROOT, "note4")?.is_some());
+        b.set_verified(meta.id)?;
+        assert!(b.load_doc(meta.id)?.ok_or("stored")?.verified());
+        assert!(!b.discard_unverified(meta.id)?, "a verified document is never discarded");
+        assert!(!a.is_unverified(meta.id)?, "a document written here is verified");
         assert_eq!(a.doc_bytes(DocId::from_bytes([9; 16]))?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn bytes_that_do_not_hold_their_heads_fail_to_load_and_can_be_discarded()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut store = Store::open(&dir.path().join("a.sqlite"))?;
+        let meta = meta();
+        let mut doc = Automerge::new();
+        doc.transact(|tx| tx.put(ROOT, "note", "tea")).map_err(|f| f.error)?;
+        let other_heads = {
+            let mut other = Automerge::new();
+            other.transact(|tx| tx.put(ROOT, "note", "coffee")).map_err(|f| f.error)?;
+            other.get_heads()
+        };
+        store.import_doc(&meta, &doc.save(), &other_heads)?;
+        let err = store.load_doc(meta.id).expect_err("the heads do not match the bytes");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(store.discard_unverified(meta.id)?);
+        assert!(store.load_doc(meta.id)?.is_none());
+        assert!(store.docs(None)?.is_empty());
         Ok(())
     }
 }

@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{ActorId, ChangeHash};
+use automerge::{ActorId, Automerge, ChangeHash};
 use care_core::documents::genesis;
 use care_core::{
     Access, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, Right, Role,
     SignedOp, TeamId,
 };
+
+use crate::chunks::changes_of;
 
 /// A team's membership replayed from its ops, with the history of roles per device.
 #[derive(Clone, Debug)]
@@ -97,6 +99,56 @@ impl TeamAccess {
             }
             OpBody::RemoveDevice { .. } | OpBody::RemoveMember { .. } => {}
         }
+    }
+}
+
+/// Whether every change's author may be part of a document of `kind` (see
+/// [`TeamAccess::may_have_written`]). The one exception is the document's deterministic
+/// first change, whose actor is the document id: it is accepted only with the first
+/// change's hash, or, where the hash is not known yet (`None`: a whole document read
+/// without loading it), on the understanding that the document is checked again with
+/// every hash when it is first loaded.
+pub fn check_authors(
+    access: &TeamAccess,
+    team: TeamId,
+    kind: &DocKind,
+    changes: &[(ActorId, Option<ChangeHash>)],
+) -> Result<(), String> {
+    let mut genesis: Option<(ActorId, Option<ChangeHash>)> = None;
+    for (actor, hash) in changes {
+        if access.may_have_written(actor, kind) {
+            continue;
+        }
+        let (genesis_actor, genesis_hash) =
+            genesis.get_or_insert_with(|| genesis_change(team, kind));
+        if actor == genesis_actor && (hash.is_none() || *hash == *genesis_hash) {
+            continue;
+        }
+        return Err(format!(
+            "a change by {} to a {kind} document, which that device may not write",
+            short_actor(actor)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every change of a loaded document with [`check_authors`].
+pub fn check_document(
+    access: &TeamAccess,
+    team: TeamId,
+    kind: &DocKind,
+    doc: &Automerge,
+) -> Result<(), String> {
+    let changes: Vec<_> =
+        changes_of(doc).into_iter().map(|(actor, hash)| (actor, Some(hash))).collect();
+    check_authors(access, team, kind, &changes)
+}
+
+/// Names an actor in a message: as a device where it is one.
+fn short_actor(actor: &ActorId) -> String {
+    match DeviceId::from_slice(actor.to_bytes()) {
+        Ok(device) => format!("device {device}"),
+        Err(_) => format!("actor {actor}"),
     }
 }
 

@@ -6,13 +6,23 @@
 //! chunk starts with a header (4 magic bytes, a 4-byte checksum, a type byte and a LEB128
 //! length). Changes are parsed with [`automerge::Change::try_from`], which is cheap; a
 //! document chunk is loaded, which costs as much as applying it (about 35 ms for 10,000
-//! notes), so applying it afterwards doubles that cost. A [`Frame::Snapshot`]
-//! (crate::frame::Frame::Snapshot) is loaded once and the loaded document handed on.
+//! notes), so applying it afterwards doubles that cost.
+//!
+//! A [`Frame::Snapshot`](crate::frame::Frame::Snapshot) of a document the receiver does not
+//! hold is not loaded at all: [`whole_doc`] reads the actors and heads that a document
+//! chunk lists before its columns, and the receiver stores the bytes as they came. The
+//! document is loaded, and checked in full, when it is first used.
+
+use std::collections::BTreeSet;
 
 use automerge::{ActorId, Automerge, Change, ChangeHash};
 
 /// The magic bytes that start every Automerge storage chunk.
 const MAGIC_BYTES: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Bytes of a chunk header before its LEB128 length: magic, checksum, type.
+const CHUNK_FIXED_BYTES: usize = 9;
+/// Bytes of a change hash.
+const HASH_BYTES: usize = 32;
 /// Chunk type of a saved document.
 const CHUNK_DOCUMENT: u8 = 0;
 /// Chunk type of one change.
@@ -25,16 +35,7 @@ pub const CHUNKS_PER_MESSAGE_MAX: usize = 1 << 20;
 /// The (actor, hash) of every change in `bytes`, a concatenation of chunks.
 pub fn changes_in(bytes: &[u8]) -> Result<Vec<(ActorId, ChangeHash)>, String> {
     let mut out = Vec::new();
-    let mut rest = bytes;
-    let mut count = 0usize;
-    while !rest.is_empty() {
-        count += 1;
-        if count > CHUNKS_PER_MESSAGE_MAX {
-            return Err(format!("more than {CHUNKS_PER_MESSAGE_MAX} chunks"));
-        }
-        let (chunk_type, len) = chunk_header(rest)?;
-        let (chunk, tail) = rest.split_at(len);
-        rest = tail;
+    for_each_chunk(bytes, |chunk_type, chunk, _| {
         match chunk_type {
             CHUNK_CHANGE | CHUNK_COMPRESSED => {
                 let change = Change::try_from(chunk).map_err(|e| e.to_string())?;
@@ -46,8 +47,112 @@ pub fn changes_in(bytes: &[u8]) -> Result<Vec<(ActorId, ChangeHash)>, String> {
             }
             other => return Err(format!("an Automerge chunk of unexpected type {other}")),
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// Calls `f` with the type, the bytes and the position of each chunk in `bytes`, a
+/// concatenation of chunks, up to [`CHUNKS_PER_MESSAGE_MAX`] of them.
+fn for_each_chunk<'a>(
+    bytes: &'a [u8],
+    mut f: impl FnMut(u8, &'a [u8], usize) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut rest = bytes;
+    let mut index = 0usize;
+    while !rest.is_empty() {
+        if index == CHUNKS_PER_MESSAGE_MAX {
+            return Err(format!("more than {CHUNKS_PER_MESSAGE_MAX} chunks"));
+        }
+        let (chunk_type, len) = chunk_header(rest)?;
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
+        f(chunk_type, chunk, index)?;
+        index += 1;
+    }
+    Ok(())
+}
+
+/// What received bytes holding a whole document say of it, read without loading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WholeDoc {
+    /// Who wrote its changes: every actor its document chunk lists (changes whose hashes
+    /// are not known before loading), then the author and hash of each change after it.
+    pub authors: Vec<(ActorId, Option<ChangeHash>)>,
+    /// Its heads, sorted: those its document chunk lists, moved on by the changes after it.
+    pub heads: Vec<ChangeHash>,
+}
+
+/// Reads `bytes` as stored whole (a document chunk, then change chunks, as
+/// [`Automerge::save`] and `save_after` write them) without loading it. The bytes are not
+/// shown to hold what they say until they are loaded.
+pub fn whole_doc(bytes: &[u8]) -> Result<WholeDoc, String> {
+    let mut authors = Vec::new();
+    let mut heads = BTreeSet::new();
+    for_each_chunk(bytes, |chunk_type, chunk, index| {
+        match chunk_type {
+            CHUNK_DOCUMENT if index == 0 => {
+                let (actors, doc_heads) = document_prefix(chunk)?;
+                authors.extend(actors.into_iter().map(|actor| (actor, None)));
+                heads.extend(doc_heads);
+            }
+            CHUNK_CHANGE | CHUNK_COMPRESSED => {
+                let change = Change::try_from(chunk).map_err(|e| e.to_string())?;
+                for dep in change.deps() {
+                    heads.remove(dep);
+                }
+                heads.insert(change.hash());
+                authors.push((change.actor_id().clone(), Some(change.hash())));
+            }
+            CHUNK_DOCUMENT => return Err("a document chunk after the first chunk".to_owned()),
+            other => return Err(format!("an Automerge chunk of unexpected type {other}")),
+        }
+        Ok(())
+    })?;
+    Ok(WholeDoc { authors, heads: heads.into_iter().collect() })
+}
+
+/// The actors and heads a document chunk lists first: a LEB128 count of actors, each a
+/// LEB128 length and its bytes, then a LEB128 count of 32-byte head hashes.
+fn document_prefix(chunk: &[u8]) -> Result<(Vec<ActorId>, Vec<ChangeHash>), String> {
+    let truncated = || "a truncated Automerge document chunk".to_owned();
+    let (_, leb_len) = read_leb128(&chunk[CHUNK_FIXED_BYTES..]).ok_or_else(truncated)?;
+    let mut cursor = Cursor(&chunk[CHUNK_FIXED_BYTES + leb_len..]);
+    let actor_count = cursor.count().ok_or_else(truncated)?;
+    let mut actors = Vec::with_capacity(actor_count);
+    for _ in 0..actor_count {
+        let len = cursor.count().ok_or_else(truncated)?;
+        actors.push(ActorId::from(cursor.take(len).ok_or_else(truncated)?));
+    }
+    let head_count = cursor.count().ok_or_else(truncated)?;
+    let mut heads = Vec::with_capacity(head_count);
+    for _ in 0..head_count {
+        let hash = cursor.take(HASH_BYTES).ok_or_else(truncated)?;
+        heads.push(ChangeHash::try_from(hash).map_err(|e| e.to_string())?);
+    }
+    Ok((actors, heads))
+}
+
+/// Reads a document chunk's prefix from the front.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    /// A LEB128 count, which must not exceed the bytes left (each counted item takes at
+    /// least one), so that nothing is allocated for items the chunk cannot hold.
+    fn count(&mut self) -> Option<usize> {
+        let (n, len) = read_leb128(self.0)?;
+        self.0 = &self.0[len..];
+        usize::try_from(n).ok().filter(|n| *n <= self.0.len())
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(taken)
+    }
 }
 
 /// The (actor, hash) of every change of a loaded document.
@@ -57,16 +162,15 @@ pub fn changes_of(doc: &Automerge) -> Vec<(ActorId, ChangeHash)> {
 
 /// The type and total length (header included) of the chunk at the start of `bytes`.
 fn chunk_header(bytes: &[u8]) -> Result<(u8, usize), String> {
-    const FIXED_BYTES: usize = 9;
     let too_short = || "a truncated Automerge chunk".to_owned();
-    if bytes.len() < FIXED_BYTES {
+    if bytes.len() < CHUNK_FIXED_BYTES {
         return Err(too_short());
     }
     if bytes[..4] != MAGIC_BYTES {
         return Err("bytes that are not an Automerge chunk".to_owned());
     }
-    let (data_len, leb_len) = read_leb128(&bytes[FIXED_BYTES..]).ok_or_else(too_short)?;
-    let total = FIXED_BYTES
+    let (data_len, leb_len) = read_leb128(&bytes[CHUNK_FIXED_BYTES..]).ok_or_else(too_short)?;
+    let total = CHUNK_FIXED_BYTES
         .checked_add(leb_len)
         .and_then(|n| usize::try_from(data_len).ok().and_then(|d| n.checked_add(d)))
         .ok_or_else(too_short)?;
@@ -122,13 +226,49 @@ mod tests {
         assert!(changes_in(&joined[..joined.len() - 1]).is_err());
     }
 
+    #[test]
+    fn reads_a_whole_document_without_loading_it() {
+        let mut doc = doc_with(7, 3);
+        let saved = doc.save();
+        let saved_heads = doc.get_heads();
+        let mut other = doc.fork().with_actor(ActorId::from([8; 32]));
+        let mut tx = other.transaction();
+        tx.put(automerge::ROOT, "later", "y").expect("put");
+        tx.commit();
+        doc.merge(&mut other).expect("merge");
+        let mut stored = saved.clone();
+        stored.extend(doc.save_after(&saved_heads));
+
+        let whole = whole_doc(&stored).expect("a stored document reads");
+        let mut heads = doc.get_heads();
+        heads.sort();
+        assert_eq!(whole.heads, heads);
+        let actors: BTreeSet<_> = whole.authors.iter().map(|(a, _)| a.clone()).collect();
+        assert_eq!(actors, BTreeSet::from([ActorId::from([7; 32]), ActorId::from([8; 32])]));
+        assert!(whole.authors.iter().any(|(a, h)| *a == ActorId::from([8; 32]) && h.is_some()));
+        assert_eq!(whole_doc(&saved).expect("a saved document reads").heads, saved_heads);
+
+        assert!(whole_doc(&saved[..saved.len() / 2]).is_err(), "truncated");
+        let mut twice = saved.clone();
+        twice.extend_from_slice(&saved);
+        assert!(whole_doc(&twice).is_err(), "a document chunk after the first");
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = changes_in(&bytes);
+            let _ = whole_doc(&bytes);
             let mut chunk = MAGIC_BYTES.to_vec();
             chunk.extend_from_slice(&bytes);
             let _ = changes_in(&chunk);
+            let _ = whole_doc(&chunk);
+            // A well-formed header around arbitrary contents reaches the prefix reader.
+            let mut doc = MAGIC_BYTES.to_vec();
+            doc.extend_from_slice(&[0, 0, 0, 0, CHUNK_DOCUMENT]);
+            doc.push(u8::try_from(bytes.len().min(127)).expect("small"));
+            doc.extend_from_slice(&bytes[..bytes.len().min(127)]);
+            let _ = whole_doc(&doc);
         }
     }
 }

@@ -70,6 +70,7 @@
 //! ```
 
 pub mod access;
+pub mod agreed;
 mod chunks;
 pub mod circle;
 pub mod frame;
@@ -88,5 +89,5 @@ pub use frame::{
     length_prefix, read_length_prefix,
 };
 pub use memory::{MemoryError, MemoryReplica};
-pub use replica::{HeldDoc, Replica};
+pub use replica::{HeldDoc, Import, Replica};
 pub use session::{Output, Session, SyncEvent};

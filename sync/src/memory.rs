@@ -4,16 +4,23 @@
 use std::collections::BTreeMap;
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::{Automerge, AutomergeError};
+use automerge::{Automerge, AutomergeError, ChangeHash};
 use care_core::documents::genesis;
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
-use crate::replica::{HeldDoc, Replica};
+use crate::access::{TeamAccess, check_document};
+use crate::replica::{HeldDoc, Import, Replica};
 
-/// A failure of the in-memory replica: Automerge refused the bytes.
+/// A failure of the in-memory replica.
 #[derive(Debug, thiserror::Error)]
-#[error("the document could not take the changes: {0}")]
-pub struct MemoryError(#[from] AutomergeError);
+pub enum MemoryError {
+    /// Automerge refused the bytes.
+    #[error("the document could not take the changes: {0}")]
+    Automerge(#[from] AutomergeError),
+    /// A document received whole failed the check made before its first use.
+    #[error("a received document was refused: {0}")]
+    Refused(String),
+}
 
 /// One device's state, in memory.
 #[derive(Debug)]
@@ -117,6 +124,10 @@ impl Replica for MemoryReplica {
         Ok(changed)
     }
 
+    fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, MemoryError> {
+        Ok(self.docs.contains_key(&(team, doc)))
+    }
+
     fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, MemoryError> {
         Ok(self.docs.get(&(team, doc)).map(|(_, d)| d.save()))
     }
@@ -140,6 +151,35 @@ impl Replica for MemoryReplica {
                 Ok(true)
             }
         }
+    }
+
+    /// Loads and checks the document at once, as the product does when it first uses one.
+    fn import_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        heads: &[ChangeHash],
+    ) -> Result<Import, MemoryError> {
+        if self.docs.contains_key(&(team, doc)) {
+            return Ok(Import::Held);
+        }
+        let loaded = Automerge::load(bytes)?;
+        let mut loaded_heads = loaded.get_heads();
+        loaded_heads.sort();
+        if loaded_heads != heads {
+            return Err(MemoryError::Refused("it does not hold the heads it lists".into()));
+        }
+        let access = TeamAccess::from_ops(team, &self.ops(team)?)
+            .map_err(|e| MemoryError::Refused(e.to_string()))?;
+        check_document(&access, team, &kind, &loaded).map_err(MemoryError::Refused)?;
+        self.docs.insert((team, doc), (kind, loaded));
+        Ok(Import::Stored)
+    }
+
+    fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {
+        *self.state(peer, doc) = state;
     }
 
     fn reset_sync_state(&mut self, peer: DeviceId) {

@@ -2,7 +2,7 @@
 //! from the device's store. The product implements it over SQLite; the simulation over
 //! memory ([`MemoryReplica`](crate::MemoryReplica)).
 
-use automerge::sync::Message;
+use automerge::sync::{Message, State};
 use automerge::{Automerge, ChangeHash};
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
@@ -15,6 +15,15 @@ pub struct HeldDoc {
     pub kind: DocKind,
     /// The hashes of its head changes.
     pub heads: Vec<ChangeHash>,
+}
+
+/// What [`Replica::import_snapshot`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Import {
+    /// The document is stored, to be verified when first loaded.
+    Stored,
+    /// The document was held already; nothing was stored.
+    Held,
 }
 
 /// One device's teams, membership ops and documents, with its per-peer sync states.
@@ -62,12 +71,31 @@ pub trait Replica {
         message: Message,
     ) -> Result<bool, Self::Error>;
 
-    /// The whole document, saved (`Automerge::save`), or `None` when not held.
+    /// Whether this device holds `doc`.
+    fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, Self::Error>;
+
+    /// The whole document as stored (a valid input to `Automerge::load`: a document
+    /// chunk, then change chunks), or `None` when not held.
     fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, Self::Error>;
 
-    /// Merges a checked snapshot: `bytes` as received and `loaded`, the document they
-    /// hold (loaded once by the session to check its authors). Returns whether the heads
-    /// changed.
+    /// Stores a document this device does not hold, received whole, without loading it:
+    /// `heads` are the heads its bytes list, and the session has checked the authors they
+    /// list. The replica loads it, and checks every change's author with
+    /// [`check_document`](crate::access::check_document), before it first uses it,
+    /// discarding it if that fails. Returns [`Import::Held`] and stores nothing when the
+    /// document turns out to be held (written meanwhile by another program on this device).
+    fn import_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        heads: &[ChangeHash],
+    ) -> Result<Import, Self::Error>;
+
+    /// Merges a checked snapshot of a document this device holds: `bytes` as received and
+    /// `loaded`, the document they hold (loaded once by the session to check its
+    /// authors). Returns whether the heads changed.
     fn receive_snapshot(
         &mut self,
         team: TeamId,
@@ -76,6 +104,10 @@ pub trait Replica {
         bytes: &[u8],
         loaded: Automerge,
     ) -> Result<bool, Self::Error>;
+
+    /// Replaces the sync state kept for `peer` and `doc` (after a whole document was sent
+    /// or received outside Automerge's sync protocol).
+    fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State);
 
     /// Drops the in-flight part of every sync state kept for `peer` (what was sent,
     /// what the peer said), keeping the persisted shared heads. Called when a session

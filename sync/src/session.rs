@@ -7,13 +7,14 @@ use automerge::sync::Message;
 use automerge::{ActorId, Automerge, ChangeHash};
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
-use crate::access::{TeamAccess, genesis_change, ops_hash, truncate};
-use crate::chunks::{changes_in, changes_of};
+use crate::access::{TeamAccess, check_authors, ops_hash, truncate};
+use crate::agreed::{answer_to_snapshot, state_after_sending};
+use crate::chunks::{changes_in, changes_of, whole_doc};
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
     HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, TEAMS_PER_HELLO_MAX, TeamSummary,
 };
-use crate::replica::Replica;
+use crate::replica::{Import, Replica};
 
 /// Room left in a frame for everything but a snapshot's bytes, in bytes.
 const SNAPSHOT_OVERHEAD_BYTES: usize = 1024;
@@ -502,13 +503,12 @@ impl Session {
         let mut changes = Vec::new();
         for chunk in message.changes.iter() {
             match changes_in(chunk) {
-                Ok(found) => changes.extend(found),
+                Ok(found) => changes.extend(found.into_iter().map(|(a, h)| (a, Some(h)))),
                 Err(why) => return Err(format!("device {} sent {why} for {kind}", self.remote)),
             }
         }
         if !self.check_incoming(team, doc, &kind, &changes, out) {
-            self.note_heads(team, doc, None, Some(theirs));
-            self.settle(team, out);
+            self.refused(team, doc, theirs, out);
             return Ok(());
         }
         let changed =
@@ -524,7 +524,46 @@ impl Session {
         Ok(())
     }
 
+    /// A whole document. One this device lacks is stored as received, unloaded (see
+    /// [`whole_doc`]); one it holds is loaded, checked and merged.
     fn on_snapshot<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        if replica.holds(team, doc).map_err(store)? {
+            return self.merge_snapshot(replica, team, doc, kind, bytes, out);
+        }
+        let whole = whole_doc(bytes).map_err(|e| {
+            format!("device {} sent a snapshot of {kind} that does not read: {e}", self.remote)
+        })?;
+        if !self.check_incoming(team, doc, &kind, &whole.authors, out) {
+            self.refused(team, doc, whole.heads, out);
+            return Ok(());
+        }
+        match replica.import_snapshot(team, doc, kind, bytes, &whole.heads).map_err(store)? {
+            Import::Stored => {}
+            Import::Held => return self.merge_snapshot(replica, team, doc, kind, bytes, out),
+        }
+        out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
+        // Tell the remote that this device now holds its heads, as Automerge's sync
+        // protocol would, and keep the sync state that message leaves behind.
+        let (state, message) = answer_to_snapshot(&whole.heads);
+        replica.set_sync_state(self.remote, doc, state);
+        let message = message.encode();
+        out.push(Output::Send(
+            Frame::Sync { team, doc, kind, message, attestations: Vec::new() }.encode(),
+        ));
+        self.note_heads(team, doc, Some(whole.heads.clone()), Some(whole.heads));
+        self.settle(team, out);
+        Ok(())
+    }
+
+    fn merge_snapshot<R: Replica>(
         &mut self,
         replica: &mut R,
         team: TeamId,
@@ -537,9 +576,9 @@ impl Session {
             format!("device {} sent a snapshot of {kind} that does not load: {e}", self.remote)
         })?;
         let theirs = sorted(loaded.get_heads());
-        if !self.check_incoming(team, doc, &kind, &changes_of(&loaded), out) {
-            self.note_heads(team, doc, None, Some(theirs));
-            self.settle(team, out);
+        let changes: Vec<_> = changes_of(&loaded).into_iter().map(|(a, h)| (a, Some(h))).collect();
+        if !self.check_incoming(team, doc, &kind, &changes, out) {
+            self.refused(team, doc, theirs, out);
             return Ok(());
         }
         if replica.receive_snapshot(team, doc, kind, bytes, loaded).map_err(store)? {
@@ -553,6 +592,19 @@ impl Session {
         Ok(())
     }
 
+    /// Records that changes to `doc` up to the remote's heads `theirs` were refused: the
+    /// document stays out of sync with this remote.
+    fn refused(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        theirs: Vec<ChangeHash>,
+        out: &mut Vec<Output>,
+    ) {
+        self.note_heads(team, doc, None, Some(theirs));
+        self.settle(team, out);
+    }
+
     /// Whether changes to `doc` from the remote may be applied: the team is shared, both
     /// devices may read the kind, and every change's author may write it. Reports a
     /// refusal as an event.
@@ -561,7 +613,7 @@ impl Session {
         team: TeamId,
         doc: DocId,
         kind: &DocKind,
-        changes: &[(ActorId, ChangeHash)],
+        changes: &[(ActorId, Option<ChangeHash>)],
         out: &mut Vec<Output>,
     ) -> bool {
         let Some(access) = self.shared.get(&team) else {
@@ -662,6 +714,12 @@ impl Session {
     ) -> Step {
         match replica.snapshot(team, doc).map_err(store)? {
             Some(bytes) if bytes.len() + SNAPSHOT_OVERHEAD_BYTES <= FRAME_BYTES_MAX => {
+                // The remote answers a snapshot with a sync message saying it holds these
+                // heads; a sync state that has told it them already keeps that answer from
+                // starting another exchange.
+                if let Ok(whole) = whole_doc(&bytes) {
+                    replica.set_sync_state(self.remote, doc, state_after_sending(&whole.heads));
+                }
                 out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
                 Ok(())
             }
@@ -781,32 +839,6 @@ impl Session {
     }
 }
 
-/// Checks that every change was written by a device that may write `kind`, or is the
-/// document's deterministic genesis change.
-fn check_authors(
-    access: &TeamAccess,
-    team: TeamId,
-    kind: &DocKind,
-    changes: &[(ActorId, ChangeHash)],
-) -> Result<(), String> {
-    let mut genesis: Option<(ActorId, Option<ChangeHash>)> = None;
-    for (actor, hash) in changes {
-        if access.may_have_written(actor, kind) {
-            continue;
-        }
-        let (genesis_actor, genesis_hash) =
-            genesis.get_or_insert_with(|| genesis_change(team, kind));
-        if actor == genesis_actor && Some(*hash) == *genesis_hash {
-            continue;
-        }
-        return Err(format!(
-            "a change by {} to a {kind} document, which that device may not write",
-            short_actor(actor)
-        ));
-    }
-    Ok(())
-}
-
 /// BLAKE3 over the sorted (document id, heads), truncated to 16 bytes.
 fn docs_hash(docs: &BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>) -> [u8; 16] {
     let mut hasher = blake3::Hasher::new();
@@ -827,13 +859,6 @@ fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
 
 fn heads_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
     heads.iter().map(|h| h.0).collect()
-}
-
-fn short_actor(actor: &ActorId) -> String {
-    match DeviceId::from_slice(actor.to_bytes()) {
-        Ok(device) => format!("device {device}"),
-        Err(_) => format!("actor {actor}"),
-    }
 }
 
 fn store(e: impl std::fmt::Display) -> String {
