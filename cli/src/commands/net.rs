@@ -19,6 +19,17 @@ use super::Out;
 use super::progress::{Progress, wait_until};
 use crate::args::NetArgs;
 
+/// Longest a command waits, before it exits, for its devices to acknowledge that its
+/// connections are closed. The close frames go out at once; what QUIC waits for beyond
+/// that is mostly dials to devices that never answered (up to 3 s), and the process
+/// exits right after, which releases its socket.
+const CLOSE_WAIT_MS: u64 = 500;
+
+/// Closes a node before the command exits, waiting at most [`CLOSE_WAIT_MS`].
+async fn close(shutdown: impl std::future::Future<Output = ()>) {
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), shutdown).await;
+}
+
 /// Serves the home until Ctrl-C or SIGTERM, printing its address and then its events.
 pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result<ExitCode> {
     let home = Home::open(dir)?;
@@ -34,13 +45,13 @@ pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result
         };
         let recorded = node.with_home(|home| home.record_listen_addrs(Some(&listen)));
         if let Err(e) = recorded {
-            node.shutdown().await;
+            close(node.shutdown()).await;
             return Err(e.into());
         }
         print_addr(&addr, out);
         print_events_until_stopped(&mut events, &mut stop, out).await;
         let _ = node.with_home(|home| home.record_listen_addrs(None));
-        node.shutdown().await;
+        close(node.shutdown()).await;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -57,7 +68,7 @@ pub fn join(
     block_on(async {
         let node = Node::start(Home::open(dir)?, &config).await?;
         let joined = join_and_wait(&node, ticket, timeout_s).await;
-        node.shutdown().await;
+        close(node.shutdown()).await;
         let (name, documents) = joined?;
         let team = ticket.team;
         out.print(json!({"team": team.to_string(), "name": name, "documents": documents}), || {
@@ -82,7 +93,7 @@ pub fn sync(
         let node = Node::start(home, &config).await?;
         let synced = sync_with(&node, peer, &expected, timeout_s, out).await;
         record_synced(&node, &synced);
-        node.shutdown().await;
+        close(node.shutdown()).await;
         Ok(print_summary(&synced, out))
     })
 }
@@ -264,7 +275,7 @@ pub fn relay(dir: &Path, listen: SocketAddr, out: Out) -> Result<ExitCode> {
         });
         let mut events = circle.node().events();
         print_events_until_stopped(&mut events, &mut stop, out).await;
-        circle.shutdown().await;
+        close(circle.shutdown()).await;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -292,7 +303,7 @@ pub fn add_relay(
             Ok(()) => wait_until(&mut events, &mut progress, deadline, done, |_, _| {}).await,
             Err(_) => false,
         };
-        node.shutdown().await;
+        close(node.shutdown()).await;
         added?;
         let relay = ticket.relay.clone();
         out.print(json!({"team": team.to_string(), "relay": relay, "in_sync": in_sync}), || {
