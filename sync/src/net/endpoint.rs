@@ -15,10 +15,14 @@ use iroh::{
 use crate::frame::ALPN;
 use crate::join::JOIN_ALPN;
 
-/// A connection that has heard nothing for this long (keep-alives go every second) is
-/// given up: a device that vanished (a phone switched off, a killed process) stops
-/// holding its session, and its next dial is accepted soon after.
+/// A connection that has heard nothing for this long (keep-alives go every
+/// `KEEP_ALIVE_MS`) is given up: a device that vanished (a phone switched off, a killed
+/// process) stops holding its session, and its next dial is accepted soon after.
 pub const IDLE_TIMEOUT_MS: u64 = 5_000;
+/// How often a quiet connection is pinged. Well under `IDLE_TIMEOUT_MS`: iroh's default
+/// (5 s) equals it, so a connection waiting more than 5 s for an answer (a circle node
+/// busy with a hundred teams answering a handshake) timed out though both ends were alive.
+pub const KEEP_ALIVE_MS: u64 = 1_000;
 
 /// How a device's endpoint listens and reaches others.
 #[derive(Debug, Clone)]
@@ -68,7 +72,10 @@ pub async fn bind(secret: [u8; 32], config: &NetConfig) -> Result<Endpoint, NetE
     report.https_probes = config.relay.is_some();
     let idle = IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
         .expect("five seconds is a valid QUIC idle timeout");
-    let transport = QuicTransportConfig::builder().max_idle_timeout(Some(idle)).build();
+    let transport = QuicTransportConfig::builder()
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(Duration::from_millis(KEEP_ALIVE_MS))
+        .build();
     let builder = Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(&secret))
         .transport_config(transport)
