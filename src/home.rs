@@ -1,6 +1,7 @@
 //! A care home: one directory on a device holding its key, its profile and the SQLite
 //! store of every team it belongs to. The entry point of the embedding API.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
 use care_sync::TeamAccess;
-use care_sync::access::check_document;
+use care_sync::access::{check_document, ops_hash};
 use care_sync::net::Change;
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +107,10 @@ pub struct Home {
     pub(crate) sync_states: HashMap<(DeviceId, DocId), automerge::sync::State>,
     /// What this home changed since a node last collected it, to push to peers.
     pub(crate) changed: Vec<Change>,
+    /// Each team's membership as last replayed, kept while its ops are unchanged:
+    /// replaying verifies every op's signature, and a circle node's every session start
+    /// needs the membership of every team it holds.
+    access: RefCell<HashMap<TeamId, TeamAccess>>,
 }
 
 impl Home {
@@ -159,6 +164,7 @@ impl Home {
             docs: HashMap::new(),
             sync_states: HashMap::new(),
             changed: Vec::new(),
+            access: RefCell::new(HashMap::new()),
         }
     }
 
@@ -247,8 +253,20 @@ impl Home {
 
     /// The team's membership, computed from its signed log as stored here.
     pub fn membership(&self, team: TeamId) -> Result<Membership> {
-        let (membership, _rejected) = Membership::from_ops(team, &self.signed_ops(team)?)?;
-        Ok(membership)
+        Ok(self.team_access(team)?.membership().clone())
+    }
+
+    /// The team's membership with its history of roles, replayed from the signed log as
+    /// stored here, or as replayed before if the log has not changed since.
+    pub(crate) fn team_access(&self, team: TeamId) -> Result<TeamAccess> {
+        let ops = self.signed_ops(team)?;
+        let hash = ops_hash(&ops);
+        if let Some(access) = self.access.borrow().get(&team).filter(|a| a.ops_hash() == hash) {
+            return Ok(access.clone());
+        }
+        let access = TeamAccess::from_ops(team, &ops)?;
+        self.access.borrow_mut().insert(team, access.clone());
+        Ok(access)
     }
 
     /// Signs a membership operation with this device's key, if the team's membership
@@ -422,7 +440,7 @@ impl Home {
             Ok(Some(doc)) if doc.verified() => return Ok(Some(doc)),
             Ok(None) => return Ok(None),
             Ok(Some(doc)) => {
-                let access = TeamAccess::from_ops(team, &self.signed_ops(team)?)?;
+                let access = self.team_access(team)?;
                 match check_document(&access, team, kind, doc.doc()) {
                     Ok(()) => {
                         self.store.set_verified(id)?;

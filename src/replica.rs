@@ -9,7 +9,7 @@ use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
-use care_sync::{HeldDoc, Import, Replica, agreed};
+use care_sync::{HeldDoc, Import, Replica, TeamAccess, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
@@ -27,6 +27,10 @@ impl Replica for Home {
 
     fn ops(&self, team: TeamId) -> Result<Vec<SignedOp>> {
         self.signed_ops(team)
+    }
+
+    fn team_access(&self, team: TeamId) -> Result<TeamAccess> {
+        Home::team_access(self, team)
     }
 
     fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {

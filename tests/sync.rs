@@ -133,10 +133,13 @@ async fn a_device_outside_the_team_receives_nothing() -> Result<()> {
             Frame::Hello { teams, .. } => {
                 assert!(teams.is_empty(), "the Hello listed teams: {teams:?}")
             }
+            // The session ends with a reason, which names no team (checked above); it
+            // arrives unless the connection closes first.
+            Frame::Close { .. } => {}
             other => panic!("a stranger was sent {other:?}"),
         }
     }
-    assert!(received.len() <= 1, "a stranger got {} frames", received.len());
+    assert!(received.len() <= 2, "a stranger got {} frames", received.len());
     stranger.close().await;
     a.shutdown().await;
     Ok(())

@@ -17,6 +17,9 @@ pub enum MemoryError {
     /// Automerge refused the bytes.
     #[error("the document could not take the changes: {0}")]
     Automerge(#[from] AutomergeError),
+    /// The membership log held does not replay.
+    #[error("the membership log could not be read: {0}")]
+    Membership(#[from] care_core::MembershipError),
     /// A document received whole failed the check made before its first use.
     #[error("a received document was refused: {0}")]
     Refused(String),

@@ -4,7 +4,9 @@
 
 use automerge::sync::{Message, State};
 use automerge::{Automerge, ChangeHash};
-use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+use care_core::{DeviceId, DocId, DocKind, MembershipError, SignedOp, TeamId};
+
+use crate::access::TeamAccess;
 
 /// A document a device holds, with its heads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +33,8 @@ pub enum Import {
 /// Every method is synchronous and each write is durable when it returns. The session
 /// checks authorisation before calling a write; the replica only stores.
 pub trait Replica {
-    /// What went wrong in the store.
-    type Error: std::error::Error + Send + Sync + 'static;
+    /// What went wrong in the store (or in the membership log it holds).
+    type Error: std::error::Error + From<MembershipError> + Send + Sync + 'static;
 
     /// This device.
     fn device(&self) -> DeviceId;
@@ -42,6 +44,14 @@ pub trait Replica {
 
     /// Every membership op of `team` this device holds.
     fn ops(&self, team: TeamId) -> Result<Vec<SignedOp>, Self::Error>;
+
+    /// The team's membership as the session checks access with it: [`TeamAccess::from_ops`]
+    /// over [`Replica::ops`]. Replaying verifies every op's signature, and a session start
+    /// needs it for every team the device holds, so a replica may keep the result for as
+    /// long as the team's ops are unchanged ([`TeamAccess::ops_hash`]).
+    fn team_access(&self, team: TeamId) -> Result<TeamAccess, Self::Error> {
+        Ok(TeamAccess::from_ops(team, &self.ops(team)?)?)
+    }
 
     /// Stores ops (idempotent). The session has checked that they decode; it replays the
     /// whole set with [`care_core::Membership::from_ops`], which leaves invalid ops out.

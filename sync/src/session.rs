@@ -803,8 +803,8 @@ impl Session {
     }
 
     fn team_access<R: Replica>(&self, replica: &R, team: TeamId) -> Result<TeamAccess, String> {
-        let ops = replica.ops(team).map_err(store)?;
-        TeamAccess::from_ops(team, &ops)
+        replica
+            .team_access(team)
             .map_err(|e| format!("the membership of team {team} could not be read: {e}"))
     }
 
