@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn anything_else_is_left_to_automerge() {
-        let mut a = doc(1, 5);
+        let a = doc(1, 5);
         let mut b = a.fork();
         b.transact(|tx| tx.put(ROOT, "later", "soup")).expect("a change");
         let mut sb = State::new();

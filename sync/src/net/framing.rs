@@ -45,13 +45,41 @@ pub async fn read_frame_max(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(ReadExactError::FinishedEarly(0)) => return Err(ReadFrameError::Finished),
-        Err(e) => return Err(ReadFrameError::Lost(e.to_string())),
+        Err(e) => return Err(ReadFrameError::Lost(with_causes(&e))),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(ReadFrameError::TooLarge { len, max });
     }
     let mut frame = vec![0u8; len];
-    recv.read_exact(&mut frame).await.map_err(|e| ReadFrameError::Lost(e.to_string()))?;
+    recv.read_exact(&mut frame).await.map_err(|e| ReadFrameError::Lost(with_causes(&e)))?;
     Ok(frame)
+}
+
+/// An error with the chain of its causes, so that "connection lost" says why (the idle
+/// timeout, a reset, a close by the other device and its reason).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection lost")]
+    struct Lost(#[source] std::io::Error);
+
+    #[test]
+    fn a_lost_connection_says_why() {
+        let error = Lost(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+        assert_eq!(with_causes(&error), "connection lost: timed out");
+    }
 }
