@@ -126,12 +126,11 @@ impl Replica for Home {
         })
     }
 
-    fn receive_snapshot(
+    fn merge_snapshot(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        _bytes: &[u8],
         mut loaded: Automerge,
     ) -> Result<bool> {
         self.doc(team, kind, Purpose::Write)?;

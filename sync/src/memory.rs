@@ -135,12 +135,11 @@ impl Replica for MemoryReplica {
         Ok(self.docs.get(&(team, doc)).map(|(_, d)| d.save()))
     }
 
-    fn receive_snapshot(
+    fn merge_snapshot(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        _bytes: &[u8],
         mut loaded: Automerge,
     ) -> Result<bool, MemoryError> {
         match self.docs.get_mut(&(team, doc)) {

@@ -103,15 +103,13 @@ pub trait Replica {
         heads: &[ChangeHash],
     ) -> Result<Import, Self::Error>;
 
-    /// Merges a checked snapshot of a document this device holds: `bytes` as received and
-    /// `loaded`, the document they hold (loaded once by the session to check its
-    /// authors). Returns whether the heads changed.
-    fn receive_snapshot(
+    /// Merges a whole document received for one this device holds: `loaded`, loaded by
+    /// the session to check its authors. Returns whether the heads changed.
+    fn merge_snapshot(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
         loaded: Automerge,
     ) -> Result<bool, Self::Error>;
 

@@ -581,7 +581,7 @@ impl Session {
             self.refused(team, doc, theirs, out);
             return Ok(());
         }
-        if replica.receive_snapshot(team, doc, kind, bytes, loaded).map_err(store)? {
+        if replica.merge_snapshot(team, doc, kind, loaded).map_err(store)? {
             out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         }
         // A sync message in reply tells the remote our heads, so that it knows too when
