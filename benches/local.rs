@@ -3,13 +3,15 @@
 //! documents and listing them, of loading the latest 50 of 10,000 notes after
 //! compaction, and the bytes on disk per note against Automerge's own `save()`.
 
+#[path = "common/clock.rs"]
+mod clock;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use care::{Clock, DocKind, Home, NewBooking, NewNote, NoteQuery, Timestamp};
+use care::{DocKind, Home, NewBooking, NewNote, NoteQuery, Timestamp};
+use clock::SteppingClock;
 
 /// Teams in the home with 1,000 documents, and bookings (one month each) per team.
 const BOOKING_MONTHS: usize = 6;
@@ -40,29 +42,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// A clock that moves on by a fixed step each time it is read.
-#[derive(Clone)]
-struct SteppingClock {
-    now_ms: Arc<AtomicI64>,
-    step_ms: i64,
-}
-
-impl Clock for SteppingClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.now_ms.fetch_add(self.step_ms, Ordering::Relaxed))
-    }
-}
-
 /// 2025-11-01T00:00:00Z: a year of history ending around now.
 const START_MS: i64 = 1_761_955_200_000;
 
 fn notes_team(dir: &Path, notes: usize) -> Result<()> {
     let mut home = Home::init(dir, "Worker")?;
     // Ten visits a day: 10,000 notes span about 14 months, one document per month.
-    home.set_clock(SteppingClock {
-        now_ms: Arc::new(AtomicI64::new(START_MS)),
-        step_ms: 144 * 60_000,
-    });
+    home.set_clock(SteppingClock::new(START_MS, 144 * 60_000));
     let team_id = home.create_team("Large team")?;
     let mut team = home.team(&team_id.to_string())?;
     let mut add = Vec::with_capacity(notes);
@@ -132,7 +118,7 @@ fn fsync_floor(dir: &Path) -> Result<()> {
 
 fn thousand_documents(dir: &Path, teams: usize) -> Result<()> {
     let mut home = Home::init(dir, "Circle helper")?;
-    home.set_clock(SteppingClock { now_ms: Arc::new(AtomicI64::new(START_MS)), step_ms: 60_000 });
+    home.set_clock(SteppingClock::new(START_MS, 60_000));
     for t in 0..teams {
         let id = home.create_team(&format!("Team {t}"))?;
         let mut team = home.team(&id.to_string())?;

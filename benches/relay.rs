@@ -15,6 +15,8 @@
 
 #[path = "relay/circle.rs"]
 mod circle;
+#[path = "common/clock.rs"]
+mod clock;
 #[path = "relay/homes.rs"]
 mod homes;
 #[path = "relay/namespace.rs"]

@@ -5,6 +5,8 @@
 
 #[path = "sync/care_iroh.rs"]
 mod care_iroh;
+#[path = "common/clock.rs"]
+mod clock;
 #[path = "sync/floor.rs"]
 mod floor;
 #[path = "sync/samod_tcp.rs"]

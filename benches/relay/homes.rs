@@ -3,13 +3,12 @@
 //! that hold the membership log but no document. Each step works on fresh copies.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use anyhow::Result;
-use care::{Clock, Home, NewNote, OpBody, Role, TeamId, Timestamp};
+use care::{Home, NewNote, OpBody, Role, TeamId};
 use care_sync::Replica;
 
+use crate::clock::SteppingClock;
 use crate::workload;
 
 /// 2025-11-01T00:00:00Z, the time of a team's first note.
@@ -86,9 +85,7 @@ pub fn hand_log_to_members(team: &TeamHomes) -> Result<()> {
 fn build_team(dir: &Path, index: usize, notes: usize) -> Result<TeamHomes> {
     let owner_dir = dir.join("owner");
     let mut owner = Home::init(&owner_dir, "Rosa")?;
-    let clock =
-        SteppingClock { now_ms: Arc::new(AtomicI64::new(START_MS)), step_ms: VISIT_STEP_MS };
-    owner.set_clock(clock);
+    owner.set_clock(SteppingClock::new(START_MS, VISIT_STEP_MS));
     let team = owner.create_team(&format!("Team {index}"))?;
     {
         let mut handle = owner.team(&team.to_string())?;
@@ -126,16 +123,4 @@ fn copy_home(from: &Path, parent: &Path) -> Result<PathBuf> {
         std::fs::copy(entry.path(), to.join(entry.file_name()))?;
     }
     Ok(to)
-}
-
-/// A clock that moves on by a fixed step each time it is read.
-struct SteppingClock {
-    now_ms: Arc<AtomicI64>,
-    step_ms: i64,
-}
-
-impl Clock for SteppingClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.now_ms.fetch_add(self.step_ms, Ordering::Relaxed))
-    }
 }

@@ -6,19 +6,17 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use automerge::ChangeHash;
 use care::{
-    Clock, DocId, Home, NetConfig, NewNote, Node, NodeOptions, NoteQuery, OpBody, PeerEvent, Role,
-    TeamId, Timestamp,
+    DocId, Home, NetConfig, NewNote, Node, NodeOptions, NoteQuery, OpBody, PeerEvent, Role, TeamId,
 };
 use care_sync::{Replica, SyncEvent};
 use tokio::sync::broadcast;
 
+use crate::clock::SteppingClock;
 use crate::{Figures, SCENARIO_TIMEOUT, Size, median, median_count, quantile, workload};
 
 /// 2025-11-01T00:00:00Z.
@@ -75,23 +73,11 @@ struct Pair {
     notes: usize,
 }
 
-/// A clock that moves on by a fixed step each time it is read.
-struct SteppingClock {
-    now_ms: Arc<AtomicI64>,
-    step_ms: i64,
-}
-
-impl Clock for SteppingClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.now_ms.fetch_add(self.step_ms, Ordering::Relaxed))
-    }
-}
-
 async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pair> {
     let owner = dir.join("owner");
     let worker = dir.join("worker");
     let mut home = Home::init(&owner, "Ada")?;
-    home.set_clock(SteppingClock { now_ms: Arc::new(AtomicI64::new(START_MS)), step_ms });
+    home.set_clock(SteppingClock::new(START_MS, step_ms));
     let team = home.create_team("Benchmark team")?;
     {
         let mut t = home.team(&team.to_string())?;
