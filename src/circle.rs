@@ -46,6 +46,17 @@ impl Home {
         Ok(secret)
     }
 
+    /// Every current device of every team this home holds, and this device: who a
+    /// circle node's relay server admits. Each team's membership is replayed only when
+    /// its log changed ([`Home::membership`]).
+    pub fn team_devices(&self) -> Result<std::collections::BTreeSet<DeviceId>> {
+        let mut devices = std::collections::BTreeSet::from([self.profile().device]);
+        for team in self.store.teams()? {
+            devices.extend(self.membership(team)?.devices().map(|(device, _)| device));
+        }
+        Ok(devices)
+    }
+
     /// Checks a team's log handed to this circle node, then stores it.
     fn take_on_team(&mut self, secret: &[u8; 16], team: TeamId, ops: &[SignedOp]) -> Result<()> {
         if self.store.meta_get(CIRCLE_SECRET_KEY)?.as_deref() != Some(secret.as_slice()) {
@@ -167,12 +178,10 @@ pub use server::{CircleConfig, CircleNode};
 
 #[cfg(feature = "relay-server")]
 mod server {
-    use std::collections::{BTreeSet, HashMap};
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use care_core::{DeviceId, TeamId};
     use care_sync::SyncEvent;
     use care_sync::circle::CircleTicket;
     use care_sync::net::circle::CircleProtocol;
@@ -218,8 +227,7 @@ mod server {
         pub async fn start(mut home: Home, config: &CircleConfig) -> Result<CircleNode> {
             let secret = home.circle_secret()?;
             let admitted = Arc::new(Admitted::default());
-            let mut devices = TeamDevices::default();
-            admitted.set(devices.refresh(&home)?);
+            admitted.set(home.team_devices()?);
             let relay = RelayServer::spawn(config.relay_listen, Arc::clone(&admitted)).await?;
             let (member, name) = (home.profile().member, home.profile().name.clone());
             let home = Arc::new(Mutex::new(home));
@@ -243,7 +251,6 @@ mod server {
             };
             let refresher = tokio::spawn(refresh_admitted(
                 Arc::clone(&node.home),
-                devices,
                 Arc::clone(&admitted),
                 refresh,
                 node.events(),
@@ -289,7 +296,6 @@ mod server {
     /// and every `ADMITTED_REFRESH_MS` in any case.
     async fn refresh_admitted(
         home: Arc<Mutex<Home>>,
-        mut devices: TeamDevices,
         admitted: Arc<Admitted>,
         refresh: Arc<Notify>,
         mut events: broadcast::Receiver<PeerEvent>,
@@ -305,54 +311,19 @@ mod server {
                 },
                 () = tokio::time::sleep(Duration::from_millis(ADMITTED_REFRESH_MS)) => {}
             }
-            let refreshed = devices.refresh(&lock(&home));
-            match refreshed {
+            match lock(&home).team_devices() {
                 Ok(devices) => admitted.set(devices),
                 Err(e) => tracing::warn!("cannot read the teams' devices for the relay: {e}"),
             }
         }
     }
-
-    /// The current devices of every team the circle node holds, kept per team with the
-    /// length of the membership log they were computed from. Replaying a log checks the
-    /// signature of every op: replaying every team's at each change kept the home
-    /// locked for seconds while a hundred teams added the circle node at once.
-    #[derive(Default)]
-    pub(super) struct TeamDevices {
-        teams: HashMap<TeamId, (usize, BTreeSet<DeviceId>)>,
-    }
-
-    impl TeamDevices {
-        /// Replays the logs that grew since the last call (a log only grows, and a
-        /// membership is a function of its set of ops); returns every current device of
-        /// every team, and the circle node's own: who the relay server admits.
-        pub(super) fn refresh(&mut self, home: &Home) -> Result<BTreeSet<DeviceId>> {
-            let teams = home.store().teams()?;
-            self.teams.retain(|team, _| teams.contains(team));
-            let mut admitted = BTreeSet::from([home.profile().device]);
-            for team in teams {
-                let ops = home.store().ops(team)?.len();
-                let current = match self.teams.get(&team) {
-                    Some((seen, devices)) if *seen == ops => devices,
-                    _ => {
-                        let membership = home.membership(team)?;
-                        let devices = membership.devices().map(|(device, _)| device).collect();
-                        &self.teams.entry(team).insert_entry((ops, devices)).into_mut().1
-                    }
-                };
-                admitted.extend(current);
-            }
-            Ok(admitted)
-        }
-    }
 }
 
-#[cfg(all(test, feature = "relay-server"))]
+#[cfg(test)]
 mod tests {
     use care_core::membership::{OpBody, Role};
     use care_core::{DeviceId, MemberId};
 
-    use super::server::TeamDevices;
     use crate::home::Home;
 
     #[test]
@@ -361,18 +332,17 @@ mod tests {
         let mut home = Home::init(dir.path(), "Rosa")?;
         let me = home.profile().device;
         let team = home.create_team("Rosa's team")?;
-        let mut devices = TeamDevices::default();
-        assert_eq!(devices.refresh(&home)?, [me].into());
+        assert_eq!(home.team_devices()?, [me].into());
 
         let (member, device) = (MemberId::from_bytes([7; 16]), DeviceId::from_bytes([9; 32]));
         let body =
             OpBody::AddMember { member, name: "Bea".into(), role: Role::Worker, hats: vec![] };
         home.author_op(team, body)?;
         home.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
-        assert_eq!(devices.refresh(&home)?, [me, device].into());
+        assert_eq!(home.team_devices()?, [me, device].into());
 
         home.author_op(team, OpBody::RemoveMember { member })?;
-        assert_eq!(devices.refresh(&home)?, [me].into());
+        assert_eq!(home.team_devices()?, [me].into());
         Ok(())
     }
 }
