@@ -17,6 +17,8 @@ use std::collections::BTreeSet;
 
 use automerge::{ActorId, Automerge, Change, ChangeHash};
 
+use crate::frame::HEADS_PER_DOC_MAX;
+
 /// The magic bytes that start every Automerge storage chunk.
 const MAGIC_BYTES: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Bytes of a chunk header before its LEB128 length: magic, checksum, type.
@@ -29,6 +31,10 @@ const CHUNK_DOCUMENT: u8 = 0;
 const CHUNK_CHANGE: u8 = 1;
 /// Chunk type of one deflate-compressed change.
 const CHUNK_COMPRESSED: u8 = 2;
+/// Most authors a document's header may list. A team's documents are written by its
+/// members' devices, a few dozen; the bound keeps a header from reserving memory for
+/// millions of authors it names in a few bytes each.
+pub const ACTORS_PER_DOCUMENT_MAX: usize = 4096;
 /// Most chunks one message may carry.
 pub const CHUNKS_PER_MESSAGE_MAX: usize = 1 << 20;
 
@@ -119,12 +125,18 @@ fn document_prefix(chunk: &[u8]) -> Result<(Vec<ActorId>, Vec<ChangeHash>), Stri
     let (_, leb_len) = read_leb128(&chunk[CHUNK_FIXED_BYTES..]).ok_or_else(truncated)?;
     let mut cursor = Cursor(&chunk[CHUNK_FIXED_BYTES + leb_len..]);
     let actor_count = cursor.count().ok_or_else(truncated)?;
+    if actor_count > ACTORS_PER_DOCUMENT_MAX {
+        return Err(format!("a document listing more than {ACTORS_PER_DOCUMENT_MAX} authors"));
+    }
     let mut actors = Vec::with_capacity(actor_count);
     for _ in 0..actor_count {
         let len = cursor.count().ok_or_else(truncated)?;
         actors.push(ActorId::from(cursor.take(len).ok_or_else(truncated)?));
     }
     let head_count = cursor.count().ok_or_else(truncated)?;
+    if head_count > HEADS_PER_DOC_MAX {
+        return Err(format!("a document listing more than {HEADS_PER_DOC_MAX} heads"));
+    }
     let mut heads = Vec::with_capacity(head_count);
     for _ in 0..head_count {
         let hash = cursor.take(HASH_BYTES).ok_or_else(truncated)?;
@@ -252,6 +264,37 @@ mod tests {
         let mut twice = saved.clone();
         twice.extend_from_slice(&saved);
         assert!(whole_doc(&twice).is_err(), "a document chunk after the first");
+    }
+
+    #[test]
+    fn a_header_cannot_reserve_memory_for_more_authors_or_heads_than_allowed() {
+        // Counts just over the bounds, with enough bytes after them to pass the check
+        // that a count fits in what is left.
+        for (actors, heads) in [(ACTORS_PER_DOCUMENT_MAX + 1, 0), (0, HEADS_PER_DOC_MAX + 1)] {
+            let mut data = leb128(actors);
+            data.extend(std::iter::repeat_n(1u8, actors * 2));
+            data.extend(leb128(heads));
+            data.extend(std::iter::repeat_n(0u8, heads * HASH_BYTES));
+            let mut chunk = MAGIC_BYTES.to_vec();
+            chunk.extend_from_slice(&[0, 0, 0, 0, CHUNK_DOCUMENT]);
+            chunk.extend(leb128(data.len()));
+            chunk.extend(data);
+            let err = whole_doc(&chunk).expect_err("over the bound");
+            assert!(err.contains("more than"), "{err}");
+        }
+    }
+
+    fn leb128(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
     }
 
     proptest! {
