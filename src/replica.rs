@@ -9,7 +9,7 @@ use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
-use care_sync::{HeldDoc, Import, Replica, TeamAccess, agreed};
+use care_sync::{HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
@@ -78,14 +78,14 @@ impl Replica for Home {
         doc: DocId,
         kind: DocKind,
         message: Message,
-    ) -> Result<bool> {
+    ) -> Result<std::result::Result<bool, Refusal>> {
         let mut state = self.take_sync_state(peer, doc)?;
         if self
             .stored_heads_if_unloaded(doc)?
             .is_some_and(|ours| agreed::receive(&mut state, &ours, &message))
         {
             self.sync_states.insert((peer, doc), state);
-            return Ok(false);
+            return Ok(Ok(false));
         }
         self.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, .. } = self;
@@ -94,13 +94,13 @@ impl Replica for Home {
         let received = store.update_doc(stored, |am| am.receive_sync_message(&mut state, message));
         let changed = stored.doc().get_heads() != before;
         self.sync_states.insert((peer, doc), state);
-        received.map_err(|e| match e {
-            UpdateError::Store(e) => Error::Store(e),
-            UpdateError::Rejected(e) => {
-                Error::Invalid(format!("a sync message for {kind} does not apply: {e}"))
-            }
-        })?;
-        Ok(changed)
+        match received {
+            Ok(()) => Ok(Ok(changed)),
+            // The store rolled the document back: the session refuses these changes and
+            // goes on with the others.
+            Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
+            Err(UpdateError::Store(e)) => Err(Error::Store(e)),
+        }
     }
 
     fn holds(&self, _team: TeamId, doc: DocId) -> Result<bool> {
@@ -132,18 +132,16 @@ impl Replica for Home {
         doc: DocId,
         kind: DocKind,
         mut loaded: Automerge,
-    ) -> Result<bool> {
+    ) -> Result<std::result::Result<bool, Refusal>> {
         self.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
         let before = stored.doc().get_heads();
-        store.update_doc(stored, |am| am.merge(&mut loaded).map(|_| ())).map_err(|e| match e {
-            UpdateError::Store(e) => Error::Store(e),
-            UpdateError::Rejected(e) => {
-                Error::Invalid(format!("a received {kind} does not merge: {e}"))
-            }
-        })?;
-        Ok(stored.doc().get_heads() != before)
+        match store.update_doc(stored, |am| am.merge(&mut loaded).map(|_| ())) {
+            Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
+            Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
+            Err(UpdateError::Store(e)) => Err(Error::Store(e)),
+        }
     }
 
     fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::{ActorId, Automerge, ChangeHash};
 use care_core::documents::genesis;
 use care_core::{
-    Access, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, Right, Role,
-    SignedOp, TeamId,
+    Access, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, OpHash, RejectReason,
+    Right, Role, SignedOp, TeamId,
 };
 
 use crate::chunks::changes_of;
@@ -23,6 +23,8 @@ pub struct TeamAccess {
     /// Every role each member ever held, and whether they ever held the right to manage
     /// the team document.
     member_roles: BTreeMap<MemberId, (BTreeSet<Role>, bool)>,
+    /// The ops the replay left out, and why.
+    rejected: BTreeMap<OpHash, RejectReason>,
 }
 
 impl TeamAccess {
@@ -30,14 +32,18 @@ impl TeamAccess {
     /// role history too.
     pub fn from_ops(team: TeamId, ops: &[SignedOp]) -> Result<TeamAccess, MembershipError> {
         let (membership, rejected) = Membership::from_ops(team, ops)?;
-        let rejected: BTreeSet<_> = rejected.iter().map(|r| r.op).collect();
+        let rejected: BTreeMap<_, _> = rejected.into_iter().map(|r| (r.op, r.reason)).collect();
         let mut access = TeamAccess {
             membership,
             ops_hash: ops_hash(ops),
             device_member: BTreeMap::new(),
             member_roles: BTreeMap::new(),
+            rejected,
         };
-        for signed in ops.iter().filter(|op| !rejected.contains(&op.hash())) {
+        for signed in ops {
+            if access.rejected.contains_key(&signed.hash()) {
+                continue;
+            }
             if let Ok(op) = signed.op() {
                 access.record(signed.author(), &op.body);
             }
@@ -48,6 +54,11 @@ impl TeamAccess {
     /// The replayed membership.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// Why the replay left `op` out, if it did.
+    pub fn rejected(&self, op: OpHash) -> Option<&RejectReason> {
+        self.rejected.get(&op)
     }
 
     /// The hash announced in [`TeamSummary::ops_hash`](crate::frame::TeamSummary).

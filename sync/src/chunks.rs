@@ -37,6 +37,16 @@ const CHUNK_COMPRESSED: u8 = 2;
 pub const ACTORS_PER_DOCUMENT_MAX: usize = 4096;
 /// Most chunks one message may carry.
 pub const CHUNKS_PER_MESSAGE_MAX: usize = 1 << 20;
+/// Most bytes the Automerge chunks of one sync message, or one whole document, may take
+/// once inflated. Automerge inflates compressed changes and document columns with no
+/// bound; a peer's bytes are measured against this first, in a stream that holds no
+/// more than a small buffer, so a few compressed megabytes cannot become gigabytes.
+/// A month of notes takes a few megabytes inflated.
+pub const INFLATED_BYTES_MAX: usize = 256 << 20;
+/// The bit of a column specification that marks its data as deflate-compressed.
+const COLUMN_DEFLATE_BIT: u64 = 0b1000;
+/// Most columns a document chunk may describe per section (Automerge writes about 20).
+const COLUMNS_PER_SECTION_MAX: u64 = 256;
 
 /// The (actor, hash) of every change in `bytes`, a concatenation of chunks.
 pub fn changes_in(bytes: &[u8]) -> Result<Vec<(ActorId, ChangeHash)>, String> {
@@ -56,6 +66,92 @@ pub fn changes_in(bytes: &[u8]) -> Result<Vec<(ActorId, ChangeHash)>, String> {
         Ok(())
     })?;
     Ok(out)
+}
+
+/// What `bytes`, a concatenation of chunks, take once inflated, refused past `budget`.
+/// A change counts its own length, a compressed change what its deflate stream inflates
+/// to, and a document its uncompressed columns plus what its compressed columns inflate
+/// to. Nothing is kept: the streams are inflated into a small buffer and counted.
+pub fn inflated_len(bytes: &[u8], budget: usize) -> Result<usize, String> {
+    let mut total = 0usize;
+    for_each_chunk(bytes, |chunk_type, chunk, _| {
+        let left = budget.saturating_sub(total);
+        let data = chunk_data(chunk)?;
+        total += match chunk_type {
+            CHUNK_CHANGE => data.len(),
+            CHUNK_COMPRESSED => inflate_len(data, left)?,
+            CHUNK_DOCUMENT => document_inflated_len(data, left)?,
+            other => return Err(format!("an Automerge chunk of unexpected type {other}")),
+        };
+        if total > budget {
+            return Err(format!("Automerge chunks that inflate to more than {budget} bytes"));
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// The bytes of a chunk after its header.
+fn chunk_data(chunk: &[u8]) -> Result<&[u8], String> {
+    let truncated = || "a truncated Automerge chunk".to_owned();
+    let (_, leb_len) = read_leb128(&chunk[CHUNK_FIXED_BYTES..]).ok_or_else(truncated)?;
+    Ok(&chunk[CHUNK_FIXED_BYTES + leb_len..])
+}
+
+/// How many bytes a raw deflate stream inflates to, refused past `budget`.
+fn inflate_len(deflated: &[u8], budget: usize) -> Result<usize, String> {
+    use std::io::Read;
+    let limit = u64::try_from(budget).unwrap_or(u64::MAX).saturating_add(1);
+    let mut stream = flate2::bufread::DeflateDecoder::new(deflated).take(limit);
+    let n = std::io::copy(&mut stream, &mut std::io::sink())
+        .map_err(|e| format!("a compressed Automerge chunk that does not inflate: {e}"))?;
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > budget {
+        return Err(format!("Automerge chunks that inflate to more than {budget} bytes"));
+    }
+    Ok(n)
+}
+
+/// What a document chunk's data takes once its compressed columns are inflated: its
+/// actors, heads, then two sections of column metadata (specification, length), then
+/// the columns' bytes in the same order.
+fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, String> {
+    let truncated = || "a truncated Automerge document chunk".to_owned();
+    let mut cursor = Cursor(data);
+    let actor_count = cursor.count().ok_or_else(truncated)?;
+    for _ in 0..actor_count {
+        let len = cursor.count().ok_or_else(truncated)?;
+        cursor.take(len).ok_or_else(truncated)?;
+    }
+    let head_count = cursor.count().ok_or_else(truncated)?;
+    let heads_len = head_count.checked_mul(HASH_BYTES).ok_or_else(truncated)?;
+    cursor.take(heads_len).ok_or_else(truncated)?;
+    let mut columns = Vec::new();
+    for _ in 0..2 {
+        let count = cursor.leb().ok_or_else(truncated)?;
+        if count > COLUMNS_PER_SECTION_MAX {
+            return Err(format!(
+                "a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns"
+            ));
+        }
+        for _ in 0..count {
+            let spec = cursor.leb().ok_or_else(truncated)?;
+            let len = cursor.leb().ok_or_else(truncated)?;
+            let len = usize::try_from(len).map_err(|_| truncated())?;
+            columns.push((spec & COLUMN_DEFLATE_BIT != 0, len));
+        }
+    }
+    let mut total = data.len();
+    for (deflated, len) in columns {
+        let bytes = cursor.take(len).ok_or_else(truncated)?;
+        if deflated {
+            total += inflate_len(bytes, budget.saturating_sub(total))?;
+        }
+        if total > budget {
+            return Err(format!("Automerge chunks that inflate to more than {budget} bytes"));
+        }
+    }
+    Ok(total)
 }
 
 /// Calls `f` with the type, the bytes and the position of each chunk in `bytes`, a
@@ -155,6 +251,13 @@ impl<'a> Cursor<'a> {
         let (n, len) = read_leb128(self.0)?;
         self.0 = &self.0[len..];
         usize::try_from(n).ok().filter(|n| *n <= self.0.len())
+    }
+
+    /// A LEB128 number, not checked against what is left.
+    fn leb(&mut self) -> Option<u64> {
+        let (n, len) = read_leb128(self.0)?;
+        self.0 = &self.0[len..];
+        Some(n)
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {

@@ -71,12 +71,14 @@
 
 pub mod access;
 pub mod agreed;
-mod chunks;
+pub mod chunks;
 pub mod circle;
 pub mod frame;
 pub mod join;
 mod memory;
+pub mod message;
 pub mod net;
+mod refusal;
 mod replica;
 mod session;
 #[cfg(test)]
@@ -89,5 +91,6 @@ pub use frame::{
     length_prefix, read_length_prefix,
 };
 pub use memory::{MemoryError, MemoryReplica};
+pub use refusal::Refusal;
 pub use replica::{HeldDoc, Import, Replica};
 pub use session::{Output, Session, SyncEvent};

@@ -9,6 +9,7 @@ use care_core::documents::genesis;
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_document};
+use crate::refusal::Refusal;
 use crate::replica::{HeldDoc, Import, Replica};
 
 /// A failure of the in-memory replica.
@@ -114,17 +115,21 @@ impl Replica for MemoryReplica {
         doc: DocId,
         kind: DocKind,
         message: Message,
-    ) -> Result<bool, MemoryError> {
+    ) -> Result<Result<bool, Refusal>, MemoryError> {
         let mut state = std::mem::take(self.state(peer, doc));
         // A missing document starts from its genesis, so local writes find its structure
         // even before the peer's changes arrive.
         let automerge = self.doc_mut(team, kind);
         let before = automerge.get_heads();
+        // Changes that fail half-way leave the document as it was, as the store does.
+        let kept = (!message.changes.is_empty()).then(|| automerge.clone());
         let result = automerge.receive_sync_message(&mut state, message);
+        if let (Err(_), Some(kept)) = (&result, kept) {
+            *automerge = kept;
+        }
         let changed = automerge.get_heads() != before;
         *self.state(peer, doc) = state;
-        result?;
-        Ok(changed)
+        Ok(result.map(|()| changed).map_err(|e| Refusal::DoesNotApply(e.to_string())))
     }
 
     fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, MemoryError> {
@@ -141,16 +146,20 @@ impl Replica for MemoryReplica {
         doc: DocId,
         kind: DocKind,
         mut loaded: Automerge,
-    ) -> Result<bool, MemoryError> {
+    ) -> Result<Result<bool, Refusal>, MemoryError> {
         match self.docs.get_mut(&(team, doc)) {
             Some((_, held)) => {
                 let before = held.get_heads();
-                held.merge(&mut loaded)?;
-                Ok(held.get_heads() != before)
+                let kept = held.clone();
+                if let Err(e) = held.merge(&mut loaded) {
+                    *held = kept;
+                    return Ok(Err(Refusal::DoesNotApply(e.to_string())));
+                }
+                Ok(Ok(held.get_heads() != before))
             }
             None => {
                 self.docs.insert((team, doc), (kind, loaded));
-                Ok(true)
+                Ok(Ok(true))
             }
         }
     }

@@ -7,6 +7,7 @@ use automerge::{Automerge, ChangeHash};
 use care_core::{DeviceId, DocId, DocKind, MembershipError, SignedOp, TeamId};
 
 use crate::access::TeamAccess;
+use crate::refusal::Refusal;
 
 /// A document a device holds, with its heads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +72,9 @@ pub trait Replica {
     ) -> Result<Option<Message>, Self::Error>;
 
     /// Applies a checked sync message from `peer` durably, creating the document if this
-    /// device has none of it. Returns whether the document's heads changed.
+    /// device has none of it. Returns whether the document's heads changed, or, when the
+    /// changes do not apply to the document held (a change reusing an author's sequence
+    /// number with other content, say), the refusal, with the document left as it was.
     fn receive_sync_message(
         &mut self,
         peer: DeviceId,
@@ -79,7 +82,7 @@ pub trait Replica {
         doc: DocId,
         kind: DocKind,
         message: Message,
-    ) -> Result<bool, Self::Error>;
+    ) -> Result<Result<bool, Refusal>, Self::Error>;
 
     /// Whether this device holds `doc`.
     fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, Self::Error>;
@@ -104,14 +107,15 @@ pub trait Replica {
     ) -> Result<Import, Self::Error>;
 
     /// Merges a whole document received for one this device holds: `loaded`, loaded by
-    /// the session to check its authors. Returns whether the heads changed.
+    /// the session to check its authors. Returns whether the heads changed, or the
+    /// refusal when it does not merge, with the document left as it was.
     fn merge_snapshot(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
         loaded: Automerge,
-    ) -> Result<bool, Self::Error>;
+    ) -> Result<Result<bool, Refusal>, Self::Error>;
 
     /// Replaces the sync state kept for `peer` and `doc` (after a whole document was sent
     /// or received outside Automerge's sync protocol).

@@ -5,19 +5,28 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync::Message;
 use automerge::{ActorId, Automerge, ChangeHash};
+use care_core::membership::OPS_MAX;
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_authors, ops_hash, truncate};
 use crate::agreed::{answer_to_snapshot, state_after_sending};
-use crate::chunks::{changes_in, changes_of, whole_doc};
+use crate::chunks::{INFLATED_BYTES_MAX, changes_in, changes_of, inflated_len, whole_doc};
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
     HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, TEAMS_PER_HELLO_MAX, TeamSummary,
 };
+use crate::message::check_sync_message;
+use crate::refusal::Refusal;
 use crate::replica::{Import, Replica};
 
 /// Room left in a frame for everything but a snapshot's bytes, in bytes.
 const SNAPSHOT_OVERHEAD_BYTES: usize = 1024;
+/// Most documents of one team a peer can make this device hold: a team has a handful of
+/// documents plus three a month (notes, general notes, rota), about 400 in ten years.
+pub const DOCS_PER_TEAM_MAX: usize = 2048;
+/// Largest first frame (the Hello) read from a device before it is known to share a
+/// team: a Hello of [`TEAMS_PER_HELLO_MAX`] summaries and a little room.
+pub const HELLO_FRAME_BYTES_MAX: usize = 64 + TEAMS_PER_HELLO_MAX * 48;
 
 /// What a session asks its driver to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,14 +62,16 @@ pub enum SyncEvent {
         /// The team.
         team: TeamId,
     },
-    /// Something the remote device sent was refused and not applied.
+    /// Something the remote device sent was refused and not applied: the remote is
+    /// misbehaving (or this device is missing membership ops it has). The session goes on
+    /// for everything else.
     Refused {
         /// The team.
         team: TeamId,
         /// The document, when the refusal is about one.
         doc: Option<DocId>,
-        /// Why, in a sentence.
-        reason: String,
+        /// Why.
+        reason: Refusal,
     },
     /// Every document of the team that both devices may read is known to be the same on
     /// both, under the same membership: the Hello summaries agreed, or an exchange that
@@ -180,11 +191,32 @@ impl Session {
         self.run(replica, |s, r, out| s.send_hello(r, out))
     }
 
+    /// The largest frame this session reads next: [`HELLO_FRAME_BYTES_MAX`] until the
+    /// remote's Hello has shown that the two devices share a team, [`FRAME_BYTES_MAX`]
+    /// after. A driver reads no frame past the Hello until [`Self::admitted`].
+    pub fn next_frame_bytes_max(&self) -> usize {
+        if self.admitted() { FRAME_BYTES_MAX } else { HELLO_FRAME_BYTES_MAX }
+    }
+
+    /// Whether the remote's Hello has arrived and the two devices share a team: until
+    /// then nothing but the Hello is read from the remote.
+    pub fn admitted(&self) -> bool {
+        self.phase == Phase::Live && !self.shared.is_empty()
+    }
+
     /// Handles one frame received from the remote device.
     pub fn handle_frame<R: Replica>(&mut self, replica: &mut R, bytes: &[u8]) -> Vec<Output> {
         self.run(replica, |s, r, out| {
             if s.phase == Phase::New {
                 s.send_hello(r, out)?;
+            }
+            if !s.admitted() && bytes.len() > HELLO_FRAME_BYTES_MAX {
+                return Err(format!(
+                    "device {} sent a frame of {} bytes before sharing a team, more than {}",
+                    s.remote,
+                    bytes.len(),
+                    HELLO_FRAME_BYTES_MAX
+                ));
             }
             let frame =
                 Frame::decode(bytes).map_err(|e| format!("device {} sent {e}", s.remote))?;
@@ -214,9 +246,9 @@ impl Session {
     /// remote device is no longer a current device of any shared team, otherwise sends
     /// the ops and the heads the remote device may now read.
     pub fn membership_changed<R: Replica>(&mut self, replica: &mut R, team: TeamId) -> Vec<Output> {
-        self.run(replica, |s, r, out| {
-            let access = s.team_access(r, team)?;
-            s.adopt(r, team, access, out)
+        self.run(replica, |s, r, out| match s.team_access(r, team, out) {
+            Some(access) => s.adopt(r, team, access, out),
+            None => s.drop_team(team),
         })
     }
 
@@ -258,7 +290,9 @@ impl Session {
         }
         replica.reset_sync_state(self.remote);
         for team in replica.teams().map_err(store)? {
-            let access = self.team_access(replica, team)?;
+            let Some(access) = self.team_access(replica, team, out) else {
+                continue;
+            };
             if self.both_current(&access) && self.shared.len() < TEAMS_PER_HELLO_MAX {
                 self.shared.insert(team, access);
             }
@@ -319,8 +353,16 @@ impl Session {
         for team in shared {
             self.answer_summary(replica, team, theirs.get(&team).copied(), out)?;
         }
+        // A team the remote names that is held here but not shared: the remote is not a
+        // current device of it (or this device is not). Reported; nothing of it is read.
         let held: BTreeSet<TeamId> = replica.teams().map_err(store)?.into_iter().collect();
-        if self.shared.is_empty() && !theirs.keys().any(|t| held.contains(t)) {
+        for team in theirs.keys().filter(|t| !self.shared.contains_key(t)) {
+            if held.contains(team) {
+                let reason = Refusal::NotCurrent { device: self.remote, team: *team };
+                out.push(Output::Event(SyncEvent::Refused { team: *team, doc: None, reason }));
+            }
+        }
+        if self.shared.is_empty() {
             return Err(format!("device {} shares no team with this device", self.remote));
         }
         Ok(())
@@ -364,62 +406,99 @@ impl Session {
         ops: &[Vec<u8>],
         out: &mut Vec<Output>,
     ) -> Step {
-        let received = ops
-            .iter()
-            .map(|bytes| SignedOp::from_bytes(bytes))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("device {} sent a bad membership op: {e}", self.remote))?;
-        self.merge_ops(replica, team, &received, out)?;
+        if !self.shared.contains_key(&team) {
+            // Never parsed: ops make no device hold a team, nor join one it holds.
+            self.refuse(team, None, Refusal::NotCurrent { device: self.remote, team }, out);
+            return Ok(());
+        }
+        let mut received = Vec::with_capacity(ops.len());
+        let mut undecodable = Vec::new();
+        for bytes in ops {
+            match SignedOp::from_bytes(bytes) {
+                Ok(op) => received.push(op),
+                Err(e) => undecodable.push(e.to_string()),
+            }
+        }
+        if let Some(first) = undecodable.first() {
+            let reason = Refusal::InvalidOps { count: undecodable.len(), first: first.clone() };
+            self.refuse(team, None, reason, out);
+        }
+        let stored = self.merge_ops(replica, team, &received, out)?;
         if self.shared.contains_key(&team) {
             let progress = self.progress.entry(team).or_default();
-            progress.ops_received.extend(received.into_iter().map(|op| (op.hash(), op)));
+            progress.ops_received.extend(stored.into_iter().map(|op| (op.hash(), op)));
         }
         Ok(())
     }
 
-    /// Stores the ops the remote sent that are new here, and adopts the membership they
-    /// make.
+    /// Stores the ops the remote sent that are new here and valid ops of the team's log
+    /// (signature, known predecessors, the author's right at that point, the team's
+    /// limits), and adopts the membership they make. Ops that are not valid are neither
+    /// stored nor passed on, and are reported. Returns the ops received that are now held
+    /// here.
     fn merge_ops<R: Replica>(
         &mut self,
         replica: &mut R,
         team: TeamId,
         received: &[SignedOp],
         out: &mut Vec<Output>,
-    ) -> Step {
+    ) -> Result<Vec<SignedOp>, String> {
         let held = replica.ops(team).map_err(store)?;
         let known: BTreeSet<_> = held.iter().map(SignedOp::hash).collect();
         let new: Vec<SignedOp> =
             received.iter().filter(|op| !known.contains(&op.hash())).cloned().collect();
+        let mut kept: Vec<SignedOp> =
+            received.iter().filter(|op| known.contains(&op.hash())).cloned().collect();
         if new.is_empty() {
-            if self.shared.contains_key(&team) {
-                return Ok(());
-            }
-            return self.not_shared(team, held.is_empty(), out);
+            return Ok(kept);
+        }
+        if held.len() + new.len() > OPS_MAX {
+            let reason =
+                Refusal::over_limit("membership ops of a team", held.len() + new.len(), OPS_MAX);
+            self.refuse(team, None, reason, out);
+            return Ok(kept);
         }
         let union: Vec<SignedOp> = held.iter().chain(&new).cloned().collect();
-        let Ok(access) = TeamAccess::from_ops(team, &union) else {
-            return self.not_shared(team, held.is_empty(), out);
+        let mut access = match TeamAccess::from_ops(team, &union) {
+            Ok(access) => access,
+            Err(e) => {
+                let reason = Refusal::TeamUnreadable { team, why: e.to_string() };
+                self.refuse(team, None, reason, out);
+                return Ok(kept);
+            }
         };
-        if !self.shared.contains_key(&team) && !self.both_current(&access) {
-            return self.not_shared(team, held.is_empty(), out);
+        let (valid, invalid): (Vec<SignedOp>, Vec<SignedOp>) =
+            new.into_iter().partition(|op| access.rejected(op.hash()).is_none());
+        if let Some(first) = invalid.first().and_then(|op| access.rejected(op.hash())) {
+            let reason = Refusal::InvalidOps { count: invalid.len(), first: first.to_string() };
+            self.refuse(team, None, reason, out);
+            // The membership of what is stored: the log without the invalid ops.
+            let stored: Vec<SignedOp> = held.iter().chain(&valid).cloned().collect();
+            access = TeamAccess::from_ops(team, &stored).map_err(store)?;
         }
-        replica.add_ops(team, &new).map_err(store)?;
+        if valid.is_empty() {
+            return Ok(kept);
+        }
+        replica.add_ops(team, &valid).map_err(store)?;
+        kept.extend(valid);
         out.push(Output::Event(SyncEvent::MembershipChanged { team }));
-        self.adopt(replica, team, access, out)
+        self.adopt(replica, team, access, out)?;
+        Ok(kept)
     }
 
-    /// Ops arrived for a team this session does not share: ignored for a team this
-    /// device does not hold; otherwise refused, and the session closed when it shares
-    /// nothing else.
-    fn not_shared(&mut self, team: TeamId, unknown: bool, out: &mut Vec<Output>) -> Step {
-        if unknown && !self.shared.contains_key(&team) {
-            return Ok(());
+    /// Reports a refusal of something the remote sent.
+    fn refuse(&self, team: TeamId, doc: Option<DocId>, reason: Refusal, out: &mut Vec<Output>) {
+        out.push(Output::Event(SyncEvent::Refused { team, doc, reason }));
+    }
+
+    /// Stops syncing a team whose membership cannot be read here; the session ends if it
+    /// shared nothing else.
+    fn drop_team(&mut self, team: TeamId) -> Step {
+        let was_shared = self.shared.remove(&team).is_some();
+        self.progress.remove(&team);
+        if was_shared && self.shared.is_empty() {
+            return Err(format!("the membership of team {team} cannot be read on this device"));
         }
-        let reason = format!("device {} is not a current device of team {team}", self.remote);
-        if self.shared.is_empty() {
-            return Err(reason);
-        }
-        out.push(Output::Event(SyncEvent::Refused { team, doc: None, reason }));
         Ok(())
     }
 
@@ -496,25 +575,50 @@ impl Session {
         message: &[u8],
         out: &mut Vec<Output>,
     ) -> Step {
-        let message = Message::decode(message).map_err(|e| {
-            format!("device {} sent a malformed sync message for {kind}: {e}", self.remote)
-        })?;
+        // The sender's right first: nothing is parsed for a team or kind it may not send.
+        if let Err(reason) = self.check_sender(team, &kind) {
+            self.refuse(team, Some(doc), reason, out);
+            return Ok(());
+        }
+        let checked = check_sync_message(message).and_then(|()| {
+            Message::decode(message)
+                .map_err(|e| Refusal::Malformed(format!("a malformed sync message: {e}")))
+        });
+        let message = match checked {
+            Ok(message) => message,
+            Err(reason) => {
+                self.refuse(team, Some(doc), reason, out);
+                return Ok(());
+            }
+        };
         let theirs = sorted(message.heads.clone());
+        let mut verdict = Ok(());
         let mut changes = Vec::new();
         for chunk in message.changes.iter() {
             match changes_in(chunk) {
                 Ok(found) => changes.extend(found.into_iter().map(|(a, h)| (a, Some(h)))),
-                Err(why) => return Err(format!("device {} sent {why} for {kind}", self.remote)),
+                Err(why) => {
+                    verdict = Err(Refusal::Malformed(why));
+                    break;
+                }
             }
         }
-        if !self.check_incoming(team, doc, &kind, &changes, out) {
-            self.refused(team, doc, theirs, out);
+        let verdict = verdict
+            .and_then(|()| self.check_authors(team, &kind, &changes))
+            .and_then(|()| self.check_room(replica, team, doc));
+        if let Err(reason) = verdict {
+            self.refused(team, doc, theirs, reason, out);
             return Ok(());
         }
-        let changed =
+        let received =
             replica.receive_sync_message(self.remote, team, doc, kind, message).map_err(store)?;
-        if changed {
-            out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
+        match received {
+            Ok(true) => out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind })),
+            Ok(false) => {}
+            Err(reason) => {
+                self.refused(team, doc, theirs, reason, out);
+                return Ok(());
+            }
         }
         // Right after a message is received nothing is in flight, so Automerge stays
         // silent only when the remote's heads equal ours and nothing is left to send.
@@ -535,14 +639,26 @@ impl Session {
         bytes: &[u8],
         out: &mut Vec<Output>,
     ) -> Step {
+        if let Err(reason) = self.check_sender(team, &kind) {
+            self.refuse(team, Some(doc), reason, out);
+            return Ok(());
+        }
         if replica.holds(team, doc).map_err(store)? {
             return self.merge_snapshot(replica, team, doc, kind, bytes, out);
         }
-        let whole = whole_doc(bytes).map_err(|e| {
-            format!("device {} sent a snapshot of {kind} that does not read: {e}", self.remote)
-        })?;
-        if !self.check_incoming(team, doc, &kind, &whole.authors, out) {
-            self.refused(team, doc, whole.heads, out);
+        let whole = match whole_doc(bytes) {
+            Ok(whole) => whole,
+            Err(why) => {
+                let reason = Refusal::Malformed(format!("a snapshot that does not read: {why}"));
+                self.refuse(team, Some(doc), reason, out);
+                return Ok(());
+            }
+        };
+        let verdict = self
+            .check_authors(team, &kind, &whole.authors)
+            .and_then(|()| self.check_room(replica, team, doc));
+        if let Err(reason) = verdict {
+            self.refused(team, doc, whole.heads, reason, out);
             return Ok(());
         }
         match replica.import_snapshot(team, doc, kind, bytes, &whole.heads).map_err(store)? {
@@ -572,17 +688,29 @@ impl Session {
         bytes: &[u8],
         out: &mut Vec<Output>,
     ) -> Step {
-        let loaded = Automerge::load(bytes).map_err(|e| {
-            format!("device {} sent a snapshot of {kind} that does not load: {e}", self.remote)
-        })?;
+        let loaded = inflated_len(bytes, INFLATED_BYTES_MAX)
+            .and_then(|_| Automerge::load(bytes).map_err(|e| e.to_string()));
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(why) => {
+                let reason = Refusal::Malformed(format!("a snapshot that does not load: {why}"));
+                self.refuse(team, Some(doc), reason, out);
+                return Ok(());
+            }
+        };
         let theirs = sorted(loaded.get_heads());
         let changes: Vec<_> = changes_of(&loaded).into_iter().map(|(a, h)| (a, Some(h))).collect();
-        if !self.check_incoming(team, doc, &kind, &changes, out) {
-            self.refused(team, doc, theirs, out);
+        if let Err(reason) = self.check_authors(team, &kind, &changes) {
+            self.refused(team, doc, theirs, reason, out);
             return Ok(());
         }
-        if replica.merge_snapshot(team, doc, kind, loaded).map_err(store)? {
-            out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
+        match replica.merge_snapshot(team, doc, kind, loaded).map_err(store)? {
+            Ok(true) => out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind })),
+            Ok(false) => {}
+            Err(reason) => {
+                self.refused(team, doc, theirs, reason, out);
+                return Ok(());
+            }
         }
         // A sync message in reply tells the remote our heads, so that it knows too when
         // the document agrees.
@@ -592,45 +720,56 @@ impl Session {
         Ok(())
     }
 
-    /// Records that changes to `doc` up to the remote's heads `theirs` were refused: the
+    /// Reports that changes to `doc` up to the remote's heads `theirs` were refused: the
     /// document stays out of sync with this remote.
     fn refused(
         &mut self,
         team: TeamId,
         doc: DocId,
         theirs: Vec<ChangeHash>,
+        reason: Refusal,
         out: &mut Vec<Output>,
     ) {
+        self.refuse(team, Some(doc), reason, out);
         self.note_heads(team, doc, None, Some(theirs));
         self.settle(team, out);
     }
 
-    /// Whether changes to `doc` from the remote may be applied: the team is shared, both
-    /// devices may read the kind, and every change's author may write it. Reports a
-    /// refusal as an event.
-    fn check_incoming(
+    /// Whether the remote may send anything about documents of `kind` of `team`: the
+    /// team is shared and both devices may read the kind.
+    fn check_sender(&self, team: TeamId, kind: &DocKind) -> Result<(), Refusal> {
+        if !self.shared.contains_key(&team) {
+            return Err(Refusal::NotCurrent { device: self.remote, team });
+        }
+        if !self.both_read(team, kind) {
+            return Err(Refusal::MayNotRead { kind: *kind });
+        }
+        Ok(())
+    }
+
+    /// Whether every change's author may write documents of `kind`.
+    fn check_authors(
         &self,
         team: TeamId,
-        doc: DocId,
         kind: &DocKind,
         changes: &[(ActorId, Option<ChangeHash>)],
-        out: &mut Vec<Output>,
-    ) -> bool {
-        let Some(access) = self.shared.get(&team) else {
-            return false;
-        };
-        let verdict = if !self.both_read(team, kind) {
-            Err(format!("device {} sent a {kind} document it may not read", self.remote))
-        } else {
-            check_authors(access, team, kind, changes)
-        };
-        match verdict {
-            Ok(()) => true,
-            Err(reason) => {
-                out.push(Output::Event(SyncEvent::Refused { team, doc: Some(doc), reason }));
-                false
-            }
+    ) -> Result<(), Refusal> {
+        let access =
+            self.shared.get(&team).ok_or(Refusal::NotCurrent { device: self.remote, team })?;
+        check_authors(access, team, kind, changes).map_err(Refusal::MayNotWrite)
+    }
+
+    /// Whether the remote may make this device hold `doc`: always when it is held, else
+    /// only while the team has fewer than [`DOCS_PER_TEAM_MAX`] documents here.
+    fn check_room<R: Replica>(&self, replica: &R, team: TeamId, doc: DocId) -> Result<(), Refusal> {
+        if replica.holds(team, doc).unwrap_or(true) {
+            return Ok(());
         }
+        let held = replica.docs(team).map(|d| d.len()).unwrap_or(DOCS_PER_TEAM_MAX);
+        if held >= DOCS_PER_TEAM_MAX {
+            return Err(Refusal::over_limit("documents of one team", held + 1, DOCS_PER_TEAM_MAX));
+        }
+        Ok(())
     }
 
     fn send_ops<R: Replica>(
@@ -802,10 +941,22 @@ impl Session {
         progress.in_sync = in_sync;
     }
 
-    fn team_access<R: Replica>(&self, replica: &R, team: TeamId) -> Result<TeamAccess, String> {
-        replica
-            .team_access(team)
-            .map_err(|e| format!("the membership of team {team} could not be read: {e}"))
+    /// The team's membership, or `None` (reported) when this device cannot read it: that
+    /// team is left out, and the device's other teams go on syncing.
+    fn team_access<R: Replica>(
+        &self,
+        replica: &R,
+        team: TeamId,
+        out: &mut Vec<Output>,
+    ) -> Option<TeamAccess> {
+        match replica.team_access(team) {
+            Ok(access) => Some(access),
+            Err(e) => {
+                let reason = Refusal::TeamUnreadable { team, why: e.to_string() };
+                self.refuse(team, None, reason, out);
+                None
+            }
+        }
     }
 
     fn both_current(&self, access: &TeamAccess) -> bool {

@@ -12,7 +12,7 @@ use crate::access::TeamAccess;
 use crate::frame::{FRAME_BYTES_MAX, Frame, PROTOCOL_VERSION};
 use crate::memory::MemoryReplica;
 use crate::replica::Replica;
-use crate::session::{Output, Session, SyncEvent};
+use crate::session::{HELLO_FRAME_BYTES_MAX, Output, Session, SyncEvent};
 
 /// Devices of the test team, by index: the owner, an advocate and a volunteer.
 const OWNER: usize = 0;
@@ -33,10 +33,14 @@ struct Team {
 
 impl Team {
     fn new() -> Team {
+        Team::new_named("Rosa's team")
+    }
+
+    /// A team of the same three devices under another name (and so another id).
+    fn new_named(name: &str) -> Team {
         let keys: Vec<DeviceKey> = (1..=3).map(|i| DeviceKey::from_seed([i; 32])).collect();
         let members: Vec<MemberId> = (1..=3).map(|i| MemberId::from_bytes([i; 16])).collect();
-        let create =
-            create_team(&keys[OWNER], Timestamp(0), "Rosa's team", members[OWNER], "Rosa", [0; 16]);
+        let create = create_team(&keys[OWNER], Timestamp(0), name, members[OWNER], "Rosa", [0; 16]);
         let id = team_id(&create);
         let mut team = Team { id, ops: vec![create], keys, members };
         for (i, role) in [(ADVOCATE, Role::Advocate), (VOLUNTEER, Role::Volunteer)] {
@@ -116,11 +120,11 @@ impl Side {
         self.events.iter().filter(|e| matches!(e, SyncEvent::TeamInSync { .. })).count()
     }
 
-    fn refusals(&self) -> Vec<&str> {
+    fn refusals(&self) -> Vec<String> {
         self.events
             .iter()
             .filter_map(|e| match e {
-                SyncEvent::Refused { reason, .. } => Some(reason.as_str()),
+                SyncEvent::Refused { reason, .. } => Some(reason.to_string()),
                 _ => None,
             })
             .collect()
@@ -271,10 +275,22 @@ fn garbage_bytes_close_the_session() {
 #[test]
 fn an_oversized_frame_closes_the_session() {
     let team = Team::new();
-    let mut a = team.side(OWNER, ADVOCATE);
-    a.start();
+    let (mut a, _b) = live_pair(&team, ADVOCATE);
+    assert_eq!(a.session.next_frame_bytes_max(), FRAME_BYTES_MAX);
     a.receive(&vec![1; FRAME_BYTES_MAX + 1]);
     assert!(close_reason(&a).contains("larger than the limit"), "{:?}", a.closed);
+}
+
+/// Before its Hello shows that it shares a team, a device may send no more than a Hello's
+/// worth of bytes: its first frame is read with the smaller limit.
+#[test]
+fn a_first_frame_larger_than_a_hello_closes_the_session() {
+    let team = Team::new();
+    let mut a = team.side(OWNER, ADVOCATE);
+    a.start();
+    assert_eq!(a.session.next_frame_bytes_max(), HELLO_FRAME_BYTES_MAX);
+    a.receive(&vec![1; HELLO_FRAME_BYTES_MAX + 1]);
+    assert!(close_reason(&a).contains("before sharing a team"), "{:?}", a.closed);
 }
 
 #[test]
@@ -427,3 +443,6 @@ fn a_live_change_takes_the_team_out_of_sync_until_it_arrives() {
     assert_eq!((a.in_sync_events(), b.in_sync_events()), (2, 2));
     assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
 }
+
+#[path = "adversary_tests.rs"]
+mod adversary;

@@ -276,7 +276,7 @@ impl World {
                 self.each_session(peer, Some(from), |s, r| s.membership_changed(r, team))
             }
             SyncEvent::Refused { reason, .. } => {
-                self.refusals.push((peer, reason.clone()));
+                self.refusals.push((peer, reason.to_string()));
                 Vec::new()
             }
             SyncEvent::TeamInSync { .. } => {

@@ -368,7 +368,7 @@ fn event_json(event: &PeerEvent) -> Value {
                 }
                 SyncEvent::Refused { team, doc, reason } => {
                     json!({"event": "refused", "peer": peer,
-                    "team": team.to_string(), "doc": doc.map(|d| d.to_string()), "reason": reason})
+                    "team": team.to_string(), "doc": doc.map(|d| d.to_string()), "reason": reason.to_string()})
                 }
                 SyncEvent::TeamInSync { team } => {
                     json!({"event": "team_in_sync", "peer": peer, "team": team.to_string()})

@@ -49,6 +49,16 @@ pub enum RejectReason {
     /// removing a device that is not there, ...).
     #[error("it conflicts with the team's membership: {0}")]
     Conflict(String),
+    /// The op would take the team past one of its named limits (members, devices per
+    /// member, membership changes per member), which keep one member from flooding
+    /// the log.
+    #[error("it would exceed the limit of {max} {what}")]
+    OverLimit {
+        /// What is limited.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Why no membership could be built from a set of ops.

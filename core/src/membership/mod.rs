@@ -36,7 +36,10 @@
 //! so the result stays deterministic.
 //!
 //! Work is bounded: a set of more than [`OPS_MAX`] ops is refused, and every op
-//! is bounded in size ([`OP_BYTES_MAX`]) and content (names, labels, hats).
+//! is bounded in size ([`OP_BYTES_MAX`]) and content (names, labels, hats). A team
+//! adds at most [`MEMBERS_MAX`] members, each with at most [`DEVICES_PER_MEMBER_MAX`]
+//! current devices, and every member but the owner has at most [`OPS_PER_MEMBER_MAX`]
+//! ops accepted: ops past a limit are rejected like any other invalid op.
 
 mod error;
 mod op;
@@ -52,8 +55,16 @@ pub use op::{
 pub use role::{Access, Hat, ParseNameError, Right, Role};
 pub use state::{DeviceInfo, Member, Membership};
 
-/// Most ops a team's membership history may hold.
+/// Most ops a team's membership history may hold. The per-member limits below keep the
+/// ops of everyone but the owner well under it (`MEMBERS_MAX * OPS_PER_MEMBER_MAX`), so no
+/// member can fill the log and lock the owner out of their own team.
 pub const OPS_MAX: usize = 100_000;
+/// Most members a team may ever add (removed members count: their ids are never reused).
+pub const MEMBERS_MAX: usize = 256;
+/// Most current devices one member may have.
+pub const DEVICES_PER_MEMBER_MAX: usize = 8;
+/// Most accepted membership ops by the devices of one member other than the owner.
+pub const OPS_PER_MEMBER_MAX: usize = 256;
 
 #[cfg(test)]
 mod tests;

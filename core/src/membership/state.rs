@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::RejectReason;
 use super::op::{Op, OpBody, PREDS_MAX, SignedOp, validate_body};
 use super::role::{Access, Hat, Right, Role};
+use super::{DEVICES_PER_MEMBER_MAX, MEMBERS_MAX, OPS_PER_MEMBER_MAX};
 use crate::doc_kind::DocKind;
 use crate::identity::DeviceKey;
 use crate::ids::{DeviceId, MemberId, OpHash, TeamId, Timestamp};
@@ -25,6 +26,8 @@ pub struct Membership {
     /// Every device ever added, with the member it was added to; a device id
     /// belongs to one member only, for good.
     device_history: BTreeMap<DeviceId, MemberId>,
+    /// Accepted ops per authoring member (see [`OPS_PER_MEMBER_MAX`]).
+    ops_by_member: BTreeMap<MemberId, usize>,
     heads: Vec<OpHash>,
 }
 
@@ -139,6 +142,10 @@ impl Membership {
         if actor.role == Role::Relay {
             return not_allowed(actor, "change the membership, as a relay");
         }
+        let made = self.ops_by_member.get(&actor.id).copied().unwrap_or(0);
+        if actor.id != self.owner && made >= OPS_PER_MEMBER_MAX {
+            return Err(over_limit("membership changes by one member", OPS_PER_MEMBER_MAX));
+        }
         match body {
             OpBody::CreateTeam { .. } => Err(conflict("the team already exists")),
             OpBody::AddMember { member, role, hats, .. } => {
@@ -196,6 +203,7 @@ impl Membership {
             members: BTreeMap::from([(owner, member)]),
             removed: BTreeSet::new(),
             device_history: BTreeMap::from([(author, owner)]),
+            ops_by_member: BTreeMap::new(),
             heads: Vec::new(),
         }
     }
@@ -203,6 +211,9 @@ impl Membership {
     /// Applies an op that [`check`](Self::check) accepted.
     pub(super) fn apply(&mut self, author: DeviceId, at: Timestamp, body: &OpBody) {
         let added_by = self.member_of_device(author).map(|m| m.id);
+        if let Some(member) = added_by {
+            *self.ops_by_member.entry(member).or_default() += 1;
+        }
         match body {
             OpBody::CreateTeam { .. } => {}
             OpBody::AddMember { member, name, role, hats } => {
@@ -307,6 +318,9 @@ impl Membership {
         if self.members.contains_key(&id) {
             return Err(conflict(&format!("{id} is already a member")));
         }
+        if self.members.len() + self.removed.len() >= MEMBERS_MAX {
+            return Err(over_limit("members added to a team", MEMBERS_MAX));
+        }
         Ok(())
     }
 
@@ -349,6 +363,9 @@ impl Membership {
         if self.device_history.contains_key(&device) {
             return Err(conflict(&format!("device {device} is, or was, a device of the team")));
         }
+        if target.devices.len() >= DEVICES_PER_MEMBER_MAX {
+            return Err(over_limit("devices of one member", DEVICES_PER_MEMBER_MAX));
+        }
         Ok(())
     }
 
@@ -375,6 +392,10 @@ fn rights_of(hats: &[Hat]) -> BTreeSet<Right> {
 
 fn not_allowed(actor: &Member, action: &'static str) -> Result<(), RejectReason> {
     Err(RejectReason::NotAllowed { member: actor.id, action })
+}
+
+fn over_limit(what: &'static str, max: usize) -> RejectReason {
+    RejectReason::OverLimit { what, max }
 }
 
 fn conflict(what: &str) -> RejectReason {

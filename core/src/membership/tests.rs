@@ -405,3 +405,84 @@ proptest! {
         prop_assert_eq!(state.member(state.owner()).map(|m| m.role), Some(Role::Owner));
     }
 }
+
+/// A worker floods the log with device churn (add a device, remove it, add another):
+/// past their limit their ops are rejected, on every device alike, and the owner's
+/// removal of that worker still applies.
+#[test]
+fn a_member_cannot_flood_the_log_and_the_owners_removal_always_applies() {
+    let mut team = Team::new();
+    team.join(1, 2, Role::Worker, vec![]);
+    let mut heads = team.heads();
+    let mut flood = Vec::new();
+    for i in 0..(OPS_PER_MEMBER_MAX + 10) as u32 {
+        let mut seed = [2; 32];
+        seed[..4].copy_from_slice(&(i / 2).to_le_bytes());
+        let device = DeviceKey::from_seed(seed).device_id();
+        let body = if i % 2 == 0 {
+            OpBody::AddDevice { member: mid(2), device, label: format!("churn {i}") }
+        } else {
+            OpBody::RemoveDevice { device }
+        };
+        let op = team.force(2, heads, body);
+        heads = vec![op.hash()];
+        flood.push(op);
+    }
+    let (_, rejected) = team.replay();
+    let over = RejectReason::OverLimit {
+        what: "membership changes by one member",
+        max: OPS_PER_MEMBER_MAX,
+    };
+    let accepted = flood.iter().filter(|op| !rejected.iter().any(|r| r.op == op.hash())).count();
+    assert_eq!(accepted, OPS_PER_MEMBER_MAX);
+    assert!(rejected.iter().any(|r| r.reason == over), "the flood is cut at the limit");
+    let removal = team.author(1, OpBody::RemoveMember { member: mid(2) }).expect("the owner may");
+    assert_eq!(team.reason(&removal), None);
+    assert!(team.state().member(mid(2)).is_none());
+}
+
+#[test]
+fn members_and_devices_per_member_are_bounded() {
+    let mut team = Team::new();
+    team.join(1, 2, Role::Worker, vec![]);
+    for i in 1..DEVICES_PER_MEMBER_MAX {
+        let device = DeviceKey::from_seed([100 + i as u8; 32]).device_id();
+        team.ok(2, OpBody::AddDevice { member: mid(2), device, label: format!("device {i}") });
+    }
+    let one_more = DeviceKey::from_seed([250; 32]).device_id();
+    let refused =
+        team.author(2, OpBody::AddDevice { member: mid(2), device: one_more, label: "x".into() });
+    assert_eq!(
+        refused,
+        Err(RejectReason::OverLimit { what: "devices of one member", max: DEVICES_PER_MEMBER_MAX })
+    );
+    let mut refused_member = None;
+    for n in 3..=255u8 {
+        match team.author(1, add_member(n, Role::Volunteer, vec![])) {
+            Ok(_) => {}
+            Err(reason) => {
+                refused_member = Some(reason);
+                break;
+            }
+        }
+    }
+    // 255 ids are not enough to reach the limit; the rest come with longer ids.
+    let mut n = 0u16;
+    while refused_member.is_none() {
+        n += 1;
+        let mut id = [0xee; 16];
+        id[..2].copy_from_slice(&n.to_le_bytes());
+        let body = OpBody::AddMember {
+            member: MemberId::from_bytes(id),
+            name: "m".into(),
+            role: Role::Volunteer,
+            hats: vec![],
+        };
+        refused_member = team.author(1, body).err();
+    }
+    assert_eq!(
+        refused_member,
+        Some(RejectReason::OverLimit { what: "members added to a team", max: MEMBERS_MAX })
+    );
+    assert_eq!(team.state().members().count(), MEMBERS_MAX);
+}

@@ -1,0 +1,395 @@
+//! Attacks on one session with the protocol's own frames: a member (or a stranger) sends
+//! what an honest device never would, and the victim must store nothing of it, report
+//! it, and go on syncing everything else.
+
+use automerge::sync::{ChunkList, Message, MessageVersion};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, ROOT};
+use care_core::{Month, Op, OpHash};
+use proptest::prelude::*;
+
+use super::*;
+use crate::frame::TeamSummary;
+use crate::refusal::Refusal;
+
+/// The refusals `side` reported.
+fn refusals_of(side: &Side) -> Vec<Refusal> {
+    side.events
+        .iter()
+        .filter_map(|e| match e {
+            SyncEvent::Refused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn op_hashes(side: &Side, team: TeamId) -> Vec<OpHash> {
+    let mut hashes: Vec<_> =
+        side.replica.ops(team).expect("memory").iter().map(SignedOp::hash).collect();
+    hashes.sort();
+    hashes
+}
+
+/// A sync frame for the team's plan carrying `message`.
+fn sync_frame(team: &Team, kind: DocKind, message: Vec<u8>) -> Vec<u8> {
+    let frame = Frame::Sync {
+        team: team.id,
+        doc: kind.doc_id(team.id),
+        kind,
+        message,
+        attestations: vec![],
+    };
+    frame.encode()
+}
+
+/// After an attack, the session still carries an honest write: the owner's plan
+/// reaches the peer.
+fn still_syncs(team: &Team, a: &mut Side, b: &mut Side) {
+    team.write_plan(a, OWNER, "Tea at 9, after the attack.");
+    let doc = DocKind::Plan.doc_id(team.id);
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, DocKind::Plan);
+    let to_b = a.take(outputs);
+    exchange(team, a, b, Vec::new(), to_b);
+    let theirs = b.replica.doc(team.id, doc).expect("the plan arrived");
+    assert_eq!(
+        plan::section(theirs, Section::Routines).expect("reads"),
+        "Tea at 9, after the attack."
+    );
+}
+
+/// A member makes a team of its own that lists the victim's device, and sends its ops:
+/// the victim does not start holding that team, and nothing of it is parsed.
+#[test]
+fn ops_for_a_team_the_receiver_never_joined_are_refused_unread() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let advocate = &team.keys[ADVOCATE];
+    let create =
+        create_team(advocate, Timestamp(0), "Lure", MemberId::from_bytes([7; 16]), "Sam", [1; 16]);
+    let lure = team_id(&create);
+    let (membership, _) = Membership::from_ops(lure, [&create]).expect("valid");
+    let victim = MemberId::from_bytes([8; 16]);
+    let add = membership
+        .author_op(
+            advocate,
+            Timestamp(1),
+            OpBody::AddMember {
+                member: victim,
+                name: "Rosa".into(),
+                role: Role::Advocate,
+                hats: vec![],
+            },
+        )
+        .expect("the owner of the lure may");
+    let frame = Frame::Ops { team: lure, ops: vec![create.to_bytes(), add.to_bytes()] };
+    let frames = a.receive(&frame.encode());
+    assert!(frames.is_empty());
+    assert!(a.closed.is_none());
+    assert!(!a.replica.teams().expect("memory").contains(&lure), "the victim holds no lure");
+    assert_eq!(
+        refusals_of(&a),
+        vec![Refusal::NotCurrent { device: team.keys[ADVOCATE].device_id(), team: lure }]
+    );
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// A member sends ops that do not verify against the log: by a volunteer without the
+/// right, with a predecessor nobody has, with a broken signature. None is stored (so
+/// none is passed on), each batch is reported, and the membership is unchanged.
+#[test]
+fn ops_that_do_not_verify_are_neither_stored_nor_passed_on() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, VOLUNTEER);
+    let before = op_hashes(&a, team.id);
+    let (membership, _) = Membership::from_ops(team.id, &team.ops).expect("valid");
+    let heads = membership.heads().to_vec();
+    let volunteer = &team.keys[VOLUNTEER];
+    let intruder = DeviceKey::from_seed([OUTSIDER_SEED; 32]).device_id();
+    let sign = |preds: Vec<OpHash>, body: OpBody| {
+        SignedOp::sign(volunteer, &Op { team: Some(team.id), preds, at: Timestamp(9), body })
+    };
+    let unauthorised = sign(
+        heads.clone(),
+        OpBody::AddDevice { member: team.members[OWNER], device: intruder, label: "x".into() },
+    );
+    let dangling = sign(
+        vec![OpHash::from_bytes([42; 32])],
+        OpBody::RemoveMember { member: team.members[ADVOCATE] },
+    );
+    let mut forged =
+        sign(heads, OpBody::RemoveDevice { device: team.keys[VOLUNTEER].device_id() }).to_bytes();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let frame = Frame::Ops {
+        team: team.id,
+        ops: vec![unauthorised.to_bytes(), dangling.to_bytes(), forged],
+    };
+    let frames = a.receive(&frame.encode());
+    assert!(frames.is_empty(), "nothing is passed back");
+    assert!(a.closed.is_none());
+    assert_eq!(op_hashes(&a, team.id), before, "nothing is stored");
+    assert!(!a.events.iter().any(|e| matches!(e, SyncEvent::MembershipChanged { .. })));
+    let refusals = refusals_of(&a);
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(matches!(refusals[0], Refusal::InvalidOps { count: 3, .. }), "{refusals:?}");
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// A team whose log this device cannot replay is left out of the session, reported
+/// alone, and the device's other teams go on syncing.
+#[test]
+fn a_team_whose_log_cannot_be_read_is_isolated() {
+    let team = Team::new();
+    let mut a = team.side(OWNER, ADVOCATE);
+    let mut b = team.side(ADVOCATE, OWNER);
+    // A second team on the owner's device whose op creating it is missing.
+    let other = Team::new_named("Bo's team");
+    let broken: Vec<SignedOp> = other.ops[1..].to_vec();
+    a.replica.add_ops(other.id, &broken).expect("memory");
+    connect(&team, &mut a, &mut b);
+    assert!(a.closed.is_none() && b.closed.is_none());
+    assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
+    let refusals = refusals_of(&a);
+    assert!(
+        refusals
+            .iter()
+            .all(|r| matches!(r, Refusal::TeamUnreadable { team, .. } if *team == other.id)),
+        "{refusals:?}"
+    );
+    assert!(!refusals.is_empty());
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// Bloom filters that make Automerge divide by zero or reserve gigabytes are refused
+/// for that document; the session goes on.
+#[test]
+fn a_hostile_bloom_filter_is_refused_and_the_session_goes_on() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    // Type, no heads, no needs, one have with no last-sync heads and this filter, no
+    // changes.
+    for bloom in [[5u8, 0, 7].as_slice(), &[1, 10, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0]] {
+        let mut message = vec![0x42, 0, 0, 1, 0, bloom.len() as u8];
+        message.extend_from_slice(bloom);
+        message.push(0);
+        a.receive(&sync_frame(&team, DocKind::Plan, message));
+    }
+    assert!(a.closed.is_none());
+    let refusals = refusals_of(&a);
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals.iter().all(|r| matches!(r, Refusal::Malformed(_))), "{refusals:?}");
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// A member writes two different changes under one sequence number and sends each to
+/// a different device. Each device refuses the other's for that document only; the
+/// document stays as it was and every other exchange still works.
+#[test]
+fn a_change_reusing_a_sequence_number_is_refused_for_that_document_only() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let actor = ActorId::from(team.keys[ADVOCATE].device_id().as_bytes());
+    let kind = DocKind::Plan;
+    let doc = kind.doc_id(team.id);
+    let mut versions = Vec::new();
+    for text in ["first telling", "second telling"] {
+        let mut forked = care_core::documents::genesis(team.id, &kind).with_actor(actor.clone());
+        forked.transact(|tx| tx.put(ROOT, "note", text)).map_err(|f| f.error).expect("writes");
+        versions.push(forked.get_last_local_change().expect("a change").raw_bytes().to_vec());
+    }
+    let send = |side: &mut Side, change: &[u8], heads| {
+        let message = Message {
+            heads,
+            need: vec![],
+            have: vec![],
+            changes: ChunkList::from(vec![change.to_vec()]),
+            flags: None,
+            version: MessageVersion::V1,
+        };
+        side.receive(&sync_frame(&team, kind, message.encode()));
+    };
+    let first_hash = automerge::Change::try_from(versions[0].as_slice()).expect("parses").hash();
+    send(&mut a, &versions[0], vec![first_hash]);
+    let held = a.replica.doc(team.id, doc).expect("applied").get_heads();
+    assert_eq!(held, vec![first_hash]);
+    let second_hash = automerge::Change::try_from(versions[1].as_slice()).expect("parses").hash();
+    send(&mut a, &versions[1], vec![second_hash]);
+    assert!(a.closed.is_none());
+    assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
+    let refusals = refusals_of(&a);
+    assert!(refusals.iter().any(|r| matches!(r, Refusal::DoesNotApply(_))), "{refusals:?}");
+    assert!(!a.session.in_sync(team.id));
+    // Other documents still sync.
+    let health = DocKind::HealthPlan;
+    let written = b.replica.doc_mut(team.id, health);
+    care_core::documents::plan::set_section(
+        written,
+        &team.author_of(ADVOCATE, 6_000),
+        Section::Medication,
+        "Aspirin at 8.",
+    )
+    .expect("writes");
+    let outputs = b.session.local_change(&mut b.replica, team.id, health.doc_id(team.id), health);
+    let to_a = b.take(outputs);
+    // The attacker's own side never saw what it forged, so it may think itself in sync:
+    // deliver without the agreement check of `exchange`.
+    pump(&mut a, &mut b, to_a);
+    assert_eq!(
+        a.replica.doc(team.id, health.doc_id(team.id)).map(|d| d.get_heads()),
+        b.replica.doc(team.id, health.doc_id(team.id)).map(|d| d.get_heads())
+    );
+}
+
+/// Delivers frames both ways until quiet.
+fn pump(a: &mut Side, b: &mut Side, mut to_a: Vec<Vec<u8>>) {
+    let mut to_b = Vec::new();
+    for _ in 0..FRAMES_PER_EXCHANGE_MAX {
+        if to_a.is_empty() && to_b.is_empty() {
+            return;
+        }
+        if !to_a.is_empty() {
+            to_b.extend(a.receive(&to_a.remove(0)));
+        }
+        if !to_b.is_empty() {
+            to_a.extend(b.receive(&to_b.remove(0)));
+        }
+    }
+    panic!("the exchange did not end");
+}
+
+/// Frames about a team that is not shared, or a kind one side may not read, are refused
+/// before anything in them is parsed: a garbage message costs nothing.
+#[test]
+fn frames_for_a_team_not_shared_are_refused_unread() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, VOLUNTEER);
+    let other = Team::new_named("Bo's team");
+    let frame = Frame::Sync {
+        team: other.id,
+        doc: DocKind::Plan.doc_id(other.id),
+        kind: DocKind::Plan,
+        message: vec![0xff; 64],
+        attestations: vec![],
+    };
+    a.receive(&frame.encode());
+    // The volunteer may not read the health plan: its garbage is not parsed either.
+    a.receive(&sync_frame(&team, DocKind::HealthPlan, vec![0xff; 64]));
+    assert!(a.closed.is_none());
+    let volunteer = team.keys[VOLUNTEER].device_id();
+    assert_eq!(
+        refusals_of(&a),
+        vec![
+            Refusal::NotCurrent { device: volunteer, team: other.id },
+            Refusal::MayNotRead { kind: DocKind::HealthPlan },
+        ]
+    );
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// A Hello naming a team this device holds but the sender is not a current device of
+/// is reported; when it names nothing shared the session closes at once.
+#[test]
+fn a_hello_naming_a_team_the_sender_is_not_in_is_reported_and_a_stranger_closed() {
+    let team = Team::new();
+    let stranger = DeviceKey::from_seed([OUTSIDER_SEED; 32]).device_id();
+    let mut a = Side {
+        session: Session::new(team.keys[OWNER].device_id(), stranger),
+        replica: MemoryReplica::new(team.keys[OWNER].device_id()),
+        events: Vec::new(),
+        closed: None,
+    };
+    a.replica.add_ops(team.id, &team.ops).expect("memory");
+    a.start();
+    let summary = TeamSummary { team: team.id, ops_hash: [0; 16], docs_hash: [0; 16] };
+    let hello = Frame::Hello { version: PROTOCOL_VERSION, teams: vec![summary] };
+    a.receive(&hello.encode());
+    assert!(close_reason(&a).contains("shares no team"), "{:?}", a.closed);
+    assert_eq!(refusals_of(&a), vec![Refusal::NotCurrent { device: stranger, team: team.id }]);
+    assert!(!a.session.admitted());
+}
+
+/// Whole documents, each of a month, until the team holds the most documents a peer
+/// may make it hold: the next is refused, and the documents already held still sync.
+#[test]
+fn a_member_cannot_make_a_device_hold_documents_without_bound() {
+    let team = Team::new();
+    let (mut a, _b) = live_pair(&team, ADVOCATE);
+    let months = (2000..2200).flat_map(|y| (1..=12).filter_map(move |m| Month::new(y, m)));
+    let mut refused_at = None;
+    for (i, month) in months.enumerate() {
+        let kind = DocKind::Rota { month };
+        let genesis = care_core::documents::genesis(team.id, &kind).save();
+        let frame =
+            Frame::Snapshot { team: team.id, doc: kind.doc_id(team.id), kind, bytes: genesis };
+        a.receive(&frame.encode());
+        if refusals_of(&a).iter().any(|r| matches!(r, Refusal::OverLimit { .. })) {
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert!(a.closed.is_none());
+    assert_eq!(refused_at, Some(crate::session::DOCS_PER_TEAM_MAX));
+    assert_eq!(a.replica.docs(team.id).expect("memory").len(), crate::session::DOCS_PER_TEAM_MAX);
+}
+
+/// The frames of a real exchange (both Hellos, ops, heads, snapshots, sync messages),
+/// recorded once.
+fn exchange_frames() -> &'static [Vec<u8>] {
+    static FRAMES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    FRAMES.get_or_init(record_exchange)
+}
+
+fn record_exchange() -> Vec<Vec<u8>> {
+    let team = Team::new();
+    let mut a = team.side(OWNER, ADVOCATE);
+    let mut b = team.side(ADVOCATE, OWNER);
+    team.write_plan(&mut a, OWNER, "Tea at 8.");
+    let doc = b.replica.doc_mut(team.id, DocKind::HealthPlan);
+    plan::set_section(doc, &team.author_of(ADVOCATE, 7_000), Section::Medication, "Aspirin")
+        .expect("writes");
+    let mut frames = a.start();
+    frames.extend(b.start());
+    let (to_b, to_a) = (frames[..1].to_vec(), frames[1..].to_vec());
+    let mut seen = to_b.clone();
+    seen.extend(to_a.clone());
+    let mut queue_a = to_a;
+    let mut queue_b = to_b;
+    for _ in 0..FRAMES_PER_EXCHANGE_MAX {
+        if queue_a.is_empty() && queue_b.is_empty() {
+            break;
+        }
+        if !queue_a.is_empty() {
+            let out = a.receive(&queue_a.remove(0));
+            seen.extend(out.clone());
+            queue_b.extend(out);
+        }
+        if !queue_b.is_empty() {
+            let out = b.receive(&queue_b.remove(0));
+            seen.extend(out.clone());
+            queue_a.extend(out);
+        }
+    }
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Each frame of a real exchange with one byte changed, fed to a live session: it
+    /// never panics, and it either goes on or closes with a reason.
+    #[test]
+    fn mutated_frames_of_a_real_exchange_never_panic_a_session(
+        pick in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let frames = exchange_frames();
+        let mut frame = pick.get(frames).clone();
+        let i = at.index(frame.len());
+        frame[i] ^= byte.max(1);
+        let team = Team::new();
+        let (mut a, _b) = live_pair(&team, ADVOCATE);
+        a.receive(&frame);
+        prop_assert!(a.closed.is_none() || !a.closed.as_deref().unwrap_or("").is_empty());
+    }
+}
