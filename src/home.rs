@@ -13,6 +13,7 @@ use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
 use care_sync::TeamAccess;
 use care_sync::access::{check_document, ops_hash};
+use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
 use care_sync::net::Change;
 use serde::{Deserialize, Serialize};
 
@@ -436,15 +437,48 @@ impl Home {
         kind: &DocKind,
         id: DocId,
     ) -> Result<Option<StoredDoc>> {
+        let refusal = match self.check_unverified_size(id)? {
+            Some(refusal) => refusal,
+            None => match self.load_checked(team, kind, id)? {
+                Ok(loaded) => return Ok(loaded),
+                Err(refusal) => refusal,
+            },
+        };
+        tracing::warn!("discarding a {kind} document received from a peer: {refusal}");
+        self.store.discard_unverified(id)?;
+        Ok(None)
+    }
+
+    /// A document received whole is measured before Automerge loads it: what its
+    /// compressed columns inflate to must stay within [`INFLATED_BYTES_MAX`]. `Some` is
+    /// why it does not.
+    fn check_unverified_size(&self, id: DocId) -> Result<Option<String>> {
+        if !self.store.is_unverified(id)? {
+            return Ok(None);
+        }
+        let Some(bytes) = self.store.doc_bytes(id)? else {
+            return Ok(None);
+        };
+        Ok(inflated_len(&bytes, INFLATED_BYTES_MAX).err())
+    }
+
+    /// Loads a document; one not verified yet is checked (authors) and marked verified.
+    /// `Err` is why an unverified document fails.
+    fn load_checked(
+        &mut self,
+        team: TeamId,
+        kind: &DocKind,
+        id: DocId,
+    ) -> Result<std::result::Result<Option<StoredDoc>, String>> {
         let refusal = match self.store.load_doc(id) {
-            Ok(Some(doc)) if doc.verified() => return Ok(Some(doc)),
-            Ok(None) => return Ok(None),
+            Ok(Some(doc)) if doc.verified() => return Ok(Ok(Some(doc))),
+            Ok(None) => return Ok(Ok(None)),
             Ok(Some(doc)) => {
                 let access = self.team_access(team)?;
                 match check_document(&access, team, kind, doc.doc()) {
                     Ok(()) => {
                         self.store.set_verified(id)?;
-                        return Ok(Some(doc));
+                        return Ok(Ok(Some(doc)));
                     }
                     Err(reason) => reason,
                 }
@@ -456,9 +490,7 @@ impl Home {
                 e.to_string()
             }
         };
-        tracing::warn!("discarding a {kind} document received from a peer: {refusal}");
-        self.store.discard_unverified(id)?;
-        Ok(None)
+        Ok(Err(refusal))
     }
 
     fn resolve_team(&self, which: &str) -> Result<TeamId> {

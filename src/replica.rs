@@ -107,7 +107,21 @@ impl Replica for Home {
         Ok(self.docs.contains_key(&doc) || self.store.doc_summary(doc)?.is_some())
     }
 
-    fn snapshot(&mut self, _team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
+    /// A document received whole and never loaded here (a circle node passes most on
+    /// without using them) is verified before it is passed on: one that fails is
+    /// discarded and never reaches another device.
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
+        if self.store.is_unverified(doc)? {
+            let kind = self.store.doc_summary(doc)?.and_then(|s| s.kind.parse::<DocKind>().ok());
+            let Some(kind) = kind else {
+                return Ok(None);
+            };
+            if self.doc(team, kind, Purpose::Read)?.is_none() {
+                return Ok(None);
+            }
+            // Verified, and now marked so; a relay need not keep it in memory.
+            self.docs.remove(&doc);
+        }
         Ok(self.store.doc_bytes(doc)?)
     }
 
@@ -148,6 +162,10 @@ impl Replica for Home {
         self.sync_states.insert((peer, doc), state);
     }
 
+    fn recover_from_panic(&mut self, peer: DeviceId) {
+        self.forget_unsaved(peer);
+    }
+
     fn reset_sync_state(&mut self, peer: DeviceId) {
         let ended: Vec<(DocId, State)> = self
             .sync_states
@@ -158,6 +176,16 @@ impl Replica for Home {
             // Losing a saved sync state only costs a longer exchange next time.
             let _ = self.store.set_sync_state(peer, doc, &state.encode());
         }
+    }
+}
+
+impl Home {
+    /// After a panic in a session step: forget the loaded documents (each is reloaded
+    /// from the store, where every write is a committed transaction) and the in-flight
+    /// sync states of `peer`.
+    fn forget_unsaved(&mut self, peer: DeviceId) {
+        self.docs.clear();
+        self.sync_states.retain(|(p, _), _| *p != peer);
     }
 }
 
@@ -172,36 +200,56 @@ impl Invites for Home {
 }
 
 impl Home {
-    /// Adds the device presenting an invitation's secret to its team: as a new member
-    /// with the invitation's role, or as another device of a person already in the team.
+    /// Adds the device presenting an invitation's secret to its team, as one new member
+    /// with the invitation's role. A ticket never adds a device to someone already in
+    /// the team (their own devices add their next ones), and it is spent only by a join
+    /// that succeeded: if anything after the secret's check fails, it works again.
     fn redeem_invite(
         &mut self,
         device: DeviceId,
         request: &JoinRequest,
     ) -> Result<(TeamId, Vec<SignedOp>)> {
+        let secret = secret_hash(&request.secret);
         let invite = self
             .store
-            .redeem_invite(&secret_hash(&request.secret), self.now().as_millis())?
+            .redeem_invite(&secret, self.now().as_millis())?
             .map_err(|refusal| Error::Invalid(refusal.to_string()))?;
+        let joined = self.add_invited(device, request, &invite);
+        if joined.is_err() {
+            self.store.restore_invite(&secret)?;
+        }
+        joined
+    }
+
+    /// The ops an invitation makes: the new member, then their device.
+    fn add_invited(
+        &mut self,
+        device: DeviceId,
+        request: &JoinRequest,
+        invite: &care_store::Invite,
+    ) -> Result<(TeamId, Vec<SignedOp>)> {
         let team = invite.team;
         let role: Role = invite
             .role
             .parse()
             .map_err(|e| Error::Invalid(format!("the invitation's role: {e}")))?;
         let membership = self.membership(team)?;
-        if membership.member(request.member).is_none() {
-            let name = if request.name.trim().is_empty() {
-                invite.name.clone()
-            } else {
-                request.name.clone()
-            };
-            self.author_op(
-                team,
-                OpBody::AddMember { member: request.member, name, role, hats: Vec::new() },
-            )?;
+        if membership.member(request.member).is_some() || membership.is_removed(request.member) {
+            return Err(Error::Invalid(
+                "this ticket invites a new member: it cannot add a device to someone already \
+                 in the team (their own device adds it)"
+                    .into(),
+            ));
         }
+        if membership.members().any(|m| m.devices.contains_key(&device)) {
+            return Err(Error::Invalid("this device is already in the team".into()));
+        }
+        let name =
+            if request.name.trim().is_empty() { invite.name.clone() } else { request.name.clone() };
+        let member = request.member;
+        self.author_op(team, OpBody::AddMember { member, name, role, hats: Vec::new() })?;
         let label = "joined with a ticket".to_owned();
-        self.author_op(team, OpBody::AddDevice { member: request.member, device, label })?;
+        self.author_op(team, OpBody::AddDevice { member, device, label })?;
         Ok((team, self.signed_ops(team)?))
     }
 
@@ -291,6 +339,69 @@ mod tests {
             home.import_snapshot(team, kinds[0].doc_id(team), kinds[0], &bytes, &heads)?,
             Import::Held
         );
+        Ok(())
+    }
+
+    /// The invitation attack: a ticket for a volunteer redeemed with the owner's member id
+    /// (visible in the membership log) would have added the attacker's device to the
+    /// owner, with the owner's rights. It is refused, the membership is unchanged, and the
+    /// ticket still works for the one new member it was issued for, once.
+    #[test]
+    fn a_ticket_never_adds_a_device_to_an_existing_member() -> Result<()> {
+        use care_core::{DeviceKey, MemberId, Timestamp};
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Rosa")?;
+        let team = home.create_team("Rosa's team")?;
+        let owner = home.membership(team)?.owner();
+        let expires = Timestamp(home.now().as_millis() + 3_600_000);
+        let secret = home.create_invite(team, Role::Volunteer, "Neighbour", expires)?;
+        let attacker = DeviceKey::from_seed([66; 32]).device_id();
+        let before = home.signed_ops(team)?.len();
+
+        let as_owner = JoinRequest { secret, member: owner, name: "Rosa".into() };
+        let refused = home.redeem(attacker, &as_owner).expect_err("refused");
+        assert!(refused.contains("cannot add a device to someone already"), "{refused}");
+        assert_eq!(home.signed_ops(team)?.len(), before, "no op was written");
+        assert!(home.membership(team)?.member_of_device(attacker).is_none());
+
+        let fresh = MemberId::from_bytes([5; 16]);
+        let honest = JoinRequest { secret, member: fresh, name: "Nia".into() };
+        let (joined, _) = home.redeem(attacker, &honest).expect("the ticket still works");
+        assert_eq!(joined, team);
+        let membership = home.membership(team)?;
+        let member = membership.member_of_device(attacker).expect("added");
+        assert_eq!((member.id, member.role), (fresh, Role::Volunteer));
+        let again = JoinRequest { secret, member: MemberId::from_bytes([6; 16]), name: "X".into() };
+        assert!(home.redeem(DeviceKey::from_seed([67; 32]).device_id(), &again).is_err());
+        Ok(())
+    }
+
+    /// A circle node passes on what it received whole without using it: before it does,
+    /// the document is verified, and a forged one is discarded instead of forwarded.
+    #[test]
+    fn a_document_received_whole_is_verified_before_it_is_passed_on() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Circle")?;
+        let team = home.create_team("Rosa's team")?;
+        let own = home.profile().device;
+        let honest = DocKind::Notes {
+            stream: NoteStream::Care,
+            month: Month::new(2026, 9).expect("a month"),
+        };
+        let forged = DocKind::Notes {
+            stream: NoteStream::Care,
+            month: Month::new(2026, 10).expect("a month"),
+        };
+        let (bytes, heads) = received(team, &honest, ActorId::from(own.as_bytes()));
+        home.import_snapshot(team, honest.doc_id(team), honest, &bytes, &heads)?;
+        let genesis_actor = ActorId::from(forged.doc_id(team).as_bytes());
+        let (bad, bad_heads) = received(team, &forged, genesis_actor);
+        home.import_snapshot(team, forged.doc_id(team), forged, &bad, &bad_heads)?;
+
+        assert_eq!(home.snapshot(team, honest.doc_id(team))?, Some(bytes));
+        assert!(!home.store().is_unverified(honest.doc_id(team))?);
+        assert_eq!(home.snapshot(team, forged.doc_id(team))?, None, "never forwarded");
+        assert!(home.store().doc_summary(forged.doc_id(team))?.is_none(), "discarded");
         Ok(())
     }
 }

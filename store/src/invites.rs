@@ -104,6 +104,18 @@ impl Store {
         Ok(Ok(Invite { team, role, name, expires_at_ms }))
     }
 
+    /// Makes a redeemed invitation usable again: the join it was redeemed for failed
+    /// before the new device was added.
+    pub fn restore_invite(&mut self, secret_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE invites SET used_at_ms = NULL WHERE secret_hash = ?1",
+                params![&secret_hash[..]],
+            )
+            .doing("restoring an invitation after a failed join")?;
+        Ok(())
+    }
+
     /// A number that changes whenever another connection (another process on this home)
     /// commits to the store: a cheap way to notice their writes.
     pub fn data_version(&self) -> Result<i64, StoreError> {
@@ -133,6 +145,8 @@ mod tests {
         assert_eq!(store.redeem_invite(&[1; 32], 10)?, Ok(invite.clone()));
         assert_eq!(store.redeem_invite(&[1; 32], 11)?, Err(InviteRefusal::Used));
         assert_eq!(store.redeem_invite(&[2; 32], 1_000)?, Err(InviteRefusal::Expired));
+        store.restore_invite(&[1; 32])?;
+        assert_eq!(store.redeem_invite(&[1; 32], 12)?, Ok(invite.clone()), "usable again");
         Ok(())
     }
 

@@ -125,4 +125,11 @@ pub trait Replica {
     /// what the peer said), keeping the persisted shared heads. Called when a session
     /// with `peer` starts and when it ends.
     fn reset_sync_state(&mut self, peer: DeviceId);
+
+    /// Called after a session step panicked (a bug): drops whatever this replica holds in
+    /// memory that the step may have left half-changed (loaded documents, the sync
+    /// states of `peer`), so that what it serves next is reloaded from the store.
+    fn recover_from_panic(&mut self, peer: DeviceId) {
+        let _ = peer;
+    }
 }

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use iroh::endpoint::{Connection, SendStream, VarInt};
 use iroh::{Endpoint, EndpointAddr};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::frame::ALPN;
 use crate::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
 use crate::net::endpoint::remote_device;
-use crate::net::framing::{ReadFrameError, read_frame, write_frame};
+use crate::net::framing::{ReadFrameError, read_frame, read_frame_max, write_frame};
 use crate::net::handshake;
 use crate::replica::Replica;
-use crate::session::{Output, Session, SyncEvent};
+use crate::session::{HELLO_FRAME_BYTES_MAX, Output, Session, SyncEvent};
 
 /// Frames read ahead of the session, per connection: with `FRAME_BYTES_MAX` this bounds
 /// what one connection can make this device hold before the session judges it.
@@ -28,6 +28,11 @@ const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
 const CHANGES_QUEUED_MAX: usize = 4096;
 /// Events queued for the application.
 const EVENTS_QUEUED_MAX: usize = 4096;
+/// Most join attempts this device answers per [`JOIN_WINDOW_MS`], from all devices
+/// together: a ticket's secret cannot be guessed, but each attempt costs a store write.
+pub const JOIN_ATTEMPTS_PER_WINDOW_MAX: u32 = 20;
+/// The window of [`JOIN_ATTEMPTS_PER_WINDOW_MAX`], in milliseconds.
+pub const JOIN_WINDOW_MS: u64 = 60_000;
 /// A change on this device that connected peers may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -119,6 +124,26 @@ pub struct SyncService<R> {
     events: broadcast::Sender<PeerEvent>,
     sessions: Mutex<HashMap<DeviceId, Registered>>,
     next_session: AtomicU64,
+    joins: Mutex<JoinLimiter>,
+}
+
+/// Counts join attempts in fixed windows of [`JOIN_WINDOW_MS`].
+#[derive(Debug)]
+struct JoinLimiter {
+    window_start: tokio::time::Instant,
+    attempts: u32,
+}
+
+impl JoinLimiter {
+    /// Whether one more attempt at `now` is answered.
+    fn admit(&mut self, now: tokio::time::Instant) -> bool {
+        if now.duration_since(self.window_start).as_millis() >= u128::from(JOIN_WINDOW_MS) {
+            self.window_start = now;
+            self.attempts = 0;
+        }
+        self.attempts += 1;
+        self.attempts <= JOIN_ATTEMPTS_PER_WINDOW_MAX
+    }
 }
 
 /// A running session, as the service tracks it.
@@ -140,6 +165,10 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
+            joins: Mutex::new(JoinLimiter {
+                window_start: tokio::time::Instant::now(),
+                attempts: 0,
+            }),
         })
     }
 
@@ -218,6 +247,10 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
     }
 
     fn redeem(&self, remote: DeviceId, request: &JoinRequest) -> JoinReply {
+        if !lock(&self.joins).admit(tokio::time::Instant::now()) {
+            let reason = "this device has had too many join attempts; try again in a minute";
+            return JoinReply::Refused { reason: reason.to_owned() };
+        }
         let redeemed = lock(&self.replica).redeem(remote, request);
         match redeemed {
             Ok((team, ops)) => {
@@ -241,7 +274,17 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
             conn.accept_bi().await.map_err(|e| format!("the sync stream did not open: {e}"))?
         };
         let (frames_tx, mut frames) = mpsc::channel(FRAMES_AHEAD_MAX);
+        let (admitted_tx, mut admitted) = watch::channel(false);
         let reader = tokio::spawn(async move {
+            // Only the Hello, with its own small limit, until it shows a shared team.
+            let hello = read_frame_max(&mut recv, HELLO_FRAME_BYTES_MAX).await;
+            let last = hello.is_err();
+            if frames_tx.send(hello).await.is_err() || last {
+                return;
+            }
+            if admitted.wait_for(|admitted| *admitted).await.is_err() {
+                return;
+            }
             loop {
                 let frame = read_frame(&mut recv).await;
                 let last = frame.is_err();
@@ -252,7 +295,7 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
         });
         let mut changes = self.changes.subscribe();
         let mut session = Session::new(self.local, remote);
-        let mut outputs = session.start(&mut *lock(&self.replica));
+        let mut outputs = contained(&mut *lock(&self.replica), remote, |r| session.start(r));
         let ended = loop {
             if let Some(reason) = self.carry_out(&mut send, remote, outputs).await? {
                 break reason;
@@ -262,7 +305,11 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
                     Some(Ok(bytes)) => {
                         self.counters.frames_received.fetch_add(1, Ordering::Relaxed);
                         self.counters.bytes_received.fetch_add(4 + bytes.len() as u64, Ordering::Relaxed);
-                        session.handle_frame(&mut *lock(&self.replica), &bytes)
+                        let outputs = contained(&mut *lock(&self.replica), remote, |r| session.handle_frame(r, &bytes));
+                        if session.admitted() {
+                            admitted_tx.send_replace(true);
+                        }
+                        outputs
                     }
                     Some(Err(ReadFrameError::Finished)) | None => break "the other device ended the session".to_owned(),
                     Some(Err(e)) => {
@@ -286,11 +333,11 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
     }
 
     fn on_change(&self, session: &mut Session, change: Change) -> Vec<Output> {
-        let mut replica = lock(&self.replica);
-        match change {
-            Change::Doc { team, doc, kind } => session.local_change(&mut *replica, team, doc, kind),
-            Change::Membership { team } => session.membership_changed(&mut *replica, team),
-        }
+        let remote = session.remote();
+        contained(&mut *lock(&self.replica), remote, |replica| match change {
+            Change::Doc { team, doc, kind } => session.local_change(replica, team, doc, kind),
+            Change::Membership { team } => session.membership_changed(replica, team),
+        })
     }
 
     /// Writes frames and publishes events; returns the reason if the session closed.
@@ -364,6 +411,25 @@ pub async fn request_join(
     handshake::request(endpoint, addr, JOIN_ALPN, request).await
 }
 
+/// Runs one step of a session. A panic in it is a bug, but it stays in this session: the
+/// replica drops what it holds in memory for it (reloading from the store, where every
+/// write is a whole transaction), and the session closes; the device's other sessions go
+/// on.
+fn contained<R: Replica>(
+    replica: &mut R,
+    remote: DeviceId,
+    step: impl FnOnce(&mut R) -> Vec<Output>,
+) -> Vec<Output> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(replica))) {
+        Ok(outputs) => outputs,
+        Err(_) => {
+            replica.recover_from_panic(remote);
+            let reason = "this device failed while handling the session (a bug), and closed it";
+            vec![Output::Close { reason: reason.to_owned() }]
+        }
+    }
+}
+
 /// Locks a mutex, going on with its data if a panicking thread poisoned it: every
 /// change to the data is a completed store transaction, so it is never half-made.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -399,5 +465,38 @@ impl<R: Replica + Invites + Send + 'static> iroh::protocol::ProtocolHandler for 
     async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
         Arc::clone(&self.0).answer_join(conn).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryReplica;
+    use care_core::DeviceKey;
+
+    #[test]
+    fn a_panic_in_a_session_step_closes_that_session_only() {
+        let device = DeviceKey::from_seed([1; 32]).device_id();
+        let remote = DeviceKey::from_seed([2; 32]).device_id();
+        let mut replica = MemoryReplica::new(device);
+        let outputs = contained(&mut replica, remote, |_| panic!("a bug in one session"));
+        assert!(
+            matches!(outputs.as_slice(), [Output::Close { reason }] if reason.contains("a bug"))
+        );
+        // The same replica goes on serving the next step.
+        let mut session = Session::new(device, remote);
+        let outputs = contained(&mut replica, remote, |r| session.start(r));
+        assert!(matches!(outputs.first(), Some(Output::Send(_))));
+    }
+
+    #[test]
+    fn join_attempts_are_limited_per_window() {
+        let start = tokio::time::Instant::now();
+        let mut limiter = JoinLimiter { window_start: start, attempts: 0 };
+        let admitted =
+            (0..JOIN_ATTEMPTS_PER_WINDOW_MAX + 5).filter(|_| limiter.admit(start)).count();
+        assert_eq!(admitted, JOIN_ATTEMPTS_PER_WINDOW_MAX as usize);
+        let later = start + std::time::Duration::from_millis(JOIN_WINDOW_MS);
+        assert!(limiter.admit(later), "a new window admits again");
     }
 }
