@@ -372,8 +372,13 @@ fn record_exchange() -> Vec<Vec<u8>> {
     seen
 }
 
+/// Cases of the mutation test: 256 in CI; `CARE_FUZZ_CASES` runs it longer.
+fn fuzz_cases() -> u32 {
+    std::env::var("CARE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     /// Each frame of a real exchange with one byte changed, fed to a live session: it
     /// never panics, and it either goes on or closes with a reason.
