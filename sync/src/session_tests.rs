@@ -446,3 +446,21 @@ fn a_live_change_takes_the_team_out_of_sync_until_it_arrives() {
 
 #[path = "adversary_tests.rs"]
 mod adversary;
+
+/// The largest Hello an honest device sends fits the limit its first frame is read with.
+#[test]
+fn the_largest_hello_fits_the_first_frame_limit() {
+    let summaries = (0..crate::frame::TEAMS_PER_HELLO_MAX)
+        .map(|i| {
+            let mut id = [0xff; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            crate::frame::TeamSummary {
+                team: TeamId::from_bytes(id),
+                ops_hash: [0xff; 16],
+                docs_hash: [0xff; 16],
+            }
+        })
+        .collect();
+    let hello = Frame::Hello { version: u32::MAX, teams: summaries }.encode();
+    assert!(hello.len() <= HELLO_FRAME_BYTES_MAX, "{} bytes", hello.len());
+}
