@@ -459,7 +459,7 @@ impl Home {
         let Some(bytes) = self.store.doc_bytes(id)? else {
             return Ok(None);
         };
-        Ok(inflated_len(&bytes, INFLATED_BYTES_MAX).err())
+        Ok(inflated_len(&bytes, INFLATED_BYTES_MAX).err().map(|e| e.to_string()))
     }
 
     /// Loads a document; one not verified yet is checked (authors) and marked verified.

@@ -10,18 +10,6 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::frame::TeamSummary;
-use crate::refusal::Refusal;
-
-/// The refusals `side` reported.
-fn refusals_of(side: &Side) -> Vec<Refusal> {
-    side.events
-        .iter()
-        .filter_map(|e| match e {
-            SyncEvent::Refused { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 fn op_hashes(side: &Side, team: TeamId) -> Vec<OpHash> {
     let mut hashes: Vec<_> =
@@ -87,7 +75,7 @@ fn ops_for_a_team_the_receiver_never_joined_are_refused_unread() {
     assert!(a.closed.is_none());
     assert!(!a.replica.teams().expect("memory").contains(&lure), "the victim holds no lure");
     assert_eq!(
-        refusals_of(&a),
+        a.refusals(),
         vec![Refusal::NotCurrent { device: team.keys[ADVOCATE].device_id(), team: lure }]
     );
     still_syncs(&team, &mut a, &mut b);
@@ -129,7 +117,7 @@ fn ops_that_do_not_verify_are_neither_stored_nor_passed_on() {
     assert!(a.closed.is_none());
     assert_eq!(op_hashes(&a, team.id), before, "nothing is stored");
     assert!(!a.events.iter().any(|e| matches!(e, SyncEvent::MembershipChanged { .. })));
-    let refusals = refusals_of(&a);
+    let refusals = a.refusals();
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(matches!(refusals[0], Refusal::InvalidOps { count: 3, .. }), "{refusals:?}");
     still_syncs(&team, &mut a, &mut b);
@@ -149,7 +137,7 @@ fn a_team_whose_log_cannot_be_read_is_isolated() {
     connect(&team, &mut a, &mut b);
     assert!(a.closed.is_none() && b.closed.is_none());
     assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
-    let refusals = refusals_of(&a);
+    let refusals = a.refusals();
     assert!(
         refusals
             .iter()
@@ -175,7 +163,7 @@ fn a_hostile_bloom_filter_is_refused_and_the_session_goes_on() {
         a.receive(&sync_frame(&team, DocKind::Plan, message));
     }
     assert!(a.closed.is_none());
-    let refusals = refusals_of(&a);
+    let refusals = a.refusals();
     assert_eq!(refusals.len(), 2, "{refusals:?}");
     assert!(refusals.iter().all(|r| matches!(r, Refusal::Malformed(_))), "{refusals:?}");
     still_syncs(&team, &mut a, &mut b);
@@ -216,7 +204,7 @@ fn a_change_reusing_a_sequence_number_is_refused_for_that_document_only() {
     send(&mut a, &versions[1], vec![second_hash]);
     assert!(a.closed.is_none());
     assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
-    let refusals = refusals_of(&a);
+    let refusals = a.refusals();
     assert!(refusals.iter().any(|r| matches!(r, Refusal::DoesNotApply(_))), "{refusals:?}");
     assert!(!a.session.in_sync(team.id));
     // Other documents still sync.
@@ -277,7 +265,7 @@ fn frames_for_a_team_not_shared_are_refused_unread() {
     assert!(a.closed.is_none());
     let volunteer = team.keys[VOLUNTEER].device_id();
     assert_eq!(
-        refusals_of(&a),
+        a.refusals(),
         vec![
             Refusal::NotCurrent { device: volunteer, team: other.id },
             Refusal::MayNotRead { kind: DocKind::HealthPlan },
@@ -304,7 +292,7 @@ fn a_hello_naming_a_team_the_sender_is_not_in_is_reported_and_a_stranger_closed(
     let hello = Frame::Hello { version: PROTOCOL_VERSION, teams: vec![summary] };
     a.receive(&hello.encode());
     assert!(close_reason(&a).contains("shares no team"), "{:?}", a.closed);
-    assert_eq!(refusals_of(&a), vec![Refusal::NotCurrent { device: stranger, team: team.id }]);
+    assert_eq!(a.refusals(), vec![Refusal::NotCurrent { device: stranger, team: team.id }]);
     assert!(!a.session.admitted());
 }
 
@@ -322,7 +310,7 @@ fn a_member_cannot_make_a_device_hold_documents_without_bound() {
         let frame =
             Frame::Snapshot { team: team.id, doc: kind.doc_id(team.id), kind, bytes: genesis };
         a.receive(&frame.encode());
-        if refusals_of(&a).iter().any(|r| matches!(r, Refusal::OverLimit { .. })) {
+        if a.refusals().iter().any(|r| matches!(r, Refusal::OverLimit { .. })) {
             refused_at = Some(i);
             break;
         }

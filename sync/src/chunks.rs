@@ -72,7 +72,7 @@ pub fn changes_in(bytes: &[u8]) -> Result<Vec<(ActorId, ChangeHash)>, String> {
 /// A change counts its own length, a compressed change what its deflate stream inflates
 /// to, and a document its uncompressed columns plus what its compressed columns inflate
 /// to. Nothing is kept: the streams are inflated into a small buffer and counted.
-pub fn inflated_len(bytes: &[u8], budget: usize) -> Result<usize, String> {
+pub fn inflated_len(bytes: &[u8], budget: usize) -> Result<usize, InflateError> {
     let mut total = 0usize;
     for_each_chunk(bytes, |chunk_type, chunk, _| {
         let left = budget.saturating_sub(total);
@@ -81,14 +81,34 @@ pub fn inflated_len(bytes: &[u8], budget: usize) -> Result<usize, String> {
             CHUNK_CHANGE => data.len(),
             CHUNK_COMPRESSED => inflate_len(data, left)?,
             CHUNK_DOCUMENT => document_inflated_len(data, left)?,
-            other => return Err(format!("an Automerge chunk of unexpected type {other}")),
+            other => return Err(format!("an Automerge chunk of unexpected type {other}").into()),
         };
         if total > budget {
-            return Err(format!("Automerge chunks that inflate to more than {budget} bytes"));
+            return Err(InflateError::TooLarge { max: budget });
         }
         Ok(())
     })?;
     Ok(total)
+}
+
+/// Why Automerge bytes from a peer are refused before they are inflated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InflateError {
+    /// They inflate to more than the budget.
+    #[error("Automerge chunks that inflate to more than {max} bytes")]
+    TooLarge {
+        /// The budget.
+        max: usize,
+    },
+    /// They are not well-formed chunks.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl From<String> for InflateError {
+    fn from(why: String) -> InflateError {
+        InflateError::Malformed(why)
+    }
 }
 
 /// The bytes of a chunk after its header.
@@ -99,7 +119,7 @@ fn chunk_data(chunk: &[u8]) -> Result<&[u8], String> {
 }
 
 /// How many bytes a raw deflate stream inflates to, refused past `budget`.
-fn inflate_len(deflated: &[u8], budget: usize) -> Result<usize, String> {
+fn inflate_len(deflated: &[u8], budget: usize) -> Result<usize, InflateError> {
     use std::io::Read;
     let limit = u64::try_from(budget).unwrap_or(u64::MAX).saturating_add(1);
     let mut stream = flate2::bufread::DeflateDecoder::new(deflated).take(limit);
@@ -107,7 +127,7 @@ fn inflate_len(deflated: &[u8], budget: usize) -> Result<usize, String> {
         .map_err(|e| format!("a compressed Automerge chunk that does not inflate: {e}"))?;
     let n = usize::try_from(n).unwrap_or(usize::MAX);
     if n > budget {
-        return Err(format!("Automerge chunks that inflate to more than {budget} bytes"));
+        return Err(InflateError::TooLarge { max: budget });
     }
     Ok(n)
 }
@@ -115,7 +135,7 @@ fn inflate_len(deflated: &[u8], budget: usize) -> Result<usize, String> {
 /// What a document chunk's data takes once its compressed columns are inflated: its
 /// actors, heads, then two sections of column metadata (specification, length), then
 /// the columns' bytes in the same order.
-fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, String> {
+fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, InflateError> {
     let truncated = || "a truncated Automerge document chunk".to_owned();
     let mut cursor = Cursor(data);
     let actor_count = cursor.count().ok_or_else(truncated)?;
@@ -130,9 +150,8 @@ fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, String> {
     for _ in 0..2 {
         let count = cursor.leb().ok_or_else(truncated)?;
         if count > COLUMNS_PER_SECTION_MAX {
-            return Err(format!(
-                "a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns"
-            ));
+            let why = format!("a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns");
+            return Err(why.into());
         }
         for _ in 0..count {
             let spec = cursor.leb().ok_or_else(truncated)?;
@@ -148,7 +167,7 @@ fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, String> {
             total += inflate_len(bytes, budget.saturating_sub(total))?;
         }
         if total > budget {
-            return Err(format!("Automerge chunks that inflate to more than {budget} bytes"));
+            return Err(InflateError::TooLarge { max: budget });
         }
     }
     Ok(total)
@@ -156,17 +175,17 @@ fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, String> {
 
 /// Calls `f` with the type, the bytes and the position of each chunk in `bytes`, a
 /// concatenation of chunks, up to [`CHUNKS_PER_MESSAGE_MAX`] of them.
-fn for_each_chunk<'a>(
+fn for_each_chunk<'a, E: From<String>>(
     bytes: &'a [u8],
-    mut f: impl FnMut(u8, &'a [u8], usize) -> Result<(), String>,
-) -> Result<(), String> {
+    mut f: impl FnMut(u8, &'a [u8], usize) -> Result<(), E>,
+) -> Result<(), E> {
     let mut rest = bytes;
     let mut index = 0usize;
     while !rest.is_empty() {
         if index == CHUNKS_PER_MESSAGE_MAX {
-            return Err(format!("more than {CHUNKS_PER_MESSAGE_MAX} chunks"));
+            return Err(format!("more than {CHUNKS_PER_MESSAGE_MAX} chunks").into());
         }
-        let (chunk_type, len) = chunk_header(rest)?;
+        let (chunk_type, len) = chunk_header(rest).map_err(E::from)?;
         let (chunk, tail) = rest.split_at(len);
         rest = tail;
         f(chunk_type, chunk, index)?;

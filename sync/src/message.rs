@@ -8,7 +8,7 @@
 //! `automerge::sync::Message::decode` and `receive_sync_message` only ever see a message
 //! within them.
 
-use crate::chunks::{CHUNKS_PER_MESSAGE_MAX, INFLATED_BYTES_MAX, inflated_len};
+use crate::chunks::{CHUNKS_PER_MESSAGE_MAX, INFLATED_BYTES_MAX, InflateError, inflated_len};
 use crate::frame::HEADS_PER_DOC_MAX;
 use crate::refusal::Refusal;
 
@@ -49,17 +49,16 @@ pub fn check_sync_message(bytes: &[u8]) -> Result<(), Refusal> {
     for _ in 0..chunks {
         let len = r.len()?;
         let chunk = r.take(len)?;
-        inflated +=
-            inflated_len(chunk, INFLATED_BYTES_MAX.saturating_sub(inflated)).map_err(|why| {
-                match why.contains("inflate to more than") {
-                    true => Refusal::over_limit(
-                        "bytes of inflated changes in a sync message",
-                        INFLATED_BYTES_MAX + 1,
-                        INFLATED_BYTES_MAX,
-                    ),
-                    false => malformed(why),
-                }
-            })?;
+        inflated += inflated_len(chunk, INFLATED_BYTES_MAX.saturating_sub(inflated)).map_err(
+            |e| match e {
+                InflateError::TooLarge { .. } => Refusal::over_limit(
+                    "bytes of inflated changes in a sync message",
+                    INFLATED_BYTES_MAX + 1,
+                    INFLATED_BYTES_MAX,
+                ),
+                InflateError::Malformed(why) => malformed(why),
+            },
+        )?;
     }
     Ok(())
 }

@@ -689,6 +689,7 @@ impl Session {
         out: &mut Vec<Output>,
     ) -> Step {
         let loaded = inflated_len(bytes, INFLATED_BYTES_MAX)
+            .map_err(|e| e.to_string())
             .and_then(|_| Automerge::load(bytes).map_err(|e| e.to_string()));
         let loaded = match loaded {
             Ok(loaded) => loaded,

@@ -11,6 +11,7 @@ use care_core::{
 use crate::access::TeamAccess;
 use crate::frame::{FRAME_BYTES_MAX, Frame, PROTOCOL_VERSION};
 use crate::memory::MemoryReplica;
+use crate::refusal::Refusal;
 use crate::replica::Replica;
 use crate::session::{HELLO_FRAME_BYTES_MAX, Output, Session, SyncEvent};
 
@@ -120,11 +121,11 @@ impl Side {
         self.events.iter().filter(|e| matches!(e, SyncEvent::TeamInSync { .. })).count()
     }
 
-    fn refusals(&self) -> Vec<String> {
+    fn refusals(&self) -> Vec<Refusal> {
         self.events
             .iter()
             .filter_map(|e| match e {
-                SyncEvent::Refused { reason, .. } => Some(reason.to_string()),
+                SyncEvent::Refused { reason, .. } => Some(reason.clone()),
                 _ => None,
             })
             .collect()
@@ -326,7 +327,7 @@ fn documents_the_remote_may_not_read_are_refused() {
         assert!(frames.is_empty(), "nothing is answered");
         assert!(a.closed.is_none());
         assert_eq!(a.events.len(), 1, "{:?}", a.events);
-        assert!(a.refusals()[0].contains("may not read"), "{:?}", a.events);
+        assert!(a.refusals()[0].to_string().contains("may not read"), "{:?}", a.events);
         assert!(a.replica.doc(team.id, doc_id).is_none(), "nothing is stored");
     }
 }
@@ -345,7 +346,7 @@ fn a_snapshot_with_a_change_by_a_device_that_may_not_write_is_refused() {
     let frames = a.receive(&frame.encode());
     assert!(frames.is_empty());
     assert!(a.closed.is_none());
-    let refusals = a.refusals();
+    let refusals: Vec<String> = a.refusals().iter().map(ToString::to_string).collect();
     assert_eq!(refusals.len(), 1, "{:?}", a.events);
     assert!(refusals[0].contains(&format!("device {}", team.keys[VOLUNTEER].device_id())));
     assert!(refusals[0].contains("may not write"), "{refusals:?}");
