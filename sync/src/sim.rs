@@ -2,6 +2,12 @@
 //! seeded in-memory network with delays, dropped connections and partitions, editing
 //! concurrently; after the network heals every device must hold the same heads for every
 //! document it may read. `CARE_SIM_SEED=N cargo test -p care-sync sim` replays one seed.
+//!
+//! One member, the advocate, is an attacker: besides what its session sends, some of
+//! its frames have a byte changed, and now and then it adds a frame of its own making (a
+//! hostile Bloom filter, the ops of a lure team naming its peer, a forged whole document).
+//! It does not tamper with changes: see the threat model on unsigned actor ids.
+//! The honest members must still converge, and none may hold anything of the lure.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +31,10 @@ const FAULT_TICKS: u64 = 200;
 const QUIET_TICKS_MAX: u64 = 100_000;
 /// Largest delay of one frame, in ticks.
 const DELAY_TICKS_MAX: u64 = 20;
+/// The attacking member: the advocate, present in every seed.
+const ATTACKER: usize = 2;
+/// Percent of the attacker's frames that it tampers with or follows with one of its own.
+const ATTACK_PERCENT: u64 = 10;
 
 /// SplitMix64: small, seeded, good enough for choosing faults.
 struct Rng(u64);
@@ -89,8 +99,10 @@ struct World {
     partition: Option<Vec<bool>>,
     /// The peer removed mid-run, and the removal op.
     removed: Option<(usize, SignedOp)>,
-    /// Refusals reported by each peer.
-    refusals: Vec<(usize, String)>,
+    /// Refusals reported by each peer, with the peer whose frame was refused.
+    refusals: Vec<(usize, usize, String)>,
+    /// Whether the attacker attacks.
+    attacks: bool,
 }
 
 impl World {
@@ -130,6 +142,7 @@ impl World {
             partition: None,
             removed: None,
             refusals: Vec::new(),
+            attacks: false,
         }
     }
 
@@ -276,7 +289,8 @@ impl World {
                 self.each_session(peer, Some(from), |s, r| s.membership_changed(r, team))
             }
             SyncEvent::Refused { reason, .. } => {
-                self.refusals.push((peer, reason.to_string()));
+                let sender = self.conns.get(&from).map(|c| c.ends[usize::from(c.ends[0] == peer)]);
+                self.refusals.push((peer, sender.unwrap_or(peer), reason.to_string()));
                 Vec::new()
             }
             SyncEvent::TeamInSync { .. } => {
@@ -321,8 +335,93 @@ impl World {
         let at = (self.now + 1 + self.rng.below(DELAY_TICKS_MAX)).max(c.last_at[end]);
         c.last_at[end] = at;
         self.check_frame(from, to, &bytes);
-        self.in_flight.push(InFlight { at, seq: self.next_seq, conn, to_end: 1 - end, bytes });
-        self.next_seq += 1;
+        let mut frames = vec![bytes];
+        if self.attacks && from == ATTACKER && self.rng.chance(ATTACK_PERCENT) {
+            frames = self.attack(to, frames.remove(0));
+        }
+        for bytes in frames {
+            self.in_flight.push(InFlight { at, seq: self.next_seq, conn, to_end: 1 - end, bytes });
+            self.next_seq += 1;
+        }
+    }
+
+    /// What the attacker sends `to` instead of `bytes`: the frame with one byte changed,
+    /// or the frame followed by one of its own making.
+    fn attack(&mut self, to: usize, mut bytes: Vec<u8>) -> Vec<Vec<u8>> {
+        let plan = DocKind::Plan;
+        // Changes are not changed: a member can already write a change under another
+        // writer's actor id (actor ids are not signed yet), and one reusing that writer's
+        // sequence number splits honest devices on that document for good.
+        let carries_changes =
+            matches!(Frame::decode(&bytes), Ok(Frame::Sync { .. } | Frame::Snapshot { .. }));
+        let extra = match self.rng.below(4) {
+            0 if !carries_changes => {
+                let at = self.rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 + self.rng.below(255) as u8;
+                return vec![bytes];
+            }
+            0 | 1 => {
+                // A Bloom filter with no bits per entry: Automerge would divide by zero.
+                let message = vec![0x42, 0, 0, 1, 0, 3, 5, 0, 7, 0];
+                let doc = plan.doc_id(self.team);
+                let team = self.team;
+                Frame::Sync { team, doc, kind: plan, message, attestations: vec![] }
+            }
+            2 => {
+                let lure = self.lure_ops(to);
+                Frame::Ops {
+                    team: team_id(&lure[0]),
+                    ops: lure.iter().map(SignedOp::to_bytes).collect(),
+                }
+            }
+            _ => {
+                // A whole plan under the actor of its deterministic first change, which
+                // anyone can take.
+                let mut doc = care_core::documents::genesis(self.team, &plan)
+                    .with_actor(automerge::ActorId::from(plan.doc_id(self.team).as_bytes()));
+                doc.transact(|tx| {
+                    use automerge::transaction::Transactable;
+                    tx.put(automerge::ROOT, "forged", "by the first change's actor")
+                })
+                .map_err(|f| f.error)
+                .expect("writes a fresh document");
+                let (team, doc_id) = (self.team, plan.doc_id(self.team));
+                Frame::Snapshot { team, doc: doc_id, kind: plan, bytes: doc.save() }
+            }
+        };
+        vec![bytes, extra.encode()]
+    }
+
+    /// The ops of a team the attacker makes, naming `to`'s device as a member's.
+    fn lure_ops(&self, to: usize) -> Vec<SignedOp> {
+        let attacker = &self.peers[ATTACKER];
+        let create =
+            create_team(&attacker.key, Timestamp(0), "Lure", attacker.member, "Sam", [9; 16]);
+        let lure = team_id(&create);
+        let mut ops = vec![create];
+        let victim = &self.peers[to];
+        let bodies = [
+            OpBody::AddMember {
+                member: victim.member,
+                name: "Victim".into(),
+                role: Role::Advocate,
+                hats: vec![],
+            },
+            OpBody::AddDevice {
+                member: victim.member,
+                device: victim.key.device_id(),
+                label: "phone".into(),
+            },
+        ];
+        for body in bodies {
+            let (membership, _) = Membership::from_ops(lure, &ops).expect("valid ops");
+            ops.push(
+                membership
+                    .author_op(&attacker.key, Timestamp(1), body)
+                    .expect("the lure's owner may"),
+            );
+        }
+        ops
     }
 
     fn deliver_due(&mut self) {
@@ -424,7 +523,11 @@ impl World {
     fn assert_in_sync(&self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
         for conn in self.conns.values() {
-            if conn.ends.iter().any(|p| Some(*p) == removed || *p == self.outsider) {
+            if conn
+                .ends
+                .iter()
+                .any(|p| Some(*p) == removed || *p == self.outsider || self.attacker(*p))
+            {
                 continue;
             }
             for end in 0..2 {
@@ -443,10 +546,21 @@ impl World {
         }
     }
 
-    /// Every current member holds the same heads for every document it may read.
+    /// Whether `peer` is the attacker in this run.
+    fn attacker(&self, peer: usize) -> bool {
+        self.attacks && peer == ATTACKER
+    }
+
+    /// Every current honest member holds the same heads for every document it may read,
+    /// and no member holds a team but the one it belongs to.
     fn assert_converged(&self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
-        let members: Vec<usize> = (0..self.outsider).filter(|p| Some(*p) != removed).collect();
+        let members: Vec<usize> =
+            (0..self.outsider).filter(|p| Some(*p) != removed && !self.attacker(*p)).collect();
+        for p in &members {
+            let teams = self.peers[*p].replica.teams().expect("memory replica");
+            assert_eq!(teams, vec![self.team], "peer {p} holds a team it never joined");
+        }
         let mut docs: BTreeMap<DocId, DocKind> = BTreeMap::new();
         for p in &members {
             let held = self.peers[*p].replica.docs(self.team).expect("memory replica");
@@ -467,7 +581,9 @@ impl World {
             assert_eq!(heads.len(), 1, "members disagree on {kind}: {heads:?}");
         }
         assert!(
-            self.refusals.iter().all(|(_, r)| !r.contains("may not write")),
+            self.refusals
+                .iter()
+                .all(|(_, from, r)| self.attacker(*from) || !r.contains("may not write")),
             "{:?}",
             self.refusals
         );
@@ -537,6 +653,7 @@ fn kinds_in(frame: &Frame) -> Vec<DocKind> {
 
 fn run_seed(seed: u64) {
     let mut world = World::new(seed);
+    world.attacks = true;
     world.run();
     if std::env::var("CARE_SIM_STATS").is_ok() {
         let docs: Vec<usize> =
@@ -591,7 +708,7 @@ fn a_health_plan_change_by_a_volunteer_is_refused() {
         world.now += 1;
     }
     assert!(
-        world.refusals.iter().any(|(p, r)| *p == 0 && r.contains("may not write")),
+        world.refusals.iter().any(|(p, _, r)| *p == 0 && r.contains("may not write")),
         "{:?}",
         world.refusals
     );
