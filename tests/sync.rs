@@ -237,3 +237,31 @@ async fn garbage_frames_close_that_connection_and_others_go_on() -> Result<()> {
     b.shutdown().await;
     Ok(())
 }
+
+/// A device that connects and says nothing, or starts a Hello and never finishes it, is
+/// disconnected once `HELLO_TIMEOUT_MS` has passed: it cannot hold a session open (the
+/// keep-alives of its endpoint would otherwise keep the connection up for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_hello_timeout() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = start(dir.path(), "Ada").await?;
+    let addr = a.addr();
+    let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
+    let lurker = bind([8; 32], &NetConfig::loopback()).await?;
+    let limit = Duration::from_millis(care_sync::net::service::HELLO_TIMEOUT_MS + 3_000);
+
+    let silent = lurker.connect(target.clone(), care_sync::ALPN).await?;
+    let half = lurker.connect(target, care_sync::ALPN).await?;
+    let (mut send, _recv) = half.open_bi().await?;
+    // The length of a 100-byte Hello, and then nothing.
+    send.write_all(&100u32.to_be_bytes()).await?;
+    let closed = tokio::time::timeout(limit, async {
+        silent.closed().await;
+        half.closed().await;
+    })
+    .await;
+    assert!(closed.is_ok(), "a connection that sent no Hello was kept open");
+    lurker.close().await;
+    a.shutdown().await;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use iroh::endpoint::{Connection, SendStream, VarInt};
@@ -28,6 +29,12 @@ const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
 const CHANGES_QUEUED_MAX: usize = 4096;
 /// Events queued for the application.
 const EVENTS_QUEUED_MAX: usize = 4096;
+/// Most sessions this device runs at once (a circle node serves hundreds of devices);
+/// a device beyond it is turned away until one ends.
+pub const SESSIONS_MAX: usize = 4096;
+/// How long a connecting device has to open its stream and show, with its Hello, that
+/// it shares a team; a device that does not is disconnected.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// Most join attempts this device answers per [`JOIN_WINDOW_MS`], from all devices
 /// together: a ticket's secret cannot be guessed, but each attempt costs a store write.
 pub const JOIN_ATTEMPTS_PER_WINDOW_MAX: u32 = 20;
@@ -219,7 +226,7 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
         let remote = remote_device(&conn);
         let dialer = if dialed_by_me { self.local } else { remote };
         let Some((id, stop)) = self.register(remote, dialer) else {
-            let reason = "already connected to this device";
+            let reason = "already connected to this device, or serving the most sessions it may";
             conn.close(VarInt::from_u32(1), reason.as_bytes());
             return reason.to_owned();
         };
@@ -268,10 +275,16 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
         dialed_by_me: bool,
         stop: &Notify,
     ) -> Result<String, String> {
+        let hello_by = tokio::time::Instant::now() + Duration::from_millis(HELLO_TIMEOUT_MS);
         let (mut send, mut recv) = if dialed_by_me {
             conn.open_bi().await.map_err(|e| format!("cannot open the sync stream: {e}"))?
         } else {
-            conn.accept_bi().await.map_err(|e| format!("the sync stream did not open: {e}"))?
+            tokio::time::timeout_at(hello_by, conn.accept_bi())
+                .await
+                .map_err(|_| {
+                    format!("the other device opened no stream within {HELLO_TIMEOUT_MS} ms")
+                })?
+                .map_err(|e| format!("the sync stream did not open: {e}"))?
         };
         let (frames_tx, mut frames) = mpsc::channel(FRAMES_AHEAD_MAX);
         let (admitted_tx, mut admitted) = watch::channel(false);
@@ -325,6 +338,11 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
                     Err(broadcast::error::RecvError::Closed) => break "this device is shutting down".to_owned(),
                 },
                 () = stop.notified() => session.close(&mut *lock(&self.replica), "replaced by another connection between the same devices"),
+                // A Hello that arrived but waits its turn is read first.
+                () = tokio::time::sleep_until(hello_by), if !session.admitted() && frames.is_empty() => {
+                    let reason = format!("the other device showed no shared team within {HELLO_TIMEOUT_MS} ms");
+                    session.close(&mut *lock(&self.replica), &reason)
+                }
             };
         };
         reader.abort();
@@ -387,6 +405,8 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
                 return None;
             }
             existing.stop.notify_one();
+        } else if sessions.len() >= SESSIONS_MAX {
+            return None;
         }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(Notify::new());
