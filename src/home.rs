@@ -303,9 +303,61 @@ impl Home {
             role: role.to_string(),
             name: name.to_owned(),
             expires_at_ms: expires.as_millis(),
+            member: None,
         };
         self.store.create_invite(&care_sync::ticket::secret_hash(&secret), &invite)?;
         Ok(secret)
+    }
+
+    /// Records an invitation for one more device of this home's own member in `team`,
+    /// valid once until `expires`, and returns its one-time secret. Only a current device
+    /// of the member issues it, and the device it adds is signed in by this device: no one
+    /// else's ticket ever adds a device to a member.
+    pub fn create_device_invite(&mut self, team: TeamId, expires: Timestamp) -> Result<[u8; 16]> {
+        let membership = self.membership(team)?;
+        let member = membership
+            .member_of_device(self.profile.device)
+            .filter(|m| m.id == self.profile.member)
+            .ok_or_else(|| {
+                Error::Invalid("this device is not a current device of yours in this team".into())
+            })?;
+        let probe = OpBody::AddDevice {
+            member: member.id,
+            device: DeviceKey::from_seed(random_bytes()).device_id(),
+            label: "probe".to_owned(),
+        };
+        membership.check(self.profile.device, &probe).map_err(Error::Refused)?;
+        let secret: [u8; 16] = random_bytes();
+        let invite = care_store::Invite {
+            team,
+            role: member.role.to_string(),
+            name: member.name.clone(),
+            expires_at_ms: expires.as_millis(),
+            member: Some(member.id),
+        };
+        self.store.create_invite(&care_sync::ticket::secret_hash(&secret), &invite)?;
+        Ok(secret)
+    }
+
+    /// Takes `member` as this home's member id, so that it can join a team as another
+    /// device of that person (a device ticket). Only a home in no team yet may: its
+    /// member id is in none of their logs.
+    pub(crate) fn adopt_member(&mut self, member: MemberId) -> Result<()> {
+        if self.profile.member == member {
+            return Ok(());
+        }
+        if !self.store.teams()?.is_empty() {
+            return Err(Error::Invalid(
+                "this device ticket adds a device of another person; use it on a new home \
+                 (`care init`), or ask for an invitation as a new member"
+                    .into(),
+            ));
+        }
+        let profile = Profile { member, ..self.profile.clone() };
+        let json = serde_json::to_vec(&profile).expect("a profile always serialises to JSON");
+        self.store.meta_set(PROFILE_KEY, &json)?;
+        self.profile = profile;
+        Ok(())
     }
 
     /// Records where this home's running node listens, so that invitations issued by

@@ -156,12 +156,39 @@ impl Node {
             addrs: addr.addrs,
             relay: addr.relay.map(|r| r.to_string()),
             secret,
+            device_of: None,
+        })
+    }
+
+    /// Issues a ticket that adds one more device of this home's member to a team (its id,
+    /// a prefix or its name), valid once for `valid_for`: redeemed with
+    /// [`Node::join`] on the new device's home.
+    pub fn device_invite(&self, team: &str, valid_for: Duration) -> Result<JoinTicket> {
+        let (team, secret, member) = self.with_home(|home| {
+            let team = home.team(team)?.id();
+            let expires =
+                Timestamp(home.now().as_millis().saturating_add(valid_for.as_millis() as i64));
+            let secret = home.create_device_invite(team, expires)?;
+            Ok::<_, Error>((team, secret, home.profile().member))
+        })?;
+        let addr = self.addr();
+        Ok(JoinTicket {
+            team,
+            inviter: addr.device,
+            addrs: addr.addrs,
+            relay: addr.relay.map(|r| r.to_string()),
+            secret,
+            device_of: Some(member),
         })
     }
 
     /// Joins a team with a ticket: the inviting device adds this device to the team and
-    /// sends its membership log; the team's documents follow over a sync session.
+    /// sends its membership log; the team's documents follow over a sync session. With
+    /// a device ticket, a new home takes the member id of the person it belongs to.
     pub async fn join(&self, ticket: &JoinTicket) -> Result<TeamId> {
+        if let Some(member) = ticket.device_of {
+            self.with_home(|home| home.adopt_member(member))?;
+        }
         let (member, name) =
             self.with_home(|home| (home.profile().member, home.profile().name.clone()));
         let request = JoinRequest { secret: ticket.secret, member, name };

@@ -221,7 +221,8 @@ impl Home {
         joined
     }
 
-    /// The ops an invitation makes: the new member, then their device.
+    /// The ops an invitation makes: the new member, then their device; or, for a device
+    /// ticket, the device of the member who issued it.
     fn add_invited(
         &mut self,
         device: DeviceId,
@@ -229,20 +230,32 @@ impl Home {
         invite: &care_store::Invite,
     ) -> Result<(TeamId, Vec<SignedOp>)> {
         let team = invite.team;
+        let membership = self.membership(team)?;
+        if membership.members().any(|m| m.devices.contains_key(&device)) {
+            return Err(Error::Invalid("this device is already in the team".into()));
+        }
+        if let Some(member) = invite.member {
+            // A device ticket: issued by one of the member's own devices (this one), for
+            // that member alone.
+            if request.member != member {
+                return Err(Error::Invalid(
+                    "this device ticket is for another person's devices".into(),
+                ));
+            }
+            let label = "added with a device ticket".to_owned();
+            self.author_op(team, OpBody::AddDevice { member, device, label })?;
+            return Ok((team, self.signed_ops(team)?));
+        }
         let role: Role = invite
             .role
             .parse()
             .map_err(|e| Error::Invalid(format!("the invitation's role: {e}")))?;
-        let membership = self.membership(team)?;
         if membership.member(request.member).is_some() || membership.is_removed(request.member) {
             return Err(Error::Invalid(
                 "this ticket invites a new member: it cannot add a device to someone already \
                  in the team (their own device adds it)"
                     .into(),
             ));
-        }
-        if membership.members().any(|m| m.devices.contains_key(&device)) {
-            return Err(Error::Invalid("this device is already in the team".into()));
         }
         let name =
             if request.name.trim().is_empty() { invite.name.clone() } else { request.name.clone() };
@@ -402,6 +415,33 @@ mod tests {
         assert!(!home.store().is_unverified(honest.doc_id(team))?);
         assert_eq!(home.snapshot(team, forged.doc_id(team))?, None, "never forwarded");
         assert!(home.store().doc_summary(forged.doc_id(team))?.is_none(), "discarded");
+        Ok(())
+    }
+
+    /// A device ticket adds a device only to the member whose device issued it: a join
+    /// request that names anyone else is refused, and the ticket still works after.
+    #[test]
+    fn a_device_ticket_adds_a_device_to_its_issuer_only() -> Result<()> {
+        use care_core::{DeviceKey, MemberId, Timestamp};
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Rosa")?;
+        let team = home.create_team("Rosa's team")?;
+        let rosa = home.profile().member;
+        let expires = Timestamp(home.now().as_millis() + 3_600_000);
+        let secret = home.create_device_invite(team, expires)?;
+        let tablet = DeviceKey::from_seed([70; 32]).device_id();
+
+        let someone =
+            JoinRequest { secret, member: MemberId::from_bytes([9; 16]), name: "X".into() };
+        let refused = home.redeem(tablet, &someone).expect_err("not Rosa");
+        assert!(refused.contains("another person"), "{refused}");
+        assert!(home.membership(team)?.member_of_device(tablet).is_none());
+
+        let rosas = JoinRequest { secret, member: rosa, name: "Rosa".into() };
+        home.redeem(tablet, &rosas).expect("Rosa's tablet joins");
+        let membership = home.membership(team)?;
+        assert_eq!(membership.member_of_device(tablet).map(|m| m.id), Some(rosa));
+        assert_eq!(membership.members().count(), 1, "no member was added");
         Ok(())
     }
 }

@@ -265,3 +265,43 @@ async fn a_silent_connection_is_closed_after_the_hello_timeout() -> Result<()> {
     a.shutdown().await;
     Ok(())
 }
+
+/// A person's second device joins with a device ticket from their first: it becomes
+/// another device of the same member, with the same role, and receives the team's notes.
+/// Someone already in another team cannot use that ticket to become that person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_ticket_adds_a_device_to_its_issuer_only() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let team = team_of_two(&a, &b, Role::Worker).await?;
+    a.with_home(|h| h.team("")?.add_note(&note("tea at eight"), None))?;
+    let bea = b.with_home(|h| h.profile().member);
+
+    // Cal already belongs to a team of her own: the ticket cannot make her Bea.
+    let c = start(dirs[2].path(), "Cal").await?;
+    c.with_home(|h| h.create_team("Cal's team"))?;
+    let ticket = b.device_invite(&team.to_string(), Duration::from_secs(600))?;
+    assert_eq!(ticket.device_of, Some(bea));
+    assert!(c.join(&ticket).await.is_err(), "another person took the device ticket");
+    c.shutdown().await;
+
+    let phone_dir = tempfile::tempdir()?;
+    let phone = start(phone_dir.path(), "Bea").await?;
+    assert_eq!(phone.join(&ticket).await?, team);
+    let phone_id = phone.with_home(|h| h.profile().device);
+    let (member, role, devices) = a.with_home(|h| {
+        let membership = h.membership(team)?;
+        let m = membership.member_of_device(phone_id).context("the phone is in the team")?;
+        Ok::<_, anyhow::Error>((m.id, m.role, m.devices.len()))
+    })?;
+    assert_eq!((member, role, devices), (bea, Role::Worker, 2));
+    eventually("the new phone shows the team's notes", || async {
+        Ok(note_texts(&phone, team)? == vec!["tea at eight".to_owned()])
+    })
+    .await?;
+    for node in [a, b, phone] {
+        node.shutdown().await;
+    }
+    Ok(())
+}

@@ -141,6 +141,13 @@ pub enum TeamCommand {
         #[arg(long, default_value = "7d", value_parser = when::parse_duration, value_name = "DURATION")]
         expires: Duration,
     },
+    /// Add one more device of yours: prints a one-time ticket for the new device to
+    /// `care team join` with (only a device of yours can add one).
+    AddDevice {
+        /// How long the ticket stays valid: `90s`, `30m`, `2h` or `7d`.
+        #[arg(long, default_value = "1d", value_parser = when::parse_duration, value_name = "DURATION")]
+        expires: Duration,
+    },
     /// Join a team with a ticket, and fetch its documents.
     Join {
         /// The ticket, as printed by `care team invite`.

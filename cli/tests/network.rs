@@ -203,6 +203,16 @@ fn invite_prints_a_ticket_and_bad_input_is_a_usage_error() {
     assert!(err.contains("not a care invitation ticket"), "{err}");
     ada.fails(2, &["sync", "--peer", "nonsense"]);
     ada.fails(2, &["serve", "--listen", "not-an-address"]);
+    let out = ada.run(&["--json", "team", "add-device", "--expires", "1h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let device: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ticket: care::JoinTicket =
+        device["ticket"].as_str().expect("a ticket").parse().expect("a device ticket");
+    assert_eq!(
+        Some(device["member"].as_str().expect("a member")),
+        ticket.device_of.map(|m| m.to_string()).as_deref()
+    );
+    ada.fails(2, &["team", "add-device", "--expires", "soon"]);
 }
 
 #[test]

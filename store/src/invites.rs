@@ -1,7 +1,7 @@
 //! Invitations this device issued: a one-time secret (stored only as its hash) that lets
 //! a new device join a team once, before it expires.
 
-use care_core::ids::TeamId;
+use care_core::ids::{MemberId, TeamId};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Doing, StoreError};
@@ -18,6 +18,9 @@ pub struct Invite {
     pub name: String,
     /// When the invitation stops working.
     pub expires_at_ms: i64,
+    /// `None`: the invitation adds a new member with `role`. `Some`: it adds one more
+    /// device to this member, who issued it from one of their own devices.
+    pub member: Option<MemberId>,
 }
 
 /// Why an invitation could not be redeemed.
@@ -43,13 +46,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "INSERT INTO invites (secret_hash, team, role, name, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO invites (secret_hash, team, role, name, expires_at_ms, member) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     &secret_hash[..],
                     &invite.team.as_bytes()[..],
                     invite.role,
                     invite.name,
-                    invite.expires_at_ms
+                    invite.expires_at_ms,
+                    invite.member.map(|m| m.as_bytes().to_vec()),
                 ],
             )
             .doing("recording an invitation")?;
@@ -70,11 +74,11 @@ impl Store {
             .doing(DOING)?;
         let row = tx
             .query_row(
-                "SELECT team, role, name, expires_at_ms, used_at_ms FROM invites WHERE secret_hash = ?1",
+                "SELECT team, role, name, expires_at_ms, used_at_ms, member FROM invites WHERE secret_hash = ?1",
                 params![&secret_hash[..]],
                 |row| {
                     Ok((
-                        row.get::<_, Vec<u8>>(0)?,
+                        (row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(5)?),
                         row.get::<_, String>(1)?,
                         row.get::<_, String>(2)?,
                         row.get::<_, i64>(3)?,
@@ -84,7 +88,7 @@ impl Store {
             )
             .optional()
             .doing(DOING)?;
-        let Some((team, role, name, expires_at_ms, used_at_ms)) = row else {
+        let Some(((team, member), role, name, expires_at_ms, used_at_ms)) = row else {
             return Ok(Err(InviteRefusal::Unknown));
         };
         if used_at_ms.is_some() {
@@ -93,15 +97,19 @@ impl Store {
         if now_ms >= expires_at_ms {
             return Ok(Err(InviteRefusal::Expired));
         }
-        let team = TeamId::from_slice(&team)
-            .map_err(|e| StoreError::Damaged { table: "invites", detail: e.to_string() })?;
+        let damaged = |e: care_core::ParseIdError| StoreError::Damaged {
+            table: "invites",
+            detail: e.to_string(),
+        };
+        let team = TeamId::from_slice(&team).map_err(damaged)?;
+        let member = member.map(|m| MemberId::from_slice(&m)).transpose().map_err(damaged)?;
         tx.execute(
             "UPDATE invites SET used_at_ms = ?2 WHERE secret_hash = ?1",
             params![&secret_hash[..], now_ms],
         )
         .doing(DOING)?;
         tx.commit().doing(DOING)?;
-        Ok(Ok(Invite { team, role, name, expires_at_ms }))
+        Ok(Ok(Invite { team, role, name, expires_at_ms, member }))
     }
 
     /// Makes a redeemed invitation usable again: the join it was redeemed for failed
@@ -138,6 +146,7 @@ mod tests {
             role: "worker".into(),
             name: "Bea".into(),
             expires_at_ms: 1_000,
+            member: None,
         };
         store.create_invite(&[1; 32], &invite)?;
         store.create_invite(&[2; 32], &invite)?;
@@ -147,6 +156,9 @@ mod tests {
         assert_eq!(store.redeem_invite(&[2; 32], 1_000)?, Err(InviteRefusal::Expired));
         store.restore_invite(&[1; 32])?;
         assert_eq!(store.redeem_invite(&[1; 32], 12)?, Ok(invite.clone()), "usable again");
+        let device = Invite { member: Some(MemberId::from_bytes([4; 16])), ..invite };
+        store.create_invite(&[3; 32], &device)?;
+        assert_eq!(store.redeem_invite(&[3; 32], 10)?, Ok(device), "the member is kept");
         Ok(())
     }
 

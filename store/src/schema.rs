@@ -48,6 +48,11 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE docs ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
     ",
+    // 4: an invitation may be for another device of an existing member (their member
+    // id), rather than for a new member (NULL).
+    "
+    ALTER TABLE invites ADD COLUMN member BLOB;
+    ",
 ];
 
 /// The newest schema this build knows.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use care_core::ids::{decode_base32, encode_base32};
-use care_core::{DeviceId, TeamId};
+use care_core::{DeviceId, MemberId, TeamId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,9 @@ pub struct JoinTicket {
     pub relay: Option<String>,
     /// The one-time secret; the inviting device stores only its hash.
     pub secret: [u8; 16],
+    /// For a device ticket (`care device add`): the member whose next device redeems it.
+    /// `None` for an invitation of a new member.
+    pub device_of: Option<MemberId>,
 }
 
 /// A string that is not a usable ticket.
@@ -112,6 +115,7 @@ mod tests {
             addrs: vec!["127.0.0.1:4433".parse().expect("address")],
             relay: Some("http://127.0.0.1:3340".into()),
             secret: [3; 16],
+            device_of: Some(MemberId::from_bytes([4; 16])),
         }
     }
 

@@ -1,9 +1,10 @@
-//! `care team invite` and `care team remove`: who may join the team, and who leaves it.
+//! `care team invite`, `care team add-device` and `care team remove`: who may join the
+//! team, with which devices, and who leaves it.
 
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use care::{Home, JoinTicket, MemberId, Membership, OpBody, Role, Timestamp};
+use care::{Home, JoinTicket, MemberId, Membership, OpBody, Role, TeamId, Timestamp};
 use qrcode::QrCode;
 use qrcode::render::unicode::Dense1x2;
 use serde_json::json;
@@ -20,23 +21,9 @@ pub fn invite(
     out: Out,
 ) -> Result<()> {
     let team = home.team(which)?.id();
-    let valid_ms = i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX);
-    let expires = Timestamp(home.now().as_millis().saturating_add(valid_ms));
+    let expires = expiry(home, valid_for);
     let secret = home.create_invite(team, role, name.unwrap_or_default(), expires)?;
-    let listen = home.listen_addrs()?;
-    if listen.addrs.is_empty() && listen.relay.is_none() {
-        eprintln!(
-            "warning: no `care serve` is running on this home: the ticket can be used only \
-             while this device runs `care serve` (or is on the same local network)"
-        );
-    }
-    let ticket = JoinTicket {
-        team,
-        inviter: home.profile().device,
-        addrs: listen.addrs,
-        relay: listen.relay,
-        secret,
-    };
+    let ticket = ticket(home, team, secret, None)?;
     let value = json!({
         "ticket": ticket.to_string(), "team": team.to_string(), "role": role.to_string(),
         "expires_at_ms": expires.as_millis(),
@@ -49,6 +36,58 @@ pub fn invite(
         )
     });
     Ok(())
+}
+
+/// Issues a one-time ticket that adds one more device of this person to the team,
+/// valid for `valid_for`: redeemed with `care team join` on a new home.
+pub fn add_device(home: &mut Home, which: &str, valid_for: Duration, out: Out) -> Result<()> {
+    let team = home.team(which)?.id();
+    let expires = expiry(home, valid_for);
+    let secret = home.create_device_invite(team, expires)?;
+    let member = home.profile().member;
+    let ticket = ticket(home, team, secret, Some(member))?;
+    let value = json!({
+        "ticket": ticket.to_string(), "team": team.to_string(), "member": member.to_string(),
+        "expires_at_ms": expires.as_millis(),
+    });
+    out.print(value, || {
+        format!(
+            "{ticket}\n\n{}\nAdds one more device of yours, once, until {}. Use it on the new \
+             device with `care init` and then `care team join`.",
+            qr_code(&ticket),
+            local(expires)
+        )
+    });
+    Ok(())
+}
+
+fn expiry(home: &Home, valid_for: Duration) -> Timestamp {
+    let valid_ms = i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX);
+    Timestamp(home.now().as_millis().saturating_add(valid_ms))
+}
+
+/// A ticket naming this device and where its `care serve` listens.
+fn ticket(
+    home: &Home,
+    team: TeamId,
+    secret: [u8; 16],
+    device_of: Option<MemberId>,
+) -> Result<JoinTicket> {
+    let listen = home.listen_addrs()?;
+    if listen.addrs.is_empty() && listen.relay.is_none() {
+        eprintln!(
+            "warning: no `care serve` is running on this home: the ticket can be used only \
+             while this device runs `care serve` (or is on the same local network)"
+        );
+    }
+    Ok(JoinTicket {
+        team,
+        inviter: home.profile().device,
+        addrs: listen.addrs,
+        relay: listen.relay,
+        secret,
+        device_of,
+    })
 }
 
 /// Removes a member, given by id, unique id prefix or exact name, from the team.

@@ -208,6 +208,7 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
         TeamCommand::Invite { role, name, expires } => {
             invite::invite(home, which, role, name.as_deref(), expires, out)?;
         }
+        TeamCommand::AddDevice { expires } => invite::add_device(home, which, expires, out)?,
         TeamCommand::Remove { member } => invite::remove(home, which, &member, out)?,
         TeamCommand::Join { ticket, listen, timeout } => {
             net::join(dir, &ticket, listen, timeout, out)?;
