@@ -278,6 +278,12 @@ mod server {
             self.admitted.len()
         }
 
+        /// How many devices connected to the relay server were disconnected because
+        /// they were removed from their team, since the node started.
+        pub fn disconnected(&self) -> u64 {
+            self.admitted.disconnected()
+        }
+
         /// How many relay connections were refused since the node started.
         pub fn refused(&self) -> u64 {
             self.admitted.refused()

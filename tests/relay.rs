@@ -274,3 +274,40 @@ async fn members_who_joined_earlier_learn_the_circle_relay_from_the_team() -> Re
     circle.shutdown().await;
     Ok(())
 }
+
+/// When the owner removes a worker, the circle's relay server drops the worker's
+/// connection as soon as the circle node learns of the removal, and refuses it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_is_dropped_by_the_relay_server_at_once() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
+    let url = circle.relay_url();
+    let a = start(dirs[0].path(), "Ada", &url, NodeOptions::default()).await?;
+    let b = start(dirs[1].path(), "Bea", &url, NodeOptions::default()).await?;
+    let team = team_with_relay(&a, &b, &circle).await?;
+    // Bea's endpoint connects to its home relay once it is admitted: restart it so that
+    // it does now.
+    b.shutdown().await;
+    let b = start(dirs[1].path(), "Bea", &url, NodeOptions::default()).await?;
+    let bea = b.addr().device;
+    eventually("Bea is connected to the circle", || async {
+        Ok(circle.node().connected().contains(&bea))
+    })
+    .await?;
+    assert_eq!(circle.disconnected(), 0);
+
+    let member = a.with_home(|h| {
+        let membership = h.membership(team)?;
+        Ok::<_, anyhow::Error>(membership.member_of_device(bea).context("Bea is in")?.id)
+    })?;
+    a.with_home(|h| h.author_op(team, care::OpBody::RemoveMember { member }))?;
+    eventually("the relay server drops Bea's connection", || async {
+        Ok(circle.disconnected() >= 1)
+    })
+    .await?;
+    a.shutdown().await;
+    b.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}

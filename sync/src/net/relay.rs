@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use care_core::DeviceId;
 use iroh::RelayUrl;
+use iroh_relay::server::clients::Clients;
 use iroh_relay::server::{Access, AccessControl, ClientRequest, RelayConfig, Server, ServerConfig};
 
 /// Why the relay server could not start.
@@ -29,12 +30,32 @@ pub enum RelayError {
 pub struct Admitted {
     devices: RwLock<BTreeSet<DeviceId>>,
     refused: std::sync::atomic::AtomicU64,
+    /// Connected devices disconnected because they were no longer admitted.
+    disconnected: std::sync::atomic::AtomicU64,
+    /// The running server's clients, to disconnect devices no longer admitted.
+    clients: std::sync::OnceLock<Clients>,
 }
 
 impl Admitted {
-    /// Replaces the admitted devices.
+    /// Replaces the admitted devices, and disconnects at once every device that was
+    /// admitted and no longer is (a removed device does not wait for its next connect).
     pub fn set(&self, devices: BTreeSet<DeviceId>) {
-        *self.devices.write().unwrap_or_else(std::sync::PoisonError::into_inner) = devices;
+        let removed: Vec<DeviceId> = {
+            let mut held = self.devices.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let removed = held.difference(&devices).copied().collect();
+            *held = devices;
+            removed
+        };
+        let Some(clients) = self.clients.get() else {
+            return;
+        };
+        for device in removed {
+            if let Ok(id) = iroh::EndpointId::from_bytes(device.as_bytes())
+                && clients.disconnect(id, None)
+            {
+                self.disconnected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether `device` is admitted.
@@ -50,6 +71,12 @@ impl Admitted {
     /// Whether no device is admitted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many connected devices were disconnected because they were no longer
+    /// admitted (removed from their team), since the server started.
+    pub fn disconnected(&self) -> u64 {
+        self.disconnected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many connections were refused since the server started.
@@ -85,11 +112,16 @@ impl RelayServer {
     pub async fn spawn(listen: SocketAddr, admitted: Arc<Admitted>) -> Result<Self, RelayError> {
         let spawn_error = |reason: String| RelayError::Spawn { addr: listen, reason };
         let mut relay = RelayConfig::new(listen);
+        let relay_admitted = Arc::clone(&admitted);
         relay.access = Arc::new(CircleAccess(admitted));
         let mut config = ServerConfig::default();
         config.relay = Some(relay);
         config.quic = None;
         let server = Server::spawn(config).await.map_err(|e| spawn_error(e.to_string()))?;
+        if let Some(service) = server.relay_service() {
+            // Set once, by the only server an `Admitted` is given to.
+            let _ = relay_admitted.clients.set(service.clients().clone());
+        }
         let addr = server.http_addr().ok_or_else(|| spawn_error("no HTTP address".into()))?;
         let url = format!("http://{addr}")
             .parse::<RelayUrl>()
