@@ -138,10 +138,10 @@ async fn run_step(
     size: &Size,
 ) -> Result<Step> {
     let teams = homes::copy(built, dir)?;
-    let circle = CircleProcess::start(care, &dir.join("circle"))?;
+    let circle = CircleProcess::start(care, &dir.join("circle"), teams.len())?;
     let pid = circle.pid();
 
-    let phase = phases::Circle { ticket: &circle.ticket, home: &circle.home, pid };
+    let phase = phases::Circle { tickets: &circle.tickets, home: &circle.home, pid };
 
     let before = Sample::take(pid)?;
     let upload = phases::upload(&teams, &phase, size.phase_timeout).await?;

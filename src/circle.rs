@@ -10,13 +10,19 @@ use care_core::{DeviceId, SignedOp, TeamId};
 use care_sync::circle::{CircleHost, CircleReply, CircleRequest, CircleTicket};
 use care_sync::net::circle::request_circle;
 use care_sync::net::{PeerAddr, endpoint_addr};
+use care_sync::ticket::secret_hash;
 
 use crate::error::{Error, Result};
 use crate::home::{Home, random_bytes};
 use crate::node::{Node, render_addrs};
 
-/// Meta key of the circle's secret, on a circle node's home.
-const CIRCLE_SECRET_KEY: &str = "circle.secret";
+/// Meta key of the circle node's ticket without a secret, on its home: every circle
+/// ticket is this with a fresh one-time secret.
+const CIRCLE_TEMPLATE_KEY: &str = "circle.ticket";
+/// Most teams one circle node takes on.
+pub const CIRCLE_TEAMS_MAX: usize = 1_000;
+/// How long a circle ticket stays valid by default, in milliseconds (a week).
+pub const CIRCLE_TICKET_VALID_MS: i64 = 7 * 24 * 3_600_000;
 /// Meta key of the circle relay URL a device's teams use.
 const CIRCLE_RELAY_KEY: &str = "circle.relay";
 
@@ -33,17 +39,20 @@ impl Home {
         Ok(self.store.meta_set(CIRCLE_RELAY_KEY, url.as_bytes())?)
     }
 
-    /// This home's circle secret, created on first use: the secret in the tickets of a
-    /// circle node run on this home.
-    pub fn circle_secret(&mut self) -> Result<[u8; 16]> {
-        if let Some(bytes) = self.store.meta_get(CIRCLE_SECRET_KEY)?
-            && let Ok(secret) = <[u8; 16]>::try_from(bytes.as_slice())
-        {
-            return Ok(secret);
-        }
+    /// A one-time circle ticket for one more team, valid for `valid_ms`: the ticket this
+    /// home's circle node announced, with a fresh secret (stored only as its hash). Works
+    /// from any program on the circle node's home once the node has started once.
+    pub fn circle_ticket(&mut self, valid_ms: i64) -> Result<CircleTicket> {
+        let template = self
+            .store
+            .meta_get(CIRCLE_TEMPLATE_KEY)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.parse::<CircleTicket>().ok())
+            .ok_or_else(|| Error::Invalid("this home has never run a circle node".into()))?;
         let secret: [u8; 16] = random_bytes();
-        self.store.meta_set(CIRCLE_SECRET_KEY, &secret)?;
-        Ok(secret)
+        let expires = self.now().as_millis().saturating_add(valid_ms);
+        self.store.create_circle_invite(&secret_hash(&secret), expires)?;
+        Ok(CircleTicket { secret, ..template })
     }
 
     /// Every current device of every team this home holds, and this device: who a
@@ -57,18 +66,48 @@ impl Home {
         Ok(devices)
     }
 
-    /// Checks a team's log handed to this circle node, then stores it.
+    /// Checks a team's log handed to this circle node with a one-time circle ticket's
+    /// secret, then stores its valid ops. The ticket serves this team alone; if the team
+    /// is not taken on, it works again.
     fn take_on_team(&mut self, secret: &[u8; 16], team: TeamId, ops: &[SignedOp]) -> Result<()> {
-        if self.store.meta_get(CIRCLE_SECRET_KEY)?.as_deref() != Some(secret.as_slice()) {
-            return Err(Error::CircleRefused("the circle secret is wrong".into()));
+        let teams = self.store.teams()?;
+        if !teams.contains(&team) && teams.len() >= CIRCLE_TEAMS_MAX {
+            return Err(Error::CircleRefused(format!(
+                "this circle node serves {CIRCLE_TEAMS_MAX} teams, the most it may"
+            )));
         }
-        let (membership, _rejected) = Membership::from_ops(team, ops)?;
+        let hash = secret_hash(secret);
+        self.store
+            .redeem_circle_invite(&hash, team, self.now().as_millis())?
+            .map_err(|refusal| Error::CircleRefused(format!("circle ticket refused: {refusal}")))?;
+        let taken = self.store_team_log(team, ops);
+        if taken.is_err() {
+            self.store.restore_circle_invite(&hash)?;
+        }
+        taken
+    }
+
+    /// Stores the valid ops of a log that makes this node a device of the team's relay
+    /// member.
+    fn store_team_log(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
+        let (membership, rejected) = Membership::from_ops(team, ops)?;
         if membership.role_of_device(self.profile().device) != Some(Role::Relay) {
             return Err(Error::CircleRefused(
                 "the team's log does not make this node a device of its relay member".into(),
             ));
         }
-        care_sync::Replica::add_ops(self, team, ops)
+        let rejected: std::collections::BTreeSet<_> = rejected.iter().map(|r| r.op).collect();
+        let valid: Vec<SignedOp> =
+            ops.iter().filter(|op| !rejected.contains(&op.hash())).cloned().collect();
+        care_sync::Replica::add_ops(self, team, &valid)
+    }
+}
+
+impl Home {
+    /// Records the ticket this home's circle node announces, without a secret.
+    #[cfg(feature = "relay-server")]
+    fn set_circle_template(&mut self, template: &CircleTicket) -> Result<()> {
+        Ok(self.store.meta_set(CIRCLE_TEMPLATE_KEY, template.to_string().as_bytes())?)
     }
 }
 
@@ -182,6 +221,7 @@ mod server {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use care_core::DeviceId;
     use care_sync::SyncEvent;
     use care_sync::circle::CircleTicket;
     use care_sync::net::circle::CircleProtocol;
@@ -217,15 +257,14 @@ mod server {
         node: Node,
         relay: RelayServer,
         admitted: Arc<Admitted>,
-        ticket: CircleTicket,
+        device: DeviceId,
         refresher: JoinHandle<()>,
     }
 
     impl CircleNode {
         /// Starts the relay server and the node on `home`; the relay admits the current
         /// devices of the teams the home holds, kept current as memberships change.
-        pub async fn start(mut home: Home, config: &CircleConfig) -> Result<CircleNode> {
-            let secret = home.circle_secret()?;
+        pub async fn start(home: Home, config: &CircleConfig) -> Result<CircleNode> {
             let admitted = Arc::new(Admitted::default());
             admitted.set(home.team_devices()?);
             let relay = RelayServer::spawn(config.relay_listen, Arc::clone(&admitted)).await?;
@@ -241,26 +280,33 @@ mod server {
             net.relay = Some(relay.url().clone());
             let node = Node::start_serving(home, &net, config.options, vec![circle]).await?;
             let addr = node.addr();
-            let ticket = CircleTicket {
+            let template = CircleTicket {
                 device: addr.device,
                 member,
                 name,
                 addrs: addr.addrs,
                 relay: Some(relay.url().to_string()),
-                secret,
+                secret: [0; 16],
             };
+            node.with_home(|home| home.set_circle_template(&template))?;
             let refresher = tokio::spawn(refresh_admitted(
                 Arc::clone(&node.home),
                 Arc::clone(&admitted),
                 refresh,
                 node.events(),
             ));
-            Ok(CircleNode { node, relay, admitted, ticket, refresher })
+            Ok(CircleNode { node, relay, admitted, device: addr.device, refresher })
         }
 
-        /// The ticket a team's owner or admin adds this circle node with.
-        pub fn ticket(&self) -> &CircleTicket {
-            &self.ticket
+        /// A one-time ticket with which one team's owner or admin adds this circle node,
+        /// valid for `valid_ms`.
+        pub fn invite(&self, valid_ms: i64) -> Result<CircleTicket> {
+            self.node.with_home(|home| home.circle_ticket(valid_ms))
+        }
+
+        /// The circle node's device.
+        pub fn device(&self) -> DeviceId {
+            self.device
         }
 
         /// The sync node.

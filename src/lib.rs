@@ -36,6 +36,7 @@ pub use care_sync::SyncEvent;
 pub use care_sync::circle::CircleTicket;
 pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::ticket::{JoinTicket, TicketError};
+pub use circle::{CIRCLE_TEAMS_MAX, CIRCLE_TICKET_VALID_MS};
 #[cfg(feature = "relay-server")]
 pub use circle::{CircleConfig, CircleNode};
 pub use error::{Error, Result};

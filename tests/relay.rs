@@ -60,8 +60,8 @@ async fn team_with_relay(a: &Node, b: &Node, circle: &CircleNode) -> Result<Team
     let team = a.with_home(|h| h.create_team("Rosa's team"))?;
     let ticket = a.invite(&team.to_string(), Role::Worker, "Bea", Duration::from_secs(600))?;
     b.join(&ticket).await?;
-    a.add_relay(&team.to_string(), circle.ticket()).await?;
-    let relay = circle.ticket().device;
+    a.add_relay(&team.to_string(), &circle.invite(care::CIRCLE_TICKET_VALID_MS)?).await?;
+    let relay = circle.device();
     eventually("the worker knows the circle node", || async {
         Ok(b.with_home(|h| h.membership(team))?.member_of_device(relay).is_some())
     })
@@ -163,7 +163,8 @@ async fn a_device_of_a_team_that_did_not_add_the_circle_gets_nothing() -> Result
     let opts = NodeOptions::default();
     let a = start(dirs[0].path(), "Ada", &url, opts).await?;
     let team = a.with_home(|h| h.create_team("Rosa's team"))?;
-    a.add_relay(&team.to_string(), circle.ticket()).await?;
+    let ticket = circle.invite(care::CIRCLE_TICKET_VALID_MS)?;
+    a.add_relay(&team.to_string(), &ticket).await?;
     a.with_home(|h| h.team("")?.add_note(&note("private"), None))?;
     eventually("the circle node has the note", || async {
         has_note(circle.node(), team, "private")
@@ -173,6 +174,12 @@ async fn a_device_of_a_team_that_did_not_add_the_circle_gets_nothing() -> Result
     // A device of another team, using the same relay server, connects to the circle node.
     let x = start(dirs[1].path(), "Xan", &url, opts).await?;
     let other = x.with_home(|h| h.create_team("Another team"))?;
+    // Rosa's circle ticket served Rosa's team: another team cannot use it again.
+    let reused = x.add_relay(&other.to_string(), &ticket).await;
+    assert!(
+        matches!(&reused, Err(care::Error::CircleRefused(why)) if why.contains("already used")),
+        "{reused:?}"
+    );
     let addr = circle.node().addr();
     x.connect(&PeerAddr { device: addr.device, addrs: addr.addrs.clone(), relay: None }).await?;
 
@@ -261,7 +268,7 @@ async fn members_who_joined_earlier_learn_the_circle_relay_from_the_team() -> Re
     bea.join(&ticket).await?;
     assert_eq!(bea.with_home(|h| h.circle_relay())?, None);
 
-    rosa.add_relay(&team.to_string(), circle.ticket()).await?;
+    rosa.add_relay(&team.to_string(), &circle.invite(care::CIRCLE_TICKET_VALID_MS)?).await?;
     eventually("Bea uses the circle relay named by the team", || async {
         Ok(bea.with_home(|h| h.circle_relay())?.as_deref() == Some(url.as_str()))
     })

@@ -12,8 +12,8 @@ use care::CircleTicket;
 /// A running `care relay`.
 pub struct CircleProcess {
     child: Child,
-    /// Its ticket, as it printed it.
-    pub ticket: CircleTicket,
+    /// Its one-time tickets, one per team, as it printed them.
+    pub tickets: Vec<CircleTicket>,
     /// Its home directory.
     pub home: PathBuf,
     /// Counts the event lines it prints after its ticket, so its stdout never fills.
@@ -21,12 +21,13 @@ pub struct CircleProcess {
 }
 
 impl CircleProcess {
-    /// Starts `care --home HOME relay --listen 127.0.0.1:0 --json` and reads its ticket.
-    pub fn start(care: &Path, home: &Path) -> Result<CircleProcess> {
+    /// Starts `care --home HOME relay --listen 127.0.0.1:0 --tickets TEAMS --json` and
+    /// reads its tickets.
+    pub fn start(care: &Path, home: &Path, teams: usize) -> Result<CircleProcess> {
         let mut child = Command::new(care)
             .arg("--home")
             .arg(home)
-            .args(["--json", "relay", "--listen", "127.0.0.1:0"])
+            .args(["--json", "relay", "--listen", "127.0.0.1:0", "--tickets", &teams.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -40,10 +41,14 @@ impl CircleProcess {
         }
         let printed: serde_json::Value = serde_json::from_str(&first)
             .with_context(|| format!("`care relay` printed {first:?}, not JSON"))?;
-        let ticket = printed["ticket"].as_str().context("`care relay` printed no ticket")?;
-        let ticket: CircleTicket = ticket.parse()?;
+        let tickets = printed["tickets"]
+            .as_array()
+            .context("`care relay` printed no tickets")?
+            .iter()
+            .map(|t| Ok(t.as_str().context("a ticket is not a string")?.parse::<CircleTicket>()?))
+            .collect::<Result<Vec<_>>>()?;
         let events = Some(std::thread::spawn(move || count_lines(stdout)));
-        Ok(CircleProcess { child, ticket, home: home.to_owned(), events })
+        Ok(CircleProcess { child, tickets, home: home.to_owned(), events })
     }
 
     /// Its process id.

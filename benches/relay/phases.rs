@@ -64,8 +64,8 @@ pub struct CatchUp {
 
 /// The circle node a phase works with.
 pub struct Circle<'a> {
-    /// Its ticket.
-    pub ticket: &'a CircleTicket,
+    /// Its one-time tickets, one per team.
+    pub tickets: &'a [CircleTicket],
     /// Its home directory.
     pub home: &'a Path,
     /// Its process.
@@ -75,12 +75,11 @@ pub struct Circle<'a> {
 /// Every owner adds the circle node and uploads its team; returns once the circle
 /// node's store holds every team at its owner's heads, with the owners offline again.
 pub async fn upload(teams: &[TeamHomes], circle: &Circle<'_>, timeout: Duration) -> Result<Upload> {
-    let ticket = circle.ticket;
-    let config = relay_only(ticket)?;
+    let config = relay_only(circle.tickets.first().context("no circle ticket")?)?;
     let started = Instant::now();
     let (added, added_rx) = mpsc::unbounded_channel();
     let mut owners = JoinSet::new();
-    for (index, team) in teams.iter().enumerate() {
+    for ((index, team), ticket) in teams.iter().enumerate().zip(circle.tickets) {
         let (team, ticket, config, added) =
             (team.clone(), ticket.clone(), config.clone(), added.clone());
         owners.spawn(async move {
@@ -128,7 +127,7 @@ pub async fn catch_up(
     circle: &Circle<'_>,
     timeout: Duration,
 ) -> Result<CatchUp> {
-    let ticket = circle.ticket;
+    let ticket = circle.tickets.first().context("no circle ticket")?;
     let config = relay_only(ticket)?;
     let started = Instant::now();
     let deadline = started + timeout;

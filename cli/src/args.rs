@@ -85,6 +85,16 @@ pub enum Command {
         /// Where to listen: the relay server on this TCP port, sync on the same UDP port.
         #[arg(long, default_value = "0.0.0.0:3340", value_name = "ADDR")]
         listen: SocketAddr,
+        /// How many one-time circle tickets to print at start, one per team to serve.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1000), value_name = "N")]
+        tickets: u16,
+    },
+    /// Print a one-time circle ticket for one more team, on the circle node's home
+    /// (while or after `care relay` runs there).
+    RelayTicket {
+        /// How long the ticket stays valid: `90s`, `30m`, `2h` or `7d`.
+        #[arg(long, default_value = "7d", value_parser = when::parse_duration, value_name = "DURATION")]
+        expires: Duration,
     },
     /// Sync once with the teams' devices (or one device), then exit.
     Sync {

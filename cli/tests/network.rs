@@ -280,8 +280,12 @@ fn a_circle_node_added_to_a_team_holds_its_documents() {
     let mut relay = circle.spawn(&["--json", "relay", "--listen", "127.0.0.1:0"]);
     let first = relay.line(Duration::from_secs(20)).expect("the circle node prints its ticket");
     let printed: Value = serde_json::from_str(&first).expect("the ticket line is JSON");
-    let ticket = printed["ticket"].as_str().expect("a ticket field").to_owned();
+    let ticket = printed["tickets"][0].as_str().expect("a ticket").to_owned();
     assert!(ticket.starts_with("carecircle1"), "{ticket}");
+    // More one-time tickets, from another program on the circle node's home.
+    let more = circle.json(&["relay-ticket", "--expires", "1h"]);
+    let other = more["ticket"].as_str().expect("a ticket");
+    assert!(other.starts_with("carecircle1") && other != ticket, "{other}");
 
     ada.fails(2, &["team", "add-relay", "carecircle1damaged"]);
     let added = ada.json(&["team", "add-relay", &ticket, "--listen", "127.0.0.1:0"]);

@@ -124,6 +124,74 @@ impl Store {
         Ok(())
     }
 
+    /// Records a circle invitation (on a circle node): one team may use it, once, before
+    /// it expires.
+    pub fn create_circle_invite(
+        &mut self,
+        secret_hash: &[u8; 32],
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO circle_invites (secret_hash, expires_at_ms) VALUES (?1, ?2)",
+                params![&secret_hash[..], expires_at_ms],
+            )
+            .doing("recording a circle invitation")?;
+        Ok(())
+    }
+
+    /// Marks a circle invitation used by `team`. The same team may present it again (a
+    /// handshake whose answer was lost); another team, an expired or unknown secret is
+    /// refused. Atomic across processes.
+    pub fn redeem_circle_invite(
+        &mut self,
+        secret_hash: &[u8; 32],
+        team: TeamId,
+        now_ms: i64,
+    ) -> Result<Result<(), InviteRefusal>, StoreError> {
+        const DOING: &str = "redeeming a circle invitation";
+        let tx = self
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .doing(DOING)?;
+        let row = tx
+            .query_row(
+                "SELECT expires_at_ms, team FROM circle_invites WHERE secret_hash = ?1",
+                params![&secret_hash[..]],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<Vec<u8>>>(1)?)),
+            )
+            .optional()
+            .doing(DOING)?;
+        let Some((expires_at_ms, used_by)) = row else {
+            return Ok(Err(InviteRefusal::Unknown));
+        };
+        match used_by {
+            Some(used_by) if used_by.as_slice() == team.as_bytes().as_slice() => return Ok(Ok(())),
+            Some(_) => return Ok(Err(InviteRefusal::Used)),
+            None if now_ms >= expires_at_ms => return Ok(Err(InviteRefusal::Expired)),
+            None => {}
+        }
+        tx.execute(
+            "UPDATE circle_invites SET team = ?2 WHERE secret_hash = ?1",
+            params![&secret_hash[..], &team.as_bytes()[..]],
+        )
+        .doing(DOING)?;
+        tx.commit().doing(DOING)?;
+        Ok(Ok(()))
+    }
+
+    /// Makes a circle invitation usable again: the team it was redeemed for was not
+    /// taken on.
+    pub fn restore_circle_invite(&mut self, secret_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE circle_invites SET team = NULL WHERE secret_hash = ?1",
+                params![&secret_hash[..]],
+            )
+            .doing("restoring a circle invitation")?;
+        Ok(())
+    }
+
     /// A number that changes whenever another connection (another process on this home)
     /// commits to the store: a cheap way to notice their writes.
     pub fn data_version(&self) -> Result<i64, StoreError> {
@@ -159,6 +227,21 @@ mod tests {
         let device = Invite { member: Some(MemberId::from_bytes([4; 16])), ..invite };
         store.create_invite(&[3; 32], &device)?;
         assert_eq!(store.redeem_invite(&[3; 32], 10)?, Ok(device), "the member is kept");
+        Ok(())
+    }
+
+    #[test]
+    fn a_circle_invite_serves_one_team() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+        let (rosa, bo) = (TeamId::from_bytes([1; 16]), TeamId::from_bytes([2; 16]));
+        store.create_circle_invite(&[1; 32], 1_000)?;
+        assert_eq!(store.redeem_circle_invite(&[9; 32], rosa, 10)?, Err(InviteRefusal::Unknown));
+        assert_eq!(store.redeem_circle_invite(&[1; 32], rosa, 10)?, Ok(()));
+        assert_eq!(store.redeem_circle_invite(&[1; 32], rosa, 11)?, Ok(()), "again, same team");
+        assert_eq!(store.redeem_circle_invite(&[1; 32], bo, 12)?, Err(InviteRefusal::Used));
+        store.restore_circle_invite(&[1; 32])?;
+        assert_eq!(store.redeem_circle_invite(&[1; 32], bo, 1_000)?, Err(InviteRefusal::Expired));
         Ok(())
     }
 

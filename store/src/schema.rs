@@ -53,6 +53,13 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE invites ADD COLUMN member BLOB;
     ",
+    // 5: on a circle node, one-time invitations for one team each to hand it its log;
+    // `team` is the team that used it.
+    "
+    CREATE TABLE circle_invites (
+        secret_hash BLOB PRIMARY KEY NOT NULL, expires_at_ms INTEGER NOT NULL, team BLOB
+    ) STRICT;
+    ",
 ];
 
 /// The newest schema this build knows.

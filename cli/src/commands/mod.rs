@@ -48,7 +48,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Team(cmd) => team_command(&dir, &team, cmd, out)?,
         Command::Serve { net, relay } => return net::serve(&dir, &net, relay.as_deref(), out),
-        Command::Relay { listen } => return net::relay(&dir, listen, out),
+        Command::Relay { listen, tickets } => return net::relay(&dir, listen, tickets, out),
+        Command::RelayTicket { expires } => {
+            let valid_ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+            let ticket = Home::open(&dir)?.circle_ticket(valid_ms)?.to_string();
+            out.print(json!({"ticket": ticket}), || {
+                format!("{ticket}\nAdds this circle node to one team, once.")
+            });
+        }
         Command::Sync { peer, timeout, net } => {
             return net::sync(&dir, peer.as_ref(), timeout, &net, out);
         }

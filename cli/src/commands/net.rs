@@ -245,8 +245,9 @@ fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
         .block_on(future)
 }
 
-/// Runs a circle node until Ctrl-C or SIGTERM: prints its ticket, then its events.
-pub fn relay(dir: &Path, listen: SocketAddr, out: Out) -> Result<ExitCode> {
+/// Runs a circle node until Ctrl-C or SIGTERM: prints `tickets` one-time circle tickets
+/// (one per team to serve; `care relay-ticket` prints more), then its events.
+pub fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> Result<ExitCode> {
     block_on(async {
         let mut stop = Stop::new()?;
         let home = if dir.join(care::home::KEY_FILE).exists() {
@@ -258,20 +259,26 @@ pub fn relay(dir: &Path, listen: SocketAddr, out: Out) -> Result<ExitCode> {
         let net = NetConfig { listen, relay: None, lan: false };
         let config = CircleConfig { relay_listen: listen, net, options: NodeOptions::default() };
         let circle = CircleNode::start(home, &config).await?;
-        let ticket = circle.ticket().to_string();
+        let tickets = (0..tickets)
+            .map(|_| circle.invite(care::CIRCLE_TICKET_VALID_MS).map(|t| t.to_string()))
+            .collect::<care::Result<Vec<String>>>()?;
         let addr = circle.node().addr();
         let addrs: Vec<String> = addr.addrs.iter().map(ToString::to_string).collect();
         let value = json!({
-            "ticket": ticket, "relay_url": circle.relay_url(),
+            "tickets": tickets, "relay_url": circle.relay_url(),
             "device": addr.device.to_string(), "addrs": addrs,
         });
         out.print(value, || {
-            format!(
-                "circle node {}@{}\nrelay server {}\nticket {ticket}",
+            let mut text = format!(
+                "circle node {}@{}\nrelay server {}",
                 addr.device,
                 addrs.join(","),
                 circle.relay_url()
-            )
+            );
+            for ticket in &tickets {
+                text.push_str(&format!("\none-time circle ticket {ticket}"));
+            }
+            text
         });
         let mut events = circle.node().events();
         print_events_until_stopped(&mut events, &mut stop, out).await;
