@@ -439,6 +439,19 @@ impl Home {
                     .push(care_store::Problem { doc: None, detail: format!("team {team}: {e}") });
             }
         }
+        // Notes that do not read are left out of listings; name them here.
+        for summary in self.store.docs(None)? {
+            let Ok(kind @ DocKind::Notes { .. }) = summary.kind.parse::<DocKind>() else {
+                continue;
+            };
+            let Ok(Some(doc)) = self.doc(summary.team, kind, Purpose::Read) else {
+                continue;
+            };
+            for problem in documents::notes::unreadable_notes(doc.doc()).unwrap_or_default() {
+                let detail = format!("{kind} of team {}: {problem}", summary.team);
+                report.problems.push(care_store::Problem { doc: Some(summary.id), detail });
+            }
+        }
         Ok(report)
     }
 

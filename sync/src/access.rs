@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{ActorId, Automerge, ChangeHash};
-use care_core::documents::genesis;
+use care_core::documents::{ReceivedRules, genesis};
 use care_core::{
     Access, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, OpHash, RejectReason,
     Right, Role, SignedOp, TeamId,
@@ -143,7 +143,9 @@ pub fn check_authors(
     Ok(())
 }
 
-/// Checks every change of a loaded document with [`check_authors`].
+/// Checks every change of a loaded document with [`check_authors`], then with the
+/// document's [`ReceivedRules`]: a document received whole is held to the same rules as
+/// the changes received one by one.
 pub fn check_document(
     access: &TeamAccess,
     team: TeamId,
@@ -152,7 +154,9 @@ pub fn check_document(
 ) -> Result<(), String> {
     let changes: Vec<_> =
         changes_of(doc).into_iter().map(|(actor, hash)| (actor, Some(hash))).collect();
-    check_authors(access, team, kind, &changes)
+    check_authors(access, team, kind, &changes)?;
+    let rules = ReceivedRules::new(team, kind);
+    doc.get_changes(&[]).iter().try_for_each(|change| rules.check(change))
 }
 
 /// Names an actor in a message: as a device where it is one.

@@ -4,12 +4,13 @@
 
 use automerge::sync::{ChunkList, Message, MessageVersion};
 use automerge::transaction::Transactable;
-use automerge::{ActorId, ROOT};
+use automerge::{ActorId, ROOT, ReadDoc};
 use care_core::{Month, Op, OpHash};
 use proptest::prelude::*;
 
 use super::*;
 use crate::frame::TeamSummary;
+use crate::refusal::Refusal;
 
 fn op_hashes(side: &Side, team: TeamId) -> Vec<OpHash> {
     let mut hashes: Vec<_> =
@@ -180,9 +181,10 @@ fn a_change_reusing_a_sequence_number_is_refused_for_that_document_only() {
     let kind = DocKind::Plan;
     let doc = kind.doc_id(team.id);
     let mut versions = Vec::new();
-    for text in ["first telling", "second telling"] {
+    for (i, text) in ["first telling", "second telling"].into_iter().enumerate() {
         let mut forked = care_core::documents::genesis(team.id, &kind).with_actor(actor.clone());
-        forked.transact(|tx| tx.put(ROOT, "note", text)).map_err(|f| f.error).expect("writes");
+        let by = team.author_of(ADVOCATE, 5_000 + i as i64);
+        plan::set_section(&mut forked, &by, Section::Routines, text).expect("writes");
         versions.push(forked.get_last_local_change().expect("a change").raw_bytes().to_vec());
     }
     let send = |side: &mut Side, change: &[u8], heads| {
@@ -243,6 +245,58 @@ fn pump(a: &mut Side, b: &mut Side, mut to_a: Vec<Vec<u8>>) {
         }
     }
     panic!("the exchange did not end");
+}
+
+/// A member sends a change that overwrites the text of another member's shift note, as
+/// the local API never would (a correction is an amendment): it is refused before it is
+/// applied, and the note keeps its words.
+#[test]
+fn a_change_that_overwrites_a_note_is_refused() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let month = Month::new(2026, 11).expect("a month");
+    let kind = DocKind::Notes { stream: care_core::NoteStream::Care, month };
+    let id = care_core::EntryId::new(month, [1; 8]);
+    let note =
+        care_core::documents::NewNote { text: "Walked to the shop.".into(), ..Default::default() };
+    let written = a.replica.doc_mut(team.id, kind);
+    care_core::documents::notes::add_note(written, &team.author_of(OWNER, 5_000), id, &note)
+        .expect("writes");
+    let outputs = a.session.local_change(&mut a.replica, team.id, kind.doc_id(team.id), kind);
+    let to_b = a.take(outputs);
+    pump(&mut b, &mut a, to_b);
+    let theirs = b.replica.doc(team.id, kind.doc_id(team.id)).expect("the advocate has the note");
+
+    // The advocate rewrites the owner's note under its own actor.
+    let mut forged =
+        theirs.fork().with_actor(ActorId::from(team.keys[ADVOCATE].device_id().as_bytes()));
+    let notes_obj = forged.get(ROOT, "notes").expect("reads").expect("notes").1;
+    let note_obj = forged.get(&notes_obj, id.to_string()).expect("reads").expect("the note").1;
+    forged
+        .transact(|tx| tx.put(&note_obj, "text", "Stayed in all day."))
+        .map_err(|f| f.error)
+        .expect("writes");
+    let change = forged.get_last_local_change().expect("a change");
+    let message = Message {
+        heads: forged.get_heads(),
+        need: vec![],
+        have: vec![],
+        changes: ChunkList::from(vec![change.raw_bytes().to_vec()]),
+        flags: None,
+        version: MessageVersion::V1,
+    };
+    let before = a.replica.doc(team.id, kind.doc_id(team.id)).expect("held").get_heads();
+    a.receive(&sync_frame(&team, kind, message.encode()));
+    assert!(a.closed.is_none());
+    assert!(
+        a.refusals().iter().any(|r| matches!(r, Refusal::BreaksDocumentRules(_))),
+        "{:?}",
+        a.refusals()
+    );
+    let held = a.replica.doc(team.id, kind.doc_id(team.id)).expect("held");
+    assert_eq!(held.get_heads(), before, "nothing was applied");
+    let kept = care_core::documents::notes::note(held, id).expect("reads").expect("the note");
+    assert_eq!(kept.text, "Walked to the shop.");
 }
 
 /// Frames about a team that is not shared, or a kind one side may not read, are refused

@@ -50,15 +50,28 @@ const COLUMNS_PER_SECTION_MAX: u64 = 256;
 
 /// The (actor, hash) of every change in `bytes`, a concatenation of chunks.
 pub fn changes_in(bytes: &[u8]) -> Result<Vec<(ActorId, ChangeHash)>, String> {
+    checked_changes_in(bytes, |_| Ok(()))
+}
+
+/// Like [`changes_in`], calling `check` with each change first: the first error is
+/// returned.
+pub fn checked_changes_in(
+    bytes: &[u8],
+    mut check: impl FnMut(&Change) -> Result<(), String>,
+) -> Result<Vec<(ActorId, ChangeHash)>, String> {
     let mut out = Vec::new();
     for_each_chunk(bytes, |chunk_type, chunk, _| {
         match chunk_type {
             CHUNK_CHANGE | CHUNK_COMPRESSED => {
                 let change = Change::try_from(chunk).map_err(|e| e.to_string())?;
+                check(&change)?;
                 out.push((change.actor_id().clone(), change.hash()));
             }
             CHUNK_DOCUMENT => {
                 let doc = Automerge::load(chunk).map_err(|e| e.to_string())?;
+                for change in doc.get_changes(&[]) {
+                    check(&change)?;
+                }
                 out.extend(changes_of(&doc));
             }
             other => return Err(format!("an Automerge chunk of unexpected type {other}")),

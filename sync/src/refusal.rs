@@ -28,6 +28,10 @@ pub enum Refusal {
     /// A change is by a device that could never write documents of this kind.
     #[error("{0}")]
     MayNotWrite(String),
+    /// A change that breaks its document's rules, as the local API would never write it
+    /// (overwriting a note, replacing a container, an entry key of the wrong shape).
+    #[error("{0}")]
+    BreaksDocumentRules(String),
     /// Automerge bytes that do not parse, or break the protocol's rules for them.
     #[error("{0}")]
     Malformed(String),

@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync::Message;
 use automerge::{ActorId, Automerge, ChangeHash};
+use care_core::documents::ReceivedRules;
 use care_core::membership::OPS_MAX;
 use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_authors, ops_hash, truncate};
 use crate::agreed::{answer_to_snapshot, state_after_sending};
-use crate::chunks::{INFLATED_BYTES_MAX, changes_in, changes_of, inflated_len, whole_doc};
+use crate::chunks::{INFLATED_BYTES_MAX, changes_of, checked_changes_in, inflated_len, whole_doc};
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
     HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, TEAMS_PER_HELLO_MAX, TeamSummary,
@@ -594,11 +595,20 @@ impl Session {
         let theirs = sorted(message.heads.clone());
         let mut verdict = Ok(());
         let mut changes = Vec::new();
+        let mut rules: Option<ReceivedRules> = None;
+        let mut broken: Option<String> = None;
         for chunk in message.changes.iter() {
-            match changes_in(chunk) {
+            let found = checked_changes_in(chunk, |change| {
+                let rules = rules.get_or_insert_with(|| ReceivedRules::new(team, &kind));
+                rules.check(change).inspect_err(|why| broken = Some(why.clone()))
+            });
+            match found {
                 Ok(found) => changes.extend(found.into_iter().map(|(a, h)| (a, Some(h)))),
                 Err(why) => {
-                    verdict = Err(Refusal::Malformed(why));
+                    verdict = Err(match broken.take() {
+                        Some(rule) => Refusal::BreaksDocumentRules(rule),
+                        None => Refusal::Malformed(why),
+                    });
                     break;
                 }
             }
@@ -701,7 +711,15 @@ impl Session {
         };
         let theirs = sorted(loaded.get_heads());
         let changes: Vec<_> = changes_of(&loaded).into_iter().map(|(a, h)| (a, Some(h))).collect();
-        if let Err(reason) = self.check_authors(team, &kind, &changes) {
+        let verdict = self.check_authors(team, &kind, &changes).and_then(|()| {
+            let rules = ReceivedRules::new(team, &kind);
+            loaded
+                .get_changes(&[])
+                .iter()
+                .try_for_each(|change| rules.check(change))
+                .map_err(Refusal::BreaksDocumentRules)
+        });
+        if let Err(reason) = verdict {
             self.refused(team, doc, theirs, reason, out);
             return Ok(());
         }

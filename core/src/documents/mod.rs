@@ -32,6 +32,7 @@ mod error;
 pub mod notes;
 pub mod plan;
 pub mod promises;
+mod received;
 pub mod rota;
 pub mod team_doc;
 
@@ -45,6 +46,7 @@ use access::Obj;
 pub use error::DocError;
 pub use notes::{Amendment, Medication, NewNote, ParseMedicationError, ShiftNote};
 pub use promises::{Agreement, Promise, PromiseVersion};
+pub use received::ReceivedRules;
 pub use rota::{Booking, NewBooking, Response};
 pub use team_doc::TeamInfo;
 

@@ -173,21 +173,28 @@ pub fn note(doc: &Automerge, id: EntryId) -> Result<Option<ShiftNote>, DocError>
     root.opt_map(&id.to_string())?.map(|obj| read_note(&obj, id)).transpose()
 }
 
-/// Every note of this document, sorted by the time it was written, then by id.
+/// Every readable note of this document, sorted by the time it was written, then by id.
+/// One malformed entry never hides the month's other notes: it is left out here, and
+/// [`note`] and [`unreadable_notes`] name what is wrong with it.
 pub fn notes(doc: &Automerge) -> Result<Vec<ShiftNote>, DocError> {
     let (root, _) = notes_obj(doc)?;
-    let mut all = root
-        .entries()?
-        .into_iter()
-        .map(|(key, obj)| {
-            let id = key
-                .parse()
-                .map_err(|_| DocError::malformed(obj.path.clone(), "the key is not a note id"))?;
-            read_note(&obj, id)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut all: Vec<ShiftNote> =
+        root.entries()?.into_iter().filter_map(|(key, obj)| read_entry(&key, &obj).ok()).collect();
     all.sort_by_key(|note| (note.written_at, note.id));
     Ok(all)
+}
+
+/// The entries of this document that are not readable notes, each with why.
+pub fn unreadable_notes(doc: &Automerge) -> Result<Vec<DocError>, DocError> {
+    let (root, _) = notes_obj(doc)?;
+    Ok(root.entries()?.into_iter().filter_map(|(key, obj)| read_entry(&key, &obj).err()).collect())
+}
+
+fn read_entry(key: &str, obj: &Obj<'_, Automerge>) -> Result<ShiftNote, DocError> {
+    let id = key
+        .parse()
+        .map_err(|_| DocError::malformed(obj.path.clone(), "the key is not a note id"))?;
+    read_note(obj, id)
 }
 
 impl fmt::Display for Medication {
@@ -452,9 +459,14 @@ mod tests {
             Ok(tx.put(&note, "text", 42)?)
         })
         .expect("writes");
-        let err = notes(&broken).expect_err("malformed");
+        // The one bad note is left out of the month and named; the other notes read.
+        add_note(&mut broken, &author_at(1, 7), entry(2), &new_note("Also fine.")).expect("adds");
+        let listed: Vec<EntryId> = notes(&broken).expect("reads").iter().map(|n| n.id).collect();
+        assert_eq!(listed, vec![entry(2)]);
+        let err = note(&broken, entry(1)).expect_err("malformed");
         let path = format!("notes/{}/text", entry(1));
         assert!(matches!(&err, DocError::Malformed { path: p, .. } if *p == path), "{err}");
+        assert_eq!(unreadable_notes(&broken).expect("reads").len(), 1);
         crate::documents::write(&mut doc, &author_at(1, 6), |tx| {
             Ok(tx.put(ROOT, "notes", "not a map")?)
         })
