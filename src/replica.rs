@@ -288,6 +288,7 @@ impl Home {
 
 #[cfg(test)]
 mod tests {
+    use automerge::ReadDoc;
     use automerge::transaction::Transactable;
     use automerge::{ActorId, ROOT};
     use care_core::documents::genesis;
@@ -298,9 +299,15 @@ mod tests {
     /// A notes document of a team: its genesis, then one change by `actor`.
     fn received(team: TeamId, kind: &DocKind, actor: ActorId) -> (Vec<u8>, Vec<ChangeHash>) {
         let mut doc = genesis(team, kind).with_actor(actor);
-        doc.transact(|tx| tx.put(ROOT, "written_by", "someone"))
-            .map_err(|f| f.error)
-            .expect("a change to a fresh document");
+        let month = kind.month().expect("a notes document has a month");
+        let entry = care_core::EntryId::new(month, [1; 8]).to_string();
+        doc.transact(|tx| {
+            let notes = tx.get(ROOT, "notes")?.expect("genesis made the container").1;
+            let note = tx.put_object(&notes, entry, automerge::ObjType::Map)?;
+            tx.put(&note, "written_by", "someone")
+        })
+        .map_err(|f| f.error)
+        .expect("a change to a fresh document");
         let mut heads = doc.get_heads();
         heads.sort();
         (doc.save(), heads)
