@@ -299,6 +299,63 @@ fn a_change_that_overwrites_a_note_is_refused() {
     assert_eq!(kept.text, "Walked to the shop.");
 }
 
+/// A worker writes the circle relay into the team document, which only those who manage
+/// the team may write: the change is refused, so it can redirect no device's network.
+#[test]
+fn a_worker_cannot_name_a_relay_in_the_team_document() {
+    let mut team = Team::new();
+    let worker_key = DeviceKey::from_seed([4; 32]);
+    let worker = MemberId::from_bytes([4; 16]);
+    team.author(OpBody::AddMember {
+        member: worker,
+        name: "Wil".into(),
+        role: Role::Worker,
+        hats: vec![],
+    });
+    let device = worker_key.device_id();
+    team.author(OpBody::AddDevice { member: worker, device, label: "phone".into() });
+    let mut a = team.side(OWNER, ADVOCATE);
+    a.session = Session::new(team.keys[OWNER].device_id(), device);
+    let mut w = Side {
+        session: Session::new(device, team.keys[OWNER].device_id()),
+        replica: MemoryReplica::new(device),
+        events: Vec::new(),
+        closed: None,
+    };
+    w.replica.add_ops(team.id, &team.ops).expect("memory replica");
+    connect(&team, &mut a, &mut w);
+
+    let kind = DocKind::Team;
+    let by = Author { member: worker, device, at: Timestamp(9_000) };
+    let mut doc = care_core::documents::genesis(team.id, &kind);
+    let info = care_core::documents::TeamInfo {
+        name: "Rosa's team".into(),
+        circle: Some("http://attacker.invalid".into()),
+    };
+    care_core::documents::team_doc::set_team_info(&mut doc, &by, &info).expect("writes");
+    let change = doc.get_last_local_change().expect("a change");
+    let message = Message {
+        heads: doc.get_heads(),
+        need: vec![],
+        have: vec![],
+        changes: ChunkList::from(vec![change.raw_bytes().to_vec()]),
+        flags: None,
+        version: MessageVersion::V1,
+    };
+    a.receive(&sync_frame(&team, kind, message.encode()));
+    assert!(a.closed.is_none());
+    assert!(
+        a.refusals().iter().any(|r| matches!(r, Refusal::MayNotWrite(_))),
+        "{:?}",
+        a.refusals()
+    );
+    let held = a.replica.doc(team.id, kind.doc_id(team.id));
+    let circle = held
+        .and_then(|d| care_core::documents::team_doc::team_info(d).ok().flatten())
+        .and_then(|i| i.circle);
+    assert_eq!(circle, None, "the owner's team document names no relay");
+}
+
 /// Frames about a team that is not shared, or a kind one side may not read, are refused
 /// before anything in them is parsed: a garbage message costs nothing.
 #[test]
