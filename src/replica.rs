@@ -162,6 +162,10 @@ impl Replica for Home {
         self.sync_states.insert((peer, doc), state);
     }
 
+    fn this_month(&self) -> Option<care_core::Month> {
+        Some(care_core::Month::of_timestamp(self.now()))
+    }
+
     fn recover_from_panic(&mut self, peer: DeviceId) {
         self.forget_unsaved(peer);
     }

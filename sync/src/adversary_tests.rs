@@ -431,6 +431,26 @@ fn a_member_cannot_make_a_device_hold_documents_without_bound() {
     assert_eq!(a.replica.docs(team.id).expect("memory").len(), crate::session::DOCS_PER_TEAM_MAX);
 }
 
+/// Whole documents of months far after this device's clock are refused: a peer cannot
+/// fill the store with the rotas of the next century.
+#[test]
+fn documents_of_months_far_ahead_are_refused() {
+    let team = Team::new();
+    let (mut a, _b) = live_pair(&team, ADVOCATE);
+    let now = Month::new(2026, 12).expect("a month");
+    a.replica.set_this_month(now);
+    for (year, month, kept) in [(2028, 12, true), (2029, 1, false), (2126, 1, false)] {
+        let kind = DocKind::Rota { month: Month::new(year, month).expect("a month") };
+        let bytes = care_core::documents::genesis(team.id, &kind).save();
+        let frame = Frame::Snapshot { team: team.id, doc: kind.doc_id(team.id), kind, bytes };
+        a.receive(&frame.encode());
+        assert_eq!(a.replica.doc(team.id, kind.doc_id(team.id)).is_some(), kept, "{kind}");
+    }
+    assert!(a.closed.is_none());
+    let refused = a.refusals().iter().filter(|r| matches!(r, Refusal::OverLimit { .. })).count();
+    assert_eq!(refused, 2);
+}
+
 /// The frames of a real exchange (both Hellos, ops, heads, snapshots, sync messages),
 /// recorded once.
 fn exchange_frames() -> &'static [Vec<u8>] {

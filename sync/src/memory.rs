@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use care_core::documents::genesis;
-use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+use care_core::{DeviceId, DocId, DocKind, Month, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_document};
 use crate::refusal::Refusal;
@@ -34,13 +34,21 @@ pub struct MemoryReplica {
     docs: BTreeMap<(TeamId, DocId), (DocKind, Automerge)>,
     /// Per peer and document, as persisted between sessions (`State::encode`) and live.
     sync_states: BTreeMap<(DeviceId, DocId), State>,
+    /// The month its clock shows, if it keeps one.
+    this_month: Option<Month>,
 }
 
 impl MemoryReplica {
+    /// Sets the month this replica's clock shows.
+    pub fn set_this_month(&mut self, month: Month) {
+        self.this_month = Some(month);
+    }
+
     /// An empty replica for `device`.
     pub fn new(device: DeviceId) -> MemoryReplica {
         MemoryReplica {
             device,
+            this_month: None,
             ops: BTreeMap::new(),
             docs: BTreeMap::new(),
             sync_states: BTreeMap::new(),
@@ -187,6 +195,10 @@ impl Replica for MemoryReplica {
         check_document(&access, team, &kind, &loaded).map_err(MemoryError::Refused)?;
         self.docs.insert((team, doc), (kind, loaded));
         Ok(Import::Stored)
+    }
+
+    fn this_month(&self) -> Option<Month> {
+        self.this_month
     }
 
     fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {

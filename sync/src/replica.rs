@@ -4,7 +4,7 @@
 
 use automerge::sync::{Message, State};
 use automerge::{Automerge, ChangeHash};
-use care_core::{DeviceId, DocId, DocKind, MembershipError, SignedOp, TeamId};
+use care_core::{DeviceId, DocId, DocKind, MembershipError, Month, SignedOp, TeamId};
 
 use crate::access::TeamAccess;
 use crate::refusal::Refusal;
@@ -125,6 +125,13 @@ pub trait Replica {
     /// what the peer said), keeping the persisted shared heads. Called when a session
     /// with `peer` starts and when it ends.
     fn reset_sync_state(&mut self, peer: DeviceId);
+
+    /// This device's current month, if it keeps a clock: documents of months more than
+    /// [`MONTHS_AHEAD_MAX`](crate::session::MONTHS_AHEAD_MAX) after it are refused from
+    /// peers.
+    fn this_month(&self) -> Option<Month> {
+        None
+    }
 
     /// Called after a session step panicked (a bug): drops whatever this replica holds in
     /// memory that the step may have left half-changed (loaded documents, the sync

@@ -25,6 +25,9 @@ const SNAPSHOT_OVERHEAD_BYTES: usize = 1024;
 /// Most documents of one team a peer can make this device hold: a team has a handful of
 /// documents plus three a month (notes, general notes, rota), about 400 in ten years.
 pub const DOCS_PER_TEAM_MAX: usize = 2048;
+/// Most months after this device's current month that a document received from a peer
+/// may be of: a rota is planned ahead, notes are written now.
+pub const MONTHS_AHEAD_MAX: i32 = 24;
 /// Largest first frame (the Hello) read from a device before it is known to share a
 /// team: a Hello of [`TEAMS_PER_HELLO_MAX`] summaries and a little room.
 pub const HELLO_FRAME_BYTES_MAX: usize = 64 + TEAMS_PER_HELLO_MAX * 48;
@@ -615,7 +618,7 @@ impl Session {
         }
         let verdict = verdict
             .and_then(|()| self.check_authors(team, &kind, &changes))
-            .and_then(|()| self.check_room(replica, team, doc));
+            .and_then(|()| self.check_room(replica, team, doc, &kind));
         if let Err(reason) = verdict {
             self.refused(team, doc, theirs, reason, out);
             return Ok(());
@@ -666,7 +669,7 @@ impl Session {
         };
         let verdict = self
             .check_authors(team, &kind, &whole.authors)
-            .and_then(|()| self.check_room(replica, team, doc));
+            .and_then(|()| self.check_room(replica, team, doc, &kind));
         if let Err(reason) = verdict {
             self.refused(team, doc, whole.heads, reason, out);
             return Ok(());
@@ -779,10 +782,25 @@ impl Session {
     }
 
     /// Whether the remote may make this device hold `doc`: always when it is held, else
-    /// only while the team has fewer than [`DOCS_PER_TEAM_MAX`] documents here.
-    fn check_room<R: Replica>(&self, replica: &R, team: TeamId, doc: DocId) -> Result<(), Refusal> {
+    /// only while the team has fewer than [`DOCS_PER_TEAM_MAX`] documents here, and for a
+    /// month no more than [`MONTHS_AHEAD_MAX`] after this device's.
+    fn check_room<R: Replica>(
+        &self,
+        replica: &R,
+        team: TeamId,
+        doc: DocId,
+        kind: &DocKind,
+    ) -> Result<(), Refusal> {
         if replica.holds(team, doc).unwrap_or(true) {
             return Ok(());
+        }
+        if let (Some(month), Some(now)) = (kind.month(), replica.this_month()) {
+            let ahead = (month.year() - now.year()) * 12 + i32::from(month.number())
+                - i32::from(now.number());
+            if ahead > MONTHS_AHEAD_MAX {
+                let what = "months ahead of this device's clock";
+                return Err(Refusal::over_limit(what, ahead as usize, MONTHS_AHEAD_MAX as usize));
+            }
         }
         let held = replica.docs(team).map(|d| d.len()).unwrap_or(DOCS_PER_TEAM_MAX);
         if held >= DOCS_PER_TEAM_MAX {
