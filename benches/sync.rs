@@ -93,6 +93,14 @@ fn main() -> Result<()> {
          after catching up, reading the latest 50 notes takes {:.1} ms, then all {} notes {:.1} ms",
         reads.latest_ms, size.notes, reads.all_ms
     );
+    let checks = care_iroh::checks(&size)?;
+    println!(
+        "care checks of peer input, over the same notes' {} changes (outside the catch-up \
+         figure): inflate bound {:.1} ms and document rules {:.1} ms (at a received document's \
+         first load, included in the read of all notes above); bounds of one sync message \
+         carrying them all {:.1} ms",
+        checks.changes, checks.inflate_ms, checks.rules_ms, checks.message_ms
+    );
     let rows = [(CARE, care), (FLOOR, floor.figures), (SAMOD, samod)];
     print_table(&rows);
     Ok(())

@@ -35,6 +35,63 @@ pub struct FirstReads {
     pub all_ms: f64,
 }
 
+/// What the checks on peer input cost, over every notes document of the catch-up team:
+/// work a device does besides the catch-up figure (which stores documents unloaded).
+pub struct Checks {
+    /// Measuring what the documents inflate to, before their first load.
+    pub inflate_ms: f64,
+    /// The documents' rules over every change, in that first load (and on every change
+    /// that arrives in a sync message).
+    pub rules_ms: f64,
+    /// The bounds of one sync message carrying every change of each document.
+    pub message_ms: f64,
+    /// Changes checked.
+    pub changes: usize,
+}
+
+/// Times the checks of peer input on the owner's documents of the catch-up team.
+pub fn checks(size: &Size) -> Result<Checks> {
+    let root = tempfile::tempdir()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let pair =
+        runtime.block_on(prepare(&root.path().join("checks"), size.notes, VISIT_STEP_MS, 1))?;
+    let home = Home::open(&pair.owner)?;
+    let mut figures = Checks { inflate_ms: 0.0, rules_ms: 0.0, message_ms: 0.0, changes: 0 };
+    for summary in home.store().docs(Some(pair.team))? {
+        let Ok(kind) = summary.kind.parse::<care_core::DocKind>() else { continue };
+        let bytes = home.store().doc_bytes(summary.id)?.context("a stored document")?;
+        let started = Instant::now();
+        care_sync::chunks::inflated_len(&bytes, care_sync::chunks::INFLATED_BYTES_MAX)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        figures.inflate_ms += started.elapsed().as_secs_f64() * 1000.0;
+        let doc = automerge::Automerge::load(&bytes)?;
+        let changes = doc.get_changes(&[]);
+        let started = Instant::now();
+        let rules = care_core::documents::ReceivedRules::new(pair.team, &kind);
+        for change in &changes {
+            rules.check(change).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        figures.rules_ms += started.elapsed().as_secs_f64() * 1000.0;
+        figures.changes += changes.len();
+        let message = automerge::sync::Message {
+            heads: doc.get_heads(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: automerge::sync::ChunkList::from(
+                changes.iter().map(|c| c.raw_bytes().to_vec()).collect::<Vec<_>>(),
+            ),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode();
+        let started = Instant::now();
+        care_sync::message::check_sync_message(&message).map_err(|e| anyhow::anyhow!("{e}"))?;
+        figures.message_ms += started.elapsed().as_secs_f64() * 1000.0;
+    }
+    Ok(figures)
+}
+
 /// Runs the three scenarios and returns this engine's figures.
 pub fn run(size: &Size) -> Result<(Figures, FirstReads)> {
     let runtime =
@@ -71,6 +128,8 @@ struct Pair {
     worker: std::path::PathBuf,
     team: TeamId,
     notes: usize,
+    /// When the last note was written.
+    last_ms: i64,
 }
 
 async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pair> {
@@ -98,13 +157,24 @@ async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pai
     let ops = home.ops(team)?;
     other.add_ops(team, &ops)?;
     home.compact()?;
-    Ok(Pair { owner, worker, team, notes })
+    let last_ms = START_MS + notes as i64 * step_ms;
+    Ok(Pair { owner, worker, team, notes, last_ms })
 }
 
 /// A node for a home, talking only to the device it is told to connect to.
 async fn node(dir: &Path) -> Result<Node> {
     let options = NodeOptions { dial_known_devices: false };
     Ok(Node::start_with(Home::open(dir)?, &NetConfig::loopback(), options).await?)
+}
+
+/// A node whose clock shows the time of the pair's last note: the reconnect workload
+/// spreads its documents over many months ahead of the machine's clock, and a device
+/// refuses documents of months far ahead of its own.
+async fn node_at(dir: &Path, pair: &Pair) -> Result<Node> {
+    let options = NodeOptions { dial_known_devices: false };
+    let mut home = Home::open(dir)?;
+    home.set_clock(SteppingClock::new(pair.last_ms, 0));
+    Ok(Node::start_with(home, &NetConfig::loopback(), options).await?)
 }
 
 fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
@@ -163,8 +233,8 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
 }
 
 async fn sync_fully(pair: &Pair) -> Result<()> {
-    let owner = node(&pair.owner).await?;
-    let worker = node(&pair.worker).await?;
+    let owner = node_at(&pair.owner, pair).await?;
+    let worker = node_at(&pair.worker, pair).await?;
     connect_and_settle(&owner, &worker, pair.team).await?;
     worker.shutdown().await;
     owner.shutdown().await;
@@ -177,8 +247,8 @@ async fn reconnect(pair: &Pair, runs: usize) -> Result<(f64, f64, f64)> {
     let (mut times, mut bytes, mut frames) = (Vec::new(), Vec::new(), Vec::new());
     let mut docs = 0;
     for _ in 0..runs {
-        let owner = node(&pair.owner).await?;
-        let worker = node(&pair.worker).await?;
+        let owner = node_at(&pair.owner, pair).await?;
+        let worker = node_at(&pair.worker, pair).await?;
         docs = heads(&worker)?.len();
         let mut events = worker.events();
         let started = Instant::now();
