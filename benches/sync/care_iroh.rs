@@ -157,19 +157,14 @@ async fn prepare(dir: &Path, notes: usize, step_ms: i64, seed: u8) -> Result<Pai
     let ops = home.ops(team)?;
     other.add_ops(team, &ops)?;
     home.compact()?;
-    let last_ms = START_MS + notes as i64 * step_ms;
+    let last_ms = home.now().as_millis();
     Ok(Pair { owner, worker, team, notes, last_ms })
 }
 
-/// A node for a home, talking only to the device it is told to connect to.
-async fn node(dir: &Path) -> Result<Node> {
-    let options = NodeOptions { dial_known_devices: false };
-    Ok(Node::start_with(Home::open(dir)?, &NetConfig::loopback(), options).await?)
-}
-
-/// A node whose clock shows the time of the pair's last note: the reconnect workload
-/// spreads its documents over many months ahead of the machine's clock, and a device
-/// refuses documents of months far ahead of its own.
+/// A node for a home, talking only to the device it is told to connect to, with its
+/// clock at the time of the pair's last note: the workloads spread their notes over years
+/// ahead of the machine's clock, and a device refuses documents of months far ahead of
+/// its own.
 async fn node_at(dir: &Path, pair: &Pair) -> Result<Node> {
     let options = NodeOptions { dial_known_devices: false };
     let mut home = Home::open(dir)?;
@@ -206,8 +201,8 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         let dir = runs_dir.join(run.to_string());
         copy_dir(&pair.owner, &dir.join("owner"))?;
         copy_dir(&pair.worker, &dir.join("worker"))?;
-        let owner = node(&dir.join("owner")).await?;
-        let worker = node(&dir.join("worker")).await?;
+        let owner = node_at(&dir.join("owner"), pair).await?;
+        let worker = node_at(&dir.join("worker"), pair).await?;
         let (elapsed, moved) = connect_and_settle(&owner, &worker, pair.team).await?;
         times.push(elapsed);
         bytes.push(moved);
@@ -287,8 +282,8 @@ async fn wait_in_sync(events: &mut broadcast::Receiver<PeerEvent>, team: TeamId)
 async fn live(pair: &Pair, dir: &Path, edits: usize) -> Result<(f64, f64)> {
     copy_dir(&pair.owner, &dir.join("owner"))?;
     copy_dir(&pair.worker, &dir.join("worker"))?;
-    let owner = node(&dir.join("owner")).await?;
-    let worker = node(&dir.join("worker")).await?;
+    let owner = node_at(&dir.join("owner"), pair).await?;
+    let worker = node_at(&dir.join("worker"), pair).await?;
     connect_and_settle(&owner, &worker, pair.team).await?;
     let mut events = worker.events();
     let mut samples = Vec::with_capacity(edits);
