@@ -102,6 +102,8 @@ pub struct Session {
     shared: BTreeMap<TeamId, TeamAccess>,
     /// What is known of each shared team's agreement with the remote device.
     progress: BTreeMap<TeamId, Progress>,
+    /// The rules received changes must keep, per document, prepared on first use.
+    rules: BTreeMap<DocId, ReceivedRules>,
 }
 
 /// What one session knows of whether a shared team agrees with the remote device.
@@ -164,6 +166,7 @@ impl Session {
             phase: Phase::New,
             shared: BTreeMap::new(),
             progress: BTreeMap::new(),
+            rules: BTreeMap::new(),
         }
     }
 
@@ -598,12 +601,17 @@ impl Session {
         let theirs = sorted(message.heads.clone());
         let mut verdict = Ok(());
         let mut changes = Vec::new();
-        let mut rules: Option<ReceivedRules> = None;
+        let rules = match message.changes.is_empty() {
+            true => None,
+            false => Some(
+                self.rules.entry(doc).or_insert_with(|| ReceivedRules::new(team, &kind)).clone(),
+            ),
+        };
         let mut broken: Option<String> = None;
         for chunk in message.changes.iter() {
-            let found = checked_changes_in(chunk, |change| {
-                let rules = rules.get_or_insert_with(|| ReceivedRules::new(team, &kind));
-                rules.check(change).inspect_err(|why| broken = Some(why.clone()))
+            let found = checked_changes_in(chunk, |change| match &rules {
+                Some(rules) => rules.check(change).inspect_err(|why| broken = Some(why.clone())),
+                None => Ok(()),
             });
             match found {
                 Ok(found) => changes.extend(found.into_iter().map(|(a, h)| (a, Some(h)))),
@@ -616,9 +624,11 @@ impl Session {
                 }
             }
         }
-        let verdict = verdict
-            .and_then(|()| self.check_authors(team, &kind, &changes))
-            .and_then(|()| self.check_room(replica, team, doc, &kind));
+        let verdict =
+            verdict.and_then(|()| self.check_authors(team, &kind, &changes)).and_then(|()| {
+                let held = replica.holds(team, doc).unwrap_or(true);
+                self.check_room(replica, team, held, &kind)
+            });
         if let Err(reason) = verdict {
             self.refused(team, doc, theirs, reason, out);
             return Ok(());
@@ -669,7 +679,7 @@ impl Session {
         };
         let verdict = self
             .check_authors(team, &kind, &whole.authors)
-            .and_then(|()| self.check_room(replica, team, doc, &kind));
+            .and_then(|()| self.check_room(replica, team, false, &kind));
         if let Err(reason) = verdict {
             self.refused(team, doc, whole.heads, reason, out);
             return Ok(());
@@ -788,10 +798,10 @@ impl Session {
         &self,
         replica: &R,
         team: TeamId,
-        doc: DocId,
+        held: bool,
         kind: &DocKind,
     ) -> Result<(), Refusal> {
-        if replica.holds(team, doc).unwrap_or(true) {
+        if held {
             return Ok(());
         }
         if let (Some(month), Some(now)) = (kind.month(), replica.this_month()) {
