@@ -103,6 +103,10 @@ impl Replica for Home {
         }
     }
 
+    fn doc_count(&self, team: TeamId) -> Result<usize> {
+        Ok(self.store.doc_count(team)?)
+    }
+
     fn holds(&self, _team: TeamId, doc: DocId) -> Result<bool> {
         Ok(self.docs.contains_key(&doc) || self.store.doc_summary(doc)?.is_some())
     }

@@ -143,6 +143,16 @@ impl Store {
         rows.into_iter().map(|(hash, bytes, sum)| check_op(&hash, bytes, &sum)).collect()
     }
 
+    /// How many documents of `team` are stored.
+    pub fn doc_count(&self, team: TeamId) -> Result<usize, StoreError> {
+        let doing = "counting a team's documents";
+        let mut stmt =
+            self.conn.prepare_cached("SELECT COUNT(*) FROM docs WHERE team = ?1").doing(doing)?;
+        let count: i64 =
+            stmt.query_row(rusqlite::params![team.as_bytes()], |row| row.get(0)).doing(doing)?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
     /// The teams with at least one stored op.
     pub fn teams(&self) -> Result<Vec<TeamId>, StoreError> {
         let doing = "listing teams";

@@ -84,6 +84,11 @@ pub trait Replica {
         message: Message,
     ) -> Result<Result<bool, Refusal>, Self::Error>;
 
+    /// How many documents of `team` this device holds.
+    fn doc_count(&self, team: TeamId) -> Result<usize, Self::Error> {
+        Ok(self.docs(team)?.len())
+    }
+
     /// Whether this device holds `doc`.
     fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, Self::Error>;
 

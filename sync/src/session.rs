@@ -812,7 +812,7 @@ impl Session {
                 return Err(Refusal::over_limit(what, ahead as usize, MONTHS_AHEAD_MAX as usize));
             }
         }
-        let held = replica.docs(team).map(|d| d.len()).unwrap_or(DOCS_PER_TEAM_MAX);
+        let held = replica.doc_count(team).unwrap_or(DOCS_PER_TEAM_MAX);
         if held >= DOCS_PER_TEAM_MAX {
             return Err(Refusal::over_limit("documents of one team", held + 1, DOCS_PER_TEAM_MAX));
         }
