@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use automerge::ChangeHash;
 use care_core::membership::Role;
-use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId, Timestamp};
+use care_core::{DeviceId, DocId, DocKind, MemberId, SignedOp, TeamId, Timestamp};
 use care_sync::SyncEvent;
 use care_sync::join::{JoinReply, JoinRequest};
 use care_sync::net::{Change, NetConfig, PeerAddr, PeerEvent, Runtime};
@@ -145,19 +145,23 @@ impl Node {
     ) -> Result<JoinTicket> {
         let (team, secret) = self.with_home(|home| {
             let team = home.team(team)?.id();
-            let expires =
-                Timestamp(home.now().as_millis().saturating_add(valid_for.as_millis() as i64));
+            let expires = expiry(home, valid_for);
             home.create_invite(team, role, name, expires).map(|secret| (team, secret))
         })?;
+        Ok(self.ticket(team, secret, None))
+    }
+
+    /// A ticket naming this device, where it listens, and `secret`.
+    fn ticket(&self, team: TeamId, secret: [u8; 16], device_of: Option<MemberId>) -> JoinTicket {
         let addr = self.addr();
-        Ok(JoinTicket {
+        JoinTicket {
             team,
             inviter: addr.device,
             addrs: addr.addrs,
             relay: addr.relay.map(|r| r.to_string()),
             secret,
-            device_of: None,
-        })
+            device_of,
+        }
     }
 
     /// Issues a ticket that adds one more device of this home's member to a team (its id,
@@ -166,20 +170,10 @@ impl Node {
     pub fn device_invite(&self, team: &str, valid_for: Duration) -> Result<JoinTicket> {
         let (team, secret, member) = self.with_home(|home| {
             let team = home.team(team)?.id();
-            let expires =
-                Timestamp(home.now().as_millis().saturating_add(valid_for.as_millis() as i64));
-            let secret = home.create_device_invite(team, expires)?;
+            let secret = home.create_device_invite(team, expiry(home, valid_for))?;
             Ok::<_, Error>((team, secret, home.profile().member))
         })?;
-        let addr = self.addr();
-        Ok(JoinTicket {
-            team,
-            inviter: addr.device,
-            addrs: addr.addrs,
-            relay: addr.relay.map(|r| r.to_string()),
-            secret,
-            device_of: Some(member),
-        })
+        Ok(self.ticket(team, secret, Some(member)))
     }
 
     /// Joins a team with a ticket: the inviting device adds this device to the team and
@@ -412,6 +406,12 @@ async fn adopt_circle_relay(
     };
     runtime.use_relay(&url).await?;
     Ok(())
+}
+
+/// The time a ticket issued now and valid for `valid_for` expires, by the home's clock.
+fn expiry(home: &Home, valid_for: Duration) -> Timestamp {
+    let valid_ms = i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX);
+    Timestamp(home.now().as_millis().saturating_add(valid_ms))
 }
 
 /// Locks the home, going on if a panicking thread poisoned the lock: every change to the

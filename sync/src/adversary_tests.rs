@@ -31,6 +31,19 @@ fn sync_frame(team: &Team, kind: DocKind, message: Vec<u8>) -> Vec<u8> {
     frame.encode()
 }
 
+/// An encoded sync message announcing `heads` and carrying one change.
+fn message_with(change: &automerge::Change, heads: Vec<automerge::ChangeHash>) -> Vec<u8> {
+    Message {
+        heads,
+        need: vec![],
+        have: vec![],
+        changes: ChunkList::from(vec![change.raw_bytes().to_vec()]),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode()
+}
+
 /// After an attack, the session still carries an honest write: the owner's plan
 /// reaches the peer.
 fn still_syncs(team: &Team, a: &mut Side, b: &mut Side) {
@@ -185,25 +198,16 @@ fn a_change_reusing_a_sequence_number_is_refused_for_that_document_only() {
         let mut forked = care_core::documents::genesis(team.id, &kind).with_actor(actor.clone());
         let by = team.author_of(ADVOCATE, 5_000 + i as i64);
         plan::set_section(&mut forked, &by, Section::Routines, text).expect("writes");
-        versions.push(forked.get_last_local_change().expect("a change").raw_bytes().to_vec());
+        versions.push(forked.get_last_local_change().expect("a change").clone());
     }
-    let send = |side: &mut Side, change: &[u8], heads| {
-        let message = Message {
-            heads,
-            need: vec![],
-            have: vec![],
-            changes: ChunkList::from(vec![change.to_vec()]),
-            flags: None,
-            version: MessageVersion::V1,
-        };
-        side.receive(&sync_frame(&team, kind, message.encode()));
+    let send = |side: &mut Side, change: &automerge::Change| {
+        side.receive(&sync_frame(&team, kind, message_with(change, vec![change.hash()])));
     };
-    let first_hash = automerge::Change::try_from(versions[0].as_slice()).expect("parses").hash();
-    send(&mut a, &versions[0], vec![first_hash]);
+    let first_hash = versions[0].hash();
+    send(&mut a, &versions[0]);
     let held = a.replica.doc(team.id, doc).expect("applied").get_heads();
     assert_eq!(held, vec![first_hash]);
-    let second_hash = automerge::Change::try_from(versions[1].as_slice()).expect("parses").hash();
-    send(&mut a, &versions[1], vec![second_hash]);
+    send(&mut a, &versions[1]);
     assert!(a.closed.is_none());
     assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
     let refusals = a.refusals();
@@ -277,16 +281,9 @@ fn a_change_that_overwrites_a_note_is_refused() {
         .map_err(|f| f.error)
         .expect("writes");
     let change = forged.get_last_local_change().expect("a change");
-    let message = Message {
-        heads: forged.get_heads(),
-        need: vec![],
-        have: vec![],
-        changes: ChunkList::from(vec![change.raw_bytes().to_vec()]),
-        flags: None,
-        version: MessageVersion::V1,
-    };
+    let message = message_with(&change, forged.get_heads());
     let before = a.replica.doc(team.id, kind.doc_id(team.id)).expect("held").get_heads();
-    a.receive(&sync_frame(&team, kind, message.encode()));
+    a.receive(&sync_frame(&team, kind, message));
     assert!(a.closed.is_none());
     assert!(
         a.refusals().iter().any(|r| matches!(r, Refusal::BreaksDocumentRules(_))),
@@ -334,15 +331,7 @@ fn a_worker_cannot_name_a_relay_in_the_team_document() {
     };
     care_core::documents::team_doc::set_team_info(&mut doc, &by, &info).expect("writes");
     let change = doc.get_last_local_change().expect("a change");
-    let message = Message {
-        heads: doc.get_heads(),
-        need: vec![],
-        have: vec![],
-        changes: ChunkList::from(vec![change.raw_bytes().to_vec()]),
-        flags: None,
-        version: MessageVersion::V1,
-    };
-    a.receive(&sync_frame(&team, kind, message.encode()));
+    a.receive(&sync_frame(&team, kind, message_with(&change, doc.get_heads())));
     assert!(a.closed.is_none());
     assert!(
         a.refusals().iter().any(|r| matches!(r, Refusal::MayNotWrite(_))),
