@@ -511,6 +511,10 @@ impl Home {
         };
         tracing::warn!("discarding a {kind} document received from a peer: {refusal}");
         self.store.discard_unverified(id)?;
+        // Fetch it again at once: with no sync state left for it, the next message about
+        // it says this device holds nothing of it, and a peer that holds it sends it all.
+        self.sync_states.retain(|(_, doc), _| *doc != id);
+        self.changed.push(Change::Doc { team, doc: id, kind: *kind });
         Ok(None)
     }
 

@@ -353,13 +353,20 @@ mod tests {
         assert!(home.doc(team, kinds[1], Purpose::Read)?.is_none());
         assert!(home.store().doc_summary(id)?.is_none(), "the forged document is gone");
 
-        // Bytes that do not hold the heads they came with: discarded too.
+        // Bytes that do not hold the heads they came with: discarded too, with what this
+        // device had said of them to the peer, and fetched again at once.
         let (bytes, _) = received(team, &kinds[2], ActorId::from(own.as_bytes()));
         let id = kinds[2].doc_id(team);
         let wrong = vec![ChangeHash([7; 32])];
         assert_eq!(home.import_snapshot(team, id, kinds[2], &bytes, &wrong)?, Import::Stored);
+        let peer = care_core::DeviceKey::from_seed([3; 32]).device_id();
+        home.set_sync_state(peer, id, automerge::sync::State::new());
+        home.changed.clear();
         assert!(home.doc(team, kinds[2], Purpose::Read)?.is_none());
         assert!(home.store().doc_summary(id)?.is_none());
+        assert!(!home.sync_states.contains_key(&(peer, id)), "what was said of it is forgotten");
+        let kind = kinds[2];
+        assert_eq!(home.changed, vec![care_sync::net::Change::Doc { team, doc: id, kind }]);
 
         // A document already held is never replaced by an import.
         let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));
