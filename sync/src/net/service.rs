@@ -509,6 +509,35 @@ mod tests {
         assert!(matches!(outputs.first(), Some(Output::Send(_))));
     }
 
+    impl Invites for MemoryReplica {
+        fn redeem(
+            &mut self,
+            _device: DeviceId,
+            _request: &JoinRequest,
+        ) -> Result<(TeamId, Vec<SignedOp>), String> {
+            Err("no invitations here".to_owned())
+        }
+    }
+
+    /// A device runs at most `SESSIONS_MAX` sessions: the next device is turned away,
+    /// while a new connection from a device already in session still replaces its old one.
+    #[tokio::test]
+    async fn sessions_are_bounded() {
+        let device = DeviceKey::from_seed([1; 32]).device_id();
+        let service = SyncService::new(Arc::new(Mutex::new(MemoryReplica::new(device))));
+        let remote = |i: usize| {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            DeviceId::from_bytes(bytes)
+        };
+        for i in 0..SESSIONS_MAX {
+            assert!(service.register(remote(i), remote(i)).is_some(), "session {i}");
+        }
+        assert!(service.register(remote(SESSIONS_MAX), remote(SESSIONS_MAX)).is_none());
+        assert!(service.register(remote(0), remote(0)).is_some(), "a known device reconnects");
+        assert_eq!(service.connected().len(), SESSIONS_MAX);
+    }
+
     #[test]
     fn join_attempts_are_limited_per_window() {
         let start = tokio::time::Instant::now();
