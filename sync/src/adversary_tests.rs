@@ -506,3 +506,104 @@ proptest! {
         prop_assert!(a.closed.is_none() || !a.closed.as_deref().unwrap_or("").is_empty());
     }
 }
+
+/// A care team's notes for a month, written on `side` by the owner: enough to be larger
+/// than one part.
+fn write_notes(team: &Team, side: &mut Side, notes: u8) -> DocKind {
+    let month = Month::new(2026, 11).expect("a month");
+    let kind = DocKind::Notes { stream: care_core::NoteStream::Care, month };
+    for n in 0..notes {
+        // Words that do not compress away: hex of a hash per note.
+        let text = (0..4u8).map(|i| blake3::hash(&[n, i]).to_hex().to_string()).collect();
+        let note = care_core::documents::NewNote { text, ..Default::default() };
+        let doc = side.replica.doc_mut(team.id, kind);
+        let id = care_core::EntryId::new(month, [n; 8]);
+        care_core::documents::notes::add_note(doc, &team.author_of(OWNER, 5_000), id, &note)
+            .expect("writes");
+    }
+    kind
+}
+
+/// A document larger than a part crosses in parts, and arrives whole.
+#[test]
+fn a_document_larger_than_a_part_is_sent_in_parts() {
+    let team = Team::new();
+    let mut a = team.side(OWNER, ADVOCATE);
+    let mut b = team.side(ADVOCATE, OWNER);
+    let kind = write_notes(&team, &mut a, 60);
+    let size = a.replica.doc(team.id, kind.doc_id(team.id)).expect("written").save().len();
+    assert!(size > crate::frame::SNAPSHOT_PART_BYTES, "{size} bytes");
+    let frames = record_connect(&team, &mut a, &mut b);
+    let parts = frames
+        .iter()
+        .filter(|f| matches!(Frame::decode(f), Ok(Frame::SnapshotPart { .. })))
+        .count();
+    assert_eq!(parts, size.div_ceil(crate::frame::SNAPSHOT_PART_BYTES));
+    assert_eq!(
+        b.replica.doc(team.id, kind.doc_id(team.id)).map(|d| d.get_heads()),
+        a.replica.doc(team.id, kind.doc_id(team.id)).map(|d| d.get_heads())
+    );
+    assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
+}
+
+/// Connects two sides and runs them until quiet, returning every frame sent.
+fn record_connect(team: &Team, a: &mut Side, b: &mut Side) -> Vec<Vec<u8>> {
+    let (mut to_b, mut to_a) = (a.start(), b.start());
+    let mut seen: Vec<Vec<u8>> = to_b.iter().chain(&to_a).cloned().collect();
+    for _ in 0..FRAMES_PER_EXCHANGE_MAX {
+        if to_a.is_empty() && to_b.is_empty() {
+            assert_agree(team, a, b);
+            return seen;
+        }
+        if !to_a.is_empty() {
+            let out = a.receive(&to_a.remove(0));
+            seen.extend(out.iter().cloned());
+            to_b.extend(out);
+        }
+        if !to_b.is_empty() {
+            let out = b.receive(&to_b.remove(0));
+            seen.extend(out.iter().cloned());
+            to_a.extend(out);
+        }
+    }
+    panic!("the exchange did not end");
+}
+
+/// Parts out of turn, or of another document before the last part, are refused and
+/// nothing is stored; the session goes on.
+#[test]
+fn parts_out_of_turn_are_refused() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let mut source = team.side(OWNER, ADVOCATE);
+    let kind = write_notes(&team, &mut source, 60);
+    let bytes = source.replica.doc(team.id, kind.doc_id(team.id)).expect("written").save();
+    let parts: Vec<&[u8]> = bytes.chunks(crate::frame::SNAPSHOT_PART_BYTES).collect();
+    let total = parts.len() as u32;
+    let part = |index: u32, kind: DocKind| {
+        Frame::SnapshotPart {
+            team: team.id,
+            doc: kind.doc_id(team.id),
+            kind,
+            index,
+            total,
+            bytes: parts[index as usize].to_vec(),
+        }
+        .encode()
+    };
+    // Starts in the middle; then skips a part; then switches to another document.
+    a.receive(&part(1, kind));
+    a.receive(&part(0, kind));
+    a.receive(&part(2, kind));
+    a.receive(&part(0, kind));
+    let other = DocKind::Notes {
+        stream: care_core::NoteStream::General,
+        month: Month::new(2026, 11).expect("a month"),
+    };
+    a.receive(&part(1, other));
+    assert!(a.closed.is_none());
+    let refused = a.refusals().iter().filter(|r| matches!(r, Refusal::Malformed(_))).count();
+    assert_eq!(refused, 3, "{:?}", a.refusals());
+    assert!(a.replica.doc(team.id, kind.doc_id(team.id)).is_none(), "nothing is stored");
+    still_syncs(&team, &mut a, &mut b);
+}

@@ -27,6 +27,15 @@ pub const DOCS_PER_FRAME_MAX: usize = 65_536;
 pub const HEADS_PER_DOC_MAX: usize = 4096;
 /// Most change attestations one [`Frame::Sync`] may carry.
 pub const ATTESTATIONS_PER_FRAME_MAX: usize = 65_536;
+/// Bytes of each part of a whole document sent in parts ([`Frame::SnapshotPart`]): a
+/// document larger than this is sent in parts, so that no document is ever too large to
+/// transfer. Small under test, so that tests and the simulation send parts.
+pub const SNAPSHOT_PART_BYTES: usize = if cfg!(test) { 4 << 10 } else { 16 << 20 };
+/// Largest whole document sent in parts, in bytes: what one connection may make the
+/// receiver hold before the document is complete.
+pub const SNAPSHOT_BYTES_MAX: usize = 128 << 20;
+/// Most parts of one document.
+pub const SNAPSHOT_PARTS_MAX: usize = SNAPSHOT_BYTES_MAX.div_ceil(SNAPSHOT_PART_BYTES);
 /// Longest reason in a [`Frame::Close`], in bytes.
 pub const CLOSE_REASON_BYTES_MAX: usize = 1024;
 /// Length of the big-endian length prefix before each frame on a stream, in bytes.
@@ -78,6 +87,23 @@ pub enum Frame {
         /// The document's kind.
         kind: DocKind,
         /// The output of `Automerge::save`.
+        bytes: Vec<u8>,
+    },
+    /// One part of a whole saved document larger than [`SNAPSHOT_PART_BYTES`], for a peer
+    /// that holds none of it: the parts of one document come one after another, numbered
+    /// from 0, and together are what [`Frame::Snapshot`] would carry.
+    SnapshotPart {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+        /// This part's number, from 0.
+        index: u32,
+        /// How many parts the document is sent in.
+        total: u32,
+        /// The part's bytes.
         bytes: Vec<u8>,
     },
     /// The sender ends the session, and says why.
@@ -164,6 +190,7 @@ impl Frame {
             Frame::Heads { .. } => "Heads",
             Frame::Sync { .. } => "Sync",
             Frame::Snapshot { .. } => "Snapshot",
+            Frame::SnapshotPart { .. } => "SnapshotPart",
             Frame::Close { .. } => "Close",
         }
     }
@@ -187,6 +214,14 @@ impl Frame {
                 check_doc(*team, *doc, kind)
             }
             Frame::Snapshot { team, doc, kind, .. } => check_doc(*team, *doc, kind),
+            Frame::SnapshotPart { team, doc, kind, index, total, bytes } => {
+                bound("parts of a document", *total as usize, SNAPSHOT_PARTS_MAX)?;
+                bound("bytes in a part", bytes.len(), SNAPSHOT_PART_BYTES)?;
+                if *total < 2 || index >= total {
+                    return Err(format!("part {index} of {total}"));
+                }
+                check_doc(*team, *doc, kind)
+            }
             Frame::Close { reason } => {
                 bound("bytes in a close reason", reason.len(), CLOSE_REASON_BYTES_MAX)
             }
@@ -292,11 +327,21 @@ mod tests {
                     message,
                     attestations
                 }),
-            (kind_strategy(), bytes).prop_map(|(kind, bytes)| Frame::Snapshot {
+            (kind_strategy(), bytes.clone()).prop_map(|(kind, bytes)| Frame::Snapshot {
                 team: team(),
                 doc: kind.doc_id(team()),
                 kind,
                 bytes
+            }),
+            (kind_strategy(), bytes, 0u32..3).prop_map(|(kind, bytes, index)| {
+                Frame::SnapshotPart {
+                    team: team(),
+                    doc: kind.doc_id(team()),
+                    kind,
+                    index,
+                    total: 3,
+                    bytes,
+                }
             }),
             "[a-z ]{0,40}".prop_map(|reason| Frame::Close { reason }),
         ]

@@ -14,14 +14,13 @@ use crate::agreed::{answer_to_snapshot, state_after_sending};
 use crate::chunks::{INFLATED_BYTES_MAX, changes_of, checked_changes_in, inflated_len, whole_doc};
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
-    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, TEAMS_PER_HELLO_MAX, TeamSummary,
+    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, SNAPSHOT_BYTES_MAX,
+    SNAPSHOT_PART_BYTES, TEAMS_PER_HELLO_MAX, TeamSummary,
 };
 use crate::message::check_sync_message;
 use crate::refusal::Refusal;
 use crate::replica::{Import, Replica};
 
-/// Room left in a frame for everything but a snapshot's bytes, in bytes.
-const SNAPSHOT_OVERHEAD_BYTES: usize = 1024;
 /// Most documents of one team a peer can make this device hold: a team has a handful of
 /// documents plus three a month (notes, general notes, rota), about 400 in ten years.
 pub const DOCS_PER_TEAM_MAX: usize = 2048;
@@ -104,6 +103,20 @@ pub struct Session {
     progress: BTreeMap<TeamId, Progress>,
     /// The rules received changes must keep, per document, prepared on first use.
     rules: BTreeMap<DocId, ReceivedRules>,
+    /// A whole document arriving in parts, until its last part.
+    partial: Option<PartialSnapshot>,
+}
+
+/// The parts of a whole document received so far.
+#[derive(Debug)]
+struct PartialSnapshot {
+    team: TeamId,
+    doc: DocId,
+    kind: DocKind,
+    total: u32,
+    /// The number of the next part expected.
+    next: u32,
+    bytes: Vec<u8>,
 }
 
 /// What one session knows of whether a shared team agrees with the remote device.
@@ -154,6 +167,15 @@ enum Phase {
     Closed,
 }
 
+/// What a [`Frame::SnapshotPart`] says of itself.
+struct Part {
+    team: TeamId,
+    doc: DocId,
+    kind: DocKind,
+    index: u32,
+    total: u32,
+}
+
 /// The result of a step: `Err` holds the reason to close the session with.
 type Step = Result<(), String>;
 
@@ -167,6 +189,7 @@ impl Session {
             shared: BTreeMap::new(),
             progress: BTreeMap::new(),
             rules: BTreeMap::new(),
+            partial: None,
         }
     }
 
@@ -287,6 +310,7 @@ impl Session {
         self.phase = Phase::Closed;
         self.shared.clear();
         self.progress.clear();
+        self.partial = None;
         replica.reset_sync_state(self.remote);
         out.push(Output::Close { reason });
     }
@@ -335,6 +359,10 @@ impl Session {
             }
             Frame::Snapshot { team, doc, kind, bytes } => {
                 self.on_snapshot(r, team, doc, kind, &bytes, out)
+            }
+            Frame::SnapshotPart { team, doc, kind, index, total, bytes } => {
+                let part = Part { team, doc, kind, index, total };
+                self.on_snapshot_part(r, part, bytes, out)
             }
         }
     }
@@ -702,6 +730,50 @@ impl Session {
         Ok(())
     }
 
+    /// One part of a whole document: kept until the last, then handled as a snapshot.
+    /// Parts out of order, of another document before the last, or past
+    /// [`SNAPSHOT_BYTES_MAX`] are refused, and the parts so far dropped.
+    fn on_snapshot_part<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        part: Part,
+        bytes: Vec<u8>,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let Part { team, doc, kind, index, total } = part;
+        if let Err(reason) = self.check_sender(team, &kind) {
+            self.partial = None;
+            self.refuse(team, Some(doc), reason, out);
+            return Ok(());
+        }
+        let mut partial = match self.partial.take() {
+            None if index == 0 => {
+                PartialSnapshot { team, doc, kind, total, next: 0, bytes: Vec::new() }
+            }
+            Some(p) if p.doc == doc && p.total == total && p.next == index => p,
+            _ => {
+                let why = format!("part {index} of {total} of a {kind} document, out of turn");
+                self.refuse(team, Some(doc), Refusal::Malformed(why), out);
+                return Ok(());
+            }
+        };
+        if partial.bytes.len() + bytes.len() > SNAPSHOT_BYTES_MAX {
+            let what = "bytes of a document sent in parts";
+            let sent = partial.bytes.len() + bytes.len();
+            let reason = Refusal::over_limit(what, sent, SNAPSHOT_BYTES_MAX);
+            self.refuse(team, Some(doc), reason, out);
+            return Ok(());
+        }
+        partial.bytes.extend_from_slice(&bytes);
+        partial.next += 1;
+        if partial.next < partial.total {
+            self.partial = Some(partial);
+            return Ok(());
+        }
+        let PartialSnapshot { team, doc, kind, bytes, .. } = partial;
+        self.on_snapshot(replica, team, doc, kind, &bytes, out)
+    }
+
     fn merge_snapshot<R: Replica>(
         &mut self,
         replica: &mut R,
@@ -888,8 +960,9 @@ impl Session {
         Ok(Some(heads))
     }
 
-    /// Sends the whole document to a remote that has none of it; falls back to the sync
-    /// protocol when the saved document would not fit in a frame.
+    /// Sends the whole document to a remote that has none of it: in one frame, or in parts
+    /// of [`SNAPSHOT_PART_BYTES`] when larger; falls back to the sync protocol past
+    /// [`SNAPSHOT_BYTES_MAX`].
     fn send_snapshot<R: Replica>(
         &self,
         replica: &mut R,
@@ -899,14 +972,24 @@ impl Session {
         out: &mut Vec<Output>,
     ) -> Step {
         match replica.snapshot(team, doc).map_err(store)? {
-            Some(bytes) if bytes.len() + SNAPSHOT_OVERHEAD_BYTES <= FRAME_BYTES_MAX => {
+            Some(bytes) if bytes.len() <= SNAPSHOT_BYTES_MAX => {
                 // The remote answers a snapshot with a sync message saying it holds these
                 // heads; a sync state that has told it them already keeps that answer from
                 // starting another exchange.
                 if let Ok(whole) = whole_doc(&bytes) {
                     replica.set_sync_state(self.remote, doc, state_after_sending(&whole.heads));
                 }
-                out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
+                if bytes.len() <= SNAPSHOT_PART_BYTES {
+                    out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
+                    return Ok(());
+                }
+                let total = u32::try_from(bytes.len().div_ceil(SNAPSHOT_PART_BYTES))
+                    .expect("at most SNAPSHOT_PARTS_MAX parts");
+                for (index, part) in (0..).zip(bytes.chunks(SNAPSHOT_PART_BYTES)) {
+                    let bytes = part.to_vec();
+                    let frame = Frame::SnapshotPart { team, doc, kind, index, total, bytes };
+                    out.push(Output::Send(frame.encode()));
+                }
                 Ok(())
             }
             Some(_) => self.send_sync(replica, team, doc, kind, out).map(|_| ()),

@@ -352,8 +352,10 @@ impl World {
         // Changes are not changed: a member can already write a change under another
         // writer's actor id (actor ids are not signed yet), and one reusing that writer's
         // sequence number splits honest devices on that document for good.
-        let carries_changes =
-            matches!(Frame::decode(&bytes), Ok(Frame::Sync { .. } | Frame::Snapshot { .. }));
+        let carries_changes = matches!(
+            Frame::decode(&bytes),
+            Ok(Frame::Sync { .. } | Frame::Snapshot { .. } | Frame::SnapshotPart { .. })
+        );
         let extra = match self.rng.below(4) {
             0 if !carries_changes => {
                 let at = self.rng.below(bytes.len() as u64) as usize;
@@ -646,7 +648,9 @@ fn reveals_nothing(frame: &Frame) -> bool {
 fn kinds_in(frame: &Frame) -> Vec<DocKind> {
     match frame {
         Frame::Heads { docs, .. } => docs.iter().map(|d| d.kind).collect(),
-        Frame::Sync { kind, .. } | Frame::Snapshot { kind, .. } => vec![*kind],
+        Frame::Sync { kind, .. }
+        | Frame::Snapshot { kind, .. }
+        | Frame::SnapshotPart { kind, .. } => vec![*kind],
         _ => Vec::new(),
     }
 }
