@@ -74,6 +74,7 @@ pub mod agreed;
 pub mod chunks;
 pub mod circle;
 pub mod frame;
+pub mod hub;
 pub mod join;
 mod memory;
 pub mod message;
@@ -90,6 +91,7 @@ pub use frame::{
     ALPN, DocHeads, FRAME_BYTES_MAX, Frame, FrameError, PROTOCOL_VERSION, TeamSummary,
     length_prefix, read_length_prefix,
 };
+pub use hub::{Change, ConnId, Effect, Hub, PeerEvent};
 pub use memory::{MemoryError, MemoryReplica};
 pub use refusal::Refusal;
 pub use replica::{HeldDoc, Import, Replica};

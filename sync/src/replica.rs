@@ -7,6 +7,7 @@ use automerge::{Automerge, ChangeHash};
 use care_core::{DeviceId, DocId, DocKind, MembershipError, Month, SignedOp, TeamId};
 
 use crate::access::TeamAccess;
+use crate::hub::Change;
 use crate::refusal::Refusal;
 
 /// A document a device holds, with its heads.
@@ -143,5 +144,12 @@ pub trait Replica {
     /// states of `peer`), so that what it serves next is reloaded from the store.
     fn recover_from_panic(&mut self, peer: DeviceId) {
         let _ = peer;
+    }
+
+    /// What this replica changed since last asked that the device's sessions have not
+    /// been told of: writes an app made through it, and documents a step discarded (to
+    /// be fetched again). The [`Hub`](crate::Hub) asks after every step.
+    fn take_changes(&mut self) -> Vec<Change> {
+        Vec::new()
     }
 }

@@ -14,14 +14,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::ChangeHash;
 use care_core::documents::{Author, notes, plan};
 use care_core::{
-    Access, DeviceKey, DocId, DocKind, EntryId, MemberId, Membership, Month, NoteStream, OpBody,
-    Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
+    Access, DeviceId, DeviceKey, DocId, DocKind, EntryId, MemberId, Membership, Month, NoteStream,
+    OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
 };
 
 use crate::frame::Frame;
+use crate::hub::{Change, ConnId, Effect, Hub, PeerEvent};
 use crate::memory::MemoryReplica;
 use crate::replica::Replica;
-use crate::session::{Output, Session, SyncEvent};
+use crate::session::SyncEvent;
 
 /// Seeds per test run.
 const SEEDS_PER_RUN: u64 = 500;
@@ -63,15 +64,15 @@ struct Peer {
     member: MemberId,
     role: Role,
     replica: MemoryReplica,
+    hub: Hub,
 }
 
 struct Conn {
     ends: [usize; 2],
-    sessions: [Session; 2],
+    /// The connection as each end's hub numbers it.
+    ids: [ConnId; 2],
     /// Delivery time of the last frame sent each way, so a connection stays ordered.
     last_at: [u64; 2],
-    /// How many times each end's session reported TeamInSync.
-    in_sync_events: [usize; 2],
 }
 
 struct InFlight {
@@ -92,6 +93,8 @@ struct World {
     /// The device outside the team (the last peer).
     outsider: usize,
     conns: BTreeMap<u64, Conn>,
+    /// Which connection of the world a peer's hub means by its connection id.
+    by_hub_id: BTreeMap<(usize, ConnId), u64>,
     next_conn: u64,
     in_flight: Vec<InFlight>,
     next_seq: u64,
@@ -101,6 +104,8 @@ struct World {
     removed: Option<(usize, SignedOp)>,
     /// Refusals reported by each peer, with the peer whose frame was refused.
     refusals: Vec<(usize, usize, String)>,
+    /// How many times each end of each connection reported TeamInSync.
+    in_sync_events: BTreeMap<(u64, usize), usize>,
     /// Whether the attacker attacks.
     attacks: bool,
 }
@@ -120,7 +125,8 @@ impl World {
                 let key = DeviceKey::from_seed([i as u8 + 1; 32]);
                 let member = MemberId::from_bytes([i as u8 + 1; 16]);
                 let replica = MemoryReplica::new(key.device_id());
-                Peer { key, member, role: roles(i), replica }
+                let hub = Hub::new(key.device_id());
+                Peer { key, member, role: roles(i), replica, hub }
             })
             .collect();
         let ops = team_ops(&peers[..members], seed);
@@ -136,12 +142,14 @@ impl World {
             peers,
             outsider: members,
             conns: BTreeMap::new(),
+            by_hub_id: BTreeMap::new(),
             next_conn: 0,
             in_flight: Vec::new(),
             next_seq: 0,
             partition: None,
             removed: None,
             refusals: Vec::new(),
+            in_sync_events: BTreeMap::new(),
             attacks: false,
         }
     }
@@ -214,6 +222,7 @@ impl World {
         self.conns.values().any(|c| c.ends == [a, b] || c.ends == [b, a])
     }
 
+    /// `a` dials `b`.
     fn connect(&mut self, a: usize, b: usize) {
         let split = self.partition.as_ref().is_some_and(|s| s[a] != s[b]);
         if a == b || split || self.connected(a, b) {
@@ -222,109 +231,81 @@ impl World {
         let (da, db) = (self.peers[a].key.device_id(), self.peers[b].key.device_id());
         let id = self.next_conn;
         self.next_conn += 1;
-        let sessions = [Session::new(da, db), Session::new(db, da)];
-        self.conns
-            .insert(id, Conn { ends: [a, b], sessions, last_at: [0, 0], in_sync_events: [0, 0] });
-        for end in 0..2 {
-            let outputs = self.with_session(id, end, |s, r| s.start(r));
-            self.apply(id, end, outputs);
+        let now = self.now;
+        let mut ids = [ConnId(0); 2];
+        for (end, (peer, remote)) in [(a, db), (b, da)].into_iter().enumerate() {
+            let Peer { hub, replica, .. } = &mut self.peers[peer];
+            ids[end] = hub.open(replica, remote, da, now).expect("one connection per pair");
+            self.by_hub_id.insert((peer, ids[end]), id);
         }
+        self.conns.insert(id, Conn { ends: [a, b], ids, last_at: [0, 0] });
+        self.settle(a);
+        self.settle(b);
     }
 
-    /// Ends a connection: its frames in flight are lost, both sessions end.
+    /// Ends a connection: its frames in flight are lost, both hubs learn it ended.
     fn drop_conn(&mut self, id: u64) {
-        if let Some(conn) = self.conns.remove(&id) {
-            let [a, b] = conn.ends;
-            let (da, db) = (self.peers[a].key.device_id(), self.peers[b].key.device_id());
-            self.peers[a].replica.reset_sync_state(db);
-            self.peers[b].replica.reset_sync_state(da);
+        let Some(conn) = self.conns.remove(&id) else { return };
+        for end in 0..2 {
+            let peer = conn.ends[end];
+            self.by_hub_id.remove(&(peer, conn.ids[end]));
+            let Peer { hub, replica, .. } = &mut self.peers[peer];
+            hub.ended(replica, conn.ids[end], "the connection was lost");
         }
+        self.settle(conn.ends[0]);
+        self.settle(conn.ends[1]);
     }
 
-    fn with_session(
-        &mut self,
-        conn: u64,
-        end: usize,
-        f: impl FnOnce(&mut Session, &mut MemoryReplica) -> Vec<Output>,
-    ) -> Vec<Output> {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return Vec::new();
-        };
-        let peer = c.ends[end];
-        f(&mut c.sessions[end], &mut self.peers[peer].replica)
-    }
-
-    /// Carries out a session's outputs, and what they cause on the peer's other sessions.
-    fn apply(&mut self, conn: u64, end: usize, outputs: Vec<Output>) {
-        let mut work = vec![(conn, end, outputs)];
-        while let Some((conn, end, outputs)) = work.pop() {
-            for output in outputs {
-                let Some(c) = self.conns.get(&conn) else {
-                    break;
-                };
-                let peer = c.ends[end];
-                match output {
-                    Output::Send(bytes) => self.send(conn, end, bytes),
-                    Output::Close { .. } => self.drop_conn(conn),
-                    Output::Event(event) => work.extend(self.fan_out(peer, conn, &event)),
+    /// Carries out what a peer's hub asks, until it asks nothing more.
+    fn settle(&mut self, peer: usize) {
+        loop {
+            let effects = self.peers[peer].hub.take_effects();
+            if effects.is_empty() {
+                return;
+            }
+            for effect in effects {
+                match effect {
+                    Effect::Send { conn, frame } => {
+                        if let Some(&id) = self.by_hub_id.get(&(peer, conn)) {
+                            let end = usize::from(self.conns[&id].ends[1] == peer);
+                            self.send(id, end, frame);
+                        }
+                    }
+                    Effect::Close { conn, .. } => {
+                        if let Some(&id) = self.by_hub_id.get(&(peer, conn)) {
+                            self.drop_conn(id);
+                        }
+                    }
+                    Effect::Admit { .. } => {}
+                    Effect::Event(PeerEvent::Sync { peer: remote, event }) => {
+                        self.observe(peer, remote, &event);
+                    }
+                    Effect::Event(PeerEvent::Connected { .. } | PeerEvent::Disconnected { .. }) => {
+                    }
                 }
             }
         }
     }
 
-    /// Passes a session's event on to the peer's other sessions.
-    fn fan_out(
-        &mut self,
-        peer: usize,
-        from: u64,
-        event: &SyncEvent,
-    ) -> Vec<(u64, usize, Vec<Output>)> {
+    /// Records what a peer's sessions report.
+    fn observe(&mut self, peer: usize, remote: DeviceId, event: &SyncEvent) {
+        let sender = self.peers.iter().position(|p| p.key.device_id() == remote).unwrap_or(peer);
         match event {
-            SyncEvent::DocChanged { team, doc, kind } => {
-                let (team, doc, kind) = (*team, *doc, *kind);
-                self.each_session(peer, Some(from), |s, r| s.local_change(r, team, doc, kind))
-            }
-            SyncEvent::MembershipChanged { team } => {
-                let team = *team;
-                self.each_session(peer, Some(from), |s, r| s.membership_changed(r, team))
-            }
             SyncEvent::Refused { reason, .. } => {
-                let sender = self.conns.get(&from).map(|c| c.ends[usize::from(c.ends[0] == peer)]);
-                self.refusals.push((peer, sender.unwrap_or(peer), reason.to_string()));
-                Vec::new()
+                self.refusals.push((peer, sender, reason.to_string()));
             }
             SyncEvent::TeamInSync { .. } => {
-                if let Some(conn) = self.conns.get_mut(&from) {
-                    let end = usize::from(conn.ends[1] == peer);
-                    conn.in_sync_events[end] += 1;
-                }
-                Vec::new()
-            }
-        }
-    }
-
-    fn each_session(
-        &mut self,
-        peer: usize,
-        except: Option<u64>,
-        mut f: impl FnMut(&mut Session, &mut MemoryReplica) -> Vec<Output>,
-    ) -> Vec<(u64, usize, Vec<Output>)> {
-        let mut results = Vec::new();
-        for (id, conn) in &mut self.conns {
-            if Some(*id) == except {
-                continue;
-            }
-            for end in 0..2 {
-                if conn.ends[end] == peer {
-                    results.push((
-                        *id,
-                        end,
-                        f(&mut conn.sessions[end], &mut self.peers[peer].replica),
-                    ));
+                // The hub runs one session per device: the connection of this pair.
+                let conn = self
+                    .conns
+                    .iter()
+                    .find(|(_, c)| c.ends.contains(&peer) && c.ends.contains(&sender));
+                if let Some((id, _)) = conn {
+                    *self.in_sync_events.entry((*id, peer)).or_default() += 1;
                 }
             }
+            SyncEvent::DocChanged { .. } | SyncEvent::MembershipChanged { .. } => {}
         }
-        results
     }
 
     fn send(&mut self, conn: u64, end: usize, bytes: Vec<u8>) {
@@ -434,9 +415,11 @@ impl World {
         due.sort_by_key(|f| (f.at, f.seq));
         for frame in due {
             // Frames of a connection that has closed are lost with it.
-            let outputs =
-                self.with_session(frame.conn, frame.to_end, |s, r| s.handle_frame(r, &frame.bytes));
-            self.apply(frame.conn, frame.to_end, outputs);
+            let Some(conn) = self.conns.get(&frame.conn) else { continue };
+            let (peer, id) = (conn.ends[frame.to_end], conn.ids[frame.to_end]);
+            let Peer { hub, replica, .. } = &mut self.peers[peer];
+            hub.frame(replica, id, &frame.bytes);
+            self.settle(peer);
         }
     }
 
@@ -472,11 +455,10 @@ impl World {
             _ => plan::set_section(doc, &author, section, &text),
         };
         written.expect("a valid edit");
-        let id = kind.doc_id(team);
-        let results = self.each_session(peer, None, |s, r| s.local_change(r, team, id, kind));
-        for (conn, end, outputs) in results {
-            self.apply(conn, end, outputs);
-        }
+        let change = Change::Doc { team, doc: kind.doc_id(team), kind };
+        let Peer { hub, replica, .. } = &mut self.peers[peer];
+        hub.local_change(replica, change);
+        self.settle(peer);
     }
 
     /// The owner removes the last member, mid-run.
@@ -493,11 +475,9 @@ impl World {
             .add_ops(self.team, std::slice::from_ref(&op))
             .expect("memory replica");
         self.removed = Some((target, op));
-        let team = self.team;
-        let results = self.each_session(0, None, |s, r| s.membership_changed(r, team));
-        for (conn, end, outputs) in results {
-            self.apply(conn, end, outputs);
-        }
+        let Peer { hub, replica, .. } = &mut self.peers[0];
+        hub.local_change(replica, Change::Membership { team: self.team });
+        self.settle(0);
     }
 
     /// Checks what a frame may reveal to its receiver.
@@ -524,7 +504,7 @@ impl World {
     /// sync, and each has emitted TeamInSync at least once.
     fn assert_in_sync(&self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
-        for conn in self.conns.values() {
+        for (id, conn) in &self.conns {
             if conn
                 .ends
                 .iter()
@@ -533,15 +513,15 @@ impl World {
                 continue;
             }
             for end in 0..2 {
-                let session = &conn.sessions[end];
                 let [a, b] = [conn.ends[end], conn.ends[1 - end]];
+                let session = self.peers[a].hub.session(conn.ids[end]).expect("an open session");
                 assert!(
                     session.shared_teams().any(|t| t == self.team),
                     "peer {a} does not sync the team with peer {b}"
                 );
                 assert!(session.in_sync(self.team), "peer {a} is not in sync with peer {b}");
                 assert!(
-                    conn.in_sync_events[end] > 0,
+                    self.in_sync_events.get(&(*id, a)).is_some_and(|n| *n > 0),
                     "peer {a} never reported TeamInSync with peer {b}"
                 );
             }

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+use care_core::{DeviceId, SignedOp};
 use iroh::endpoint::{Connection, SendStream, VarInt};
 use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::frame::ALPN;
+pub use crate::hub::{Change, HELLO_TIMEOUT_MS, PeerEvent, SESSIONS_MAX};
 use crate::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
 use crate::net::endpoint::remote_device;
 use crate::net::framing::{ReadFrameError, read_frame, read_frame_max, write_frame};
@@ -29,60 +30,11 @@ const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
 const CHANGES_QUEUED_MAX: usize = 4096;
 /// Events queued for the application.
 const EVENTS_QUEUED_MAX: usize = 4096;
-/// Most sessions this device runs at once (a circle node serves hundreds of devices);
-/// a device beyond it is turned away until one ends.
-pub const SESSIONS_MAX: usize = 4096;
-/// How long a connecting device has to open its stream and show, with its Hello, that
-/// it shares a team; a device that does not is disconnected.
-pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// Most join attempts this device answers per [`JOIN_WINDOW_MS`], from all devices
 /// together: a ticket's secret cannot be guessed, but each attempt costs a store write.
 pub const JOIN_ATTEMPTS_PER_WINDOW_MAX: u32 = 20;
 /// The window of [`JOIN_ATTEMPTS_PER_WINDOW_MAX`], in milliseconds.
 pub const JOIN_WINDOW_MS: u64 = 60_000;
-/// A change on this device that connected peers may need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// A document's heads moved.
-    Doc {
-        /// Its team.
-        team: TeamId,
-        /// The document.
-        doc: DocId,
-        /// Its kind.
-        kind: DocKind,
-    },
-    /// A team's membership log grew.
-    Membership {
-        /// The team.
-        team: TeamId,
-    },
-}
-
-/// What happened with a peer, for the application.
-#[derive(Debug, Clone)]
-pub enum PeerEvent {
-    /// A session with the peer started.
-    Connected {
-        /// The peer.
-        peer: DeviceId,
-    },
-    /// The session reported something.
-    Sync {
-        /// The peer.
-        peer: DeviceId,
-        /// What.
-        event: SyncEvent,
-    },
-    /// The session ended.
-    Disconnected {
-        /// The peer.
-        peer: DeviceId,
-        /// Why, as a sentence.
-        reason: String,
-    },
-}
-
 /// Why a dial or a join failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -492,7 +444,7 @@ impl<R: Replica + Invites + Send + 'static> iroh::protocol::ProtocolHandler for 
 mod tests {
     use super::*;
     use crate::memory::MemoryReplica;
-    use care_core::DeviceKey;
+    use care_core::{DeviceKey, TeamId};
 
     #[test]
     fn a_panic_in_a_session_step_closes_that_session_only() {

@@ -1,0 +1,398 @@
+//! The device hub: every session of one device, and all routing between them, as one
+//! state machine with no IO.
+//!
+//! The network runtime, the node and the simulation drive this one hub. They feed it
+//! inputs ([`Hub::open`] when a connection is established, [`Hub::frame`] for each frame
+//! read, [`Hub::ended`] when a connection is gone, [`Hub::local_change`] after a write on
+//! this device, [`Hub::tick`] with the time) and carry out the [`Effect`]s it queues,
+//! taken with [`Hub::take_effects`]: frames to write on a connection, connections to close
+//! with a reason, and events for the application. What one session learns (a document
+//! changed, a membership grew) the hub passes to the others itself, and what the replica
+//! changed on its own during a step ([`Replica::take_changes`]) goes to every session.
+
+use std::collections::{BTreeMap, HashMap};
+
+use care_core::{DeviceId, DocId, DocKind, TeamId};
+
+use crate::replica::Replica;
+use crate::session::{Output, Session, SyncEvent};
+
+/// Most sessions one device runs at once (a circle node serves hundreds of devices); a
+/// device beyond it is turned away until one ends.
+pub const SESSIONS_MAX: usize = 4096;
+/// How long a connected device has to show, with its Hello, that it shares a team; a
+/// device that does not is disconnected.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+
+/// A connection as the hub knows it: a number the hub gave it when it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connection {}", self.0)
+    }
+}
+
+/// A change on this device that connected peers may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A document's heads moved.
+    Doc {
+        /// Its team.
+        team: TeamId,
+        /// The document.
+        doc: DocId,
+        /// Its kind.
+        kind: DocKind,
+    },
+    /// A team's membership log grew.
+    Membership {
+        /// The team.
+        team: TeamId,
+    },
+}
+
+/// What happened with a peer, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A session with the peer started.
+    Connected {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// The session reported something.
+    Sync {
+        /// The peer.
+        peer: DeviceId,
+        /// What.
+        event: SyncEvent,
+    },
+    /// The session ended.
+    Disconnected {
+        /// The peer.
+        peer: DeviceId,
+        /// Why, as a sentence.
+        reason: String,
+    },
+}
+
+/// What the hub asks its driver to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Write this encoded frame on the connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The frame, without its length prefix.
+        frame: Vec<u8>,
+    },
+    /// The connection's Hello showed a shared team: read whole frames from it from now
+    /// on (until then, nothing past the Hello is read).
+    Admit {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Close the connection once what was queued before is written. The hub has
+    /// forgotten it: frames still read from it are ignored.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why, in a sentence, for the other device.
+        reason: String,
+    },
+    /// Tell the application.
+    Event(PeerEvent),
+}
+
+/// Why [`Hub::open`] turned a connection away; the driver closes it with this reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Turned {
+    /// A session with the same device runs over a connection that wins over this one.
+    #[error("already connected to this device")]
+    AlreadyConnected,
+    /// The device runs [`SESSIONS_MAX`] sessions.
+    #[error("this device serves the most sessions it may")]
+    Full,
+}
+
+/// One open connection.
+#[derive(Debug)]
+struct Conn {
+    remote: DeviceId,
+    /// Which of the two devices dialed: between two connections of the same pair, both
+    /// ends keep the one dialed by the smaller device id.
+    dialer: DeviceId,
+    session: Session,
+    /// When (by the driver's clock, in ms) the remote must have shown a shared team.
+    hello_by: u64,
+    /// Whether [`Effect::Admit`] was queued.
+    admitted: bool,
+}
+
+/// Every session of one device.
+#[derive(Debug)]
+pub struct Hub {
+    local: DeviceId,
+    conns: BTreeMap<ConnId, Conn>,
+    by_device: HashMap<DeviceId, ConnId>,
+    next: u64,
+    effects: Vec<Effect>,
+}
+
+impl Hub {
+    /// The hub of device `local`.
+    pub fn new(local: DeviceId) -> Hub {
+        Hub {
+            local,
+            conns: BTreeMap::new(),
+            by_device: HashMap::new(),
+            next: 1,
+            effects: Vec::new(),
+        }
+    }
+
+    /// This device.
+    pub fn device(&self) -> DeviceId {
+        self.local
+    }
+
+    /// The devices with a session, sorted.
+    pub fn connected(&self) -> Vec<DeviceId> {
+        let mut devices: Vec<DeviceId> = self.by_device.keys().copied().collect();
+        devices.sort();
+        devices
+    }
+
+    /// How many sessions run.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether no session runs.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The session over `conn`, while it runs.
+    pub fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.conns.get(&conn).map(|c| &c.session)
+    }
+
+    /// The connection of the session with `device`, if one runs.
+    pub fn conn_of(&self, device: DeviceId) -> Option<ConnId> {
+        self.by_device.get(&device).copied()
+    }
+
+    /// What the hub asks of its driver since it was last asked, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// A connection with `remote` (authenticated by the transport) is established,
+    /// dialed by `dialer`, at `now_ms`: starts its session. A second connection between
+    /// the same two devices replaces the first unless the first was dialed by the smaller
+    /// device id, so crossing dials settle on one.
+    pub fn open<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        remote: DeviceId,
+        dialer: DeviceId,
+        now_ms: u64,
+    ) -> Result<ConnId, Turned> {
+        if let Some(&existing) = self.by_device.get(&remote) {
+            if self.conns.get(&existing).is_some_and(|c| c.dialer < dialer) {
+                return Err(Turned::AlreadyConnected);
+            }
+            self.close(
+                replica,
+                existing,
+                "replaced by another connection between the same devices",
+            );
+        } else if self.conns.len() >= SESSIONS_MAX {
+            return Err(Turned::Full);
+        }
+        let conn = ConnId(self.next);
+        self.next += 1;
+        let session = Session::new(self.local, remote);
+        let hello_by = now_ms.saturating_add(HELLO_TIMEOUT_MS);
+        self.conns.insert(conn, Conn { remote, dialer, session, hello_by, admitted: false });
+        self.by_device.insert(remote, conn);
+        self.effects.push(Effect::Event(PeerEvent::Connected { peer: remote }));
+        self.step(replica, conn, |s, r| s.start(r));
+        Ok(conn)
+    }
+
+    /// A frame read from `conn`.
+    pub fn frame<R: Replica>(&mut self, replica: &mut R, conn: ConnId, bytes: &[u8]) {
+        self.step(replica, conn, |s, r| s.handle_frame(r, bytes));
+    }
+
+    /// Closes `conn` from this side with `reason` (a frame that could not be read, the
+    /// device falling behind, shutting down): the session says why to the other device.
+    pub fn close<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: &str) {
+        self.step(replica, conn, |s, r| s.close(r, reason));
+    }
+
+    /// `conn` is gone (the other device ended it, or the connection was lost).
+    pub fn ended<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: &str) {
+        self.forget(replica, conn, reason);
+    }
+
+    /// The replica changed on its own ([`Replica::take_changes`]): an app wrote through
+    /// it, or a step discarded a document. Every session passes the changes on.
+    pub fn replica_changed<R: Replica>(&mut self, replica: &mut R) {
+        self.carry_out(replica, Vec::new());
+    }
+
+    /// A write on this device: every session that shares it passes it on.
+    pub fn local_change<R: Replica>(&mut self, replica: &mut R, change: Change) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut work = Vec::new();
+        for conn in conns {
+            work.push((conn, self.contained(replica, conn, |s, r| on_change(s, r, change))));
+        }
+        self.carry_out(replica, work);
+    }
+
+    /// The time is `now_ms` (the clock [`Hub::open`] was given): closes the sessions
+    /// whose remote has not shown a shared team within [`HELLO_TIMEOUT_MS`].
+    pub fn tick<R: Replica>(&mut self, replica: &mut R, now_ms: u64) {
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.session.admitted() && c.hello_by <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in late {
+            let reason =
+                format!("the other device showed no shared team within {HELLO_TIMEOUT_MS} ms");
+            self.close(replica, conn, &reason);
+        }
+    }
+
+    /// Runs one step of `conn`'s session and carries out what it returns.
+    fn step<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        conn: ConnId,
+        step: impl FnOnce(&mut Session, &mut R) -> Vec<Output>,
+    ) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let outputs = self.contained(replica, conn, step);
+        self.carry_out(replica, vec![(conn, outputs)]);
+    }
+
+    /// Runs one step of a session. A panic in it is a bug, but it stays in this session:
+    /// the replica drops what it holds in memory for it (reloading from the store, where
+    /// every write is a whole transaction), and the session closes; the device's other
+    /// sessions go on.
+    fn contained<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        conn: ConnId,
+        step: impl FnOnce(&mut Session, &mut R) -> Vec<Output>,
+    ) -> Vec<Output> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let session = &mut c.session;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(session, replica))) {
+            Ok(outputs) => outputs,
+            Err(_) => {
+                replica.recover_from_panic(c.remote);
+                let reason = "this device failed while handling the session (a bug), and closed it";
+                vec![Output::Close { reason: reason.to_owned() }]
+            }
+        }
+    }
+
+    /// Carries out sessions' outputs, and what they cause on the other sessions, until
+    /// nothing more follows.
+    fn carry_out<R: Replica>(&mut self, replica: &mut R, mut work: Vec<(ConnId, Vec<Output>)>) {
+        while !work.is_empty() {
+            for (conn, outputs) in std::mem::take(&mut work) {
+                for output in outputs {
+                    let Some(c) = self.conns.get(&conn) else { break };
+                    let remote = c.remote;
+                    match output {
+                        Output::Send(frame) => self.effects.push(Effect::Send { conn, frame }),
+                        Output::Close { reason } => {
+                            self.effects.push(Effect::Close { conn, reason: reason.clone() });
+                            self.forget(replica, conn, &reason);
+                        }
+                        Output::Event(event) => {
+                            if let Some(change) = passed_on(&event) {
+                                work.extend(self.pass_to_others(replica, conn, change));
+                            }
+                            self.effects
+                                .push(Effect::Event(PeerEvent::Sync { peer: remote, event }));
+                        }
+                    }
+                }
+                if let Some(c) = self.conns.get_mut(&conn)
+                    && !c.admitted
+                    && c.session.admitted()
+                {
+                    c.admitted = true;
+                    self.effects.push(Effect::Admit { conn });
+                }
+            }
+            // What the replica changed on its own (a document that failed verification
+            // discarded, to be fetched again) goes to every session.
+            for change in replica.take_changes() {
+                let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+                for conn in conns {
+                    work.push((
+                        conn,
+                        self.contained(replica, conn, |s, r| on_change(s, r, change)),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Passes a change learnt from `from` to every other session.
+    fn pass_to_others<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        from: ConnId,
+        change: Change,
+    ) -> Vec<(ConnId, Vec<Output>)> {
+        let others: Vec<ConnId> = self.conns.keys().copied().filter(|c| *c != from).collect();
+        others
+            .into_iter()
+            .map(|conn| (conn, self.contained(replica, conn, |s, r| on_change(s, r, change))))
+            .collect()
+    }
+
+    /// Forgets a connection that is over, and tells the application.
+    fn forget<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: &str) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        if self.by_device.get(&c.remote) == Some(&conn) {
+            self.by_device.remove(&c.remote);
+        }
+        replica.reset_sync_state(c.remote);
+        let event = PeerEvent::Disconnected { peer: c.remote, reason: reason.to_owned() };
+        self.effects.push(Effect::Event(event));
+    }
+}
+
+/// What a session's event means for the device's other sessions.
+fn passed_on(event: &SyncEvent) -> Option<Change> {
+    match *event {
+        SyncEvent::DocChanged { team, doc, kind } => Some(Change::Doc { team, doc, kind }),
+        SyncEvent::MembershipChanged { team } => Some(Change::Membership { team }),
+        SyncEvent::Refused { .. } | SyncEvent::TeamInSync { .. } => None,
+    }
+}
+
+fn on_change<R: Replica>(session: &mut Session, replica: &mut R, change: Change) -> Vec<Output> {
+    match change {
+        Change::Doc { team, doc, kind } => session.local_change(replica, team, doc, kind),
+        Change::Membership { team } => session.membership_changed(replica, team),
+    }
+}
