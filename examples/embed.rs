@@ -21,7 +21,8 @@ async fn main() -> Result<()> {
     let team = home.create_team("Ada's team")?;
     home.team("")?.set_plan_section(Section::AboutMe, "I like tea at eight and the radio on.")?;
     let ada = Node::start(home, &NetConfig::loopback()).await?;
-    let ticket = ada.invite(&team.to_string(), Role::Worker, "Bea", Duration::from_secs(3600))?;
+    let ticket =
+        ada.invite(&team.to_string(), Role::Worker, "Bea", Duration::from_secs(3600)).await?;
     println!("Ada invites Bea with ticket {}…", &ticket.to_string()[..32]);
 
     // Bea's phone: a new home; the app renders every event of its node.
@@ -44,12 +45,12 @@ async fn main() -> Result<()> {
         }
     });
     bea.join(&ticket).await?;
-    wait_for("Bea to see the care plan", || {
-        bea.with_home(|h| h.team("")?.plan())
-            .map(|plan| plan.iter().any(|(_, text)| !text.is_empty()))
+    wait_for("Bea to see the care plan", async || {
+        let plan = bea.with_home(move |h| h.team("")?.plan()).await;
+        plan.map(|plan| plan.iter().any(|(_, text)| !text.is_empty()))
     })
     .await?;
-    let plan = bea.with_home(|h| h.team("")?.plan())?;
+    let plan = bea.with_home(move |h| h.team("")?.plan()).await?;
     let about = plan.iter().find(|(s, _)| *s == Section::AboutMe).map(|(_, t)| t.as_str());
     println!("Bea reads the plan: {}", about.unwrap_or("(empty)"));
 
@@ -59,13 +60,15 @@ async fn main() -> Result<()> {
         mood: Some("content".into()),
         ..NewNote::default()
     };
-    bea.with_home(|h| h.team("")?.add_note(&note, None))?;
-    wait_for("Ada to see Bea's note", || {
-        ada.with_home(|h| h.team("")?.notes(&NoteQuery::default())).map(|notes| !notes.is_empty())
+    bea.with_home(move |h| h.team("")?.add_note(&note, None)).await?;
+    wait_for("Ada to see Bea's note", async || {
+        let notes = ada.with_home(move |h| h.team("")?.notes(&NoteQuery::default())).await;
+        notes.map(|notes| !notes.is_empty())
     })
     .await?;
-    let latest =
-        ada.with_home(|h| h.team("")?.notes(&NoteQuery { limit: Some(1), since: None }))?;
+    let latest = ada
+        .with_home(move |h| h.team("")?.notes(&NoteQuery { limit: Some(1), since: None }))
+        .await?;
     println!("Ada's app shows the latest note: {}", latest.first().map_or("", |n| n.text.as_str()));
 
     bea.shutdown().await;
@@ -76,10 +79,10 @@ async fn main() -> Result<()> {
 }
 
 /// Polls until `check` holds, for at most ten seconds.
-async fn wait_for(what: &str, mut check: impl FnMut() -> care::Result<bool>) -> Result<()> {
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> care::Result<bool>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if check().unwrap_or(false) {
+        if check().await.unwrap_or(false) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

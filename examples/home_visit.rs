@@ -34,38 +34,40 @@ async fn main() -> Result<()> {
     let circle = CircleNode::start(Home::init(dirs[0].path(), "Circle relay")?, &config).await?;
     let url = circle.relay_url();
     println!("circle node up: relay server at {url}");
-    let ticket = circle.invite(care::CIRCLE_TICKET_VALID_MS)?;
+    let ticket = circle.invite(care::CIRCLE_TICKET_VALID_MS).await?;
     println!("  one-time circle ticket for Rosa's team {}…", &ticket.to_string()[..40]);
     steps.push(("circle node starts", t.elapsed()));
 
     // 2. Rosa's team: Rosa (the person supported), Fay (her daughter), Wil and Val.
     let t = Instant::now();
     let rosa = device(dirs[1].path(), "Rosa", &url).await?;
-    let team = rosa.with_home(|h| h.create_team("Rosa's team"))?;
-    rosa.with_home(|h| {
+    let team = rosa.with_home(move |h| h.create_team("Rosa's team")).await?;
+    rosa.with_home(move |h| {
         let mut t = h.team("")?;
         t.set_plan_section(Section::AboutMe, "Retired teacher; loves crosswords and the radio.")?;
         t.set_plan_section(Section::Medication, "Paracetamol 500mg at lunch if the knee hurts.")
-    })?;
+    })
+    .await?;
     let fay = device(dirs[2].path(), "Fay", &url).await?;
     let wil = device(dirs[3].path(), "Wil", &url).await?;
     let val = device(dirs[4].path(), "Val", &url).await?;
     for (node, name, role) in
         [(&fay, "Fay", Role::Advocate), (&wil, "Wil", Role::Worker), (&val, "Val", Role::Worker)]
     {
-        let ticket = rosa.invite(&team.to_string(), role, name, Duration::from_secs(3600))?;
+        let ticket = rosa.invite(&team.to_string(), role, name, Duration::from_secs(3600)).await?;
         node.join(&ticket).await?;
         println!("  {name} joins as {role}");
     }
     rosa.add_relay(&team.to_string(), &ticket).await?;
     println!("  Rosa adds the circle node to the team with the role relay");
     eventually("the circle node holds the team", || async {
-        Ok(circle.node().with_home(|h| h.team(&team.to_string())?.documents())?.len() >= 3)
+        Ok(circle.node().with_home(move |h| h.team(&team.to_string())?.documents()).await?.len()
+            >= 3)
     })
     .await?;
     for node in [&fay, &wil, &val] {
         eventually("every device has the care plan", || async {
-            Ok(node.with_home(|h| h.team("")?.plan())?.len() >= 2)
+            Ok(node.with_home(move |h| h.team("")?.plan()).await?.len() >= 2)
         })
         .await?;
     }
@@ -120,7 +122,8 @@ async fn main() -> Result<()> {
     let wil = Node::start_with(Home::open(dirs[3].path())?, &room, quiet).await?;
     let fay_addr = fay.addr();
     wil.connect(&PeerAddr { device: fay_addr.device, addrs: fay_addr.addrs, relay: None }).await?;
-    eventually("Fay has Wil's notes", || async { Ok(note_texts(&fay, team)?.len() == 2) }).await?;
+    eventually("Fay has Wil's notes", || async { Ok(note_texts(&fay, team).await?.len() == 2) })
+        .await?;
     println!("same room: direct connection over the local network (loopback here), no relay");
     println!("  Fay's phone has Wil's two notes");
     steps.push(("same-room sync, Wil to Fay", t.elapsed()));
@@ -134,7 +137,7 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     let fay = device(dirs[2].path(), "Fay", &url).await?;
     eventually("the circle node has Wil's notes", || async {
-        Ok(note_texts(circle.node(), team)?.len() == 2)
+        Ok(note_texts(circle.node(), team).await?.len() == 2)
     })
     .await?;
     let fay_to_circle = t.elapsed();
@@ -142,35 +145,39 @@ async fn main() -> Result<()> {
     fay.shutdown().await;
     let t = Instant::now();
     let val = device(dirs[4].path(), "Val", &url).await?;
-    eventually("Val has Wil's notes", || async { Ok(note_texts(&val, team)?.len() == 2) }).await?;
+    eventually("Val has Wil's notes", || async { Ok(note_texts(&val, team).await?.len() == 2) })
+        .await?;
     println!("  Val, offline all day, comes online later and gets them from the circle node");
     steps.push(("relay passes the visit on to Val", fay_to_circle + t.elapsed()));
 
     // 6. A new worker joins with a ticket and receives the history.
     let t = Instant::now();
     let nia = device(dirs[5].path(), "Nia", &url).await?;
-    let ticket = rosa.invite(&team.to_string(), Role::Worker, "Nia", Duration::from_secs(3600))?;
+    let ticket =
+        rosa.invite(&team.to_string(), Role::Worker, "Nia", Duration::from_secs(3600)).await?;
     println!("Rosa invites Nia: {}…", &ticket.to_string()[..40]);
     nia.join(&ticket).await?;
-    eventually("Nia has the history", || async { Ok(note_texts(&nia, team)?.len() == 2) }).await?;
+    eventually("Nia has the history", || async { Ok(note_texts(&nia, team).await?.len() == 2) })
+        .await?;
     println!("  Nia joins and receives the care plan and every note");
     steps.push(("new worker joins and catches up", t.elapsed()));
 
     // 7. Val leaves the team; her phone can no longer sync, even through the relay.
     let t = Instant::now();
-    let member = val.with_home(|h| h.profile().member);
-    rosa.with_home(|h| h.author_op(team, OpBody::RemoveMember { member }))?;
+    let member = val.with_home(move |h| h.profile().member).await;
+    rosa.with_home(move |h| h.author_op(team, OpBody::RemoveMember { member })).await?;
     eventually("the circle node disconnects Val", || async {
         Ok(!circle.node().connected().contains(&val_device)
             && !rosa.connected().contains(&val_device))
     })
     .await?;
     let refused = t.elapsed();
-    val.with_home(|h| {
+    val.with_home(move |h| {
         h.team("")?.add_note(&NewNote { text: "after removal".into(), ..NewNote::default() }, None)
-    })?;
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let leaked = note_texts(circle.node(), team)?.iter().any(|t| t == "after removal");
+    let leaked = note_texts(circle.node(), team).await?.iter().any(|t| t == "after removal");
     if leaked {
         bail!("a removed device's note reached the circle node");
     }
@@ -179,7 +186,7 @@ async fn main() -> Result<()> {
 
     println!("\nlatest notes as each device sees them:");
     for (name, node) in [("Rosa", &rosa), ("circle", circle.node()), ("Nia", &nia), ("Val", &val)] {
-        println!("  {name}: {:?}", note_texts(node, team)?);
+        println!("  {name}: {:?}", note_texts(node, team).await?);
     }
     for (name, dir) in [("Fay", dirs[2].path()), ("Wil", dirs[3].path())] {
         let mut home = Home::open(dir)?;
@@ -219,8 +226,8 @@ async fn device(dir: &Path, name: &str, relay: &str) -> Result<Node> {
 }
 
 /// The texts of the notes a device holds of a team, sorted.
-fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
-    node.with_home(|home| {
+async fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
+    node.with_home(move |home| {
         let mut texts: Vec<String> = home
             .team(&team.to_string())?
             .notes(&NoteQuery::default())?
@@ -230,6 +237,7 @@ fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
         texts.sort();
         Ok(texts)
     })
+    .await
 }
 
 /// Polls `check` until it holds or `SETTLE_MS` pass.

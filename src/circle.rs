@@ -128,7 +128,9 @@ impl Node {
     /// a member with the role `relay`, hands it the team's membership log, and keeps a
     /// session with it. Only those who may add members may do this.
     pub async fn add_relay(&self, team: &str, ticket: &CircleTicket) -> Result<()> {
-        let (team, ops, added) = self.with_home(|home| add_relay_member(home, team, ticket))?;
+        let (which, handed) = (team.to_owned(), ticket.clone());
+        let (team, ops, added) =
+            self.with_home(move |home| add_relay_member(home, &which, &handed)).await?;
         let relay = ticket.relay.as_deref().and_then(|r| r.parse().ok());
         let addr = endpoint_addr(ticket.device, &ticket.addrs, relay.as_ref())
             .ok_or_else(|| Error::Invalid("the circle ticket names an invalid device".into()))?;
@@ -147,7 +149,7 @@ impl Node {
             if added {
                 // The circle node will never serve the team: take it out again.
                 let member = ticket.member;
-                self.with_home(|h| h.author_op(team, OpBody::RemoveMember { member }))?;
+                self.with_home(move |h| h.author_op(team, OpBody::RemoveMember { member })).await?;
             }
             return Err(error);
         }
@@ -161,7 +163,8 @@ impl Node {
             // Tell the rest of the team, through the team document, to use it too. Only
             // those who may edit the team document can; the circle node still serves the
             // team without it.
-            let recorded = self.with_home(|home| record_circle(home, team, url));
+            let url = url.clone();
+            let recorded = self.with_home(move |home| record_circle(home, team, &url)).await;
             if let Err(e) = recorded {
                 tracing::info!("the team document does not name the circle relay: {e}");
             }
@@ -218,7 +221,7 @@ pub use server::{CircleConfig, CircleNode};
 #[cfg(feature = "relay-server")]
 mod server {
     use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use care_core::DeviceId;
@@ -226,13 +229,12 @@ mod server {
     use care_sync::circle::CircleTicket;
     use care_sync::net::circle::CircleProtocol;
     use care_sync::net::relay::{Admitted, RelayServer};
-    use care_sync::net::{NetConfig, PeerEvent};
+    use care_sync::net::{NetConfig, Owner, PeerEvent};
     use tokio::sync::{Notify, broadcast};
     use tokio::task::JoinHandle;
 
-    use crate::error::Result;
+    use crate::error::{Error, Result};
     use crate::home::Home;
-    use crate::node::lock;
     use crate::node::{Node, NodeOptions};
 
     /// Longest the relay server's admitted devices lag a membership change by when no
@@ -269,16 +271,18 @@ mod server {
             admitted.set(home.team_devices()?);
             let relay = RelayServer::spawn(config.relay_listen, Arc::clone(&admitted)).await?;
             let (member, name) = (home.profile().member, home.profile().name.clone());
-            let home = Arc::new(Mutex::new(home));
+            let seed = home.key.to_seed();
+            let owner = Owner::spawn(home).map_err(Error::Thread)?;
             let refresh = Arc::new(Notify::new());
             let on_taken_on = {
                 let refresh = Arc::clone(&refresh);
                 Arc::new(move |_| refresh.notify_one())
             };
-            let circle = CircleProtocol::new(Arc::clone(&home), on_taken_on).protocol();
+            let circle = CircleProtocol::new(owner.clone(), on_taken_on).protocol();
             let mut net = config.net.clone();
             net.relay = Some(relay.url().clone());
-            let node = Node::start_serving(home, &net, config.options, vec![circle]).await?;
+            let node = Node::start_serving(owner.clone(), seed, &net, config.options, vec![circle])
+                .await?;
             let addr = node.addr();
             let template = CircleTicket {
                 device: addr.device,
@@ -288,9 +292,9 @@ mod server {
                 relay: Some(relay.url().to_string()),
                 secret: [0; 16],
             };
-            node.with_home(|home| home.set_circle_template(&template))?;
+            node.with_home(move |home| home.set_circle_template(&template)).await?;
             let refresher = tokio::spawn(refresh_admitted(
-                Arc::clone(&node.home),
+                owner,
                 Arc::clone(&admitted),
                 refresh,
                 node.events(),
@@ -300,8 +304,8 @@ mod server {
 
         /// A one-time ticket with which one team's owner or admin adds this circle node,
         /// valid for `valid_ms`.
-        pub fn invite(&self, valid_ms: i64) -> Result<CircleTicket> {
-            self.node.with_home(|home| home.circle_ticket(valid_ms))
+        pub async fn invite(&self, valid_ms: i64) -> Result<CircleTicket> {
+            self.node.with_home(move |home| home.circle_ticket(valid_ms)).await
         }
 
         /// The circle node's device.
@@ -347,7 +351,7 @@ mod server {
     /// teams the home holds: at once after a team is taken on or a membership changes,
     /// and every `ADMITTED_REFRESH_MS` in any case.
     async fn refresh_admitted(
-        home: Arc<Mutex<Home>>,
+        home: Owner<Home>,
         admitted: Arc<Admitted>,
         refresh: Arc<Notify>,
         mut events: broadcast::Receiver<PeerEvent>,
@@ -363,9 +367,10 @@ mod server {
                 },
                 () = tokio::time::sleep(Duration::from_millis(ADMITTED_REFRESH_MS)) => {}
             }
-            match lock(&home).team_devices() {
-                Ok(devices) => admitted.set(devices),
-                Err(e) => tracing::warn!("cannot read the teams' devices for the relay: {e}"),
+            match home.call(|home| home.team_devices()).await {
+                Ok(Ok(devices)) => admitted.set(devices),
+                Ok(Err(e)) => tracing::warn!("cannot read the teams' devices for the relay: {e}"),
+                Err(_) => return,
             }
         }
     }

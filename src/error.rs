@@ -80,10 +80,15 @@ pub enum Error {
     /// Another device could not be reached or answered wrongly.
     #[error(transparent)]
     Dial(#[from] care_sync::net::DialError),
+    /// The node's owner thread could not start.
+    #[error("cannot start the thread that owns this home's data: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The node has stopped.
+    #[error(transparent)]
+    Stopped(#[from] care_sync::net::Stopped),
     /// The inviting device refused the ticket.
     #[error("the ticket was refused: {0}")]
     JoinRefused(String),
-    /// The home's profile record is damaged.
     /// The circle node refused to serve the team.
     #[error("the circle node refused the team: {0}")]
     CircleRefused(String),

@@ -5,16 +5,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::ChangeHash;
 use care_core::membership::Role;
 use care_core::{DeviceId, DocId, DocKind, MemberId, SignedOp, TeamId, Timestamp};
-use care_sync::SyncEvent;
 use care_sync::join::{JoinReply, JoinRequest};
-use care_sync::net::{Change, NetConfig, PeerAddr, PeerEvent, Runtime};
+use care_sync::net::{Change, NetConfig, Owner, PeerAddr, PeerEvent, Runtime};
 use care_sync::ticket::JoinTicket;
+use care_sync::{Replica, SyncEvent};
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 
@@ -38,21 +38,21 @@ impl Default for NodeOptions {
     }
 }
 
-/// A home on the network.
+/// A home on the network. The home itself lives on the node's owner thread, with every
+/// session; the app reaches it by posting closures ([`Node::with_home`]).
 pub struct Node {
-    pub(crate) home: Arc<Mutex<Home>>,
     pub(crate) runtime: Arc<Runtime<Home>>,
     changed: Arc<Notify>,
-    options: NodeOptions,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// What the store looked like when the watcher last checked.
 #[derive(Default)]
 struct Seen {
+    /// SQLite's `data_version` then: it moves when another program commits.
+    version: Option<i64>,
     docs: HashMap<DocId, Vec<ChangeHash>>,
     ops: HashMap<TeamId, usize>,
-    devices: BTreeSet<DeviceId>,
 }
 
 impl Node {
@@ -64,52 +64,61 @@ impl Node {
 
     /// Starts the network side of a home with options.
     pub async fn start_with(home: Home, config: &NetConfig, options: NodeOptions) -> Result<Node> {
-        Node::start_serving(Arc::new(Mutex::new(home)), config, options, Vec::new()).await
+        let seed = home.key.to_seed();
+        let owner = Owner::spawn(home).map_err(Error::Thread)?;
+        Node::start_serving(owner, seed, config, options, Vec::new()).await
     }
 
-    /// Starts a node over a shared home, serving extra protocols (a circle node's).
+    /// Starts a node over a home already on its owner thread, serving extra protocols (a
+    /// circle node's).
     pub(crate) async fn start_serving(
-        home: Arc<Mutex<Home>>,
+        owner: Owner<Home>,
+        seed: [u8; 32],
         config: &NetConfig,
         options: NodeOptions,
         protocols: Vec<care_sync::net::Protocol>,
     ) -> Result<Node> {
-        let seed = lock(&home).key.to_seed();
-        let runtime =
-            Arc::new(Runtime::start_with(Arc::clone(&home), seed, config, protocols).await?);
+        let runtime = match Runtime::start_with(owner.clone(), seed, config, protocols).await {
+            Ok(runtime) => Arc::new(runtime),
+            Err(e) => {
+                owner.stop().await;
+                return Err(e.into());
+            }
+        };
         let changed = Arc::new(Notify::new());
-        let mut node = Node { home, runtime, changed, options, tasks: Vec::new() };
-        let mut seen = Seen::default();
-        node.watch_once(&mut seen)?;
-        node.tasks.push(tokio::spawn(watch(
-            Arc::clone(&node.home),
-            Arc::clone(&node.runtime),
-            Arc::clone(&node.changed),
-            seen,
-            options,
-        )));
+        let mut node = Node { runtime, changed, tasks: Vec::new() };
+        let mut watcher =
+            Watcher { seen: Some(Seen::default()), devices: BTreeSet::new(), options };
+        watcher.watch_once(&node.runtime).await?;
+        node.tasks
+            .push(tokio::spawn(watcher.run(Arc::clone(&node.runtime), Arc::clone(&node.changed))));
         node.tasks.push(tokio::spawn(follow_sessions(
-            Arc::clone(&node.home),
             Arc::clone(&node.runtime),
             Arc::clone(&node.changed),
         )));
         Ok(node)
     }
 
-    /// Runs `f` on the home; whatever it changes is pushed to connected peers.
-    pub fn with_home<T>(&self, f: impl FnOnce(&mut Home) -> T) -> T {
-        let (result, changed) = {
-            let mut home = lock(&self.home);
-            let result = f(&mut home);
-            (result, std::mem::take(&mut home.changed))
-        };
-        let service = self.runtime.service();
-        for change in changed {
-            service.notify(change);
-            if matches!(change, Change::Membership { .. }) {
-                // New or removed devices: the watcher updates whom to keep connected.
-                self.changed.notify_one();
-            }
+    /// Runs `f` on the home, on the node's owner thread, and returns its result;
+    /// whatever it changed is pushed to connected peers. A panic in `f` is raised again
+    /// here.
+    pub async fn with_home<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Home) -> T + Send + 'static,
+    ) -> T {
+        let (result, membership_moved) = self
+            .runtime
+            .owner()
+            .call(move |home| {
+                let result = f(home);
+                let moved = home.changed.iter().any(|c| matches!(c, Change::Membership { .. }));
+                (result, moved)
+            })
+            .await
+            .expect("the owner thread runs until the node shuts down");
+        if membership_moved {
+            // New or removed devices: the watcher updates whom to keep connected.
+            self.changed.notify_one();
         }
         result
     }
@@ -136,18 +145,21 @@ impl Node {
 
     /// Issues a ticket inviting a new member with `role` into a team (its id, a prefix or
     /// its name), valid once for `valid_for`.
-    pub fn invite(
+    pub async fn invite(
         &self,
         team: &str,
         role: Role,
         name: &str,
         valid_for: Duration,
     ) -> Result<JoinTicket> {
-        let (team, secret) = self.with_home(|home| {
-            let team = home.team(team)?.id();
-            let expires = expiry(home, valid_for);
-            home.create_invite(team, role, name, expires).map(|secret| (team, secret))
-        })?;
+        let (team, name) = (team.to_owned(), name.to_owned());
+        let (team, secret) = self
+            .with_home(move |home| {
+                let team = home.team(&team)?.id();
+                let expires = expiry(home, valid_for);
+                home.create_invite(team, role, &name, expires).map(|secret| (team, secret))
+            })
+            .await?;
         Ok(self.ticket(team, secret, None))
     }
 
@@ -167,12 +179,15 @@ impl Node {
     /// Issues a ticket that adds one more device of this home's member to a team (its id,
     /// a prefix or its name), valid once for `valid_for`: redeemed with
     /// [`Node::join`] on the new device's home.
-    pub fn device_invite(&self, team: &str, valid_for: Duration) -> Result<JoinTicket> {
-        let (team, secret, member) = self.with_home(|home| {
-            let team = home.team(team)?.id();
-            let secret = home.create_device_invite(team, expiry(home, valid_for))?;
-            Ok::<_, Error>((team, secret, home.profile().member))
-        })?;
+    pub async fn device_invite(&self, team: &str, valid_for: Duration) -> Result<JoinTicket> {
+        let team = team.to_owned();
+        let (team, secret, member) = self
+            .with_home(move |home| {
+                let team = home.team(&team)?.id();
+                let secret = home.create_device_invite(team, expiry(home, valid_for))?;
+                Ok::<_, Error>((team, secret, home.profile().member))
+            })
+            .await?;
         Ok(self.ticket(team, secret, Some(member)))
     }
 
@@ -180,11 +195,15 @@ impl Node {
     /// sends its membership log; the team's documents follow over a sync session. With
     /// a device ticket, a new home takes the member id of the person it belongs to.
     pub async fn join(&self, ticket: &JoinTicket) -> Result<TeamId> {
-        if let Some(member) = ticket.device_of {
-            self.with_home(|home| home.adopt_member(member))?;
-        }
-        let (member, name) =
-            self.with_home(|home| (home.profile().member, home.profile().name.clone()));
+        let device_of = ticket.device_of;
+        let (member, name) = self
+            .with_home(move |home| {
+                if let Some(member) = device_of {
+                    home.adopt_member(member)?;
+                }
+                Ok::<_, Error>((home.profile().member, home.profile().name.clone()))
+            })
+            .await?;
         let request = JoinRequest { secret: ticket.secret, member, name };
         let reply = self.runtime.join(ticket, &request).await?;
         let ops = match reply {
@@ -196,8 +215,10 @@ impl Node {
         };
         let ops: Vec<SignedOp> =
             ops.iter().filter_map(|bytes| SignedOp::from_bytes(bytes).ok()).collect();
-        self.with_home(|home| {
-            care_sync::Replica::add_ops(home, ticket.team, &ops)?;
+        let joined = ticket.clone();
+        self.with_home(move |home| {
+            let ticket = joined;
+            home.add_ops(ticket.team, &ops)?;
             let membership = home.membership(ticket.team)?;
             if membership.member_of_device(home.profile().device).is_none() {
                 return Err(Error::Invalid(
@@ -211,7 +232,8 @@ impl Node {
                 home.set_circle_relay(relay)?;
             }
             Ok(())
-        })?;
+        })
+        .await?;
         let inviter = PeerAddr {
             device: ticket.inviter,
             addrs: ticket.addrs.clone(),
@@ -226,7 +248,8 @@ impl Node {
         Ok(self.runtime.connect(peer).await?)
     }
 
-    /// Stops every session and the endpoint; the home stays as it is on disk.
+    /// Stops every session, the endpoint and the owner thread; the home stays as it is
+    /// on disk, closed.
     pub async fn shutdown(self) {
         for task in &self.tasks {
             task.abort();
@@ -235,14 +258,10 @@ impl Node {
         for task in self.tasks {
             let _ = task.await;
         }
-        if let Ok(runtime) = Arc::try_unwrap(self.runtime) {
-            runtime.shutdown().await;
+        match Arc::try_unwrap(self.runtime) {
+            Ok(runtime) => runtime.shutdown().await,
+            Err(runtime) => runtime.owner().stop().await,
         }
-    }
-
-    /// Compares the store with what was seen last, and tells the sessions what moved.
-    fn watch_once(&self, seen: &mut Seen) -> Result<()> {
-        watch_once(&self.home, &self.runtime, seen, self.options)
     }
 }
 
@@ -255,102 +274,121 @@ fn parse_addrs(text: &str) -> Vec<SocketAddr> {
     text.split(',').filter_map(|a| a.trim().parse().ok()).collect()
 }
 
-async fn watch(
-    home: Arc<Mutex<Home>>,
-    runtime: Arc<Runtime<Home>>,
-    changed: Arc<Notify>,
-    mut seen: Seen,
+/// Follows the store for writes by other programs on this home (through SQLite's
+/// `data_version`), and keeps sessions with every current device of every team.
+struct Watcher {
+    /// What the store looked like; on the owner thread while it looks again.
+    seen: Option<Seen>,
+    /// The devices kept connected.
+    devices: BTreeSet<DeviceId>,
     options: NodeOptions,
-) {
-    let mut version = lock(&home).store.data_version().unwrap_or_default();
-    loop {
-        tokio::select! {
-            () = changed.notified() => {}
-            () = tokio::time::sleep(Duration::from_millis(WATCH_INTERVAL_MS)) => {
-                let now = lock(&home).store.data_version().unwrap_or(version);
-                if now == version {
-                    continue;
+}
+
+impl Watcher {
+    async fn run(mut self, runtime: Arc<Runtime<Home>>, changed: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                () = changed.notified() => {
+                    if let Some(seen) = &mut self.seen {
+                        seen.version = None;
+                    }
                 }
-                version = now;
+                () = tokio::time::sleep(Duration::from_millis(WATCH_INTERVAL_MS)) => {}
+            }
+            if let Err(e) = self.watch_once(&runtime).await {
+                tracing::warn!("cannot read the store for changes: {e}");
             }
         }
-        if let Err(e) = watch_once(&home, &runtime, &mut seen, options) {
-            tracing::warn!("cannot read the store for changes: {e}");
+    }
+
+    /// Compares the store with what was seen last (on the owner thread, which tells the
+    /// sessions what moved), and updates whom to keep connected.
+    async fn watch_once(&mut self, runtime: &Runtime<Home>) -> Result<()> {
+        let mut seen = self.seen.take().unwrap_or_default();
+        let dial = self.options.dial_known_devices;
+        let (seen, looked) = runtime
+            .owner()
+            .call(move |home| {
+                let looked = look(home, &mut seen, dial);
+                (seen, looked)
+            })
+            .await?;
+        self.seen = Some(seen);
+        if let Some(known) = looked? {
+            self.keep_known_devices(runtime, known);
         }
+        Ok(())
+    }
+
+    /// Keeps sessions with every current device of every team, and drops removed ones.
+    fn keep_known_devices(
+        &mut self,
+        runtime: &Runtime<Home>,
+        mut known: HashMap<DeviceId, Vec<SocketAddr>>,
+    ) {
+        let devices: BTreeSet<DeviceId> = known.keys().copied().collect();
+        for device in devices.difference(&self.devices) {
+            let addrs = known.remove(device).unwrap_or_default();
+            runtime.keep_connected(PeerAddr { device: *device, addrs, relay: None });
+        }
+        for device in self.devices.difference(&devices) {
+            runtime.forget(*device);
+        }
+        self.devices = devices;
     }
 }
 
-fn watch_once(
-    home: &Mutex<Home>,
-    runtime: &Runtime<Home>,
+/// On the owner thread: what moved in the store since `seen` (written by another
+/// program: this home's own writes are told to the sessions as they happen), recorded as
+/// the home's changes for the sessions. When a membership log moved and `dial` is on,
+/// every current device of every team with its stored addresses.
+fn look(
+    home: &mut Home,
     seen: &mut Seen,
-    options: NodeOptions,
-) -> Result<()> {
-    let service = runtime.service();
-    let (docs, ops) = {
-        let home = lock(home);
-        let mut ops = HashMap::new();
-        for team in home.store.teams()? {
-            ops.insert(team, home.store.ops(team)?.len());
-        }
-        (home.store.docs(None)?, ops)
-    };
-    for doc in docs {
+    dial: bool,
+) -> Result<Option<HashMap<DeviceId, Vec<SocketAddr>>>> {
+    let version = home.store.data_version()?;
+    if seen.version == Some(version) {
+        return Ok(None);
+    }
+    seen.version = Some(version);
+    for doc in home.store.docs(None)? {
         if seen.docs.get(&doc.id) != Some(&doc.heads) {
             if let Ok(kind) = doc.kind.parse::<DocKind>() {
-                service.notify(Change::Doc { team: doc.team, doc: doc.id, kind });
+                home.changed.push(Change::Doc { team: doc.team, doc: doc.id, kind });
             }
             seen.docs.insert(doc.id, doc.heads);
         }
     }
     let mut membership_moved = seen.ops.is_empty();
-    for (team, count) in ops {
+    for team in home.store.teams()? {
+        let count = home.store.ops(team)?.len();
         if seen.ops.insert(team, count) != Some(count) {
-            service.notify(Change::Membership { team });
+            home.changed.push(Change::Membership { team });
             membership_moved = true;
         }
     }
-    if membership_moved && options.dial_known_devices {
-        keep_known_devices(home, runtime, seen)?;
+    if !(membership_moved && dial) {
+        return Ok(None);
     }
-    Ok(())
-}
-
-/// Keeps sessions with every current device of every team, and drops removed ones.
-fn keep_known_devices(home: &Mutex<Home>, runtime: &Runtime<Home>, seen: &mut Seen) -> Result<()> {
     let mut known = HashMap::new();
-    {
-        let home = lock(home);
-        for team in home.store.teams()? {
-            for (device, _) in home.membership(team)?.devices() {
-                if device != home.profile().device && !known.contains_key(&device) {
-                    let stored = home.store.peer_addrs(device)?.map(|(a, _)| parse_addrs(&a));
-                    known.insert(device, stored.unwrap_or_default());
-                }
+    for team in home.store.teams()? {
+        for (device, _) in home.membership(team)?.devices() {
+            if device != home.profile().device && !known.contains_key(&device) {
+                let stored = home.store.peer_addrs(device)?.map(|(a, _)| parse_addrs(&a));
+                known.insert(device, stored.unwrap_or_default());
             }
         }
     }
-    let devices: BTreeSet<DeviceId> = known.keys().copied().collect();
-    for device in devices.difference(&seen.devices) {
-        let addrs = known.remove(device).unwrap_or_default();
-        runtime.keep_connected(PeerAddr { device: *device, addrs, relay: None });
-    }
-    for device in seen.devices.difference(&devices) {
-        runtime.forget(*device);
-    }
-    seen.devices = devices;
-    Ok(())
+    Ok(Some(known))
 }
 
 /// Follows the sessions: remembers where connected devices were seen (so they can be
 /// redialled later) and when each session last ended or found a team in sync, and has
 /// the watcher revisit whom to keep connected when a membership log grew.
-async fn follow_sessions(
-    home: Arc<Mutex<Home>>,
-    runtime: Arc<Runtime<Home>>,
-    changed: Arc<Notify>,
-) {
+async fn follow_sessions(runtime: Arc<Runtime<Home>>, changed: Arc<Notify>) {
     let mut events = runtime.service().subscribe();
+    let owner = runtime.owner().clone();
     loop {
         match events.recv().await {
             Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { .. }, .. }) => {
@@ -360,25 +398,31 @@ async fn follow_sessions(
                 event: SyncEvent::DocChanged { team, kind: DocKind::Team, .. },
                 ..
             }) => {
-                if let Err(e) = adopt_circle_relay(&home, &runtime, team).await {
+                if let Err(e) = adopt_circle_relay(&runtime, team).await {
                     tracing::warn!("cannot use the team's circle relay: {e}");
                 }
             }
             Ok(PeerEvent::Connected { peer }) => {
                 let addrs = runtime.seen_addrs(peer).await;
                 if !addrs.is_empty() {
-                    let mut home = lock(&home);
-                    let now = home.now().as_millis();
-                    let _ = home.store.set_peer_addrs(peer, &render_addrs(&addrs), now);
+                    let _ = owner
+                        .call(move |home| {
+                            let now = home.now().as_millis();
+                            home.store.set_peer_addrs(peer, &render_addrs(&addrs), now)
+                        })
+                        .await;
                 }
             }
             Ok(
                 PeerEvent::Disconnected { peer, .. }
                 | PeerEvent::Sync { peer, event: SyncEvent::TeamInSync { .. } },
             ) => {
-                let mut home = lock(&home);
-                let now = home.now().as_millis();
-                let _ = home.record_sync(peer, now);
+                let _ = owner
+                    .call(move |home| {
+                        let now = home.now().as_millis();
+                        home.record_sync(peer, now)
+                    })
+                    .await;
             }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
@@ -388,23 +432,23 @@ async fn follow_sessions(
 
 /// Starts using the circle relay a team's document names, if this device does not yet:
 /// every device of a team that added a circle node reaches the others through it.
-async fn adopt_circle_relay(
-    home: &Mutex<Home>,
-    runtime: &Runtime<Home>,
-    team: TeamId,
-) -> Result<()> {
-    let url = {
-        let mut home = lock(home);
-        let circle = home.team(&team.to_string())?.info()?.circle;
-        match circle {
-            Some(url) if home.circle_relay()?.as_deref() != Some(url.as_str()) => {
-                home.set_circle_relay(&url)?;
-                url
+async fn adopt_circle_relay(runtime: &Runtime<Home>, team: TeamId) -> Result<()> {
+    let url = runtime
+        .owner()
+        .call(move |home| {
+            let circle = home.team(&team.to_string())?.info()?.circle;
+            match circle {
+                Some(url) if home.circle_relay()?.as_deref() != Some(url.as_str()) => {
+                    home.set_circle_relay(&url)?;
+                    Ok(Some(url))
+                }
+                _ => Ok::<_, Error>(None),
             }
-            _ => return Ok(()),
-        }
-    };
-    runtime.use_relay(&url).await?;
+        })
+        .await??;
+    if let Some(url) = url {
+        runtime.use_relay(&url).await?;
+    }
     Ok(())
 }
 
@@ -412,10 +456,4 @@ async fn adopt_circle_relay(
 fn expiry(home: &Home, valid_for: Duration) -> Timestamp {
     let valid_ms = i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX);
     Timestamp(home.now().as_millis().saturating_add(valid_ms))
-}
-
-/// Locks the home, going on if a panicking thread poisoned the lock: every change to the
-/// home is a completed store transaction, so it is never half-made.
-pub(crate) fn lock(home: &Mutex<Home>) -> MutexGuard<'_, Home> {
-    home.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -9,7 +9,7 @@ use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
-use care_sync::{HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
+use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
@@ -172,6 +172,10 @@ impl Replica for Home {
 
     fn recover_from_panic(&mut self, peer: DeviceId) {
         self.forget_unsaved(peer);
+    }
+
+    fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changed)
     }
 
     fn reset_sync_state(&mut self, peer: DeviceId) {

@@ -85,40 +85,43 @@ async fn lan_child() -> Result<()> {
     let lan = NetConfig { lan: true, ..NetConfig::loopback() };
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
     let a = start(dirs[0].path(), "Ada", &lan).await?;
-    let team = a.with_home(|h| h.create_team("Ada's team"))?;
-    a.with_home(|h| h.team("")?.add_note(&note("from Ada"), None))?;
+    let team = a.with_home(move |h| h.create_team("Ada's team")).await?;
+    a.with_home(move |h| h.team("")?.add_note(&note("from Ada"), None)).await?;
     println!("Ada listens at {:?}", a.addr().addrs);
 
     // Without LAN discovery, a ticket with no address leads nowhere.
     let c = start(dirs[2].path(), "Cal", &NetConfig::loopback()).await?;
-    let ticket = without_addrs(a.invite(&team.to_string(), Role::Worker, "Cal", valid())?);
+    let ticket = without_addrs(a.invite(&team.to_string(), Role::Worker, "Cal", valid()).await?);
     let started = Instant::now();
     let refused = tokio::time::timeout(Duration::from_millis(SETTLE_MS), c.join(&ticket))
         .await
         .context("a join with no address and no LAN discovery did not fail in time")?;
     let Err(error) = refused else { bail!("a device without LAN discovery joined") };
     println!("without LAN discovery the join failed in {:?}: {error}", started.elapsed());
-    ensure!(c.with_home(|h| h.teams())?.is_empty(), "a device that failed to join holds a team");
+    ensure!(
+        c.with_home(move |h| h.teams()).await?.is_empty(),
+        "a device that failed to join holds a team"
+    );
     c.shutdown().await;
 
     // With it, the same kind of ticket is enough.
     let b = start(dirs[1].path(), "Bea", &lan).await?;
-    let ticket = without_addrs(a.invite(&team.to_string(), Role::Worker, "Bea", valid())?);
+    let ticket = without_addrs(a.invite(&team.to_string(), Role::Worker, "Bea", valid()).await?);
     let started = Instant::now();
     let joined = tokio::time::timeout(Duration::from_millis(SETTLE_MS), b.join(&ticket))
         .await
         .context("discovery and join took too long")??;
     ensure!(joined == team, "joined {joined}, not {team}");
     let join_took = started.elapsed();
-    eventually("Bea has Ada's note", || async { Ok(note_texts(&b, team)? == ["from Ada"]) })
+    eventually("Bea has Ada's note", || async { Ok(note_texts(&b, team).await? == ["from Ada"]) })
         .await?;
     let sync_took = started.elapsed();
     println!("discovery + join took {join_took:?}; Ada's note arrived after {sync_took:?}");
 
     let started = Instant::now();
-    b.with_home(|h| h.team("")?.add_note(&note("from Bea"), None))?;
+    b.with_home(move |h| h.team("")?.add_note(&note("from Bea"), None)).await?;
     eventually("Ada has Bea's note", || async {
-        Ok(note_texts(&a, team)? == ["from Ada", "from Bea"])
+        Ok(note_texts(&a, team).await? == ["from Ada", "from Bea"])
     })
     .await?;
     println!("Bea's note reached Ada in {:?}", started.elapsed());

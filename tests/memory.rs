@@ -35,18 +35,19 @@ fn peak_rss() -> Result<usize> {
 async fn the_largest_frames_a_member_may_send_do_not_pile_up() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = Node::start(Home::init(dir.path(), "Ada")?, &NetConfig::loopback()).await?;
-    let team = node.with_home(|h| h.create_team("Ada's team"))?;
+    let team = node.with_home(move |h| h.create_team("Ada's team")).await?;
     // A worker's device whose key the test holds: a member who misbehaves.
     let key = [7; 32];
     let device = DeviceKey::from_seed(key).device_id();
     let member = MemberId::from_bytes([7; 16]);
-    node.with_home(|h| {
+    node.with_home(move |h| {
         h.author_op(
             team,
             OpBody::AddMember { member, name: "Wil".into(), role: Role::Worker, hats: vec![] },
         )?;
         h.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })
-    })?;
+    })
+    .await?;
 
     let worker = bind(key, &NetConfig::loopback()).await?;
     let addr = node.addr();

@@ -28,8 +28,8 @@ async fn start(dir: &Path, name: &str) -> Result<Node> {
 
 /// A team owned by the first node, with the second joined as `role`.
 async fn team_of_two(a: &Node, b: &Node, role: Role) -> Result<TeamId> {
-    let team = a.with_home(|h| h.create_team("Ada's team"))?;
-    let ticket = a.invite(&team.to_string(), role, "Bea", Duration::from_secs(600))?;
+    let team = a.with_home(move |h| h.create_team("Ada's team")).await?;
+    let ticket = a.invite(&team.to_string(), role, "Bea", Duration::from_secs(600)).await?;
     let joined = b.join(&ticket).await?;
     assert_eq!(joined, team);
     Ok(team)
@@ -42,24 +42,25 @@ async fn invite_join_and_concurrent_edits_converge() -> Result<()> {
     let b = start(dirs[1].path(), "Bea").await?;
     let c = start(dirs[2].path(), "Cal").await?;
     let team = team_of_two(&a, &b, Role::Advocate).await?;
-    a.with_home(|h| h.team("")?.set_plan_section(Section::AboutMe, "I like the radio."))?;
-    let ticket = a.invite(&team.to_string(), Role::Worker, "Cal", Duration::from_secs(600))?;
+    a.with_home(move |h| h.team("")?.set_plan_section(Section::AboutMe, "I like the radio."))
+        .await?;
+    let ticket = a.invite(&team.to_string(), Role::Worker, "Cal", Duration::from_secs(600)).await?;
     c.join(&ticket).await?;
 
     // Everyone writes at once.
-    a.with_home(|h| h.team("")?.add_note(&note("from Ada"), None))?;
-    b.with_home(|h| h.team("")?.add_note(&note("from Bea"), None))?;
-    c.with_home(|h| h.team("")?.add_note(&note("from Cal"), None))?;
+    a.with_home(move |h| h.team("")?.add_note(&note("from Ada"), None)).await?;
+    b.with_home(move |h| h.team("")?.add_note(&note("from Bea"), None)).await?;
+    c.with_home(move |h| h.team("")?.add_note(&note("from Cal"), None)).await?;
     let all = vec!["from Ada".to_owned(), "from Bea".to_owned(), "from Cal".to_owned()];
     for (name, node) in [("Ada", &a), ("Bea", &b), ("Cal", &c)] {
         eventually(&format!("{name} sees every note"), || async {
-            Ok(note_texts(node, team)? == all)
+            Ok(note_texts(node, team).await? == all)
         })
         .await?;
     }
-    let plan = c.with_home(|h| h.team("")?.plan())?;
+    let plan = c.with_home(move |h| h.team("")?.plan()).await?;
     assert!(plan.iter().any(|(s, t)| *s == Section::AboutMe && t == "I like the radio."));
-    let members = c.with_home(|h| h.membership(team).map(|m| m.members().count()))?;
+    let members = c.with_home(move |h| h.membership(team).map(|m| m.members().count())).await?;
     assert_eq!(members, 3);
     for node in [a, b, c] {
         node.shutdown().await;
@@ -74,7 +75,8 @@ async fn a_device_offline_for_a_while_catches_up_both_ways() -> Result<()> {
     let b = start(dirs[1].path(), "Bea").await?;
     let team = team_of_two(&a, &b, Role::Worker).await?;
     eventually("the worker has the team's documents", || async {
-        Ok(b.with_home(|h| h.team("").and_then(|t| t.documents()).map(|d| d.len() >= 3))?)
+        Ok(b.with_home(move |h| h.team("").and_then(|t| t.documents()).map(|d| d.len() >= 3))
+            .await?)
     })
     .await?;
     b.shutdown().await;
@@ -87,16 +89,16 @@ async fn a_device_offline_for_a_while_catches_up_both_ways() -> Result<()> {
             t.add_note(&note(&format!("offline visit {i:02}")), None)?;
         }
     }
-    a.with_home(|h| h.team("")?.add_note(&note("written while Bea was away"), None))?;
+    a.with_home(move |h| h.team("")?.add_note(&note("written while Bea was away"), None)).await?;
 
     let b = start(dirs[1].path(), "Bea").await?;
     for (name, node) in [("Ada", &a), ("Bea", &b)] {
         eventually(&format!("{name} has all 21 notes"), || async {
-            Ok(note_texts(node, team)?.len() == 21)
+            Ok(note_texts(node, team).await?.len() == 21)
         })
         .await?;
     }
-    assert_eq!(note_texts(&a, team)?, note_texts(&b, team)?);
+    assert_eq!(note_texts(&a, team).await?, note_texts(&b, team).await?);
     a.shutdown().await;
     b.shutdown().await;
     Ok(())
@@ -106,8 +108,8 @@ async fn a_device_offline_for_a_while_catches_up_both_ways() -> Result<()> {
 async fn a_device_outside_the_team_receives_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let a = start(dir.path(), "Ada").await?;
-    let team = a.with_home(|h| h.create_team("Ada's team"))?;
-    a.with_home(|h| h.team("")?.add_note(&note("private"), None))?;
+    let team = a.with_home(move |h| h.create_team("Ada's team")).await?;
+    a.with_home(move |h| h.team("")?.add_note(&note("private"), None)).await?;
 
     // A stranger dials the owner's device on the sync protocol and records every frame.
     let stranger = bind([42; 32], &NetConfig::loopback()).await?;
@@ -151,23 +153,23 @@ async fn a_removed_device_is_disconnected_and_refused() -> Result<()> {
     let a = start(dirs[0].path(), "Ada").await?;
     let b = start(dirs[1].path(), "Bea").await?;
     let team = team_of_two(&a, &b, Role::Worker).await?;
-    b.with_home(|h| h.team("")?.add_note(&note("before removal"), None))?;
+    b.with_home(move |h| h.team("")?.add_note(&note("before removal"), None)).await?;
     eventually("the owner has the worker's note", || async {
-        Ok(note_texts(&a, team)?.len() == 1)
+        Ok(note_texts(&a, team).await?.len() == 1)
     })
     .await?;
 
-    let bea = b.with_home(|h| h.profile().member);
-    a.with_home(|h| h.author_op(team, OpBody::RemoveMember { member: bea }))?;
+    let bea = b.with_home(move |h| h.profile().member).await;
+    a.with_home(move |h| h.author_op(team, OpBody::RemoveMember { member: bea })).await?;
     eventually("the removed device is disconnected", || async {
         Ok(!a.connected().contains(&b.addr().device))
     })
     .await?;
-    b.with_home(|h| h.team("")?.add_note(&note("after removal"), None))?;
+    b.with_home(move |h| h.team("")?.add_note(&note("after removal"), None)).await?;
     // The removed device keeps trying; give it time, then check nothing arrived.
     b.connect(&PeerAddr { device: a.addr().device, addrs: a.addr().addrs, relay: None }).await.ok();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(note_texts(&a, team)?, vec!["before removal".to_owned()]);
+    assert_eq!(note_texts(&a, team).await?, vec!["before removal".to_owned()]);
     assert!(!a.connected().contains(&b.addr().device));
     a.shutdown().await;
     b.shutdown().await;
@@ -180,16 +182,16 @@ async fn used_and_expired_tickets_fail_clearly() -> Result<()> {
     let a = start(dirs[0].path(), "Ada").await?;
     let b = start(dirs[1].path(), "Bea").await?;
     let c = start(dirs[2].path(), "Cal").await?;
-    let team = a.with_home(|h| h.create_team("Ada's team"))?;
-    let ticket = a.invite(&team.to_string(), Role::Worker, "", Duration::from_secs(600))?;
+    let team = a.with_home(move |h| h.create_team("Ada's team")).await?;
+    let ticket = a.invite(&team.to_string(), Role::Worker, "", Duration::from_secs(600)).await?;
     b.join(&ticket).await?;
     let again = c.join(&ticket).await.expect_err("a used ticket must fail");
     assert!(again.to_string().contains("already used"), "{again}");
-    let short = a.invite(&team.to_string(), Role::Worker, "", Duration::from_millis(1))?;
+    let short = a.invite(&team.to_string(), Role::Worker, "", Duration::from_millis(1)).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = c.join(&short).await.expect_err("an expired ticket must fail");
     assert!(expired.to_string().contains("expired"), "{expired}");
-    assert!(c.with_home(|h| h.teams())?.is_empty(), "a refused device holds no team");
+    assert!(c.with_home(move |h| h.teams()).await?.is_empty(), "a refused device holds no team");
     for node in [a, b, c] {
         node.shutdown().await;
     }
@@ -228,9 +230,9 @@ async fn garbage_frames_close_that_connection_and_others_go_on() -> Result<()> {
     assert!(closed.is_ok(), "the connection was not closed after an oversized frame");
     vandal.close().await;
 
-    b.with_home(|h| h.team("")?.add_note(&note("still syncing"), None))?;
+    b.with_home(move |h| h.team("")?.add_note(&note("still syncing"), None)).await?;
     eventually("the owner still syncs with the worker", || async {
-        Ok(note_texts(&a, team)?.len() == 1)
+        Ok(note_texts(&a, team).await?.len() == 1)
     })
     .await?;
     a.shutdown().await;
@@ -275,13 +277,13 @@ async fn a_device_ticket_adds_a_device_to_its_issuer_only() -> Result<()> {
     let a = start(dirs[0].path(), "Ada").await?;
     let b = start(dirs[1].path(), "Bea").await?;
     let team = team_of_two(&a, &b, Role::Worker).await?;
-    a.with_home(|h| h.team("")?.add_note(&note("tea at eight"), None))?;
-    let bea = b.with_home(|h| h.profile().member);
+    a.with_home(move |h| h.team("")?.add_note(&note("tea at eight"), None)).await?;
+    let bea = b.with_home(move |h| h.profile().member).await;
 
     // Cal already belongs to a team of her own: the ticket cannot make her Bea.
     let c = start(dirs[2].path(), "Cal").await?;
-    c.with_home(|h| h.create_team("Cal's team"))?;
-    let ticket = b.device_invite(&team.to_string(), Duration::from_secs(600))?;
+    c.with_home(move |h| h.create_team("Cal's team")).await?;
+    let ticket = b.device_invite(&team.to_string(), Duration::from_secs(600)).await?;
     assert_eq!(ticket.device_of, Some(bea));
     assert!(c.join(&ticket).await.is_err(), "another person took the device ticket");
     c.shutdown().await;
@@ -289,15 +291,17 @@ async fn a_device_ticket_adds_a_device_to_its_issuer_only() -> Result<()> {
     let phone_dir = tempfile::tempdir()?;
     let phone = start(phone_dir.path(), "Bea").await?;
     assert_eq!(phone.join(&ticket).await?, team);
-    let phone_id = phone.with_home(|h| h.profile().device);
-    let (member, role, devices) = a.with_home(|h| {
-        let membership = h.membership(team)?;
-        let m = membership.member_of_device(phone_id).context("the phone is in the team")?;
-        Ok::<_, anyhow::Error>((m.id, m.role, m.devices.len()))
-    })?;
+    let phone_id = phone.with_home(move |h| h.profile().device).await;
+    let (member, role, devices) = a
+        .with_home(move |h| {
+            let membership = h.membership(team)?;
+            let m = membership.member_of_device(phone_id).context("the phone is in the team")?;
+            Ok::<_, anyhow::Error>((m.id, m.role, m.devices.len()))
+        })
+        .await?;
     assert_eq!((member, role, devices), (bea, Role::Worker, 2));
     eventually("the new phone shows the team's notes", || async {
-        Ok(note_texts(&phone, team)? == vec!["tea at eight".to_owned()])
+        Ok(note_texts(&phone, team).await? == vec!["tea at eight".to_owned()])
     })
     .await?;
     for node in [a, b, phone] {

@@ -86,7 +86,7 @@ pub async fn upload(teams: &[TeamHomes], circle: &Circle<'_>, timeout: Duration)
             let node = Node::start(Home::open(&team.owner)?, &config).await?;
             node.add_relay(&team.id.to_string(), &ticket).await?;
             // The owner writes nothing more: these are the heads everyone must reach.
-            let heads = team_heads(&node, team.id)?;
+            let heads = team_heads(&node, team.id).await?;
             let _ = added.send((index, heads.clone()));
             anyhow::Ok((index, node, heads))
         });
@@ -232,7 +232,7 @@ async fn wait_for_heads(
 ) -> Result<()> {
     let mut events = node.events();
     loop {
-        let heads = team_heads(node, team)?;
+        let heads = team_heads(node, team).await?;
         if &heads == target {
             return Ok(());
         }
@@ -253,8 +253,8 @@ async fn wait_for_heads(
     }
 }
 
-fn team_heads(node: &Node, team: TeamId) -> Result<Heads> {
-    let docs = node.with_home(|h| h.store().docs(Some(team)))?;
+async fn team_heads(node: &Node, team: TeamId) -> Result<Heads> {
+    let docs = node.with_home(move |h| h.store().docs(Some(team))).await?;
     Ok(docs.into_iter().map(|d| (d.id, d.heads)).collect())
 }
 

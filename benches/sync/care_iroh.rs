@@ -172,8 +172,8 @@ async fn node_at(dir: &Path, pair: &Pair) -> Result<Node> {
     Ok(Node::start_with(home, &NetConfig::loopback(), options).await?)
 }
 
-fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
-    let docs = node.with_home(|h| h.store().docs(None))?;
+async fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
+    let docs = node.with_home(move |h| h.store().docs(None)).await?;
     Ok(docs.into_iter().map(|d| (d.id, d.heads)).collect())
 }
 
@@ -181,13 +181,13 @@ fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
 /// team in sync (its documents at the owner's heads, durably stored); returns the time
 /// and the bytes both ways.
 async fn connect_and_settle(owner: &Node, worker: &Node, team: TeamId) -> Result<(Duration, u64)> {
-    let target = heads(owner)?;
+    let target = heads(owner).await?;
     let mut events = worker.events();
     let started = Instant::now();
     worker.connect(&owner.addr()).await?;
     wait_in_sync(&mut events, team).await?;
     let elapsed = started.elapsed();
-    if heads(worker)? != target {
+    if heads(worker).await? != target {
         bail!("the worker reported the team in sync without the owner's heads");
     }
     let traffic = worker.traffic();
@@ -207,14 +207,15 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         times.push(elapsed);
         bytes.push(moved);
         let team = pair.team.to_string();
-        let read = |limit| {
+        let read = async |limit| {
             let started = Instant::now();
             let query = NoteQuery { since: None, limit };
-            let notes = worker.with_home(|h| h.team(&team)?.notes(&query))?;
+            let team = team.clone();
+            let notes = worker.with_home(move |h| h.team(&team)?.notes(&query)).await?;
             anyhow::Ok((started.elapsed(), notes.len()))
         };
-        let (latest_time, _) = read(Some(50))?;
-        let (all_time, count) = read(None)?;
+        let (latest_time, _) = read(Some(50)).await?;
+        let (all_time, count) = read(None).await?;
         if count != pair.notes {
             bail!("the worker reads {count} notes after catching up, not {}", pair.notes);
         }
@@ -244,7 +245,7 @@ async fn reconnect(pair: &Pair, runs: usize) -> Result<(f64, f64, f64)> {
     for _ in 0..runs {
         let owner = node_at(&pair.owner, pair).await?;
         let worker = node_at(&pair.worker, pair).await?;
-        docs = heads(&worker)?.len();
+        docs = heads(&worker).await?.len();
         let mut events = worker.events();
         let started = Instant::now();
         worker.connect(&owner.addr()).await?;
@@ -290,7 +291,7 @@ async fn live(pair: &Pair, dir: &Path, edits: usize) -> Result<(f64, f64)> {
     for i in 0..edits {
         let note = NewNote { text: workload::note_text(i), ..NewNote::default() };
         let started = Instant::now();
-        let id = owner.with_home(|h| h.team("")?.add_note(&note, None))?;
+        let id = owner.with_home(move |h| h.team("")?.add_note(&note, None)).await?;
         let month = id.month();
         let arrived = async {
             loop {

@@ -313,7 +313,7 @@ impl Hub {
     /// Carries out sessions' outputs, and what they cause on the other sessions, until
     /// nothing more follows.
     fn carry_out<R: Replica>(&mut self, replica: &mut R, mut work: Vec<(ConnId, Vec<Output>)>) {
-        while !work.is_empty() {
+        loop {
             for (conn, outputs) in std::mem::take(&mut work) {
                 for output in outputs {
                     let Some(c) = self.conns.get(&conn) else { break };
@@ -341,8 +341,8 @@ impl Hub {
                     self.effects.push(Effect::Admit { conn });
                 }
             }
-            // What the replica changed on its own (a document that failed verification
-            // discarded, to be fetched again) goes to every session.
+            // What the replica changed on its own (an app's write, a document that
+            // failed verification discarded, to be fetched again) goes to every session.
             for change in replica.take_changes() {
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
                 for conn in conns {
@@ -351,6 +351,9 @@ impl Hub {
                         self.contained(replica, conn, |s, r| on_change(s, r, change)),
                     ));
                 }
+            }
+            if work.is_empty() {
+                return;
             }
         }
     }
@@ -394,5 +397,98 @@ fn on_change<R: Replica>(session: &mut Session, replica: &mut R, change: Change)
     match change {
         Change::Doc { team, doc, kind } => session.local_change(replica, team, doc, kind),
         Change::Membership { team } => session.membership_changed(replica, team),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use care_core::DeviceKey;
+
+    use super::*;
+    use crate::memory::MemoryReplica;
+
+    fn device(i: u64) -> DeviceId {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&i.to_le_bytes());
+        DeviceId::from_bytes(bytes)
+    }
+
+    #[test]
+    fn a_panic_in_a_session_step_closes_that_session_only() {
+        let local = DeviceKey::from_seed([1; 32]).device_id();
+        let mut replica = MemoryReplica::new(local);
+        let mut hub = Hub::new(local);
+        let (a, b) = (device(2), device(3));
+        let conn_a = hub.open(&mut replica, a, a, 0).expect("room");
+        let conn_b = hub.open(&mut replica, b, b, 0).expect("room");
+        hub.take_effects();
+        hub.step(&mut replica, conn_a, |_, _| panic!("a bug in one session"));
+        let effects = hub.take_effects();
+        assert!(
+            effects.iter().any(|e| matches!(e, Effect::Close { conn, reason }
+                if *conn == conn_a && reason.contains("a bug"))),
+            "{effects:?}"
+        );
+        assert_eq!(hub.connected(), vec![b]);
+        // The other session goes on, and so does the hub.
+        hub.local_change(
+            &mut replica,
+            Change::Membership { team: care_core::TeamId::from_bytes([4; 16]) },
+        );
+        assert!(hub.session(conn_b).is_some_and(|s| !s.is_closed()));
+        let again = hub.open(&mut replica, a, a, 0).expect("room");
+        assert!(
+            hub.take_effects()
+                .iter()
+                .any(|e| matches!(e, Effect::Send { conn, .. } if *conn == again))
+        );
+    }
+
+    /// A device runs at most `SESSIONS_MAX` sessions: the next device is turned away,
+    /// while a new connection from a device already in session replaces its old one.
+    #[test]
+    fn sessions_are_bounded() {
+        let local = DeviceKey::from_seed([1; 32]).device_id();
+        let mut replica = MemoryReplica::new(local);
+        let mut hub = Hub::new(local);
+        for i in 0..SESSIONS_MAX as u64 {
+            assert!(hub.open(&mut replica, device(i), device(i), 0).is_ok(), "session {i}");
+        }
+        let next = device(SESSIONS_MAX as u64);
+        assert_eq!(hub.open(&mut replica, next, next, 0), Err(Turned::Full));
+        let first = hub.conn_of(device(0)).expect("open");
+        let again =
+            hub.open(&mut replica, device(0), device(0), 0).expect("a known device reconnects");
+        assert_ne!(first, again);
+        assert!(hub.session(first).is_none(), "the old connection is closed");
+        assert_eq!(hub.len(), SESSIONS_MAX);
+    }
+
+    /// Between two connections of the same pair of devices, both ends keep the one
+    /// dialed by the smaller device id.
+    #[test]
+    fn crossing_dials_settle_on_one_connection() {
+        let (small, large) = (device(1), device(2));
+        let mut replica = MemoryReplica::new(small);
+        let mut hub = Hub::new(small);
+        let dialed_by_small = hub.open(&mut replica, large, small, 0).expect("room");
+        assert_eq!(hub.open(&mut replica, large, large, 0), Err(Turned::AlreadyConnected));
+        assert_eq!(hub.conn_of(large), Some(dialed_by_small));
+    }
+
+    /// A device that shows no shared team within the Hello timeout is closed at the
+    /// first tick after it.
+    #[test]
+    fn a_device_without_a_hello_is_closed_at_the_timeout() {
+        let local = device(1);
+        let mut replica = MemoryReplica::new(local);
+        let mut hub = Hub::new(local);
+        let conn = hub.open(&mut replica, device(2), device(2), 1_000).expect("room");
+        hub.tick(&mut replica, 1_000 + HELLO_TIMEOUT_MS - 1);
+        assert!(hub.session(conn).is_some());
+        hub.tick(&mut replica, 1_000 + HELLO_TIMEOUT_MS);
+        assert!(hub.session(conn).is_none());
+        assert!(hub.take_effects().iter().any(|e| matches!(e, Effect::Close { reason, .. }
+            if reason.contains("no shared team"))));
     }
 }

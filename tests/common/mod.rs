@@ -10,14 +10,15 @@ use care::{Node, NoteQuery, TeamId};
 pub const SETTLE_MS: u64 = 30_000;
 
 /// The texts of every note a device can read in a team, sorted (none if it lacks it).
-pub fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
-    node.with_home(|home| {
+pub async fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
+    node.with_home(move |home| {
         let mut team = home.team(&team.to_string())?;
         let mut texts: Vec<String> =
             team.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
         texts.sort();
         Ok(texts)
     })
+    .await
 }
 
 /// Polls `check` until it holds or [`SETTLE_MS`] have passed.

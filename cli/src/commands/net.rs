@@ -43,14 +43,14 @@ pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result
             addrs: addr.addrs.clone(),
             relay: addr.relay.as_ref().map(ToString::to_string),
         };
-        let recorded = node.with_home(|home| home.record_listen_addrs(Some(&listen)));
+        let recorded = node.with_home(move |home| home.record_listen_addrs(Some(&listen))).await;
         if let Err(e) = recorded {
             close(node.shutdown()).await;
             return Err(e.into());
         }
         print_addr(&addr, out);
         print_events_until_stopped(&mut events, &mut stop, out).await;
-        let _ = node.with_home(|home| home.record_listen_addrs(None));
+        let _ = node.with_home(|home| home.record_listen_addrs(None)).await;
         close(node.shutdown()).await;
         Ok(ExitCode::SUCCESS)
     })
@@ -92,7 +92,7 @@ pub fn sync(
         let expected = expected_devices(&home, peer.map(|p| p.device))?;
         let node = Node::start(home, &config).await?;
         let synced = sync_with(&node, peer, &expected, timeout_s, out).await;
-        record_synced(&node, &synced);
+        record_synced(&node, &synced).await;
         close(node.shutdown()).await;
         Ok(print_summary(&synced, out))
     })
@@ -118,7 +118,7 @@ async fn join_and_wait(
     let mut progress = Progress::default();
     let done = |p: &Progress| p.in_sync(inviter, team);
     let arrived = wait_until(&mut events, &mut progress, deadline, done, |_, _| {}).await;
-    let summary = node.with_home(|home| home.teams())?.into_iter().find(|t| t.id == team);
+    let summary = node.with_home(|home| home.teams()).await?.into_iter().find(|t| t.id == team);
     let (name, documents) = summary.map(|t| (t.name, t.documents)).unwrap_or_default();
     if !arrived {
         bail!(
@@ -126,7 +126,7 @@ async fn join_and_wait(
              run `care sync` while the inviting device runs `care serve`"
         );
     }
-    node.with_home(|home| home.record_sync(inviter, home.now().as_millis()))?;
+    node.with_home(move |home| home.record_sync(inviter, home.now().as_millis())).await?;
     Ok((name, documents))
 }
 
@@ -187,9 +187,10 @@ async fn sync_with(
         .collect()
 }
 
-fn record_synced(node: &Node, synced: &[Synced]) {
+async fn record_synced(node: &Node, synced: &[Synced]) {
     for s in synced.iter().filter(|s| s.in_sync) {
-        let _ = node.with_home(|home| home.record_sync(s.device, home.now().as_millis()));
+        let device = s.device;
+        let _ = node.with_home(move |home| home.record_sync(device, home.now().as_millis())).await;
     }
 }
 
@@ -259,9 +260,11 @@ pub fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> Result<E
         let net = NetConfig { listen, relay: None, lan: false };
         let config = CircleConfig { relay_listen: listen, net, options: NodeOptions::default() };
         let circle = CircleNode::start(home, &config).await?;
-        let tickets = (0..tickets)
-            .map(|_| circle.invite(care::CIRCLE_TICKET_VALID_MS).map(|t| t.to_string()))
-            .collect::<care::Result<Vec<String>>>()?;
+        let mut issued = Vec::new();
+        for _ in 0..tickets {
+            issued.push(circle.invite(care::CIRCLE_TICKET_VALID_MS).await?.to_string());
+        }
+        let tickets = issued;
         let addr = circle.node().addr();
         let addrs: Vec<String> = addr.addrs.iter().map(ToString::to_string).collect();
         let value = json!({

@@ -2,7 +2,7 @@
 //! membership log ([`request_circle`]); the circle node checks and stores it
 //! ([`CircleProtocol`]), after which ordinary sync sessions replicate the team.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use care_core::{DeviceId, SignedOp, TeamId};
 use iroh::endpoint::Connection;
@@ -12,7 +12,9 @@ use crate::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
 use crate::join::JOIN_MESSAGE_BYTES_MAX;
 use crate::net::endpoint::remote_device;
 use crate::net::handshake;
+use crate::net::owner::Owner;
 use crate::net::service::DialError;
+use crate::replica::Replica;
 
 /// What the circle node runs when it has taken on a team (e.g. refresh who its relay
 /// server admits).
@@ -20,19 +22,19 @@ pub type OnTakenOn = Arc<dyn Fn(TeamId) + Send + Sync>;
 
 /// Routes incoming connections on the circle ALPN to the circle node's host.
 pub struct CircleProtocol<H> {
-    host: Arc<Mutex<H>>,
+    host: Owner<H>,
     on_taken_on: OnTakenOn,
 }
 
 impl<H> CircleProtocol<H> {
-    /// A handler over the circle node's host, calling `on_taken_on` after each team it
-    /// takes on.
-    pub fn new(host: Arc<Mutex<H>>, on_taken_on: OnTakenOn) -> Self {
+    /// A handler over the circle node's host (run by its owner thread), calling
+    /// `on_taken_on` after each team it takes on.
+    pub fn new(host: Owner<H>, on_taken_on: OnTakenOn) -> Self {
         CircleProtocol { host, on_taken_on }
     }
 }
 
-impl<H: CircleHost + Send + 'static> CircleProtocol<H> {
+impl<H: CircleHost + Replica + Send + 'static> CircleProtocol<H> {
     /// The handler with its ALPN, for [`Runtime::start_with`](crate::net::Runtime::start_with).
     pub fn protocol(self) -> crate::net::Protocol {
         (CIRCLE_ALPN, Box::new(self))
@@ -45,17 +47,17 @@ impl<H> std::fmt::Debug for CircleProtocol<H> {
     }
 }
 
-impl<H: CircleHost + Send + 'static> CircleProtocol<H> {
+impl<H: CircleHost + Replica + Send + 'static> CircleProtocol<H> {
     /// Has the host take on the team the request hands over.
-    fn take_on(&self, remote: DeviceId, request: &CircleRequest) -> CircleReply {
+    async fn take_on(&self, remote: DeviceId, request: CircleRequest) -> CircleReply {
         let ops: Vec<SignedOp> =
             request.ops.iter().filter_map(|bytes| SignedOp::from_bytes(bytes).ok()).collect();
-        let taken = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take_on(
-            remote,
-            &request.secret,
-            request.team,
-            &ops,
-        );
+        let (secret, team) = (request.secret, request.team);
+        let taken =
+            match self.host.call(move |host| host.take_on(remote, &secret, team, &ops)).await {
+                Ok(taken) => taken,
+                Err(stopped) => Err(stopped.to_string()),
+            };
         match taken {
             Ok(()) => {
                 (self.on_taken_on)(request.team);
@@ -66,12 +68,14 @@ impl<H: CircleHost + Send + 'static> CircleProtocol<H> {
     }
 }
 
-impl<H: CircleHost + Send + 'static> iroh::protocol::ProtocolHandler for CircleProtocol<H> {
+impl<H: CircleHost + Replica + Send + 'static> iroh::protocol::ProtocolHandler
+    for CircleProtocol<H>
+{
     async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
         let remote = remote_device(&conn);
         let failed = "circle handshake failed";
-        handshake::answer(&conn, JOIN_MESSAGE_BYTES_MAX, failed, |request| match request {
-            Ok(request) => self.take_on(remote, &request),
+        handshake::answer(&conn, JOIN_MESSAGE_BYTES_MAX, failed, async |request| match request {
+            Ok(request) => self.take_on(remote, request).await,
             Err(e) => CircleReply::Refused { reason: e.to_string() },
         })
         .await;

@@ -48,12 +48,12 @@ pub async fn answer<Req: DeserializeOwned, Reply: Serialize>(
     conn: &Connection,
     request_max: usize,
     failed: &'static str,
-    answer: impl FnOnce(Result<Req, JoinMessageError>) -> Reply,
+    answer: impl AsyncFnOnce(Result<Req, JoinMessageError>) -> Reply,
 ) {
     let answered = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let bytes = read_frame_max(&mut recv, request_max).await.map_err(|e| e.to_string())?;
-        let reply = answer(join::decode::<Req>(&bytes));
+        let reply = answer(join::decode::<Req>(&bytes)).await;
         write_frame(&mut send, &join::encode(&reply)).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         // The other device closes the connection once it has read the reply.

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::frame::ALPN;
 use crate::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
 use crate::net::endpoint::{NetConfig, NetError, bind, endpoint_addr, local_addrs};
+use crate::net::owner::Owner;
 use crate::net::service::{DialError, JoinProtocol, SyncProtocol, SyncService, request_join};
 use crate::replica::Replica;
 use crate::ticket::JoinTicket;
@@ -52,25 +53,26 @@ pub struct Runtime<R> {
 }
 
 impl<R: Replica + Invites + Send + 'static> Runtime<R> {
-    /// Starts the endpoint with the device's secret key and serves sync and join.
+    /// Starts the endpoint with the device's secret key and serves sync and join, with
+    /// `owner` running the sessions over the device's data.
     pub async fn start(
-        replica: Arc<Mutex<R>>,
+        owner: Owner<R>,
         secret: [u8; 32],
         config: &NetConfig,
     ) -> Result<Self, NetError> {
-        Self::start_with(replica, secret, config, Vec::new()).await
+        Self::start_with(owner, secret, config, Vec::new()).await
     }
 
     /// Starts the endpoint, serving sync, join and the given extra protocols (a circle
     /// node's handshake).
     pub async fn start_with(
-        replica: Arc<Mutex<R>>,
+        owner: Owner<R>,
         secret: [u8; 32],
         config: &NetConfig,
         protocols: Vec<Protocol>,
     ) -> Result<Self, NetError> {
         let endpoint = bind(secret, config).await?;
-        let service = SyncService::new(replica);
+        let service = SyncService::new(owner);
         let mut router = Router::builder(endpoint.clone())
             .accept(ALPN, SyncProtocol(Arc::clone(&service)))
             .accept(JOIN_ALPN, JoinProtocol(Arc::clone(&service)));
@@ -90,6 +92,11 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
     /// The sessions of this device.
     pub fn service(&self) -> &Arc<SyncService<R>> {
         &self.service
+    }
+
+    /// The owner of the device's data, to post commands to.
+    pub fn owner(&self) -> &Owner<R> {
+        self.service.owner()
     }
 
     /// The relay server this device uses, if any.
@@ -210,7 +217,8 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
         request_join(&self.endpoint, addr, request).await
     }
 
-    /// Stops every session and closes the endpoint.
+    /// Stops every session, closes the endpoint, and stops the owner thread once it has
+    /// handled what the sessions sent it.
     pub async fn shutdown(self) {
         for (_, keeper) in
             self.keepers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain()
@@ -219,5 +227,6 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
         }
         // The router closes the endpoint, ending every connection with a close frame.
         let _ = self.router.shutdown().await;
+        self.service.owner().stop().await;
     }
 }
