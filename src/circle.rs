@@ -7,9 +7,9 @@
 
 use care_core::membership::{Membership, OpBody, Role};
 use care_core::{DeviceId, SignedOp, TeamId};
+use care_net::circle::request_circle;
+use care_net::{PeerAddr, endpoint_addr};
 use care_sync::circle::{CircleHost, CircleReply, CircleRequest, CircleTicket};
-use care_sync::net::circle::request_circle;
-use care_sync::net::{PeerAddr, endpoint_addr};
 use care_sync::ticket::secret_hash;
 
 use crate::error::{Error, Result};
@@ -225,11 +225,11 @@ mod server {
     use std::time::Duration;
 
     use care_core::DeviceId;
+    use care_net::circle::CircleProtocol;
+    use care_net::relay::{Admitted, RelayServer};
+    use care_net::{NetConfig, Owner, PeerEvent};
     use care_sync::SyncEvent;
     use care_sync::circle::CircleTicket;
-    use care_sync::net::circle::CircleProtocol;
-    use care_sync::net::relay::{Admitted, RelayServer};
-    use care_sync::net::{NetConfig, Owner, PeerEvent};
     use tokio::sync::{Notify, broadcast};
     use tokio::task::JoinHandle;
 

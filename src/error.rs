@@ -76,16 +76,16 @@ pub enum Error {
     Invalid(String),
     /// The network endpoint could not start.
     #[error(transparent)]
-    Net(#[from] care_sync::net::NetError),
+    Net(#[from] care_net::NetError),
     /// Another device could not be reached or answered wrongly.
     #[error(transparent)]
-    Dial(#[from] care_sync::net::DialError),
+    Dial(#[from] care_net::DialError),
     /// The node's owner thread could not start.
     #[error("cannot start the thread that owns this home's data: {0}")]
     Thread(#[source] std::io::Error),
     /// The node has stopped.
     #[error(transparent)]
-    Stopped(#[from] care_sync::net::Stopped),
+    Stopped(#[from] care_net::Stopped),
     /// The inviting device refused the ticket.
     #[error("the ticket was refused: {0}")]
     JoinRefused(String),
@@ -95,7 +95,7 @@ pub enum Error {
     /// The circle's relay server could not start.
     #[cfg(feature = "relay-server")]
     #[error(transparent)]
-    Relay(#[from] care_sync::net::relay::RelayError),
+    Relay(#[from] care_net::relay::RelayError),
     /// The home's profile is damaged.
     #[error("the home's profile is damaged: {0}")]
     Profile(String),

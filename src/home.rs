@@ -11,10 +11,10 @@ use care_core::documents::{self, Author};
 use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
+use care_sync::Change;
 use care_sync::TeamAccess;
 use care_sync::access::{check_document, ops_hash};
 use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
-use care_sync::net::Change;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};

@@ -32,9 +32,9 @@ pub mod node;
 mod replica;
 pub mod team;
 
+pub use care_net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::SyncEvent;
 pub use care_sync::circle::CircleTicket;
-pub use care_sync::net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::ticket::{JoinTicket, TicketError};
 pub use circle::{CIRCLE_TEAMS_MAX, CIRCLE_TICKET_VALID_MS};
 #[cfg(feature = "relay-server")]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use automerge::ChangeHash;
 use care_core::membership::Role;
 use care_core::{DeviceId, DocId, DocKind, MemberId, SignedOp, TeamId, Timestamp};
+use care_net::{Change, NetConfig, Owner, PeerAddr, PeerEvent, Runtime};
 use care_sync::join::{JoinReply, JoinRequest};
-use care_sync::net::{Change, NetConfig, Owner, PeerAddr, PeerEvent, Runtime};
 use care_sync::ticket::JoinTicket;
 use care_sync::{Replica, SyncEvent};
 use tokio::sync::{Notify, broadcast};
@@ -76,7 +76,7 @@ impl Node {
         seed: [u8; 32],
         config: &NetConfig,
         options: NodeOptions,
-        protocols: Vec<care_sync::net::Protocol>,
+        protocols: Vec<care_net::Protocol>,
     ) -> Result<Node> {
         let runtime = match Runtime::start_with(owner.clone(), seed, config, protocols).await {
             Ok(runtime) => Arc::new(runtime),
@@ -134,7 +134,7 @@ impl Node {
     }
 
     /// Frames and bytes this node's sessions have carried since it started.
-    pub fn traffic(&self) -> care_sync::net::Traffic {
+    pub fn traffic(&self) -> care_net::Traffic {
         self.runtime.service().traffic()
     }
 

@@ -370,7 +370,7 @@ mod tests {
         assert!(home.store().doc_summary(id)?.is_none());
         assert!(!home.sync_states.contains_key(&(peer, id)), "what was said of it is forgotten");
         let kind = kinds[2];
-        assert_eq!(home.changed, vec![care_sync::net::Change::Doc { team, doc: id, kind }]);
+        assert_eq!(home.changed, vec![care_sync::Change::Doc { team, doc: id, kind }]);
 
         // A document already held is never replaced by an import.
         let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));

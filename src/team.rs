@@ -10,7 +10,7 @@ use care_core::documents::{
 use care_core::membership::{Access, Membership, Role};
 use care_core::{DocKind, EntryId, Month, NoteStream, Section, TeamId, Timestamp};
 use care_store::{DocSummary, UpdateError};
-use care_sync::net::Change;
+use care_sync::Change;
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose, random_bytes};

@@ -12,7 +12,7 @@ mod common;
 use anyhow::{Context, Result, bail};
 use care::{DocKind, Home, NetConfig, Node, OpBody, Role};
 use care_core::{DeviceKey, MemberId};
-use care_sync::net::{bind, endpoint_addr, framing};
+use care_net::{bind, endpoint_addr, framing};
 use care_sync::{FRAME_BYTES_MAX, Frame, PROTOCOL_VERSION, TeamSummary};
 use common::eventually;
 

@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use care::{
     CircleConfig, CircleNode, Home, NetConfig, NewNote, Node, NodeOptions, PeerAddr, Role, TeamId,
 };
+use care_net::{bind, endpoint_addr, framing};
 use care_sync::Frame;
-use care_sync::net::{bind, endpoint_addr, framing};
 use common::{SETTLE_MS, eventually, note_texts};
 
 fn note(text: &str) -> NewNote {

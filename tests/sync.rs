@@ -9,8 +9,8 @@ mod common;
 
 use anyhow::{Context, Result};
 use care::{Home, NetConfig, NewNote, Node, OpBody, PeerAddr, Role, Section, TeamId};
+use care_net::{bind, endpoint_addr, framing};
 use care_sync::Frame;
-use care_sync::net::{bind, endpoint_addr, framing};
 use common::{eventually, note_texts};
 
 fn note(text: &str) -> NewNote {
@@ -250,7 +250,7 @@ async fn a_silent_connection_is_closed_after_the_hello_timeout() -> Result<()> {
     let addr = a.addr();
     let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
     let lurker = bind([8; 32], &NetConfig::loopback()).await?;
-    let limit = Duration::from_millis(care_sync::net::service::HELLO_TIMEOUT_MS + 3_000);
+    let limit = Duration::from_millis(care_net::service::HELLO_TIMEOUT_MS + 3_000);
 
     let silent = lurker.connect(target.clone(), care_sync::ALPN).await?;
     let half = lurker.connect(target, care_sync::ALPN).await?;

@@ -1,5 +1,8 @@
-//! Peer-to-peer sync of care teams' documents: the `care/sync/1` protocol as a state
-//! machine with no IO, the storage boundary it needs, and an in-memory replica.
+//! Peer-to-peer sync of care teams' documents: the `care/sync/1` protocol as state
+//! machines with no IO (a [`Session`] per connection, a [`Hub`] per device), the storage
+//! boundary they need, and an in-memory replica. The iroh runtime that drives them is the
+//! crate `care-net` (`sync/net/`); this crate depends on no async runtime or network
+//! library at all.
 //!
 //! # Flow
 //! One [`Session`] per connection with one remote device, whose key the connection
@@ -78,7 +81,6 @@ pub mod hub;
 pub mod join;
 mod memory;
 pub mod message;
-pub mod net;
 mod refusal;
 mod replica;
 mod session;
@@ -95,4 +97,6 @@ pub use hub::{Change, ConnId, Effect, Hub, PeerEvent};
 pub use memory::{MemoryError, MemoryReplica};
 pub use refusal::Refusal;
 pub use replica::{HeldDoc, Import, Replica};
-pub use session::{Output, Session, SyncEvent};
+pub use session::{
+    DOCS_PER_TEAM_MAX, HELLO_FRAME_BYTES_MAX, MONTHS_AHEAD_MAX, Output, Session, SyncEvent,
+};

@@ -20,8 +20,8 @@ use care_core::DeviceId;
 use iroh::endpoint::{Connection, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 
-use crate::hub::{ConnId, Effect, Hub, PeerEvent, Turned};
-use crate::replica::Replica;
+use care_sync::Replica;
+use care_sync::hub::{ConnId, Effect, Hub, PeerEvent, Turned};
 
 /// Commands waiting for the owner thread. A reader waits for room, so a busy owner slows
 /// the peers feeding it rather than holding their frames.

@@ -12,8 +12,8 @@ use iroh::{
     Endpoint, EndpointAddr, NetReportConfig, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey,
 };
 
-use crate::frame::ALPN;
-use crate::join::JOIN_ALPN;
+use care_sync::frame::ALPN;
+use care_sync::join::JOIN_ALPN;
 
 /// A connection that has heard nothing for this long (keep-alives go every
 /// `KEEP_ALIVE_MS`) is given up: a device that vanished (a phone switched off, a killed

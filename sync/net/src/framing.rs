@@ -3,7 +3,7 @@
 
 use iroh::endpoint::{ReadExactError, RecvStream, SendStream, WriteError};
 
-use crate::frame::FRAME_BYTES_MAX;
+use care_sync::frame::FRAME_BYTES_MAX;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -8,13 +8,13 @@ use care_core::{DeviceId, SignedOp, TeamId};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr};
 
-use crate::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
-use crate::join::JOIN_MESSAGE_BYTES_MAX;
-use crate::net::endpoint::remote_device;
-use crate::net::handshake;
-use crate::net::owner::Owner;
-use crate::net::service::DialError;
-use crate::replica::Replica;
+use crate::endpoint::remote_device;
+use crate::handshake;
+use crate::owner::Owner;
+use crate::service::DialError;
+use care_sync::Replica;
+use care_sync::circle::{CIRCLE_ALPN, CircleHost, CircleReply, CircleRequest};
+use care_sync::join::JOIN_MESSAGE_BYTES_MAX;
 
 /// What the circle node runs when it has taken on a team (e.g. refresh who its relay
 /// server admits).
@@ -35,8 +35,8 @@ impl<H> CircleProtocol<H> {
 }
 
 impl<H: CircleHost + Replica + Send + 'static> CircleProtocol<H> {
-    /// The handler with its ALPN, for [`Runtime::start_with`](crate::net::Runtime::start_with).
-    pub fn protocol(self) -> crate::net::Protocol {
+    /// The handler with its ALPN, for [`Runtime::start_with`](crate::Runtime::start_with).
+    pub fn protocol(self) -> crate::Protocol {
         (CIRCLE_ALPN, Box::new(self))
     }
 }

@@ -12,13 +12,13 @@ use iroh::protocol::{DynProtocolHandler, Router};
 use iroh::{Endpoint, RelayUrl, TransportAddr};
 use tokio::task::JoinHandle;
 
-use crate::frame::ALPN;
-use crate::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
-use crate::net::endpoint::{NetConfig, NetError, bind, endpoint_addr, local_addrs};
-use crate::net::owner::Owner;
-use crate::net::service::{DialError, JoinProtocol, SyncProtocol, SyncService, request_join};
-use crate::replica::Replica;
-use crate::ticket::JoinTicket;
+use crate::endpoint::{NetConfig, NetError, bind, endpoint_addr, local_addrs};
+use crate::owner::Owner;
+use crate::service::{DialError, JoinProtocol, SyncProtocol, SyncService, request_join};
+use care_sync::Replica;
+use care_sync::frame::ALPN;
+use care_sync::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
+use care_sync::ticket::JoinTicket;
 
 /// First wait before redialling a device that could not be reached.
 pub const RECONNECT_INITIAL_MS: u64 = 500;

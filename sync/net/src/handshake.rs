@@ -9,9 +9,9 @@ use iroh::{Endpoint, EndpointAddr};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::join::{self, JOIN_MESSAGE_BYTES_MAX, JoinMessageError};
-use crate::net::framing::{read_frame_max, write_frame};
-use crate::net::service::DialError;
+use crate::framing::{read_frame_max, write_frame};
+use crate::service::DialError;
+use care_sync::join::{self, JOIN_MESSAGE_BYTES_MAX, JoinMessageError};
 
 /// How long a handshake may take, either side.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 15_000;

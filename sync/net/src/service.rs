@@ -11,16 +11,16 @@ use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
-use crate::frame::{ALPN, FRAME_BYTES_MAX};
-use crate::hub::ConnId;
-pub use crate::hub::{Change, HELLO_TIMEOUT_MS, PeerEvent, SESSIONS_MAX};
-use crate::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
-use crate::net::endpoint::remote_device;
-use crate::net::framing::{ReadFrameError, read_frame_max, write_frame};
-use crate::net::handshake;
-use crate::net::owner::{FRAMES_AHEAD_MAX, Link, Outgoing, Owner};
-use crate::replica::Replica;
-use crate::session::HELLO_FRAME_BYTES_MAX;
+use crate::endpoint::remote_device;
+use crate::framing::{ReadFrameError, read_frame_max, write_frame};
+use crate::handshake;
+use crate::owner::{FRAMES_AHEAD_MAX, Link, Outgoing, Owner};
+use care_sync::HELLO_FRAME_BYTES_MAX;
+use care_sync::Replica;
+use care_sync::frame::{ALPN, FRAME_BYTES_MAX};
+use care_sync::hub::ConnId;
+pub use care_sync::hub::{Change, HELLO_TIMEOUT_MS, PeerEvent, SESSIONS_MAX};
+use care_sync::join::{Invites, JOIN_ALPN, JoinReply, JoinRequest};
 
 /// Largest join request accepted from a device that is not yet in any team.
 const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
