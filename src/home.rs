@@ -13,10 +13,11 @@ use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
 use care_sync::Change;
 use care_sync::TeamAccess;
-use care_sync::access::{check_document, ops_hash};
+use care_sync::access::check_document;
 use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::DocCache;
 use crate::error::{Error, Result};
 use crate::team::Team;
 
@@ -102,16 +103,17 @@ pub struct Home {
     pub(crate) store: Store,
     pub(crate) key: DeviceKey,
     profile: Profile,
-    /// Documents loaded so far, kept so repeated writes do not reload them.
-    pub(crate) docs: HashMap<DocId, StoredDoc>,
+    /// Documents loaded recently, kept so repeated writes do not reload them.
+    pub(crate) docs: DocCache,
     /// Automerge sync states of the sessions under way, by peer and document.
     pub(crate) sync_states: HashMap<(DeviceId, DocId), automerge::sync::State>,
     /// What this home changed since a node last collected it, to push to peers.
     pub(crate) changed: Vec<Change>,
-    /// Each team's membership as last replayed, kept while its ops are unchanged:
-    /// replaying verifies every op's signature, and a circle node's every session start
-    /// needs the membership of every team it holds.
-    access: RefCell<HashMap<TeamId, TeamAccess>>,
+    /// Each team's membership as last replayed: replaying verifies every op's signature,
+    /// and every session start needs the membership of the teams shared with its peer.
+    /// An entry is dropped when this home stores ops of its team, and every entry when
+    /// another program has written to the store since ([`Store::data_version`]).
+    access: RefCell<AccessCache>,
 }
 
 impl Home {
@@ -162,10 +164,10 @@ impl Home {
             store,
             key,
             profile,
-            docs: HashMap::new(),
+            docs: DocCache::default(),
             sync_states: HashMap::new(),
             changed: Vec::new(),
-            access: RefCell::new(HashMap::new()),
+            access: RefCell::new(AccessCache::default()),
         }
     }
 
@@ -216,7 +218,7 @@ impl Home {
             random_bytes(),
         );
         let team = membership::team_id(&create);
-        self.store.insert_ops(team, &[(create.hash(), create.to_bytes())])?;
+        self.store_ops(team, std::slice::from_ref(&create))?;
         let mut handle = self.team(&team.to_string())?;
         handle.set_info(&documents::TeamInfo { name: name.to_owned(), circle: None })?;
         for kind in [DocKind::Plan, DocKind::HealthPlan, DocKind::Promises] {
@@ -260,14 +262,31 @@ impl Home {
     /// The team's membership with its history of roles, replayed from the signed log as
     /// stored here, or as replayed before if the log has not changed since.
     pub(crate) fn team_access(&self, team: TeamId) -> Result<TeamAccess> {
-        let ops = self.signed_ops(team)?;
-        let hash = ops_hash(&ops);
-        if let Some(access) = self.access.borrow().get(&team).filter(|a| a.ops_hash() == hash) {
-            return Ok(access.clone());
+        let version = self.store.data_version()?;
+        {
+            let mut cache = self.access.borrow_mut();
+            if cache.version != Some(version) {
+                // Another program on this home wrote to the store: it may have stored ops.
+                cache.teams.clear();
+                cache.version = Some(version);
+            }
+            if let Some(access) = cache.teams.get(&team) {
+                return Ok(access.clone());
+            }
         }
-        let access = TeamAccess::from_ops(team, &ops)?;
-        self.access.borrow_mut().insert(team, access.clone());
+        let access = TeamAccess::from_ops(team, &self.signed_ops(team)?)?;
+        self.access.borrow_mut().teams.insert(team, access.clone());
         Ok(access)
+    }
+
+    /// Stores ops of `team` (idempotent) and drops the team's kept membership, replayed
+    /// again at its next use.
+    pub(crate) fn store_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
+        let rows: Vec<_> = ops.iter().map(|op| (op.hash(), op.to_bytes())).collect();
+        let stored = self.store.insert_ops(team, &rows);
+        self.access.borrow_mut().teams.remove(&team);
+        stored?;
+        Ok(())
     }
 
     /// Signs a membership operation with this device's key, if the team's membership
@@ -275,7 +294,7 @@ impl Home {
     pub fn author_op(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
         let membership = self.membership(team)?;
         let op = membership.author_op(&self.key, self.now(), body).map_err(Error::Refused)?;
-        self.store.insert_ops(team, &[(op.hash(), op.to_bytes())])?;
+        self.store_ops(team, std::slice::from_ref(&op))?;
         self.changed.push(Change::Membership { team });
         Ok(op)
     }
@@ -489,7 +508,7 @@ impl Home {
             }
             None => return Ok(None),
         };
-        Ok(Some(self.docs.entry(id).or_insert(stored)))
+        Ok(Some(self.docs.insert(id, stored)))
     }
 
     /// Loads a document from the store. One received whole and not loaded since is
@@ -592,6 +611,14 @@ impl Home {
     }
 }
 
+/// The memberships a home keeps replayed, and the store's `data_version` they were
+/// checked at.
+#[derive(Default)]
+struct AccessCache {
+    version: Option<i64>,
+    teams: HashMap<TeamId, TeamAccess>,
+}
+
 /// Fresh random bytes from the operating system.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -616,4 +643,72 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::cache::DOCS_CACHED_MAX;
+    use crate::{NewNote, NoteQuery};
+
+    /// A clock the test moves by hand.
+    struct HandClock(Arc<AtomicI64>);
+
+    impl Clock for HandClock {
+        fn now(&self) -> Timestamp {
+            Timestamp(self.0.load(Ordering::Relaxed))
+        }
+    }
+
+    /// Notes in more months than the cache holds: the cache stays within its bound, and
+    /// every note, in documents dropped and loaded again, still reads and takes writes.
+    #[test]
+    fn loaded_documents_stay_within_the_cache_bound() -> Result<()> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let start = care_core::Month::new(2024, 1).expect("a month").start();
+        let now = Arc::new(AtomicI64::new(start.0));
+        home.set_clock(HandClock(Arc::clone(&now)));
+        let team = home.create_team("Ada's team")?.to_string();
+        let months = DOCS_CACHED_MAX + 8;
+        for month in 0..months {
+            now.fetch_add(31 * 24 * 3_600_000, Ordering::Relaxed);
+            let note = NewNote { text: format!("note {month}"), ..NewNote::default() };
+            home.team(&team)?.add_note(&note, None)?;
+            assert!(home.docs.len() <= DOCS_CACHED_MAX, "{} loaded", home.docs.len());
+        }
+        let notes = home.team(&team)?.notes(&NoteQuery::default())?;
+        assert_eq!(notes.len(), months);
+        assert!(home.docs.len() <= DOCS_CACHED_MAX);
+        // The first month was dropped long ago; an amendment to its note still lands.
+        let first = notes.iter().find(|n| n.text == "note 0").expect("the first note").id;
+        home.team(&team)?.amend_note(first, "and a walk")?;
+        let amended = home.team(&team)?.note(first)?;
+        assert_eq!(amended.amendments.len(), 1);
+        Ok(())
+    }
+
+    /// The kept membership of a team follows ops stored by this home and by another
+    /// program on the same home.
+    #[test]
+    fn the_kept_membership_follows_ops_from_this_home_and_from_another_program() -> Result<()> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let team = home.create_team("Ada's team")?;
+        assert_eq!(home.membership(team)?.members().count(), 1);
+
+        let bea = MemberId::from_bytes([7; 16]);
+        let body =
+            OpBody::AddMember { member: bea, name: "Bea".into(), role: Role::Worker, hats: vec![] };
+        home.author_op(team, body)?;
+        assert!(home.membership(team)?.member(bea).is_some(), "this home's own op");
+
+        let mut other = Home::open(dir.path())?;
+        other.author_op(team, OpBody::RemoveMember { member: bea })?;
+        assert!(home.membership(team)?.member(bea).is_none(), "another program's op");
+        Ok(())
+    }
 }

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod cache;
 pub mod circle;
 pub mod error;
 pub mod export;
@@ -32,6 +33,7 @@ pub mod node;
 mod replica;
 pub mod team;
 
+pub use cache::DOCS_CACHED_MAX;
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::SyncEvent;
 pub use care_sync::circle::CircleTicket;

@@ -34,9 +34,7 @@ impl Replica for Home {
     }
 
     fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
-        let rows: Vec<_> = ops.iter().map(|op| (op.hash(), op.to_bytes())).collect();
-        self.store.insert_ops(team, &rows)?;
-        Ok(())
+        self.store_ops(team, ops)
     }
 
     fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>> {
