@@ -120,19 +120,25 @@ impl Home {
     /// Creates a new care home in `dir` for a person called `name`: a fresh device key
     /// (readable only by this user), an empty store and a profile.
     pub fn init(dir: &Path, name: &str) -> Result<Home> {
+        Home::init_with(dir, name, random_bytes(), MemberId::from_bytes(random_bytes()))
+    }
+
+    /// Creates a new care home with a given device key seed and member id.
+    pub(crate) fn init_with(
+        dir: &Path,
+        name: &str,
+        seed: [u8; 32],
+        member: MemberId,
+    ) -> Result<Home> {
         let name = checked_name(name, "your name")?;
         if dir.join(KEY_FILE).exists() || dir.join(STORE_FILE).exists() {
             return Err(Error::AlreadyInitialised { dir: dir.to_owned() });
         }
         create_private_dir(dir)?;
-        let key = DeviceKey::from_seed(random_bytes());
+        let key = DeviceKey::from_seed(seed);
         keyfile::create(&dir.join(KEY_FILE), &key.to_seed())?;
         let mut store = Store::open(&dir.join(STORE_FILE))?;
-        let profile = Profile {
-            name: name.to_owned(),
-            member: MemberId::from_bytes(random_bytes()),
-            device: key.device_id(),
-        };
+        let profile = Profile { name: name.to_owned(), member, device: key.device_id() };
         let json = serde_json::to_vec(&profile).expect("a profile always serialises to JSON");
         store.meta_set(PROFILE_KEY, &json)?;
         Ok(Home::assemble(dir, store, key, profile))

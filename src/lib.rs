@@ -31,6 +31,8 @@ pub mod export;
 pub mod home;
 pub mod node;
 mod replica;
+#[cfg(test)]
+mod sim;
 pub mod team;
 
 pub use cache::DOCS_CACHED_MAX;

@@ -250,7 +250,7 @@ impl<'h> Team<'h> {
         self.write_at(kind, at, f)
     }
 
-    fn write_at<R>(
+    pub(crate) fn write_at<R>(
         &mut self,
         kind: DocKind,
         at: Timestamp,

@@ -84,8 +84,8 @@ pub mod message;
 mod refusal;
 mod replica;
 mod session;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "simulation"))]
+pub mod sim;
 pub mod ticket;
 
 pub use access::TeamAccess;

@@ -1,7 +1,12 @@
-//! A deterministic simulation of the sync protocol: 3 to 7 devices of one care team on a
-//! seeded in-memory network with delays, dropped connections and partitions, editing
-//! concurrently; after the network heals every device must hold the same heads for every
-//! document it may read. `CARE_SIM_SEED=N cargo test -p care-sync sim` replays one seed.
+//! A deterministic simulation of the sync protocol: 3 to 7 devices of one care team, each
+//! a [`Hub`] over a replica, on a seeded in-memory network with delays, dropped
+//! connections and partitions, editing concurrently; after the network heals every device
+//! must hold the same heads for every document it may read.
+//!
+//! The replica is any [`SimDevice`]: the [`MemoryReplica`] here (`cargo test -p care-sync
+//! sim`), and the product's SQLite home in the `care` crate, whose devices also restart
+//! from their directory now and then, as after a crash between two steps. A failure
+//! prints its seed; `CARE_SIM_SEED=N` replays it.
 //!
 //! One member, the advocate, is an attacker: besides what its session sends, some of
 //! its frames have a byte changed, and now and then it adds a frame of its own making (a
@@ -24,8 +29,77 @@ use crate::memory::MemoryReplica;
 use crate::replica::Replica;
 use crate::session::SyncEvent;
 
-/// Seeds per test run.
+/// Seeds per run of the in-memory simulation.
+#[cfg(test)]
 const SEEDS_PER_RUN: u64 = 500;
+/// Percent of ticks at which a device that can restart does (when it survives a crash).
+const RESTART_PERCENT: u64 = 1;
+
+/// A device's replica as the simulation drives it.
+pub trait SimDevice: Replica {
+    /// Writes, as `author`, a note in a notes document (`kind`) or a section of a plan,
+    /// with `random` as the note's entry id bytes.
+    fn edit(
+        &mut self,
+        team: TeamId,
+        kind: DocKind,
+        author: &Author,
+        text: &str,
+        random: [u8; 8],
+    ) -> Result<(), String>;
+
+    /// The heads of `doc` as this device would use it (loaded, and so verified), empty
+    /// when it holds none.
+    fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash>;
+
+    /// Tells the device the simulated time (a replica with a clock stamps and judges by
+    /// it).
+    fn set_time(&mut self, _now: Timestamp) {}
+
+    /// Restarts from what is durable, as after a crash between two steps. Returns
+    /// `false` when the device keeps nothing durable (and so does not restart).
+    fn restart(&mut self) -> bool {
+        false
+    }
+}
+
+impl SimDevice for MemoryReplica {
+    fn edit(
+        &mut self,
+        team: TeamId,
+        kind: DocKind,
+        author: &Author,
+        text: &str,
+        random: [u8; 8],
+    ) -> Result<(), String> {
+        let doc = self.doc_mut(team, kind);
+        let written = match kind {
+            DocKind::Notes { month, .. } => {
+                let note = notes::NewNote { text: text.to_owned(), ..Default::default() };
+                notes::add_note(doc, author, EntryId::new(month, random), &note)
+            }
+            DocKind::Plan => plan::set_section(doc, author, Section::Routines, text),
+            _ => plan::set_section(doc, author, Section::Medication, text),
+        };
+        written.map_err(|e| e.to_string())
+    }
+
+    fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
+        let kind = self.docs(team).ok().and_then(|d| d.into_iter().find(|d| d.id == doc));
+        match (kind, self.doc(team, doc)) {
+            (Some(held), Some(d)) => without_genesis(team, &held.kind, d.get_heads()),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `heads`, or none when they are the document's deterministic first change alone: a
+/// document holding nothing but its genesis reads the same as one not held at all.
+pub fn without_genesis(team: TeamId, kind: &DocKind, heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    let (_, genesis) = crate::access::genesis_change(team, kind);
+    if heads.len() == 1 && genesis == heads.first().copied() { Vec::new() } else { heads }
+}
+
 /// Ticks (milliseconds of simulated time) of the fault phase.
 const FAULT_TICKS: u64 = 200;
 /// Most ticks to wait for the network to go quiet after healing.
@@ -59,11 +133,11 @@ impl Rng {
     }
 }
 
-struct Peer {
+struct Peer<D> {
     key: DeviceKey,
     member: MemberId,
     role: Role,
-    replica: MemoryReplica,
+    replica: D,
     hub: Hub,
 }
 
@@ -84,12 +158,12 @@ struct InFlight {
 }
 
 /// The simulated world of one seed.
-struct World {
+struct World<D> {
     rng: Rng,
     now: u64,
     team: TeamId,
     month: Month,
-    peers: Vec<Peer>,
+    peers: Vec<Peer<D>>,
     /// The device outside the team (the last peer).
     outsider: usize,
     conns: BTreeMap<u64, Conn>,
@@ -108,10 +182,15 @@ struct World {
     in_sync_events: BTreeMap<(u64, usize), usize>,
     /// Whether the attacker attacks.
     attacks: bool,
+    /// Restarts of devices, for the statistics.
+    restarts: usize,
 }
 
-impl World {
-    fn new(seed: u64) -> World {
+/// Makes the replica of device `index` with `key` (for member `member`), empty.
+pub type MakeDevice<'a, D> = &'a (dyn Fn(usize, &DeviceKey, MemberId) -> D + Sync);
+
+impl<D: SimDevice> World<D> {
+    fn new(seed: u64, make: MakeDevice<'_, D>) -> World<D> {
         let mut rng = Rng(seed);
         let members = 3 + rng.below(5) as usize;
         let roles = |i: usize| match i {
@@ -120,25 +199,29 @@ impl World {
             2 => Role::Advocate,
             _ => Role::Worker,
         };
-        let mut peers: Vec<Peer> = (0..=members)
+        let mut peers: Vec<Peer<D>> = (0..=members)
             .map(|i| {
                 let key = DeviceKey::from_seed([i as u8 + 1; 32]);
                 let member = MemberId::from_bytes([i as u8 + 1; 16]);
-                let replica = MemoryReplica::new(key.device_id());
+                let replica = make(i, &key, member);
                 let hub = Hub::new(key.device_id());
                 Peer { key, member, role: roles(i), replica, hub }
             })
             .collect();
         let ops = team_ops(&peers[..members], seed);
         let team = team_id(&ops[0]);
+        let month = Month::new(2026, 11).expect("a valid month");
+        for peer in &mut peers {
+            peer.replica.set_time(month.start());
+        }
         for peer in &mut peers[..members] {
-            peer.replica.add_ops(team, &ops).expect("memory replica");
+            peer.replica.add_ops(team, &ops).expect("the replica stores ops");
         }
         World {
             rng,
             now: 0,
             team,
-            month: Month::new(2026, 11).expect("a valid month"),
+            month,
             peers,
             outsider: members,
             conns: BTreeMap::new(),
@@ -151,12 +234,17 @@ impl World {
             refusals: Vec::new(),
             in_sync_events: BTreeMap::new(),
             attacks: false,
+            restarts: 0,
         }
     }
 
     fn run(&mut self) {
         let removal_at = 50 + self.rng.below(FAULT_TICKS - 100);
         while self.now < FAULT_TICKS {
+            let now = Timestamp(self.month.start().0 + self.now as i64);
+            for peer in &mut self.peers {
+                peer.replica.set_time(now);
+            }
             self.faults();
             if self.now == removal_at {
                 self.remove_last_member();
@@ -198,6 +286,34 @@ impl World {
         if self.rng.chance(1) {
             self.repartition();
         }
+        if self.rng.chance(RESTART_PERCENT) {
+            let peer = self.rng.below(peers) as usize;
+            self.restart(peer);
+        }
+    }
+
+    /// The device crashes between two steps and starts again from its directory: its
+    /// connections drop, its hub starts empty, and what it acknowledged must still be
+    /// there.
+    fn restart(&mut self, peer: usize) {
+        if !self.peers[peer].replica.restart() {
+            return;
+        }
+        let conns: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| c.ends.contains(&peer)).map(|(id, _)| *id).collect();
+        for id in conns {
+            // The crashed end says nothing; the other end sees the connection end.
+            let Some(conn) = self.conns.remove(&id) else { continue };
+            let other = usize::from(conn.ends[0] == peer);
+            for end in 0..2 {
+                self.by_hub_id.remove(&(conn.ends[end], conn.ids[end]));
+            }
+            let Peer { hub, replica, .. } = &mut self.peers[conn.ends[other]];
+            hub.ended(replica, conn.ids[other], "the other device stopped");
+            self.settle(conn.ends[other]);
+        }
+        self.peers[peer].hub = Hub::new(self.peers[peer].key.device_id());
+        self.restarts += 1;
     }
 
     fn repartition(&mut self) {
@@ -443,18 +559,12 @@ impl World {
             at: Timestamp(month.start().0 + self.now as i64),
         };
         let random = self.rng.next().to_le_bytes();
-        let section = if kind == DocKind::Plan { Section::Routines } else { Section::Medication };
         let text = format!("edit {} by peer {peer}", self.now);
         let team = self.team;
-        let doc = self.peers[peer].replica.doc_mut(team, kind);
-        let written = match kind {
-            DocKind::Notes { .. } => {
-                let note = notes::NewNote { text, ..Default::default() };
-                notes::add_note(doc, &author, EntryId::new(month, random), &note)
-            }
-            _ => plan::set_section(doc, &author, section, &text),
-        };
-        written.expect("a valid edit");
+        let written = self.peers[peer].replica.edit(team, kind, &author, &text, random);
+        if let Err(e) = written {
+            panic!("peer {peer} could not write {kind}: {e}");
+        }
         let change = Change::Doc { team, doc: kind.doc_id(team), kind };
         let Peer { hub, replica, .. } = &mut self.peers[peer];
         hub.local_change(replica, change);
@@ -465,7 +575,7 @@ impl World {
     fn remove_last_member(&mut self) {
         let target = self.outsider - 1;
         let owner = &self.peers[0];
-        let ops = owner.replica.ops(self.team).expect("memory replica");
+        let ops = owner.replica.ops(self.team).expect("the replica answers");
         let (membership, _) = Membership::from_ops(self.team, &ops).expect("valid ops");
         let body = OpBody::RemoveMember { member: self.peers[target].member };
         let op =
@@ -473,7 +583,7 @@ impl World {
         self.peers[0]
             .replica
             .add_ops(self.team, std::slice::from_ref(&op))
-            .expect("memory replica");
+            .expect("the replica answers");
         self.removed = Some((target, op));
         let Peer { hub, replica, .. } = &mut self.peers[0];
         hub.local_change(replica, Change::Membership { team: self.team });
@@ -535,32 +645,30 @@ impl World {
 
     /// Every current honest member holds the same heads for every document it may read,
     /// and no member holds a team but the one it belongs to.
-    fn assert_converged(&self) {
+    fn assert_converged(&mut self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
         let members: Vec<usize> =
             (0..self.outsider).filter(|p| Some(*p) != removed && !self.attacker(*p)).collect();
         for p in &members {
-            let teams = self.peers[*p].replica.teams().expect("memory replica");
+            let teams = self.peers[*p].replica.teams().expect("the replica answers");
             assert_eq!(teams, vec![self.team], "peer {p} holds a team it never joined");
         }
         let mut docs: BTreeMap<DocId, DocKind> = BTreeMap::new();
         for p in &members {
-            let held = self.peers[*p].replica.docs(self.team).expect("memory replica");
+            let held = self.peers[*p].replica.docs(self.team).expect("the replica answers");
             docs.extend(held.into_iter().map(|d| (d.id, d.kind)));
         }
         for (id, kind) in docs {
-            let heads: BTreeSet<Vec<ChangeHash>> = members
+            let team = self.team;
+            let readers: Vec<usize> = members
                 .iter()
-                .filter(|p| self.peers[**p].role.access(&kind) != Access::None)
-                .map(|p| {
-                    self.peers[*p]
-                        .replica
-                        .doc(self.team, id)
-                        .map(|d| d.get_heads())
-                        .unwrap_or_default()
-                })
+                .copied()
+                .filter(|p| self.peers[*p].role.access(&kind) != Access::None)
                 .collect();
-            assert_eq!(heads.len(), 1, "members disagree on {kind}: {heads:?}");
+            let by_peer: BTreeMap<usize, Vec<ChangeHash>> =
+                readers.into_iter().map(|p| (p, self.peers[p].replica.heads(team, id))).collect();
+            let heads: BTreeSet<&Vec<ChangeHash>> = by_peer.values().collect();
+            assert_eq!(heads.len(), 1, "members disagree on {kind}: {by_peer:?}");
         }
         assert!(
             self.refusals
@@ -570,7 +678,7 @@ impl World {
             self.refusals
         );
         let outsider = &self.peers[self.outsider].replica;
-        assert!(outsider.teams().expect("memory replica").is_empty());
+        assert!(outsider.teams().expect("the replica answers").is_empty());
         assert!(self.conns.values().all(|c| !c.ends.contains(&self.outsider)));
         if let Some(target) = removed {
             assert!(
@@ -582,7 +690,7 @@ impl World {
 }
 
 /// The ops creating the team: peer 0 owns it, each other peer is added with a device.
-fn team_ops(peers: &[Peer], seed: u64) -> Vec<SignedOp> {
+fn team_ops<D>(peers: &[Peer<D>], seed: u64) -> Vec<SignedOp> {
     let owner = &peers[0];
     let create =
         create_team(&owner.key, Timestamp(0), "Rosa's team", owner.member, "Rosa", nonce(seed));
@@ -635,17 +743,20 @@ fn kinds_in(frame: &Frame) -> Vec<DocKind> {
     }
 }
 
-fn run_seed(seed: u64) {
-    let mut world = World::new(seed);
+/// Runs one seed over devices made by `make`, panicking with what failed.
+pub fn run_seed<D: SimDevice>(seed: u64, make: MakeDevice<'_, D>) {
+    let mut world = World::new(seed, make);
     world.attacks = true;
     world.run();
     if std::env::var("CARE_SIM_STATS").is_ok() {
         let docs: Vec<usize> =
             world.peers.iter().map(|p| p.replica.docs(world.team).map_or(0, |d| d.len())).collect();
         eprintln!(
-            "seed {seed}: {} peers, docs held {docs:?}, conns made {}, refusals {:?}, removed {:?}",
+            "seed {seed}: {} peers, docs held {docs:?}, conns made {}, restarts {}, refusals {:?}, \
+             removed {:?}",
             world.peers.len(),
             world.next_conn,
+            world.restarts,
             world.refusals,
             world.removed.as_ref().map(|r| r.0)
         );
@@ -654,18 +765,22 @@ fn run_seed(seed: u64) {
     world.assert_in_sync();
 }
 
-#[test]
-fn peers_converge_after_faults() {
+/// Runs `seeds` over devices made by `make`, on every core; a failing seed is named, to
+/// replay alone with `CARE_SIM_SEED`.
+pub fn run_seeds<D: SimDevice>(seeds: std::ops::Range<u64>, make: MakeDevice<'_, D>) {
     if let Ok(seed) = std::env::var("CARE_SIM_SEED") {
-        run_seed(seed.parse().expect("CARE_SIM_SEED is a number"));
+        run_seed(seed.parse().expect("CARE_SIM_SEED is a number"), make);
         return;
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     std::thread::scope(|scope| {
         for t in 0..threads {
+            let seeds = seeds.clone();
             scope.spawn(move || {
-                for seed in (t..SEEDS_PER_RUN).step_by(threads as usize) {
-                    let result = std::panic::catch_unwind(|| run_seed(seed));
+                for seed in (seeds.start + t..seeds.end).step_by(threads as usize) {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_seed(seed, make)
+                    }));
                     if result.is_err() {
                         panic!(
                             "simulation failed with seed {seed}; replay with CARE_SIM_SEED={seed}"
@@ -677,9 +792,22 @@ fn peers_converge_after_faults() {
     });
 }
 
+/// The in-memory replica of device `key`.
+#[cfg(test)]
+fn memory(_: usize, key: &DeviceKey, _: MemberId) -> MemoryReplica {
+    MemoryReplica::new(key.device_id())
+}
+
+#[cfg(test)]
+#[test]
+fn peers_converge_after_faults() {
+    run_seeds(0..SEEDS_PER_RUN, &memory);
+}
+
+#[cfg(test)]
 #[test]
 fn a_health_plan_change_by_a_volunteer_is_refused() {
-    let mut world = World::new(7);
+    let mut world = World::new(7, &memory);
     let volunteer = world.peers[1].key.device_id();
     let team = world.team;
     let forged = Author { member: world.peers[1].member, device: volunteer, at: Timestamp(1_000) };

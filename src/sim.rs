@@ -1,0 +1,203 @@
+//! The simulation of `care-sync` run over the product's SQLite home: every device a
+//! [`Home`] in its own directory (on tmpfs when the machine has one), driven by the same
+//! hub as a node, and restarted from its directory now and then, as after a crash
+//! between two steps. `CARE_SIM_SEED=N cargo test -p care --lib sim` replays one seed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use automerge::ChangeHash;
+use automerge::sync::{Message, State};
+use care_core::documents::{Author, notes, plan};
+use care_core::{
+    DeviceId, DeviceKey, DocId, DocKind, EntryId, MemberId, Month, Section, SignedOp, TeamId,
+    Timestamp,
+};
+use care_sync::sim::{SimDevice, run_seeds, without_genesis};
+use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess};
+
+use crate::error::{Error, Result};
+use crate::home::{Clock, Home, Purpose};
+
+/// Seeds run over SQLite homes per test run, beside `care-sync`'s 500 over the in-memory
+/// replica.
+const HOME_SEEDS_PER_RUN: u64 = 500;
+
+/// A home in the simulation: its directory (removed with it) and the simulated time.
+struct SimHome {
+    home: Home,
+    dir: tempfile::TempDir,
+    now: Timestamp,
+}
+
+/// A clock stopped at one moment.
+struct Stopped(Timestamp);
+
+impl Clock for Stopped {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+/// Where the homes of a run live: tmpfs when the machine has one, so that the fsync of
+/// every commit costs what it costs in memory.
+fn sim_root() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() { shm } else { std::env::temp_dir() }
+}
+
+fn make_home(index: usize, key: &DeviceKey, member: MemberId) -> SimHome {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("care-sim-{n}-"))
+        .tempdir_in(sim_root())
+        .expect("a temporary directory for a simulated home");
+    let path = dir.path().join("home");
+    let home = Home::init_with(&path, &format!("peer {index}"), key.to_seed(), member)
+        .expect("a new home");
+    SimHome { home, dir, now: Timestamp(0) }
+}
+
+impl SimDevice for SimHome {
+    fn edit(
+        &mut self,
+        team: TeamId,
+        kind: DocKind,
+        author: &Author,
+        text: &str,
+        random: [u8; 8],
+    ) -> std::result::Result<(), String> {
+        let mut handle = self.home.team(&team.to_string()).map_err(|e| e.to_string())?;
+        let written = match kind {
+            DocKind::Notes { month, .. } => {
+                let note = notes::NewNote { text: text.to_owned(), ..Default::default() };
+                let id = EntryId::new(month, random);
+                handle.write_at(kind, author.at, |doc, a| notes::add_note(doc, a, id, &note))
+            }
+            DocKind::Plan => handle.write_at(kind, author.at, |doc, a| {
+                plan::set_section(doc, a, Section::Routines, text)
+            }),
+            _ => handle.write_at(kind, author.at, |doc, a| {
+                plan::set_section(doc, a, Section::Medication, text)
+            }),
+        };
+        written.map_err(|e| e.to_string())
+    }
+
+    fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
+        let summary = self.home.store.doc_summary(doc).ok().flatten();
+        let Some(kind) = summary.and_then(|s| s.kind.parse::<DocKind>().ok()) else {
+            return Vec::new();
+        };
+        match self.home.doc(team, kind, Purpose::Read) {
+            Ok(Some(stored)) => without_genesis(team, &kind, stored.doc().get_heads()),
+            _ => Vec::new(),
+        }
+    }
+
+    fn set_time(&mut self, now: Timestamp) {
+        self.now = now;
+        self.home.set_clock(Stopped(now));
+    }
+
+    fn restart(&mut self) -> bool {
+        let path = self.dir.path().join("home");
+        let mut home = Home::open(&path).expect("a home opens again after a crash");
+        home.set_clock(Stopped(self.now));
+        // The old home is dropped without a word, as a crashed process would leave it.
+        self.home = home;
+        true
+    }
+}
+
+/// The replica is the home's, unchanged.
+impl Replica for SimHome {
+    type Error = Error;
+
+    fn device(&self) -> DeviceId {
+        Replica::device(&self.home)
+    }
+    fn teams(&self) -> Result<Vec<TeamId>> {
+        Replica::teams(&self.home)
+    }
+    fn ops(&self, team: TeamId) -> Result<Vec<SignedOp>> {
+        Replica::ops(&self.home, team)
+    }
+    fn team_access(&self, team: TeamId) -> Result<TeamAccess> {
+        Replica::team_access(&self.home, team)
+    }
+    fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
+        self.home.add_ops(team, ops)
+    }
+    fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>> {
+        Replica::docs(&self.home, team)
+    }
+    fn generate_sync_message(
+        &mut self,
+        peer: DeviceId,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+    ) -> Result<Option<Message>> {
+        self.home.generate_sync_message(peer, team, doc, kind)
+    }
+    fn receive_sync_message(
+        &mut self,
+        peer: DeviceId,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        message: Message,
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.home.receive_sync_message(peer, team, doc, kind, message)
+    }
+    fn doc_count(&self, team: TeamId) -> Result<usize> {
+        self.home.doc_count(team)
+    }
+    fn holds(&self, team: TeamId, doc: DocId) -> Result<bool> {
+        self.home.holds(team, doc)
+    }
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
+        self.home.snapshot(team, doc)
+    }
+    fn import_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        heads: &[ChangeHash],
+    ) -> Result<Import> {
+        self.home.import_snapshot(team, doc, kind, bytes, heads)
+    }
+    fn merge_snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        loaded: automerge::Automerge,
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.home.merge_snapshot(team, doc, kind, loaded)
+    }
+    fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {
+        self.home.set_sync_state(peer, doc, state);
+    }
+    fn reset_sync_state(&mut self, peer: DeviceId) {
+        self.home.reset_sync_state(peer);
+    }
+    fn this_month(&self) -> Option<Month> {
+        self.home.this_month()
+    }
+    fn recover_from_panic(&mut self, peer: DeviceId) {
+        self.home.recover_from_panic(peer);
+    }
+    fn take_changes(&mut self) -> Vec<Change> {
+        self.home.take_changes()
+    }
+}
+
+#[test]
+fn homes_converge_after_faults_and_crashes() {
+    run_seeds(0..HOME_SEEDS_PER_RUN, &make_home);
+}
