@@ -2,7 +2,7 @@
 //! store of every team it belongs to. The entry point of the embedding API.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -268,21 +268,58 @@ impl Home {
     /// The team's membership with its history of roles, replayed from the signed log as
     /// stored here, or as replayed before if the log has not changed since.
     pub(crate) fn team_access(&self, team: TeamId) -> Result<TeamAccess> {
-        let version = self.store.data_version()?;
-        {
-            let mut cache = self.access.borrow_mut();
-            if cache.version != Some(version) {
-                // Another program on this home wrote to the store: it may have stored ops.
-                cache.teams.clear();
-                cache.version = Some(version);
-            }
-            if let Some(access) = cache.teams.get(&team) {
-                return Ok(access.clone());
-            }
+        self.check_access_cache()?;
+        if let Some(access) = self.access.borrow().teams.get(&team) {
+            return Ok(access.clone());
         }
         let access = TeamAccess::from_ops(team, &self.signed_ops(team)?)?;
         self.access.borrow_mut().teams.insert(team, access.clone());
         Ok(access)
+    }
+
+    /// Drops every kept membership if another program on this home wrote to the store
+    /// since they were checked: it may have stored ops.
+    fn check_access_cache(&self) -> Result<()> {
+        let version = self.store.data_version()?;
+        let mut cache = self.access.borrow_mut();
+        if cache.version != Some(version) {
+            *cache = AccessCache { version: Some(version), ..AccessCache::default() };
+        }
+        Ok(())
+    }
+
+    /// The teams this home holds in which `device` is a current device of a member, and
+    /// those whose membership log cannot be replayed (for a session to report): from an
+    /// index kept with the memberships, so a session start does not look at every team.
+    pub(crate) fn teams_with(&self, device: DeviceId) -> Result<Vec<TeamId>> {
+        self.check_access_cache()?;
+        if !self.access.borrow().indexed {
+            for team in self.store.teams()? {
+                if self.access.borrow().teams.contains_key(&team) {
+                    continue;
+                }
+                match TeamAccess::from_ops(team, &self.signed_ops(team)?) {
+                    Ok(access) => self.access.borrow_mut().teams.insert(team, access),
+                    Err(_) => {
+                        self.access.borrow_mut().unreadable.insert(team);
+                        None
+                    }
+                };
+            }
+            let mut cache = self.access.borrow_mut();
+            let mut by_device: HashMap<DeviceId, BTreeSet<TeamId>> = HashMap::new();
+            for (team, access) in &cache.teams {
+                for (device, _) in access.membership().devices() {
+                    by_device.entry(device).or_default().insert(*team);
+                }
+            }
+            cache.by_device = by_device;
+            cache.indexed = true;
+        }
+        let cache = self.access.borrow();
+        let mut teams = cache.by_device.get(&device).cloned().unwrap_or_default();
+        teams.extend(cache.unreadable.iter().copied());
+        Ok(teams.into_iter().collect())
     }
 
     /// Stores ops of `team` (idempotent) and drops the team's kept membership, replayed
@@ -290,7 +327,10 @@ impl Home {
     pub(crate) fn store_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
         let rows: Vec<_> = ops.iter().map(|op| (op.hash(), op.to_bytes())).collect();
         let stored = self.store.insert_ops(team, &rows);
-        self.access.borrow_mut().teams.remove(&team);
+        let mut cache = self.access.borrow_mut();
+        cache.teams.remove(&team);
+        cache.unreadable.remove(&team);
+        cache.indexed = false;
         stored?;
         Ok(())
     }
@@ -623,6 +663,12 @@ impl Home {
 struct AccessCache {
     version: Option<i64>,
     teams: HashMap<TeamId, TeamAccess>,
+    /// Teams whose log could not be replayed when the index was built.
+    unreadable: BTreeSet<TeamId>,
+    /// The teams of each current device, when `indexed`.
+    by_device: HashMap<DeviceId, BTreeSet<TeamId>>,
+    /// Whether every team held is in `teams` or `unreadable`, and `by_device` is built.
+    indexed: bool,
 }
 
 /// Fresh random bytes from the operating system.
@@ -707,14 +753,19 @@ mod tests {
         assert_eq!(home.membership(team)?.members().count(), 1);
 
         let bea = MemberId::from_bytes([7; 16]);
+        let phone = DeviceId::from_bytes([9; 32]);
+        assert!(home.teams_with(phone)?.is_empty());
         let body =
             OpBody::AddMember { member: bea, name: "Bea".into(), role: Role::Worker, hats: vec![] };
         home.author_op(team, body)?;
+        home.author_op(team, OpBody::AddDevice { member: bea, device: phone, label: "p".into() })?;
         assert!(home.membership(team)?.member(bea).is_some(), "this home's own op");
+        assert_eq!(home.teams_with(phone)?, vec![team], "the index follows this home's ops");
 
         let mut other = Home::open(dir.path())?;
         other.author_op(team, OpBody::RemoveMember { member: bea })?;
         assert!(home.membership(team)?.member(bea).is_none(), "another program's op");
+        assert!(home.teams_with(phone)?.is_empty(), "the index follows another program's ops");
         Ok(())
     }
 }

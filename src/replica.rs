@@ -33,6 +33,10 @@ impl Replica for Home {
         Home::team_access(self, team)
     }
 
+    fn teams_with(&self, device: DeviceId) -> Result<Vec<TeamId>> {
+        Home::teams_with(self, device)
+    }
+
     fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
         self.store_ops(team, ops)
     }

@@ -127,6 +127,9 @@ impl Replica for SimHome {
     fn team_access(&self, team: TeamId) -> Result<TeamAccess> {
         Replica::team_access(&self.home, team)
     }
+    fn teams_with(&self, device: DeviceId) -> Result<Vec<TeamId>> {
+        self.home.teams_with(device)
+    }
     fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<()> {
         self.home.add_ops(team, ops)
     }

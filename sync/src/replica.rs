@@ -55,6 +55,16 @@ pub trait Replica {
         Ok(TeamAccess::from_ops(team, &self.ops(team)?)?)
     }
 
+    /// The teams a session with `device` may share: those this device holds in which
+    /// `device` is a current device of a member, and those whose membership cannot be
+    /// read (which the session reports). A superset is fine, since the session checks
+    /// each team; by default every team held. A replica that keeps an index answers in
+    /// time that does not grow with the teams it holds.
+    fn teams_with(&self, device: DeviceId) -> Result<Vec<TeamId>, Self::Error> {
+        let _ = device;
+        self.teams()
+    }
+
     /// Stores ops (idempotent). The session has checked that they decode; it replays the
     /// whole set with [`care_core::Membership::from_ops`], which leaves invalid ops out.
     fn add_ops(&mut self, team: TeamId, ops: &[SignedOp]) -> Result<(), Self::Error>;

@@ -320,7 +320,7 @@ impl Session {
             return Ok(());
         }
         replica.reset_sync_state(self.remote);
-        for team in replica.teams().map_err(store)? {
+        for team in replica.teams_with(self.remote).map_err(store)? {
             let Some(access) = self.team_access(replica, team, out) else {
                 continue;
             };
