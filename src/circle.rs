@@ -9,6 +9,7 @@ use care_core::membership::{Membership, OpBody, Role};
 use care_core::{DeviceId, SignedOp, TeamId};
 use care_net::circle::request_circle;
 use care_net::{PeerAddr, endpoint_addr};
+use care_sync::Change;
 use care_sync::circle::{CircleHost, CircleReply, CircleRequest, CircleTicket};
 use care_sync::ticket::secret_hash;
 
@@ -81,8 +82,10 @@ impl Home {
             .redeem_circle_invite(&hash, team, self.now().as_millis())?
             .map_err(|refusal| Error::CircleRefused(format!("circle ticket refused: {refusal}")))?;
         let taken = self.store_team_log(team, ops);
-        if taken.is_err() {
-            self.store.restore_circle_invite(&hash)?;
+        match &taken {
+            // Sessions open with the team's devices take it up at once.
+            Ok(()) => self.changed.push(Change::Membership { team }),
+            Err(_) => self.store.restore_circle_invite(&hash)?,
         }
         taken
     }
@@ -153,11 +156,13 @@ impl Node {
             }
             return Err(error);
         }
-        self.runtime.keep_connected(PeerAddr {
-            device: ticket.device,
-            addrs: ticket.addrs.clone(),
-            relay,
-        });
+        let circle = PeerAddr { device: ticket.device, addrs: ticket.addrs.clone(), relay };
+        // A session opened while the circle node did not yet hold the team (the watcher
+        // dials every new device at once) shared nothing; a new one replaces it now.
+        if let Err(e) = self.runtime.connect(&circle).await {
+            tracing::info!("the circle node took the team on but cannot be reached yet: {e}");
+        }
+        self.runtime.keep_connected(circle);
         if let Some(url) = &ticket.relay {
             self.runtime.use_relay(url).await?;
             // Tell the rest of the team, through the team document, to use it too. Only
