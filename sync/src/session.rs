@@ -145,6 +145,9 @@ struct Progress {
     heads_sent: bool,
     /// The hash of the ops we last told the remote we hold (in our Hello or Ops frames).
     ops_announced: Option<[u8; 16]>,
+    /// Documents sent whole by a live change, so that the next change to one before the
+    /// remote answers goes by the sync protocol, not whole again.
+    snapshots_sent: BTreeSet<DocId>,
 }
 
 /// Our heads and the remote's of one document, as last known; empty when unknown or not
@@ -264,8 +267,19 @@ impl Session {
     ) -> Vec<Output> {
         self.run(replica, |s, r, out| {
             if s.phase == Phase::Live && s.both_read(team, &kind) {
-                let ours = s.send_sync(r, team, doc, kind, out)?;
-                s.note_heads(team, doc, ours, None);
+                // A document the remote has none of (one this device just received whole,
+                // say) goes whole, as in a catch-up: the remote stores it without loading
+                // it, instead of rebuilding it change by change.
+                if s.lacks_whole(team, doc) && s.send_snapshot(r, team, doc, kind, out)? {
+                    if let Some(progress) = s.progress.get_mut(&team) {
+                        progress.snapshots_sent.insert(doc);
+                    }
+                    let held = r.docs(team).map_err(store)?.into_iter().find(|d| d.id == doc);
+                    s.note_heads(team, doc, Some(held.map(|d| d.heads).unwrap_or_default()), None);
+                } else {
+                    let ours = s.send_sync(r, team, doc, kind, out)?;
+                    s.note_heads(team, doc, ours, None);
+                }
                 s.settle(team, out);
             }
             Ok(())
@@ -725,6 +739,11 @@ impl Session {
         out.push(Output::Send(
             Frame::Sync { team, doc, kind, message, attestations: Vec::new() }.encode(),
         ));
+        // A document that arrived whole while the team was in sync (passed on live) is
+        // a change like any other: the team comes into sync again with it.
+        if let Some(progress) = self.progress.get_mut(&team) {
+            progress.in_sync = false;
+        }
         self.note_heads(team, doc, Some(whole.heads.clone()), Some(whole.heads));
         self.settle(team, out);
         Ok(())
@@ -962,7 +981,8 @@ impl Session {
 
     /// Sends the whole document to a remote that has none of it: in one frame, or in parts
     /// of [`SNAPSHOT_PART_BYTES`] when larger; falls back to the sync protocol past
-    /// [`SNAPSHOT_BYTES_MAX`].
+    /// [`SNAPSHOT_BYTES_MAX`]. Returns `false`, having sent nothing, when the replica has
+    /// no whole document to send (it failed verification and was discarded).
     fn send_snapshot<R: Replica>(
         &self,
         replica: &mut R,
@@ -970,7 +990,7 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         out: &mut Vec<Output>,
-    ) -> Step {
+    ) -> Result<bool, String> {
         match replica.snapshot(team, doc).map_err(store)? {
             Some(bytes) if bytes.len() <= SNAPSHOT_BYTES_MAX => {
                 // The remote answers a snapshot with a sync message saying it holds these
@@ -981,7 +1001,7 @@ impl Session {
                 }
                 if bytes.len() <= SNAPSHOT_PART_BYTES {
                     out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
-                    return Ok(());
+                    return Ok(true);
                 }
                 let total = u32::try_from(bytes.len().div_ceil(SNAPSHOT_PART_BYTES))
                     .expect("at most SNAPSHOT_PARTS_MAX parts");
@@ -990,10 +1010,10 @@ impl Session {
                     let frame = Frame::SnapshotPart { team, doc, kind, index, total, bytes };
                     out.push(Output::Send(frame.encode()));
                 }
-                Ok(())
+                Ok(true)
             }
-            Some(_) => self.send_sync(replica, team, doc, kind, out).map(|_| ()),
-            None => Ok(()),
+            Some(_) => self.send_sync(replica, team, doc, kind, out).map(|_| true),
+            None => Ok(false),
         }
     }
 
@@ -1087,6 +1107,16 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// Whether the remote has described all its documents of `team`, none of them is
+    /// `doc`, and `doc` has not been sent whole since.
+    fn lacks_whole(&self, team: TeamId, doc: DocId) -> bool {
+        self.progress.get(&team).is_some_and(|p| {
+            p.described
+                && p.heads.get(&doc).is_none_or(|known| known.theirs.is_empty())
+                && !p.snapshots_sent.contains(&doc)
+        })
     }
 
     fn both_current(&self, access: &TeamAccess) -> bool {
