@@ -56,15 +56,23 @@ async fn run(document_mib: usize, quiet_edits: usize) -> Result<()> {
     let mut home = Home::open(dirs[3].path())?;
     let last_month = Timestamp(home.now().as_millis() - 31 * 86_400_000);
     home.set_clock(Fixed(last_month));
-    let notes = document_mib * 1024 * 1024 / BIG_NOTE_BYTES;
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    for _ in 0..notes {
-        let text: String = (0..BIG_NOTE_BYTES).map(|_| letter(&mut seed)).collect();
-        home.team("")?.add_note(&NewNote { text, ..NewNote::default() }, Some(NoteStream::Care))?;
-    }
     let big = DocKind::Notes { stream: NoteStream::Care, month: last_month.month() }.doc_id(team);
-    let bytes =
-        home.store().doc_summary(big)?.map_or(0, |d| d.snapshot_bytes + d.incremental_bytes);
+    let stored = |home: &Home| -> Result<u64> {
+        Ok(home.store().doc_summary(big)?.map_or(0, |d| d.snapshot_bytes + d.incremental_bytes))
+    };
+    let target = document_mib as u64 * 1024 * 1024;
+    let (mut seed, mut notes) = (0x2545_f491_4f6c_dd1d_u64, 0);
+    // Compaction shrinks what was written: write on until the compacted document is as big.
+    while stored(&home)? < target {
+        while stored(&home)? < target {
+            let text: String = (0..BIG_NOTE_BYTES).map(|_| letter(&mut seed)).collect();
+            let note = NewNote { text, ..NewNote::default() };
+            home.team("")?.add_note(&note, Some(NoteStream::Care))?;
+            notes += 1;
+        }
+        home.compact()?;
+    }
+    let bytes = stored(&home)?;
     println!("Sam's device holds {notes} notes of last month: {:.1} MiB stored", mib(bytes));
     drop(home);
 
