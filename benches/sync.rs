@@ -28,6 +28,7 @@ const CARE: &str = "care / iroh + SQLite";
 const SAMOD: &str = "samod 0.16 / TCP";
 
 /// How big a run is: full under `cargo bench`, a quick smoke run under `cargo test`.
+#[derive(Debug)]
 pub struct Size {
     /// Notes in the catch-up and live-edit document.
     notes: usize,
@@ -42,6 +43,7 @@ pub struct Size {
 }
 
 /// One contestant's figures; times are medians over the runs.
+#[derive(Debug)]
 pub struct Figures {
     /// A fresh peer receives the whole notes document.
     catch_up_ms: f64,

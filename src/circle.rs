@@ -268,6 +268,15 @@ mod server {
         refresher: JoinHandle<()>,
     }
 
+    impl std::fmt::Debug for CircleNode {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("CircleNode")
+                .field("device", &self.device)
+                .field("relay", &self.relay)
+                .finish_non_exhaustive()
+        }
+    }
+
     impl CircleNode {
         /// Starts the relay server and the node on `home`; the relay admits the current
         /// devices of the teams the home holds, kept current as memberships change.

@@ -116,6 +116,16 @@ pub struct Home {
     access: RefCell<AccessCache>,
 }
 
+impl std::fmt::Debug for Home {
+    /// The directory and whose home it is; never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home")
+            .field("dir", &self.dir)
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Home {
     /// Creates a new care home in `dir` for a person called `name`: a fresh device key
     /// (readable only by this user), an empty store and a profile.

@@ -46,6 +46,12 @@ pub struct Node {
     tasks: Vec<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("runtime", &self.runtime).finish_non_exhaustive()
+    }
+}
+
 /// What the store looked like when the watcher last checked.
 #[derive(Default)]
 struct Seen {

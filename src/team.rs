@@ -25,6 +25,7 @@ pub struct NoteQuery {
 }
 
 /// A team of this home, opened for reading and writing.
+#[derive(Debug)]
 pub struct Team<'h> {
     home: &'h mut Home,
     membership: Membership,

@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use care::{Clock, Timestamp};
 
 /// A clock that moves on by a fixed step each time it is read.
-pub struct SteppingClock {
+pub(crate) struct SteppingClock {
     now_ms: AtomicI64,
     step_ms: i64,
 }
 
 impl SteppingClock {
     /// Starts at `start_ms` and moves on by `step_ms` at every reading.
-    pub fn new(start_ms: i64, step_ms: i64) -> SteppingClock {
+    pub(crate) fn new(start_ms: i64, step_ms: i64) -> SteppingClock {
         SteppingClock { now_ms: AtomicI64::new(start_ms), step_ms }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use care::CircleTicket;
 
 /// A running `care relay`.
-pub struct CircleProcess {
+pub(crate) struct CircleProcess {
     child: Child,
     /// Its one-time tickets, one per team, as it printed them.
     pub tickets: Vec<CircleTicket>,
@@ -23,7 +23,7 @@ pub struct CircleProcess {
 impl CircleProcess {
     /// Starts `care --home HOME relay --listen 127.0.0.1:0 --tickets TEAMS --json` and
     /// reads its tickets.
-    pub fn start(care: &Path, home: &Path, teams: usize) -> Result<CircleProcess> {
+    pub(crate) fn start(care: &Path, home: &Path, teams: usize) -> Result<CircleProcess> {
         let mut child = Command::new(care)
             .arg("--home")
             .arg(home)
@@ -52,13 +52,13 @@ impl CircleProcess {
     }
 
     /// Its process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Stops it (its figures must have been read before) and returns how many events it
     /// printed.
-    pub fn stop(mut self) -> Result<usize> {
+    pub(crate) fn stop(mut self) -> Result<usize> {
         self.child.kill()?;
         self.child.wait()?;
         let events = self.events.take().context("the relay's output reader")?;
@@ -77,7 +77,7 @@ impl Drop for CircleProcess {
 /// The `care` binary built in the same target directory as this benchmark: built by
 /// `cargo build --release -p care-cli` for `cargo bench`, and by `cargo test
 /// --workspace --all-targets` for the smoke run.
-pub fn care_binary() -> Result<PathBuf> {
+pub(crate) fn care_binary() -> Result<PathBuf> {
     // This benchmark runs as target/<profile>/deps/relay-<hash>.
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(Path::parent).context("the benchmark's directory")?;

@@ -27,7 +27,7 @@ const MEMBERS: [(&str, Role); 4] = [
 
 /// One team's homes on disk.
 #[derive(Clone)]
-pub struct TeamHomes {
+pub(crate) struct TeamHomes {
     /// The team.
     pub id: TeamId,
     /// The owner's home, holding every document.
@@ -38,7 +38,7 @@ pub struct TeamHomes {
 
 /// Builds `teams` teams of five devices under `dir`, each owner holding `notes` notes,
 /// on `BUILD_THREADS` threads (most of the time goes waiting for fsyncs).
-pub fn build(dir: &Path, teams: usize, notes: usize) -> Result<Vec<TeamHomes>> {
+pub(crate) fn build(dir: &Path, teams: usize, notes: usize) -> Result<Vec<TeamHomes>> {
     let built: Vec<Result<Vec<(usize, TeamHomes)>>> = std::thread::scope(|scope| {
         let builders: Vec<_> = (0..BUILD_THREADS)
             .map(|first| {
@@ -60,7 +60,7 @@ pub fn build(dir: &Path, teams: usize, notes: usize) -> Result<Vec<TeamHomes>> {
 
 /// Copies teams' homes under `dir`, so a step can change them and the next step start
 /// again from the homes as built.
-pub fn copy(teams: &[TeamHomes], dir: &Path) -> Result<Vec<TeamHomes>> {
+pub(crate) fn copy(teams: &[TeamHomes], dir: &Path) -> Result<Vec<TeamHomes>> {
     let mut copies = Vec::with_capacity(teams.len());
     for (index, team) in teams.iter().enumerate() {
         let to = dir.join(format!("team-{index:03}"));
@@ -74,7 +74,7 @@ pub fn copy(teams: &[TeamHomes], dir: &Path) -> Result<Vec<TeamHomes>> {
 /// Hands the owner's whole membership log (which now names the circle node) to each
 /// member, offline: as if the members had synced membership with the owner some time
 /// before, while they still hold no document.
-pub fn hand_log_to_members(team: &TeamHomes) -> Result<()> {
+pub(crate) fn hand_log_to_members(team: &TeamHomes) -> Result<()> {
     let ops = Home::open(&team.owner)?.ops(team.id)?;
     for member in &team.members {
         Home::open(member)?.add_ops(team.id, &ops)?;

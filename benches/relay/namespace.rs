@@ -12,14 +12,14 @@ const INSIDE_ENV: &str = "CARE_RELAY_BENCH_NAMESPACE";
 const SCRIPT: &str = "ip link set lo up && exec \"$0\" \"$@\"";
 
 /// Whether this process runs in the private namespace.
-pub fn inside() -> bool {
+pub(crate) fn inside() -> bool {
     std::env::var_os(INSIDE_ENV).is_some()
 }
 
 /// Re-runs this benchmark, with the same arguments, in a private network namespace and
 /// returns its exit status; `None` when already inside one, or when none can be made
 /// (without `unshare`, `ip` or the right to use them: the run then goes on here).
-pub fn rerun_inside() -> Result<Option<ExitStatus>> {
+pub(crate) fn rerun_inside() -> Result<Option<ExitStatus>> {
     if inside() {
         return Ok(None);
     }

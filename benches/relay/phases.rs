@@ -25,10 +25,10 @@ const CIRCLE_POLL_MS: u64 = 50;
 const RECHECK_MS: u64 = 500;
 
 /// Every document of a team at its heads, as one device holds them.
-pub type Heads = BTreeMap<DocId, Vec<ChangeHash>>;
+pub(crate) type Heads = BTreeMap<DocId, Vec<ChangeHash>>;
 
 /// What the upload phase did.
-pub struct Upload {
+pub(crate) struct Upload {
     /// From the first owner coming online to the circle node's store holding every team
     /// at its owner's heads.
     pub wall: Duration,
@@ -44,7 +44,7 @@ pub struct Upload {
 }
 
 /// What the catch-up phase did.
-pub struct CatchUp {
+pub(crate) struct CatchUp {
     /// From the devices being started together to the last holding its team's documents.
     pub wall: Duration,
     /// Per device, from the start of the phase to holding every document of its team at
@@ -63,7 +63,7 @@ pub struct CatchUp {
 }
 
 /// The circle node a phase works with.
-pub struct Circle<'a> {
+pub(crate) struct Circle<'a> {
     /// Its one-time tickets, one per team.
     pub tickets: &'a [CircleTicket],
     /// Its home directory.
@@ -74,7 +74,11 @@ pub struct Circle<'a> {
 
 /// Every owner adds the circle node and uploads its team; returns once the circle
 /// node's store holds every team at its owner's heads, with the owners offline again.
-pub async fn upload(teams: &[TeamHomes], circle: &Circle<'_>, timeout: Duration) -> Result<Upload> {
+pub(crate) async fn upload(
+    teams: &[TeamHomes],
+    circle: &Circle<'_>,
+    timeout: Duration,
+) -> Result<Upload> {
     let config = relay_only(circle.tickets.first().context("no circle ticket")?)?;
     let started = Instant::now();
     let (added, added_rx) = mpsc::unbounded_channel();
@@ -121,7 +125,7 @@ pub async fn upload(teams: &[TeamHomes], circle: &Circle<'_>, timeout: Duration)
 /// Every member of every team comes online at once and catches up from the circle node;
 /// returns once each holds its team's documents at the owner's heads, with every device
 /// offline again.
-pub async fn catch_up(
+pub(crate) async fn catch_up(
     teams: &[TeamHomes],
     targets: &[Heads],
     circle: &Circle<'_>,

@@ -12,7 +12,7 @@ const USER_HZ: f64 = 100.0;
 
 /// The counters at one moment.
 #[derive(Debug, Clone, Copy)]
-pub struct Sample {
+pub(crate) struct Sample {
     at: Instant,
     /// CPU seconds (user + system) of the circle node's process.
     circle_cpu_s: f64,
@@ -26,7 +26,7 @@ pub struct Sample {
 
 /// What happened between two samples.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// Wall time.
     pub wall_s: f64,
     /// CPU seconds used by the circle node.
@@ -43,7 +43,7 @@ pub struct Interval {
 
 impl Sample {
     /// Reads every counter now; `circle` is the circle node's process id.
-    pub fn take(circle: u32) -> Result<Sample> {
+    pub(crate) fn take(circle: u32) -> Result<Sample> {
         Ok(Sample {
             at: Instant::now(),
             circle_cpu_s: cpu_s(&proc_path(circle, "stat"))?,
@@ -54,7 +54,7 @@ impl Sample {
     }
 
     /// What changed since `earlier`.
-    pub fn since(&self, earlier: &Sample) -> Interval {
+    pub(crate) fn since(&self, earlier: &Sample) -> Interval {
         Interval {
             wall_s: self.at.duration_since(earlier.at).as_secs_f64(),
             circle_cpu_s: self.circle_cpu_s - earlier.circle_cpu_s,
@@ -68,35 +68,35 @@ impl Sample {
 
 impl Interval {
     /// The circle node's CPU use in percent of one core (200% is both cores).
-    pub fn circle_percent(&self) -> f64 {
+    pub(crate) fn circle_percent(&self) -> f64 {
         percent(self.circle_cpu_s, self.wall_s)
     }
 
     /// The devices' process's CPU use in percent of one core.
-    pub fn devices_percent(&self) -> f64 {
+    pub(crate) fn devices_percent(&self) -> f64 {
         percent(self.devices_cpu_s, self.wall_s)
     }
 
     /// The CPU use of every other process on the machine, in percent of one core: what
     /// competed with the benchmark for the two cores.
-    pub fn others_percent(&self) -> f64 {
+    pub(crate) fn others_percent(&self) -> f64 {
         let others_s = self.machine_busy_s - self.circle_cpu_s - self.devices_cpu_s;
         percent(others_s.max(0.0), self.wall_s)
     }
 
     /// The whole machine's CPU use in percent of one core (at most 200% here).
-    pub fn machine_percent(&self) -> f64 {
+    pub(crate) fn machine_percent(&self) -> f64 {
         percent(self.machine_busy_s, self.wall_s)
     }
 
     /// The time the machine's cores waited for IO, in percent of one core.
-    pub fn iowait_percent(&self) -> f64 {
+    pub(crate) fn iowait_percent(&self) -> f64 {
         percent(self.machine_iowait_s, self.wall_s)
     }
 }
 
 /// A process's peak resident memory (`VmHWM`), in KiB.
-pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(proc_path(pid, "status"))?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
     let kib = line.split_whitespace().nth(1).context("an empty VmHWM")?;
@@ -104,12 +104,12 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// This process's peak resident memory, in KiB.
-pub fn own_peak_rss_kib() -> Result<u64> {
+pub(crate) fn own_peak_rss_kib() -> Result<u64> {
     peak_rss_kib(std::process::id())
 }
 
 /// How many file descriptors a process has open.
-pub fn open_fds(pid: u32) -> Result<usize> {
+pub(crate) fn open_fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(proc_path(pid, "fd"))?.count())
 }
 

@@ -28,7 +28,7 @@ const MONTH_MS: i64 = 31 * 86_400_000;
 
 /// What a device that has caught up pays when it first reads what arrived: documents
 /// received whole are stored as they came and loaded (and verified) on first use.
-pub struct FirstReads {
+pub(crate) struct FirstReads {
     /// Reading the latest 50 notes right after catching up (median).
     pub latest_ms: f64,
     /// Then reading every note, which loads every other month (median).
@@ -37,7 +37,7 @@ pub struct FirstReads {
 
 /// What the checks on peer input cost, over every notes document of the catch-up team:
 /// work a device does besides the catch-up figure (which stores documents unloaded).
-pub struct Checks {
+pub(crate) struct Checks {
     /// Measuring what the documents inflate to, before their first load.
     pub inflate_ms: f64,
     /// The documents' rules over every change, in that first load (and on every change
@@ -50,7 +50,7 @@ pub struct Checks {
 }
 
 /// Times the checks of peer input on the owner's documents of the catch-up team.
-pub fn checks(size: &Size) -> Result<Checks> {
+pub(crate) fn checks(size: &Size) -> Result<Checks> {
     let root = tempfile::tempdir()?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -93,7 +93,7 @@ pub fn checks(size: &Size) -> Result<Checks> {
 }
 
 /// Runs the three scenarios and returns this engine's figures.
-pub fn run(size: &Size) -> Result<(Figures, FirstReads)> {
+pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads)> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

@@ -14,7 +14,7 @@ use super::{Figures, SCENARIO_TIMEOUT, Size, median, median_count, quantile};
 const ROUNDS_MAX: usize = 1_000;
 
 /// What the in-memory floor measured, with the extra figures only it can give.
-pub struct FloorReport {
+pub(crate) struct FloorReport {
     /// The figures shared with the other contestants.
     pub figures: Figures,
     /// Median time of `Automerge::load(save())` of the catch-up document.
@@ -26,7 +26,7 @@ pub struct FloorReport {
 }
 
 /// Runs every floor scenario at `size`.
-pub fn run(size: &Size) -> Result<FloorReport> {
+pub(crate) fn run(size: &Size) -> Result<FloorReport> {
     let source = build_notes_doc(size.notes, 1)?;
     let (catch_up_ms, catch_up_bytes, mut synced) = catch_up(&source, size.runs)?;
     let (load_save_ms, snapshot_bytes) = load_save(&source, size.runs)?;
@@ -49,7 +49,7 @@ pub fn run(size: &Size) -> Result<FloorReport> {
 }
 
 /// Two documents and the sync state each keeps for the other.
-pub struct Pair {
+pub(crate) struct Pair {
     /// The side that writes.
     a: Automerge,
     /// The side that receives.

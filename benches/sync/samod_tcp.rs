@@ -36,7 +36,7 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Runs every samod scenario at `size`. Each repo has a thread of its own: the one that
 /// holds the documents runs on a one-worker runtime, the one that dials on this thread.
-pub fn run(size: &Size) -> Result<Figures> {
+pub(crate) fn run(size: &Size) -> Result<Figures> {
     let holder_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("samod-holder")

@@ -14,7 +14,7 @@ const NOTE_CHARS_MAX: usize = 200;
 
 /// A document with `ROOT.notes` as a map holding `n` notes, each added in its own commit
 /// by the actor derived from `actor_seed`.
-pub fn build_notes_doc(n: usize, actor_seed: u8) -> Result<Automerge> {
+pub(crate) fn build_notes_doc(n: usize, actor_seed: u8) -> Result<Automerge> {
     let mut doc = Automerge::new();
     doc.set_actor(ActorId::from(vec![actor_seed; 16]));
     let mut tx = doc.transaction();
@@ -27,7 +27,7 @@ pub fn build_notes_doc(n: usize, actor_seed: u8) -> Result<Automerge> {
 }
 
 /// Adds note number `i` to `ROOT.notes` in one commit.
-pub fn add_note(doc: &mut Automerge, i: usize) -> Result<()> {
+pub(crate) fn add_note(doc: &mut Automerge, i: usize) -> Result<()> {
     let (_, notes) = doc.get(ROOT, "notes")?.context("the document has no ROOT.notes")?;
     let mut tx = doc.transaction();
     let note = tx.put_object(&notes, format!("note-{i:06}"), ObjType::Map)?;
@@ -40,7 +40,7 @@ pub fn add_note(doc: &mut Automerge, i: usize) -> Result<()> {
 }
 
 /// Whether `doc` holds every change in `heads`.
-pub fn has_all(doc: &Automerge, heads: &[ChangeHash]) -> bool {
+pub(crate) fn has_all(doc: &Automerge, heads: &[ChangeHash]) -> bool {
     heads.iter().all(|h| doc.get_change_by_hash(h).is_some())
 }
 
@@ -114,7 +114,7 @@ const WORDS: [&str; 64] = [
 
 /// About 200 characters of a shift note: pseudo-random words, so notes differ the way
 /// real ones do and do not compress to nothing.
-pub fn note_text(i: usize) -> String {
+pub(crate) fn note_text(i: usize) -> String {
     let mut state = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut text = format!("Visit {i}.");
     while text.len() < NOTE_CHARS_MAX {

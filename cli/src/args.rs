@@ -16,7 +16,7 @@ use crate::when;
 /// Care Commons: local-first records for self-managing home-care teams.
 #[derive(Debug, Parser)]
 #[command(name = "care", version, about, max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The care home directory (default: the platform's data directory).
     #[arg(long, global = true, env = "CARE_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
@@ -34,7 +34,7 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create a care home on this device for a person.
     Init {
         /// Your name, as your teams will see it.
@@ -116,7 +116,7 @@ pub enum Command {
 
 /// How a command that goes on the network listens.
 #[derive(Debug, Clone, Args)]
-pub struct NetArgs {
+pub(crate) struct NetArgs {
     /// The address to listen on.
     #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -127,7 +127,7 @@ pub struct NetArgs {
 
 /// `care team ...`
 #[derive(Debug, Subcommand)]
-pub enum TeamCommand {
+pub(crate) enum TeamCommand {
     /// Create a team with you as its owner.
     Create {
         /// The team's name.
@@ -191,7 +191,7 @@ pub enum TeamCommand {
 
 /// `care plan ...`
 #[derive(Debug, Subcommand)]
-pub enum PlanCommand {
+pub(crate) enum PlanCommand {
     /// Show the sections of the care plan you may read.
     Show,
     /// Replace the text of a section.
@@ -210,7 +210,7 @@ pub enum PlanCommand {
 
 /// `care note ...`
 #[derive(Debug, Subcommand)]
-pub enum NoteCommand {
+pub(crate) enum NoteCommand {
     /// Write a shift note.
     Add(NoteAdd),
     /// List notes, newest first.
@@ -238,7 +238,7 @@ pub enum NoteCommand {
 
 /// `care note add ...`
 #[derive(Debug, Args)]
-pub struct NoteAdd {
+pub(crate) struct NoteAdd {
     /// What happened at the visit.
     pub text: String,
     /// When the visit started (RFC 3339, `2026-12-01T09:00`, or `09:00` for today).
@@ -263,7 +263,7 @@ pub struct NoteAdd {
 
 /// `care rota ...`
 #[derive(Debug, Subcommand)]
-pub enum RotaCommand {
+pub(crate) enum RotaCommand {
     /// Add a booking.
     Add {
         /// When the visit starts.
@@ -302,7 +302,7 @@ pub enum RotaCommand {
 
 /// `care promise ...`
 #[derive(Debug, Subcommand)]
-pub enum PromiseCommand {
+pub(crate) enum PromiseCommand {
     /// Write a new promise.
     Add {
         /// The promise's title.
@@ -322,7 +322,7 @@ pub enum PromiseCommand {
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Plain JSON, one file per document.
     Json,
     /// Automerge's standard binary format, one `.automerge` file per document.
@@ -356,7 +356,7 @@ fn parse_circle_ticket(text: &str) -> Result<CircleTicket, String> {
 }
 
 /// A device to sync with: `DEVICE_ID@ip:port[,ip:port]`, or a join ticket naming it.
-pub fn parse_peer(text: &str) -> Result<PeerAddr, String> {
+pub(crate) fn parse_peer(text: &str) -> Result<PeerAddr, String> {
     let text = text.trim();
     if let Ok(ticket) = text.parse::<JoinTicket>() {
         let relay = ticket.relay.as_deref().and_then(|r| r.parse().ok());

@@ -8,10 +8,10 @@ use care::Timestamp;
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 
 /// Longest duration accepted, in days.
-pub const DURATION_DAYS_MAX: u64 = 365;
+pub(crate) const DURATION_DAYS_MAX: u64 = 365;
 
 /// Parses a duration: a whole number followed by `s`, `m`, `h` or `d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let bad =
         || format!("`{text}` is not a duration: use a number and s, m, h or d, as in 30m or 7d");
@@ -34,12 +34,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses a time for a command-line argument.
-pub fn parse(text: &str) -> Result<Timestamp, String> {
+pub(crate) fn parse(text: &str) -> Result<Timestamp, String> {
     parse_at(text, Local::now().date_naive())
 }
 
 /// Parses a time, taking `today` for a bare time of day.
-pub fn parse_at(text: &str, today: NaiveDate) -> Result<Timestamp, String> {
+pub(crate) fn parse_at(text: &str, today: NaiveDate) -> Result<Timestamp, String> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(Timestamp(t.timestamp_millis()));

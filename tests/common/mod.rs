@@ -7,10 +7,10 @@ use anyhow::{Result, bail};
 use care::{Node, NoteQuery, TeamId};
 
 /// Longest any test waits for devices to agree.
-pub const SETTLE_MS: u64 = 30_000;
+pub(crate) const SETTLE_MS: u64 = 30_000;
 
 /// The texts of every note a device can read in a team, sorted (none if it lacks it).
-pub async fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
+pub(crate) async fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
     node.with_home(move |home| {
         let mut team = home.team(&team.to_string())?;
         let mut texts: Vec<String> =
@@ -22,7 +22,7 @@ pub async fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>> {
 }
 
 /// Polls `check` until it holds or [`SETTLE_MS`] have passed.
-pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool>>,

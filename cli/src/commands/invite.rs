@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{Out, local};
 
 /// Issues a one-time ticket to join the team with `role`, valid for `valid_for`.
-pub fn invite(
+pub(super) fn invite(
     home: &mut Home,
     which: &str,
     role: Role,
@@ -40,7 +40,12 @@ pub fn invite(
 
 /// Issues a one-time ticket that adds one more device of this person to the team,
 /// valid for `valid_for`: redeemed with `care team join` on a new home.
-pub fn add_device(home: &mut Home, which: &str, valid_for: Duration, out: Out) -> Result<()> {
+pub(super) fn add_device(
+    home: &mut Home,
+    which: &str,
+    valid_for: Duration,
+    out: Out,
+) -> Result<()> {
     let team = home.team(which)?.id();
     let expires = expiry(home, valid_for);
     let secret = home.create_device_invite(team, expires)?;
@@ -91,7 +96,7 @@ fn ticket(
 }
 
 /// Removes a member, given by id, unique id prefix or exact name, from the team.
-pub fn remove(home: &mut Home, which: &str, member: &str, out: Out) -> Result<()> {
+pub(super) fn remove(home: &mut Home, which: &str, member: &str, out: Out) -> Result<()> {
     let team = home.team(which)?;
     let (team_id, membership) = (team.id(), team.membership().clone());
     let member = find_member(&membership, member)?;

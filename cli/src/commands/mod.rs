@@ -22,7 +22,7 @@ use crate::args::{
 };
 
 /// Runs one command.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     let dir = home_dir(&cli)?;
     let out = Out { json: cli.json };
     let team = cli.team.clone().unwrap_or_default();

@@ -31,7 +31,7 @@ async fn close(shutdown: impl std::future::Future<Output = ()>) {
 }
 
 /// Serves the home until Ctrl-C or SIGTERM, printing its address and then its events.
-pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result<ExitCode> {
+pub(super) fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result<ExitCode> {
     let home = Home::open(dir)?;
     let config = home_net_config(&home, net.listen, relay, !net.no_lan)?;
     block_on(async {
@@ -57,7 +57,7 @@ pub fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result
 }
 
 /// Joins a team with a ticket and waits until its documents have arrived.
-pub fn join(
+pub(super) fn join(
     dir: &Path,
     ticket: &JoinTicket,
     listen: SocketAddr,
@@ -79,7 +79,7 @@ pub fn join(
 }
 
 /// Syncs once with one device, or with every known device of every team.
-pub fn sync(
+pub(super) fn sync(
     dir: &Path,
     peer: Option<&PeerAddr>,
     timeout_s: u64,
@@ -248,7 +248,7 @@ fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
 
 /// Runs a circle node until Ctrl-C or SIGTERM: prints `tickets` one-time circle tickets
 /// (one per team to serve; `care relay-ticket` prints more), then its events.
-pub fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> Result<ExitCode> {
+pub(super) fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> Result<ExitCode> {
     block_on(async {
         let mut stop = Stop::new()?;
         let home = if dir.join(care::home::KEY_FILE).exists() {
@@ -291,7 +291,7 @@ pub fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> Result<E
 }
 
 /// Adds a circle node to a team and waits until it holds the team's documents.
-pub fn add_relay(
+pub(super) fn add_relay(
     dir: &Path,
     which: &str,
     ticket: &CircleTicket,

@@ -13,7 +13,7 @@ const TICK_MS: u64 = 100;
 
 /// Progress of sync with every device seen so far.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(super) struct Progress {
     peers: HashMap<DeviceId, PeerProgress>,
 }
 
@@ -28,7 +28,7 @@ struct PeerProgress {
 
 impl Progress {
     /// Takes an event into account.
-    pub fn record(&mut self, event: &PeerEvent) {
+    pub(super) fn record(&mut self, event: &PeerEvent) {
         match event {
             PeerEvent::Connected { peer } => self.peer(*peer).connected = true,
             PeerEvent::Disconnected { .. } => {}
@@ -46,17 +46,17 @@ impl Progress {
     }
 
     /// Whether a session with the device ever started.
-    pub fn connected(&self, peer: DeviceId) -> bool {
+    pub(super) fn connected(&self, peer: DeviceId) -> bool {
         self.peers.get(&peer).is_some_and(|p| p.connected)
     }
 
     /// How many document changes the device sent.
-    pub fn docs_changed(&self, peer: DeviceId) -> usize {
+    pub(super) fn docs_changed(&self, peer: DeviceId) -> usize {
         self.peers.get(&peer).map_or(0, |p| p.docs_changed)
     }
 
     /// Whether the team has caught up with the device.
-    pub fn in_sync(&self, peer: DeviceId, team: TeamId) -> bool {
+    pub(super) fn in_sync(&self, peer: DeviceId, team: TeamId) -> bool {
         self.peers.get(&peer).is_some_and(|p| p.in_sync.contains(&team))
     }
 
@@ -67,7 +67,7 @@ impl Progress {
 
 /// Feeds events into `progress` until `done` holds (true) or `deadline` passes (false),
 /// calling `seen` on each event.
-pub async fn wait_until(
+pub(super) async fn wait_until(
     events: &mut broadcast::Receiver<PeerEvent>,
     progress: &mut Progress,
     deadline: Instant,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{Out, local};
 
 /// Prints the status of every team of the home.
-pub fn status(home: &mut Home, out: Out) -> Result<()> {
+pub(super) fn status(home: &mut Home, out: Out) -> Result<()> {
     let teams = home.teams()?;
     let mut value = Vec::new();
     let mut text = Vec::new();

@@ -107,6 +107,12 @@ pub struct RelayServer {
     url: RelayUrl,
 }
 
+impl std::fmt::Debug for RelayServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayServer").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
 impl RelayServer {
     /// Starts a relay server on `listen` (plain HTTP), admitting only `admitted`.
     pub async fn spawn(listen: SocketAddr, admitted: Arc<Admitted>) -> Result<Self, RelayError> {

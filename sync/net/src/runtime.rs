@@ -52,6 +52,15 @@ pub struct Runtime<R> {
     keepers: Mutex<HashMap<DeviceId, JoinHandle<()>>>,
 }
 
+impl<R> std::fmt::Debug for Runtime<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("device", &self.endpoint.id())
+            .field("relay", &*self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .finish_non_exhaustive()
+    }
+}
+
 impl<R: Replica + Invites + Send + 'static> Runtime<R> {
     /// Starts the endpoint with the device's secret key and serves sync and join, with
     /// `owner` running the sessions over the device's data.

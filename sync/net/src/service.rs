@@ -1,6 +1,8 @@
-//! The sync runtime on iroh: one task per connection drives a [`Session`] over one
-//! bidirectional stream, feeding it frames as they arrive and this device's changes as
-//! they happen, and carrying out what it returns. At most one session per remote device.
+//! The network side of a device's sessions: one task per connection that only carries
+//! bytes. It opens the stream, registers the connection with the device's [`Owner`],
+//! reads frames for it (the Hello alone until the owner admits the connection) and writes
+//! what the owner queues. At most one session per remote device, as the owner's
+//! [`Hub`](care_sync::Hub) decides.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,6 +77,12 @@ pub struct SyncService<R> {
     local: DeviceId,
     counters: Arc<Counters>,
     joins: Mutex<JoinLimiter>,
+}
+
+impl<R> std::fmt::Debug for SyncService<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncService").field("device", &self.local).finish_non_exhaustive()
+    }
 }
 
 /// Counts join attempts in fixed windows of [`JOIN_WINDOW_MS`].
