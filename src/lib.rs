@@ -37,9 +37,9 @@ pub mod team;
 
 pub use cache::DOCS_CACHED_MAX;
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};
-pub use care_sync::SyncEvent;
 pub use care_sync::circle::CircleTicket;
 pub use care_sync::ticket::{JoinTicket, TicketError};
+pub use care_sync::{CloseReason, Refusal, SyncEvent};
 pub use circle::{CIRCLE_TEAMS_MAX, CIRCLE_TICKET_VALID_MS};
 #[cfg(feature = "relay-server")]
 pub use circle::{CircleConfig, CircleNode};

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use care_core::{DeviceId, DocId, DocKind, TeamId};
 
+use crate::close::CloseReason;
 use crate::replica::Replica;
 use crate::session::{Output, Session, SyncEvent};
 
@@ -72,8 +73,8 @@ pub enum PeerEvent {
     Disconnected {
         /// The peer.
         peer: DeviceId,
-        /// Why, as a sentence.
-        reason: String,
+        /// Why.
+        reason: CloseReason,
     },
 }
 
@@ -98,8 +99,8 @@ pub enum Effect {
     Close {
         /// The connection.
         conn: ConnId,
-        /// Why, in a sentence, for the other device.
-        reason: String,
+        /// Why (the other device has been sent the sentence).
+        reason: CloseReason,
     },
     /// Tell the application.
     Event(PeerEvent),
@@ -205,11 +206,7 @@ impl Hub {
             if self.conns.get(&existing).is_some_and(|c| c.dialer < dialer) {
                 return Err(Turned::AlreadyConnected);
             }
-            self.close(
-                replica,
-                existing,
-                "replaced by another connection between the same devices",
-            );
+            self.close(replica, existing, CloseReason::Replaced);
         } else if self.conns.len() >= SESSIONS_MAX {
             return Err(Turned::Full);
         }
@@ -231,12 +228,12 @@ impl Hub {
 
     /// Closes `conn` from this side with `reason` (a frame that could not be read, the
     /// device falling behind, shutting down): the session says why to the other device.
-    pub fn close<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: &str) {
+    pub fn close<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: CloseReason) {
         self.step(replica, conn, |s, r| s.close(r, reason));
     }
 
     /// `conn` is gone (the other device ended it, or the connection was lost).
-    pub fn ended<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: &str) {
+    pub fn ended<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: CloseReason) {
         self.forget(replica, conn, reason);
     }
 
@@ -266,9 +263,7 @@ impl Hub {
             .map(|(id, _)| *id)
             .collect();
         for conn in late {
-            let reason =
-                format!("the other device showed no shared team within {HELLO_TIMEOUT_MS} ms");
-            self.close(replica, conn, &reason);
+            self.close(replica, conn, CloseReason::HelloTimeout(HELLO_TIMEOUT_MS));
         }
     }
 
@@ -304,8 +299,7 @@ impl Hub {
             Ok(outputs) => outputs,
             Err(_) => {
                 replica.recover_from_panic(c.remote);
-                let reason = "this device failed while handling the session (a bug), and closed it";
-                vec![Output::Close { reason: reason.to_owned() }]
+                vec![Output::Close { reason: CloseReason::Failed }]
             }
         }
     }
@@ -322,7 +316,7 @@ impl Hub {
                         Output::Send(frame) => self.effects.push(Effect::Send { conn, frame }),
                         Output::Close { reason } => {
                             self.effects.push(Effect::Close { conn, reason: reason.clone() });
-                            self.forget(replica, conn, &reason);
+                            self.forget(replica, conn, reason);
                         }
                         Output::Event(event) => {
                             if let Some(change) = passed_on(&event) {
@@ -373,13 +367,13 @@ impl Hub {
     }
 
     /// Forgets a connection that is over, and tells the application.
-    fn forget<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: &str) {
+    fn forget<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: CloseReason) {
         let Some(c) = self.conns.remove(&conn) else { return };
         if self.by_device.get(&c.remote) == Some(&conn) {
             self.by_device.remove(&c.remote);
         }
         replica.reset_sync_state(c.remote);
-        let event = PeerEvent::Disconnected { peer: c.remote, reason: reason.to_owned() };
+        let event = PeerEvent::Disconnected { peer: c.remote, reason };
         self.effects.push(Effect::Event(event));
     }
 }
@@ -426,7 +420,7 @@ mod tests {
         let effects = hub.take_effects();
         assert!(
             effects.iter().any(|e| matches!(e, Effect::Close { conn, reason }
-                if *conn == conn_a && reason.contains("a bug"))),
+                if *conn == conn_a && *reason == CloseReason::Failed)),
             "{effects:?}"
         );
         assert_eq!(hub.connected(), vec![b]);
@@ -489,6 +483,6 @@ mod tests {
         hub.tick(&mut replica, 1_000 + HELLO_TIMEOUT_MS);
         assert!(hub.session(conn).is_none());
         assert!(hub.take_effects().iter().any(|e| matches!(e, Effect::Close { reason, .. }
-            if reason.contains("no shared team"))));
+            if *reason == CloseReason::HelloTimeout(HELLO_TIMEOUT_MS))));
     }
 }

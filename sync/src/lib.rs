@@ -76,6 +76,7 @@ pub mod access;
 pub mod agreed;
 pub mod chunks;
 pub mod circle;
+mod close;
 pub mod frame;
 pub mod hub;
 pub mod join;
@@ -89,6 +90,7 @@ pub mod sim;
 pub mod ticket;
 
 pub use access::TeamAccess;
+pub use close::CloseReason;
 pub use frame::{
     ALPN, DocHeads, FRAME_BYTES_MAX, Frame, FrameError, PROTOCOL_VERSION, TeamSummary,
     length_prefix, read_length_prefix,

@@ -12,6 +12,7 @@ use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
 use crate::access::{TeamAccess, check_authors, ops_hash, truncate};
 use crate::agreed::{answer_to_snapshot, state_after_sending};
 use crate::chunks::{INFLATED_BYTES_MAX, changes_of, checked_changes_in, inflated_len, whole_doc};
+use crate::close::CloseReason;
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
     HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, SNAPSHOT_BYTES_MAX,
@@ -39,8 +40,8 @@ pub enum Output {
     Send(Vec<u8>),
     /// Close the connection after writing what came before; the session is over.
     Close {
-        /// Why, in a sentence.
-        reason: String,
+        /// Why.
+        reason: CloseReason,
     },
     /// Tell the application (and the other sessions) what happened.
     Event(SyncEvent),
@@ -180,7 +181,7 @@ struct Part {
 }
 
 /// The result of a step: `Err` holds the reason to close the session with.
-type Step = Result<(), String>;
+type Step = Result<(), CloseReason>;
 
 impl Session {
     /// A session of `local` with `remote`, whose key the connection authenticated.
@@ -244,15 +245,15 @@ impl Session {
                 s.send_hello(r, out)?;
             }
             if !s.admitted() && bytes.len() > HELLO_FRAME_BYTES_MAX {
-                return Err(format!(
+                return Err(CloseReason::Protocol(format!(
                     "device {} sent a frame of {} bytes before sharing a team, more than {}",
                     s.remote,
                     bytes.len(),
                     HELLO_FRAME_BYTES_MAX
-                ));
+                )));
             }
-            let frame =
-                Frame::decode(bytes).map_err(|e| format!("device {} sent {e}", s.remote))?;
+            let frame = Frame::decode(bytes)
+                .map_err(|e| CloseReason::Protocol(format!("device {} sent {e}", s.remote)))?;
             s.on_frame(r, frame, out)
         })
     }
@@ -297,8 +298,8 @@ impl Session {
     }
 
     /// Ends the session from this side with `reason`.
-    pub fn close<R: Replica>(&mut self, replica: &mut R, reason: &str) -> Vec<Output> {
-        self.run(replica, |_, _, _| Err(reason.to_owned()))
+    pub fn close<R: Replica>(&mut self, replica: &mut R, reason: CloseReason) -> Vec<Output> {
+        self.run(replica, |_, _, _| Err(reason))
     }
 
     /// Runs one step; on failure sends a Close frame and ends the session.
@@ -312,7 +313,7 @@ impl Session {
             return out;
         }
         if let Err(reason) = step(self, replica, &mut out) {
-            let mut short = reason.clone();
+            let mut short = reason.to_string();
             truncate_utf8(&mut short, CLOSE_REASON_BYTES_MAX);
             out.push(Output::Send(Frame::Close { reason: short }.encode()));
             self.end(replica, reason, &mut out);
@@ -320,7 +321,7 @@ impl Session {
         out
     }
 
-    fn end<R: Replica>(&mut self, replica: &mut R, reason: String, out: &mut Vec<Output>) {
+    fn end<R: Replica>(&mut self, replica: &mut R, reason: CloseReason, out: &mut Vec<Output>) {
         self.phase = Phase::Closed;
         self.shared.clear();
         self.progress.clear();
@@ -359,13 +360,14 @@ impl Session {
         let remote = self.remote;
         match frame {
             Frame::Close { reason } => {
-                self.end(r, format!("device {remote} closed the session: {reason}"), out);
+                self.end(r, CloseReason::ByRemote { device: remote, reason }, out);
                 Ok(())
             }
             Frame::Hello { version, teams } => self.on_hello(r, version, &teams, out),
-            other if self.phase != Phase::Live => {
-                Err(format!("device {remote} sent {} before Hello", other.name()))
-            }
+            other if self.phase != Phase::Live => Err(CloseReason::Protocol(format!(
+                "device {remote} sent {} before Hello",
+                other.name()
+            ))),
             Frame::Ops { team, ops } => self.on_ops(r, team, &ops, out),
             Frame::Heads { team, docs } => self.on_heads(r, team, &docs, out),
             Frame::Sync { team, doc, kind, message, .. } => {
@@ -389,12 +391,15 @@ impl Session {
         out: &mut Vec<Output>,
     ) -> Step {
         if version != PROTOCOL_VERSION {
-            return Err(format!(
+            return Err(CloseReason::Protocol(format!(
                 "peer speaks care/sync version {version}, this device speaks {PROTOCOL_VERSION}"
-            ));
+            )));
         }
         if self.phase == Phase::Live {
-            return Err(format!("device {} sent a second Hello", self.remote));
+            return Err(CloseReason::Protocol(format!(
+                "device {} sent a second Hello",
+                self.remote
+            )));
         }
         self.phase = Phase::Live;
         let theirs: BTreeMap<TeamId, &TeamSummary> = teams.iter().map(|t| (t.team, t)).collect();
@@ -412,7 +417,7 @@ impl Session {
             }
         }
         if self.shared.is_empty() {
-            return Err(format!("device {} shares no team with this device", self.remote));
+            return Err(CloseReason::NothingShared { device: self.remote });
         }
         Ok(())
     }
@@ -491,7 +496,7 @@ impl Session {
         team: TeamId,
         received: &[SignedOp],
         out: &mut Vec<Output>,
-    ) -> Result<Vec<SignedOp>, String> {
+    ) -> Result<Vec<SignedOp>, CloseReason> {
         let held = replica.ops(team).map_err(store)?;
         let known: BTreeSet<_> = held.iter().map(SignedOp::hash).collect();
         let new: Vec<SignedOp> =
@@ -546,7 +551,7 @@ impl Session {
         let was_shared = self.shared.remove(&team).is_some();
         self.progress.remove(&team);
         if was_shared && self.shared.is_empty() {
-            return Err(format!("the membership of team {team} cannot be read on this device"));
+            return Err(CloseReason::TeamUnreadable(team));
         }
         Ok(())
     }
@@ -565,10 +570,7 @@ impl Session {
             self.shared.remove(&team);
             self.progress.remove(&team);
             if was_shared && self.shared.is_empty() {
-                return Err(format!(
-                    "device {} is no longer a current device of team {team}",
-                    self.remote
-                ));
+                return Err(CloseReason::Removed { device: self.remote, team });
             }
             return Ok(());
         }
@@ -967,7 +969,7 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         out: &mut Vec<Output>,
-    ) -> Result<Option<Vec<ChangeHash>>, String> {
+    ) -> Result<Option<Vec<ChangeHash>>, CloseReason> {
         let message = replica.generate_sync_message(self.remote, team, doc, kind).map_err(store)?;
         let Some(message) = message else {
             return Ok(None);
@@ -990,7 +992,7 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         out: &mut Vec<Output>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, CloseReason> {
         match replica.snapshot(team, doc).map_err(store)? {
             Some(bytes) if bytes.len() <= SNAPSHOT_BYTES_MAX => {
                 // The remote answers a snapshot with a sync message saying it holds these
@@ -1135,7 +1137,7 @@ impl Session {
         replica: &R,
         team: TeamId,
         access: &TeamAccess,
-    ) -> Result<BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>, String> {
+    ) -> Result<BTreeMap<DocId, (DocKind, Vec<ChangeHash>)>, CloseReason> {
         let docs = replica.docs(team).map_err(store)?;
         Ok(docs
             .into_iter()
@@ -1172,8 +1174,8 @@ fn heads_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
     heads.iter().map(|h| h.0).collect()
 }
 
-fn store(e: impl std::fmt::Display) -> String {
-    format!("this device's store failed: {e}")
+fn store(e: impl std::fmt::Display) -> CloseReason {
+    CloseReason::Store(e.to_string())
 }
 
 fn truncate_utf8(text: &mut String, max_bytes: usize) {

@@ -9,6 +9,7 @@ use care_core::{
 };
 
 use crate::access::TeamAccess;
+use crate::close::CloseReason;
 use crate::frame::{FRAME_BYTES_MAX, Frame, PROTOCOL_VERSION};
 use crate::memory::MemoryReplica;
 use crate::refusal::Refusal;
@@ -90,7 +91,7 @@ struct Side {
     session: Session,
     replica: MemoryReplica,
     events: Vec<SyncEvent>,
-    closed: Option<String>,
+    closed: Option<CloseReason>,
 }
 
 impl Side {
@@ -196,8 +197,8 @@ fn assert_agree(team: &Team, a: &Side, b: &Side) {
     assert_eq!(readable(a), readable(b), "the devices hold different documents");
 }
 
-fn close_reason(side: &Side) -> &str {
-    side.closed.as_deref().expect("the session closed")
+fn close_reason(side: &Side) -> String {
+    side.closed.as_ref().expect("the session closed").to_string()
 }
 
 /// Two live sessions, owner and `peer`, already in sync.

@@ -23,6 +23,7 @@ use care_core::{
     OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
 };
 
+use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::hub::{Change, ConnId, Effect, Hub, PeerEvent};
 use crate::memory::MemoryReplica;
@@ -309,7 +310,11 @@ impl<D: SimDevice> World<D> {
                 self.by_hub_id.remove(&(conn.ends[end], conn.ids[end]));
             }
             let Peer { hub, replica, .. } = &mut self.peers[conn.ends[other]];
-            hub.ended(replica, conn.ids[other], "the other device stopped");
+            hub.ended(
+                replica,
+                conn.ids[other],
+                CloseReason::Lost("the other device stopped".into()),
+            );
             self.settle(conn.ends[other]);
         }
         self.peers[peer].hub = Hub::new(self.peers[peer].key.device_id());
@@ -366,7 +371,7 @@ impl<D: SimDevice> World<D> {
             let peer = conn.ends[end];
             self.by_hub_id.remove(&(peer, conn.ids[end]));
             let Peer { hub, replica, .. } = &mut self.peers[peer];
-            hub.ended(replica, conn.ids[end], "the connection was lost");
+            hub.ended(replica, conn.ids[end], CloseReason::Lost("dropped by the network".into()));
         }
         self.settle(conn.ends[0]);
         self.settle(conn.ends[1]);

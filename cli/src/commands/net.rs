@@ -366,7 +366,7 @@ fn event_json(event: &PeerEvent) -> Value {
     match event {
         PeerEvent::Connected { peer } => json!({"event": "connected", "peer": peer.to_string()}),
         PeerEvent::Disconnected { peer, reason } => {
-            json!({"event": "disconnected", "peer": peer.to_string(), "reason": reason})
+            json!({"event": "disconnected", "peer": peer.to_string(), "reason": reason.to_string()})
         }
         PeerEvent::Sync { peer, event } => {
             let peer = peer.to_string();

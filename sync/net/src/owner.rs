@@ -20,6 +20,7 @@ use care_core::DeviceId;
 use iroh::endpoint::{Connection, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 
+use care_sync::CloseReason;
 use care_sync::Replica;
 use care_sync::hub::{ConnId, Effect, Hub, PeerEvent, Turned};
 
@@ -58,9 +59,9 @@ enum Command<R> {
     /// A frame read from a connection; the permit returns when it is handled.
     Frame { conn: ConnId, bytes: Vec<u8>, _permit: OwnedSemaphorePermit },
     /// A connection could not be read (a malformed or oversized frame): close it, saying why.
-    Failed { conn: ConnId, reason: String },
+    Failed { conn: ConnId, reason: CloseReason },
     /// A connection is gone.
-    Ended { conn: ConnId, reason: String },
+    Ended { conn: ConnId, reason: CloseReason },
     /// Run a closure on the replica.
     Call(Call<R>),
     /// The time moved on.
@@ -232,12 +233,12 @@ impl<R: 'static> Owner<R> {
     }
 
     /// `conn` could not be read: its session closes with `reason`.
-    pub(crate) async fn failed(&self, conn: ConnId, reason: String) {
+    pub(crate) async fn failed(&self, conn: ConnId, reason: CloseReason) {
         let _ = self.commands.send(Command::Failed { conn, reason }).await;
     }
 
     /// `conn` is gone.
-    pub(crate) async fn ended(&self, conn: ConnId, reason: String) {
+    pub(crate) async fn ended(&self, conn: ConnId, reason: CloseReason) {
         let _ = self.commands.send(Command::Ended { conn, reason }).await;
     }
 }
@@ -285,9 +286,9 @@ impl<R: Replica> Thread<R> {
                 let _ = reply.send(opened);
             }
             Command::Frame { conn, bytes, _permit } => self.hub.frame(replica, conn, &bytes),
-            Command::Failed { conn, reason } => self.hub.close(replica, conn, &reason),
+            Command::Failed { conn, reason } => self.hub.close(replica, conn, reason),
             Command::Ended { conn, reason } => {
-                self.hub.ended(replica, conn, &reason);
+                self.hub.ended(replica, conn, reason);
                 self.links.remove(&conn);
             }
             Command::Call(call) => {
@@ -319,7 +320,7 @@ impl<R: Replica> Thread<R> {
                     }
                     Effect::Close { conn, reason } => {
                         if let Some(link) = self.links.remove(&conn) {
-                            let _ = link.outbox.send(Outgoing::Close(reason));
+                            let _ = link.outbox.send(Outgoing::Close(reason.to_string()));
                         }
                     }
                     Effect::Event(event) => self.publish(event),
@@ -338,13 +339,10 @@ impl<R: Replica> Thread<R> {
             let _ = link.outbox.send(Outgoing::Frame(frame));
             return;
         }
-        let reason = format!(
-            "the other device reads slower than this device sends: more than {QUEUED_BYTES_MAX} \
-             bytes were waiting for it"
-        );
-        link.conn.close(VarInt::from_u32(1), reason.as_bytes());
+        let reason = CloseReason::FellBehind(QUEUED_BYTES_MAX);
+        link.conn.close(VarInt::from_u32(1), reason.to_string().as_bytes());
         self.links.remove(&conn);
-        self.hub.ended(&mut self.replica, conn, &reason);
+        self.hub.ended(&mut self.replica, conn, reason);
     }
 
     fn publish(&self, event: PeerEvent) {

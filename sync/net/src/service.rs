@@ -17,6 +17,7 @@ use crate::endpoint::remote_device;
 use crate::framing::{ReadFrameError, read_frame_max, write_frame};
 use crate::handshake;
 use crate::owner::{FRAMES_AHEAD_MAX, Link, Outgoing, Owner};
+use care_sync::CloseReason;
 use care_sync::HELLO_FRAME_BYTES_MAX;
 use care_sync::Replica;
 use care_sync::frame::{ALPN, FRAME_BYTES_MAX};
@@ -265,19 +266,20 @@ async fn read_frames<R: Replica + 'static>(
                 }
             }
             Err(ReadFrameError::Finished) => {
-                let reason = "the other device ended the session".to_owned();
-                owner.ended(conn, reason.clone()).await;
-                return reason;
+                owner.ended(conn, CloseReason::Ended).await;
+                return CloseReason::Ended.to_string();
             }
-            Err(e @ ReadFrameError::Lost(_)) => {
-                let reason = e.to_string();
-                owner.ended(conn, reason.clone()).await;
-                return reason;
+            Err(ReadFrameError::Lost(why)) => {
+                let reason = CloseReason::Lost(why);
+                let said = reason.to_string();
+                owner.ended(conn, reason).await;
+                return said;
             }
             Err(e) => {
-                let reason = e.to_string();
-                owner.failed(conn, reason.clone()).await;
-                return reason;
+                let reason = CloseReason::Protocol(e.to_string());
+                let said = reason.to_string();
+                owner.failed(conn, reason).await;
+                return said;
             }
         }
     }
