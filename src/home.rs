@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::DocCache;
 use crate::error::{Error, Result};
 use crate::team::Team;
+use crate::verify::Verifier;
 
 /// Name of the device's secret key file inside a home directory.
 pub const KEY_FILE: &str = "device.key";
@@ -114,6 +115,8 @@ pub struct Home {
     /// An entry is dropped when this home stores ops of its team, and every entry when
     /// another program has written to the store since ([`Store::data_version`]).
     access: RefCell<AccessCache>,
+    /// The worker checking documents received whole, once a node runs this home.
+    pub(crate) verifier: Option<Verifier>,
 }
 
 impl std::fmt::Debug for Home {
@@ -184,6 +187,7 @@ impl Home {
             sync_states: HashMap::new(),
             changed: Vec::new(),
             access: RefCell::new(AccessCache::default()),
+            verifier: None,
         }
     }
 

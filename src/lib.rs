@@ -34,6 +34,7 @@ mod replica;
 #[cfg(test)]
 mod sim;
 pub mod team;
+mod verify;
 
 pub use cache::DOCS_CACHED_MAX;
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};

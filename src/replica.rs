@@ -13,6 +13,7 @@ use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
+use crate::verify::{Job, Verdict, Verifier};
 
 impl Replica for Home {
     type Error = Error;
@@ -57,6 +58,10 @@ impl Replica for Home {
         doc: DocId,
         kind: DocKind,
     ) -> Result<Option<Message>> {
+        if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
+            // Nothing is said of a document received whole until it is checked.
+            return Ok(None);
+        }
         let mut state = self.take_sync_state(peer, doc)?;
         if self
             .stored_heads_if_unloaded(doc)?
@@ -117,6 +122,10 @@ impl Replica for Home {
     /// without using them) is verified before it is passed on: one that fails is
     /// discarded and never reaches another device.
     fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
+        if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
+            // Passed on once its check is done.
+            return Ok(None);
+        }
         if self.store.is_unverified(doc)? {
             let kind = self.store.doc_summary(doc)?.and_then(|s| s.kind.parse::<DocKind>().ok());
             let Some(kind) = kind else {
@@ -140,10 +149,19 @@ impl Replica for Home {
         heads: &[ChangeHash],
     ) -> Result<Import> {
         let meta = DocMeta { id: doc, team, kind: kind.to_string() };
-        Ok(match self.store.import_doc(&meta, bytes, heads)? {
+        let imported = match self.store.import_doc(&meta, bytes, heads)? {
             Imported::Stored => Import::Stored,
             Imported::AlreadyHeld => Import::Held,
-        })
+        };
+        if imported == Import::Stored && self.verifier.is_some() {
+            let access = self.team_access(team)?;
+            let (bytes, heads) = (bytes.to_vec(), heads.to_vec());
+            let job = Job { team, doc, kind, bytes, heads, access };
+            if let Some(verifier) = self.verifier.as_mut() {
+                verifier.submit(job);
+            }
+        }
+        Ok(imported)
     }
 
     fn merge_snapshot(
@@ -178,6 +196,23 @@ impl Replica for Home {
 
     fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changed)
+    }
+
+    fn set_waker(&mut self, waker: Box<dyn Fn() + Send>) {
+        match Verifier::start(waker) {
+            Ok(verifier) => self.verifier = Some(verifier),
+            // Without the worker, documents are checked when first loaded.
+            Err(e) => tracing::warn!("cannot start the thread checking received documents: {e}"),
+        }
+    }
+
+    fn poll_background(&mut self) {
+        let verdicts = self.verifier.as_mut().map(Verifier::verdicts).unwrap_or_default();
+        for verdict in verdicts {
+            if let Err(e) = self.take_verdict(verdict) {
+                tracing::warn!("cannot record the check of a received document: {e}");
+            }
+        }
     }
 
     fn reset_sync_state(&mut self, peer: DeviceId) {
@@ -282,6 +317,28 @@ impl Home {
 
     /// The heads of a document that is stored but not loaded into memory: sync messages
     /// that only confirm them are handled without loading it (see [`agreed`]).
+    /// Records the check of a document received whole: marked verified and passed on, or
+    /// discarded and asked for again. A document loaded (and so checked) meanwhile, or
+    /// discarded, is left as it is.
+    fn take_verdict(&mut self, verdict: Verdict) -> Result<()> {
+        let Verdict { team, doc, kind, result } = verdict;
+        if !self.store.is_unverified(doc)? {
+            return Ok(());
+        }
+        match result {
+            Ok(()) => self.store.set_verified(doc)?,
+            Err(refusal) => {
+                tracing::warn!("discarding a {kind} document received from a peer: {refusal}");
+                self.store.discard_unverified(doc)?;
+                self.docs.remove(&doc);
+                self.sync_states.retain(|(_, d), _| *d != doc);
+            }
+        }
+        // Either way the sessions look at it again: to pass it on, or to fetch it anew.
+        self.changed.push(Change::Doc { team, doc, kind });
+        Ok(())
+    }
+
     fn stored_heads_if_unloaded(&self, doc: DocId) -> Result<Option<Vec<ChangeHash>>> {
         if self.docs.contains_key(&doc) {
             return Ok(None);
@@ -325,6 +382,58 @@ mod tests {
         let mut heads = doc.get_heads();
         heads.sort();
         (doc.save(), heads)
+    }
+
+    #[test]
+    fn a_document_received_whole_is_checked_beside_the_owner_and_passed_on_only_then() -> Result<()>
+    {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let team = home.create_team("Rosa's team")?;
+        let (woken, wakes) = std::sync::mpsc::channel();
+        home.set_waker(Box::new(move || {
+            let _ = woken.send(());
+        }));
+        let own = home.profile().device;
+        let kinds: Vec<DocKind> = [9, 10]
+            .map(|m| DocKind::Notes {
+                stream: NoteStream::Care,
+                month: Month::new(2026, m).expect("a month"),
+            })
+            .to_vec();
+        // One by a device of the team, one under the first change's actor (forged).
+        let genesis_actor = ActorId::from(kinds[1].doc_id(team).as_bytes());
+        let ids = [kinds[0].doc_id(team), kinds[1].doc_id(team)];
+        let mut sent = Vec::new();
+        for (i, actor) in [ActorId::from(own.as_bytes()), genesis_actor].into_iter().enumerate() {
+            let (bytes, heads) = received(team, &kinds[i], actor);
+            assert_eq!(
+                home.import_snapshot(team, ids[i], kinds[i], &bytes, &heads)?,
+                Import::Stored
+            );
+            sent.push(bytes);
+        }
+        // Until their verdicts are taken in, neither is passed on nor spoken of.
+        let peer = care_core::DeviceKey::from_seed([3; 32]).device_id();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(home.snapshot(team, *id)?, None);
+            assert!(home.generate_sync_message(peer, team, *id, kinds[i])?.is_none());
+        }
+        for _ in 0..2 {
+            wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
+        }
+        home.changed.clear();
+        home.poll_background();
+        assert!(!home.store().is_unverified(ids[0])?, "the honest document is verified");
+        assert_eq!(home.snapshot(team, ids[0])?, Some(sent.remove(0)), "and passed on");
+        assert!(home.store().doc_summary(ids[1])?.is_none(), "the forged one is discarded");
+        let changed: Vec<_> = ids
+            .iter()
+            .zip(&kinds)
+            .map(|(id, kind)| Change::Doc { team, doc: *id, kind: *kind })
+            .collect();
+        assert_eq!(home.changed, changed, "the sessions look at both again");
+        Ok(())
     }
 
     #[test]

@@ -243,6 +243,13 @@ impl Hub {
         self.carry_out(replica, Vec::new());
     }
 
+    /// Work the replica did on its own threads is done ([`Replica::poll_background`]):
+    /// takes it in, and every session passes on what it changed.
+    pub fn background<R: Replica>(&mut self, replica: &mut R) {
+        replica.poll_background();
+        self.carry_out(replica, Vec::new());
+    }
+
     /// A write on this device: every session that shares it passes it on.
     pub fn local_change<R: Replica>(&mut self, replica: &mut R, change: Change) {
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();

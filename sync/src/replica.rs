@@ -156,6 +156,18 @@ pub trait Replica {
         let _ = peer;
     }
 
+    /// Gives the replica a way to wake its driver: a replica that does work on threads
+    /// of its own (checking documents received whole) calls it when results are in, and
+    /// the driver then calls [`Replica::poll_background`] (through
+    /// [`Hub::background`](crate::Hub::background)). A replica without such work ignores it.
+    fn set_waker(&mut self, waker: Box<dyn Fn() + Send>) {
+        let _ = waker;
+    }
+
+    /// Takes in the results of work done on the replica's own threads, recording what
+    /// they changed for [`Replica::take_changes`].
+    fn poll_background(&mut self) {}
+
     /// What this replica changed since last asked that the device's sessions have not
     /// been told of: writes an app made through it, and documents a step discarded (to
     /// be fetched again). The [`Hub`](crate::Hub) asks after every step.

@@ -66,6 +66,8 @@ enum Command<R> {
     Call(Call<R>),
     /// The time moved on.
     Tick,
+    /// The replica has results of its own work to take in.
+    Wake,
     /// Stop: drop the replica and say so.
     Stop(oneshot::Sender<()>),
 }
@@ -123,9 +125,14 @@ impl<R> std::fmt::Debug for Owner<R> {
 impl<R: Replica + Send + 'static> Owner<R> {
     /// Starts the owner thread of `replica`, and a task telling it the time. Must be
     /// called within a tokio runtime.
-    pub fn spawn(replica: R) -> std::io::Result<Owner<R>> {
+    pub fn spawn(mut replica: R) -> std::io::Result<Owner<R>> {
         let device = replica.device();
         let (commands, queue) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let wakes = commands.clone();
+        // A full queue means the owner is busy: the next tick takes the results in.
+        replica.set_waker(Box::new(move || {
+            let _ = wakes.try_send(Command::Wake);
+        }));
         let shared = Arc::new(Shared {
             events: broadcast::channel(EVENTS_QUEUED_MAX).0,
             connected: Mutex::new(BTreeSet::new()),
@@ -298,7 +305,9 @@ impl<R: Replica> Thread<R> {
             Command::Tick => {
                 let now = self.started.elapsed().as_millis() as u64;
                 self.hub.tick(replica, now);
+                self.hub.background(replica);
             }
+            Command::Wake => self.hub.background(replica),
             Command::Stop(_) => {}
         }
     }

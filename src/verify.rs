@@ -1,0 +1,100 @@
+//! Documents received whole are checked on a worker thread beside the owner of the
+//! home: inflated size, a full load to the heads they were stored with, and every
+//! change's author and rules. Until a document's verdict is in, this device does not
+//! pass it on; a verdict that fails discards it, and it is fetched again.
+//!
+//! A home verifies this way once a node runs it ([`Replica::set_waker`]); without a node,
+//! a document is verified when it is first loaded, as before.
+//!
+//! [`Replica::set_waker`]: care_sync::Replica::set_waker
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+
+use automerge::{Automerge, ChangeHash};
+use care_core::{DocId, DocKind, TeamId};
+use care_sync::TeamAccess;
+use care_sync::access::check_document;
+use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
+
+/// A document to check, with what it is checked against.
+pub(crate) struct Job {
+    pub(crate) team: TeamId,
+    pub(crate) doc: DocId,
+    pub(crate) kind: DocKind,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) heads: Vec<ChangeHash>,
+    pub(crate) access: TeamAccess,
+}
+
+/// What the check found.
+pub(crate) struct Verdict {
+    pub(crate) team: TeamId,
+    pub(crate) doc: DocId,
+    pub(crate) kind: DocKind,
+    /// `Err` is why the document was refused.
+    pub(crate) result: Result<(), String>,
+}
+
+/// The worker and what it has not answered yet.
+pub(crate) struct Verifier {
+    jobs: mpsc::Sender<Job>,
+    verdicts: mpsc::Receiver<Verdict>,
+    pending: HashSet<DocId>,
+}
+
+impl Verifier {
+    /// Starts the worker; `wake` is called after each verdict, so that the owner of the
+    /// home collects it.
+    pub(crate) fn start(wake: Box<dyn Fn() + Send>) -> std::io::Result<Verifier> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (answers, verdicts) = mpsc::channel();
+        std::thread::Builder::new().name("care-verify".into()).spawn(move || {
+            for job in queue {
+                let result = check(&job);
+                let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, result };
+                if answers.send(verdict).is_err() {
+                    return;
+                }
+                wake();
+            }
+        })?;
+        Ok(Verifier { jobs, verdicts, pending: HashSet::new() })
+    }
+
+    /// Queues a document for checking.
+    pub(crate) fn submit(&mut self, job: Job) {
+        self.pending.insert(job.doc);
+        // A worker that is gone leaves the document pending; it is then verified on
+        // its first load.
+        let _ = self.jobs.send(job);
+    }
+
+    /// Whether a document's verdict is still to come.
+    pub(crate) fn is_pending(&self, doc: DocId) -> bool {
+        self.pending.contains(&doc)
+    }
+
+    /// The verdicts in so far.
+    pub(crate) fn verdicts(&mut self) -> Vec<Verdict> {
+        let verdicts: Vec<Verdict> = self.verdicts.try_iter().collect();
+        for verdict in &verdicts {
+            self.pending.remove(&verdict.doc);
+        }
+        verdicts
+    }
+}
+
+/// The whole check of a document received whole.
+fn check(job: &Job) -> Result<(), String> {
+    inflated_len(&job.bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
+    let doc = Automerge::load(&job.bytes).map_err(|e| format!("it does not load: {e}"))?;
+    let mut heads = doc.get_heads();
+    heads.sort();
+    let mut claimed = job.heads.clone();
+    claimed.sort();
+    if heads != claimed {
+        return Err("its changes do not add up to the heads it was sent with".into());
+    }
+    check_document(&job.access, job.team, &job.kind, &doc)
+}
