@@ -44,21 +44,30 @@ impl NetConfig {
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetError {
     /// The listen address was refused.
-    #[error("cannot listen on {addr}: {reason}")]
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        reason: String,
+        source: crate::service::Source,
     },
     /// The endpoint failed to bind.
     #[error("cannot start the network endpoint: {0}")]
-    Bind(String),
+    Bind(#[source] crate::service::Source),
     /// LAN discovery could not start.
     #[error("cannot start LAN discovery: {0}")]
-    Lan(String),
+    Lan(#[source] crate::service::Source),
+    /// A relay URL that does not parse.
+    #[error("`{url}` is not a relay URL: {source}")]
+    RelayUrl {
+        /// What was given.
+        url: String,
+        /// Why it does not parse.
+        source: crate::service::Source,
+    },
 }
 
 /// Binds this device's endpoint with its secret key, speaking the sync and join ALPNs.
@@ -84,13 +93,13 @@ pub async fn bind(secret: [u8; 32], config: &NetConfig) -> Result<Endpoint, NetE
         .net_report_config(report)
         .clear_ip_transports()
         .bind_addr(config.listen)
-        .map_err(|e| NetError::Listen { addr: config.listen, reason: e.to_string() })?;
-    let endpoint = builder.bind().await.map_err(|e| NetError::Bind(e.to_string()))?;
+        .map_err(|e| NetError::Listen { addr: config.listen, source: e.into() })?;
+    let endpoint = builder.bind().await.map_err(|e| NetError::Bind(e.into()))?;
     if config.lan {
         let mdns = iroh_mdns_address_lookup::MdnsAddressLookup::builder()
             .build(endpoint.id())
-            .map_err(|e| NetError::Lan(e.to_string()))?;
-        endpoint.address_lookup().map_err(|e| NetError::Lan(e.to_string()))?.add(mdns);
+            .map_err(|e| NetError::Lan(e.into()))?;
+        endpoint.address_lookup().map_err(|e| NetError::Lan(e.into()))?.add(mdns);
     }
     Ok(endpoint)
 }

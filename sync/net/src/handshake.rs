@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::framing::{read_frame_max, write_frame};
-use crate::service::DialError;
+use crate::service::{DialError, Source};
 use care_sync::join::{self, JOIN_MESSAGE_BYTES_MAX, JoinMessageError};
 
 /// How long a handshake may take, either side.
@@ -23,17 +23,16 @@ pub async fn request<Req: Serialize, Reply: DeserializeOwned>(
     alpn: &[u8],
     request: &Req,
 ) -> Result<Reply, DialError> {
-    let lost = |e: &dyn std::fmt::Display| DialError::Lost(e.to_string());
+    let lost = |e: Source| DialError::Lost(e);
     let attempt = async {
-        let conn =
-            endpoint.connect(addr, alpn).await.map_err(|e| DialError::Connect(e.to_string()))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-        write_frame(&mut send, &join::encode(request)).await.map_err(|e| lost(&e))?;
-        send.finish().map_err(|e| lost(&e))?;
+        let conn = endpoint.connect(addr, alpn).await.map_err(|e| DialError::Connect(e.into()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.into()))?;
+        write_frame(&mut send, &join::encode(request)).await.map_err(|e| lost(e.into()))?;
+        send.finish().map_err(|e| lost(e.into()))?;
         let bytes =
-            read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX).await.map_err(|e| lost(&e))?;
+            read_frame_max(&mut recv, JOIN_MESSAGE_BYTES_MAX).await.map_err(|e| lost(e.into()))?;
         conn.close(VarInt::from_u32(0), b"answered");
-        join::decode::<Reply>(&bytes).map_err(|e| DialError::Protocol(e.to_string()))
+        Ok(join::decode::<Reply>(&bytes)?)
     };
     tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), attempt)
         .await

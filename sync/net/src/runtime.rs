@@ -117,8 +117,9 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
     /// the endpoint adds it to its relay map, and dials from now on go through it too.
     /// Returns whether it was new.
     pub async fn use_relay(&self, url: &str) -> Result<bool, NetError> {
-        let url: RelayUrl =
-            url.parse().map_err(|e| NetError::Bind(format!("`{url}` is not a relay URL: {e}")))?;
+        let url: RelayUrl = url
+            .parse()
+            .map_err(|e| NetError::RelayUrl { url: url.to_owned(), source: Box::new(e) })?;
         if self.relay().as_ref() == Some(&url) {
             return Ok(false);
         }
@@ -158,7 +159,7 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
             &peer.addrs,
             peer.relay.clone().or_else(|| self.relay()).as_ref(),
         )
-        .ok_or_else(|| DialError::Connect("the device id is not a valid key".into()))?;
+        .ok_or(DialError::InvalidDevice("the address"))?;
         tokio::time::timeout(
             Duration::from_millis(CONNECT_TIMEOUT_MS),
             self.service.dial(&self.endpoint, addr),
@@ -222,7 +223,7 @@ impl<R: Replica + Invites + Send + 'static> Runtime<R> {
         let relay = ticket.relay.as_deref().and_then(|url| url.parse::<RelayUrl>().ok());
         let addr =
             endpoint_addr(ticket.inviter, &ticket.addrs, relay.or_else(|| self.relay()).as_ref())
-                .ok_or_else(|| DialError::Connect("the ticket names an invalid device".into()))?;
+                .ok_or(DialError::InvalidDevice("the ticket"))?;
         request_join(&self.endpoint, addr, request).await
     }
 

@@ -32,18 +32,25 @@ const JOIN_REQUEST_BYTES_MAX: usize = 4 * 1024;
 pub const JOIN_ATTEMPTS_PER_WINDOW_MAX: u32 = 20;
 /// The window of [`JOIN_ATTEMPTS_PER_WINDOW_MAX`], in milliseconds.
 pub const JOIN_WINDOW_MS: u64 = 60_000;
+/// An error from the network library, kept as the source of ours.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a dial or a join failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DialError {
+    /// The address names no valid device (its id is not a key).
+    #[error("{0} names an invalid device")]
+    InvalidDevice(&'static str),
     /// No connection could be made.
     #[error("cannot reach the device: {0}")]
-    Connect(String),
+    Connect(#[source] Source),
     /// The connection broke during the handshake.
     #[error("the connection broke: {0}")]
-    Lost(String),
+    Lost(#[source] Source),
     /// The other device answered something unreadable.
     #[error("the other device answered something unreadable: {0}")]
-    Protocol(String),
+    Protocol(#[from] care_sync::join::JoinMessageError),
     /// The handshake took too long.
     #[error("the other device did not answer in time")]
     Timeout,
@@ -151,8 +158,7 @@ impl<R: Replica + Invites + Send + 'static> SyncService<R> {
         endpoint: &Endpoint,
         addr: EndpointAddr,
     ) -> Result<(), DialError> {
-        let conn =
-            endpoint.connect(addr, ALPN).await.map_err(|e| DialError::Connect(e.to_string()))?;
+        let conn = endpoint.connect(addr, ALPN).await.map_err(|e| DialError::Connect(e.into()))?;
         let service = Arc::clone(self);
         tokio::spawn(async move { service.run(conn, true).await });
         Ok(())
