@@ -397,6 +397,36 @@ mod tests {
 
     use crate::home::Home;
 
+    /// A circle node takes on at most `CIRCLE_TEAMS_MAX` teams: the next team's log is
+    /// refused before its ticket is even looked at, and nothing of it is stored.
+    #[test]
+    fn a_circle_node_takes_on_at_most_circle_teams_max_teams() -> crate::Result<()> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut home = Home::init(dir.path(), "Circle relay")?;
+        let key = care_core::DeviceKey::from_seed([5; 32]);
+        let member = MemberId::from_bytes([5; 16]);
+        let log = |i: u32| {
+            let mut nonce = [0u8; 16];
+            nonce[..4].copy_from_slice(&i.to_le_bytes());
+            let at = care_core::Timestamp(0);
+            care_core::membership::create_team(&key, at, "A team", member, "Ann", nonce)
+        };
+        for i in 0..super::CIRCLE_TEAMS_MAX as u32 {
+            let create = log(i);
+            home.store_ops(care_core::membership::team_id(&create), &[create])?;
+        }
+        let create = log(u32::MAX);
+        let team = care_core::membership::team_id(&create);
+        let refused = home.take_on_team(&[0; 16], team, &[create]);
+        assert!(
+            matches!(&refused, Err(crate::Error::CircleRefused(why)) if why.contains("the most it may")),
+            "{refused:?}"
+        );
+        assert!(!home.store.teams()?.contains(&team));
+        assert_eq!(home.store.teams()?.len(), super::CIRCLE_TEAMS_MAX);
+        Ok(())
+    }
+
     #[test]
     fn the_admitted_devices_follow_a_growing_membership_log() -> crate::Result<()> {
         let dir = tempfile::tempdir().expect("a temporary directory");
