@@ -149,19 +149,18 @@ impl Replica for Home {
         heads: &[ChangeHash],
     ) -> Result<Import> {
         let meta = DocMeta { id: doc, team, kind: kind.to_string() };
-        let imported = match self.store.import_doc(&meta, bytes, heads)? {
-            Imported::Stored => Import::Stored,
-            Imported::AlreadyHeld => Import::Held,
-        };
-        if imported == Import::Stored && self.verifier.is_some() {
-            let access = self.team_access(team)?;
-            let (bytes, heads) = (bytes.to_vec(), heads.to_vec());
-            let job = Job { team, doc, kind, bytes, heads, access };
-            if let Some(verifier) = self.verifier.as_mut() {
-                verifier.submit(job);
-            }
+        if self.store.import_doc(&meta, bytes, heads)? == Imported::AlreadyHeld {
+            return Ok(Import::Held);
         }
-        Ok(imported)
+        if self.verifier.is_none() {
+            return Ok(Import::Stored);
+        }
+        let access = self.team_access(team)?;
+        let (bytes, heads) = (bytes.to_vec(), heads.to_vec());
+        if let Some(verifier) = self.verifier.as_mut() {
+            verifier.submit(Job { team, doc, kind, bytes, heads, access });
+        }
+        Ok(Import::Checking)
     }
 
     fn merge_snapshot(
@@ -409,7 +408,7 @@ mod tests {
             let (bytes, heads) = received(team, &kinds[i], actor);
             assert_eq!(
                 home.import_snapshot(team, ids[i], kinds[i], &bytes, &heads)?,
-                Import::Stored
+                Import::Checking
             );
             sent.push(bytes);
         }
@@ -433,6 +432,81 @@ mod tests {
             .map(|(id, kind)| Change::Doc { team, doc: *id, kind: *kind })
             .collect();
         assert_eq!(home.changed, changed, "the sessions look at both again");
+        Ok(())
+    }
+
+    /// Carries every frame between two hubs until neither has anything more to say.
+    fn exchange(sides: &mut [(care_sync::Hub, Home, care_sync::ConnId); 2]) {
+        loop {
+            let mut moved = false;
+            for from in 0..2 {
+                let effects = sides[from].0.take_effects();
+                for effect in effects {
+                    if let care_sync::Effect::Send { frame, .. } = effect {
+                        moved = true;
+                        let (hub, home, conn) = &mut sides[1 - from];
+                        hub.frame(home, *conn, &frame);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// A device whose node checks documents received whole beside its owner does not
+    /// report the team in sync with the sender until every verdict is in.
+    #[test]
+    fn a_document_checked_beside_is_in_sync_only_after_its_verdict() -> Result<()> {
+        let dirs = [tempfile::tempdir(), tempfile::tempdir()];
+        let [Ok(a_dir), Ok(b_dir)] = dirs else { panic!("temporary directories") };
+        let mut ada = Home::init(a_dir.path(), "Ada")?;
+        let mut bea = Home::init(b_dir.path(), "Bea")?;
+        let team = ada.create_team("Rosa's team")?;
+        ada.team("")?
+            .add_note(&crate::NewNote { text: "Tea at 8.".into(), ..Default::default() }, None)?;
+        let (member, device) = (bea.profile().member, bea.profile().device);
+        let body =
+            OpBody::AddMember { member, name: "Bea".into(), role: Role::Worker, hats: vec![] };
+        ada.author_op(team, body)?;
+        ada.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+        bea.add_ops(team, &ada.signed_ops(team)?)?;
+        let (woken, wakes) = std::sync::mpsc::channel();
+        bea.set_waker(Box::new(move || {
+            let _ = woken.send(());
+        }));
+
+        let ada_device = ada.profile().device;
+        let mut ada_hub = care_sync::Hub::new(ada_device);
+        let mut bea_hub = care_sync::Hub::new(device);
+        let to_bea = ada_hub
+            .open(&mut ada, device, ada_device, 0)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let to_ada = bea_hub
+            .open(&mut bea, ada_device, ada_device, 0)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut sides = [(ada_hub, ada, to_bea), (bea_hub, bea, to_ada)];
+        exchange(&mut sides);
+        let held = Replica::docs(&sides[1].1, team)?;
+        assert!(held.len() >= 4, "Bea holds Ada's documents: {held:?}");
+        let session = |sides: &[(care_sync::Hub, Home, care_sync::ConnId); 2]| {
+            sides[1].0.session(sides[1].2).map(|s| s.in_sync(team))
+        };
+        assert_eq!(session(&sides), Some(false), "not in sync before the verdicts");
+
+        let pending: Vec<_> = held
+            .iter()
+            .filter(|d| sides[1].1.store().is_unverified(d.id).unwrap_or(false))
+            .collect();
+        assert!(!pending.is_empty());
+        for _ in &pending {
+            wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
+        }
+        let (hub, home, _) = &mut sides[1];
+        hub.background(home);
+        exchange(&mut sides);
+        assert_eq!(session(&sides), Some(true), "in sync once every verdict is in");
         Ok(())
     }
 

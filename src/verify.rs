@@ -1,5 +1,5 @@
-//! Documents received whole are checked on a worker thread beside the owner of the
-//! home: inflated size, a full load to the heads they were stored with, and every
+//! Documents received whole are checked on worker threads beside the owner of the
+//! home (one per core, up to [`WORKERS_MAX`]): inflated size, a full load to the heads they were stored with, and every
 //! change's author and rules. Until a document's verdict is in, this device does not
 //! pass it on; a verdict that fails discards it, and it is fetched again.
 //!
@@ -9,7 +9,7 @@
 //! [`Replica::set_waker`]: care_sync::Replica::set_waker
 
 use std::collections::HashSet;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use automerge::{Automerge, ChangeHash};
 use care_core::{DocId, DocKind, TeamId};
@@ -36,7 +36,19 @@ pub(crate) struct Verdict {
     pub(crate) result: Result<(), String>,
 }
 
-/// The worker and what it has not answered yet.
+/// Most threads checking documents at once: one per core, at most this many.
+const WORKERS_MAX: usize = 4;
+
+/// The waker, callable from every worker.
+struct Wake(Mutex<Box<dyn Fn() + Send>>);
+
+impl Wake {
+    fn call(&self) {
+        (self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))();
+    }
+}
+
+/// The workers and what they have not answered yet.
 pub(crate) struct Verifier {
     jobs: mpsc::Sender<Job>,
     verdicts: mpsc::Receiver<Verdict>,
@@ -49,16 +61,25 @@ impl Verifier {
     pub(crate) fn start(wake: Box<dyn Fn() + Send>) -> std::io::Result<Verifier> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (answers, verdicts) = mpsc::channel();
-        std::thread::Builder::new().name("care-verify".into()).spawn(move || {
-            for job in queue {
-                let result = check(&job);
-                let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, result };
-                if answers.send(verdict).is_err() {
-                    return;
+        let queue = Arc::new(Mutex::new(queue));
+        let wake = Arc::new(Wake(Mutex::new(wake)));
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(WORKERS_MAX);
+        for _ in 0..workers {
+            let (queue, answers, wake) = (Arc::clone(&queue), answers.clone(), Arc::clone(&wake));
+            std::thread::Builder::new().name("care-verify".into()).spawn(move || {
+                loop {
+                    let job =
+                        queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                    let Ok(job) = job else { return };
+                    let result = check(&job);
+                    let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, result };
+                    if answers.send(verdict).is_err() {
+                        return;
+                    }
+                    wake.call();
                 }
-                wake();
-            }
-        })?;
+            })?;
+        }
         Ok(Verifier { jobs, verdicts, pending: HashSet::new() })
     }
 

@@ -26,6 +26,11 @@ pub struct HeldDoc {
 pub enum Import {
     /// The document is stored, to be verified when first loaded.
     Stored,
+    /// The document is stored and being checked beside the replica's driver: until the
+    /// verdict is in (a [`Change::Doc`] from [`Replica::take_changes`], the document
+    /// then held if it passed and gone if not), it is neither used nor passed on, and a
+    /// session does not count it in sync.
+    Checking,
     /// The document was held already; nothing was stored.
     Held,
 }

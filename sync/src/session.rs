@@ -149,6 +149,9 @@ struct Progress {
     /// Documents sent whole by a live change, so that the next change to one before the
     /// remote answers goes by the sync protocol, not whole again.
     snapshots_sent: BTreeSet<DocId>,
+    /// Documents the remote sent whole that the replica is still checking: not in sync
+    /// until the verdict (a local change of the document) is in.
+    checking: BTreeSet<DocId>,
 }
 
 /// Our heads and the remote's of one document, as last known; empty when unknown or not
@@ -267,6 +270,10 @@ impl Session {
         kind: DocKind,
     ) -> Vec<Output> {
         self.run(replica, |s, r, out| {
+            let checked = s.progress.get_mut(&team).is_some_and(|p| p.checking.remove(&doc));
+            if checked {
+                s.on_checked(r, team, doc, kind, out)?;
+            }
             if s.phase == Phase::Live && s.both_read(team, &kind) {
                 // A document the remote has none of (one this device just received whole,
                 // say) goes whole, as in a catch-up: the remote stores it without loading
@@ -728,11 +735,15 @@ impl Session {
             self.refused(team, doc, whole.heads, reason, out);
             return Ok(());
         }
-        match replica.import_snapshot(team, doc, kind, bytes, &whole.heads).map_err(store)? {
-            Import::Stored => {}
-            Import::Held => return self.merge_snapshot(replica, team, doc, kind, bytes, out),
+        let checking =
+            match replica.import_snapshot(team, doc, kind, bytes, &whole.heads).map_err(store)? {
+                Import::Stored => false,
+                Import::Checking => true,
+                Import::Held => return self.merge_snapshot(replica, team, doc, kind, bytes, out),
+            };
+        if !checking {
+            out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         }
-        out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         // Tell the remote that this device now holds its heads, as Automerge's sync
         // protocol would, and keep the sync state that message leaves behind.
         let (state, message) = answer_to_snapshot(&whole.heads);
@@ -746,8 +757,39 @@ impl Session {
         if let Some(progress) = self.progress.get_mut(&team) {
             progress.in_sync = false;
         }
-        self.note_heads(team, doc, Some(whole.heads.clone()), Some(whole.heads));
+        if checking {
+            // Not ours to count until the replica's check passes.
+            self.progress.entry(team).or_default().checking.insert(doc);
+            self.note_heads(team, doc, Some(Vec::new()), Some(whole.heads));
+        } else {
+            self.note_heads(team, doc, Some(whole.heads.clone()), Some(whole.heads));
+        }
         self.settle(team, out);
+        Ok(())
+    }
+
+    /// The replica's verdict on a document this remote sent whole is in: held if it
+    /// passed, gone if not. Counts it in sync, or reports the remote.
+    fn on_checked<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let held = replica.docs(team).map_err(store)?.into_iter().find(|d| d.id == doc);
+        match held {
+            Some(held) => {
+                out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
+                self.note_heads(team, doc, Some(held.heads), None);
+            }
+            None => {
+                let why = "a document sent whole that failed its full check";
+                self.refuse(team, Some(doc), Refusal::Malformed(why.into()), out);
+                self.note_heads(team, doc, Some(Vec::new()), None);
+            }
+        }
         Ok(())
     }
 
@@ -1037,6 +1079,11 @@ impl Session {
             heads.entry(d.id).or_default().theirs = their_heads;
         }
         let progress = self.progress.entry(team).or_default();
+        for doc in &progress.checking {
+            if let Some(known) = heads.get_mut(doc) {
+                known.ours.clear();
+            }
+        }
         if !progress.ops_received.is_empty() {
             let ops: Vec<SignedOp> =
                 std::mem::take(&mut progress.ops_received).into_values().collect();
