@@ -9,20 +9,22 @@
 //! [`Replica::set_waker`]: care_sync::Replica::set_waker
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use automerge::{Automerge, ChangeHash};
 use care_core::{DocId, DocKind, TeamId};
+use care_store::Store;
 use care_sync::TeamAccess;
 use care_sync::access::check_document;
 use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
 
-/// A document to check, with what it is checked against.
+/// A document to check, with what it is checked against. The bytes stay in the store
+/// until a worker reads them, so what waits in the queue is small whatever peers send.
 pub(crate) struct Job {
     pub(crate) team: TeamId,
     pub(crate) doc: DocId,
     pub(crate) kind: DocKind,
-    pub(crate) bytes: Vec<u8>,
     pub(crate) heads: Vec<ChangeHash>,
     pub(crate) access: TeamAccess,
 }
@@ -56,9 +58,9 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    /// Starts the worker; `wake` is called after each verdict, so that the owner of the
-    /// home collects it.
-    pub(crate) fn start(wake: Box<dyn Fn() + Send>) -> std::io::Result<Verifier> {
+    /// Starts the workers, each with its own connection to the store at `store`; `wake`
+    /// is called after each verdict, so that the owner of the home collects it.
+    pub(crate) fn start(store: &Path, wake: Box<dyn Fn() + Send>) -> std::io::Result<Verifier> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (answers, verdicts) = mpsc::channel();
         let queue = Arc::new(Mutex::new(queue));
@@ -66,12 +68,17 @@ impl Verifier {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(WORKERS_MAX);
         for _ in 0..workers {
             let (queue, answers, wake) = (Arc::clone(&queue), answers.clone(), Arc::clone(&wake));
+            let path = store.to_owned();
             std::thread::Builder::new().name("care-verify".into()).spawn(move || {
+                let store = Store::open(&path);
                 loop {
                     let job =
                         queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                     let Ok(job) = job else { return };
-                    let result = check(&job);
+                    let result = match &store {
+                        Ok(store) => check(store, &job),
+                        Err(e) => Err(format!("the store cannot be read to check it: {e}")),
+                    };
                     let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, result };
                     if answers.send(verdict).is_err() {
                         return;
@@ -106,10 +113,16 @@ impl Verifier {
     }
 }
 
-/// The whole check of a document received whole.
-fn check(job: &Job) -> Result<(), String> {
-    inflated_len(&job.bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
-    let doc = Automerge::load(&job.bytes).map_err(|e| format!("it does not load: {e}"))?;
+/// The whole check of a document received whole, read from the store.
+fn check(store: &Store, job: &Job) -> Result<(), String> {
+    let bytes = match store.doc_bytes(job.doc) {
+        Ok(Some(bytes)) => bytes,
+        // Discarded or replaced meanwhile: the owner leaves a verdict on it alone.
+        Ok(None) => return Err("it is no longer stored".into()),
+        Err(e) => return Err(format!("it cannot be read back: {e}")),
+    };
+    inflated_len(&bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
+    let doc = Automerge::load(&bytes).map_err(|e| format!("it does not load: {e}"))?;
     let mut heads = doc.get_heads();
     heads.sort();
     let mut claimed = job.heads.clone();
