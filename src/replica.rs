@@ -13,7 +13,7 @@ use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
-use crate::verify::{Job, Verdict, Verifier};
+use crate::verify::{Job, Outcome, Verdict, Verifier};
 
 impl Replica for Home {
     type Error = Error;
@@ -157,10 +157,11 @@ impl Replica for Home {
         }
         let access = self.team_access(team)?;
         let heads = heads.to_vec();
-        if let Some(verifier) = self.verifier.as_mut() {
-            verifier.submit(Job { team, doc, kind, heads, access });
-        }
-        Ok(Import::Checking)
+        let queued = self
+            .verifier
+            .as_mut()
+            .is_some_and(|verifier| verifier.submit(Job { team, doc, kind, heads, access }));
+        Ok(if queued { Import::Checking } else { Import::Stored })
     }
 
     fn merge_snapshot(
@@ -320,13 +321,17 @@ impl Home {
     /// discarded and asked for again. A document loaded (and so checked) meanwhile, or
     /// discarded, is left as it is.
     fn take_verdict(&mut self, verdict: Verdict) -> Result<()> {
-        let Verdict { team, doc, kind, result } = verdict;
+        let Verdict { team, doc, kind, outcome } = verdict;
         if !self.store.is_unverified(doc)? {
             return Ok(());
         }
-        match result {
-            Ok(()) => self.store.set_verified(doc)?,
-            Err(refusal) => {
+        match outcome {
+            Outcome::Passed => self.store.set_verified(doc)?,
+            // Left unverified, it is checked when first loaded or passed on.
+            Outcome::Unchecked(why) => {
+                tracing::warn!("a received {kind} document was not checked: {why}")
+            }
+            Outcome::Failed(refusal) => {
                 tracing::warn!("discarding a {kind} document received from a peer: {refusal}");
                 self.store.discard_unverified(doc)?;
                 self.docs.remove(&doc);

@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::ChangeHash;
 use automerge::sync::{Message, State};
-use care_core::documents::{Author, notes, plan};
+use care_core::documents::Author;
 use care_core::{
-    DeviceId, DeviceKey, DocId, DocKind, EntryId, MemberId, Month, Section, SignedOp, TeamId,
-    Timestamp,
+    DeviceId, DeviceKey, DocId, DocKind, MemberId, Month, SignedOp, TeamId, Timestamp,
 };
-use care_sync::sim::{SimDevice, run_seeds, without_genesis};
+use care_sync::sim::{SimDevice, edit_doc, run_seeds, without_genesis};
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess};
 
 use crate::error::{Error, Result};
@@ -69,20 +68,10 @@ impl SimDevice for SimHome {
         random: [u8; 8],
     ) -> std::result::Result<(), String> {
         let mut handle = self.home.team(&team.to_string()).map_err(|e| e.to_string())?;
-        let written = match kind {
-            DocKind::Notes { month, .. } => {
-                let note = notes::NewNote { text: text.to_owned(), ..Default::default() };
-                let id = EntryId::new(month, random);
-                handle.write_at(kind, author.at, |doc, a| notes::add_note(doc, a, id, &note))
-            }
-            DocKind::Plan => handle.write_at(kind, author.at, |doc, a| {
-                plan::set_section(doc, a, Section::Routines, text)
-            }),
-            _ => handle.write_at(kind, author.at, |doc, a| {
-                plan::set_section(doc, a, Section::Medication, text)
-            }),
-        };
-        written.map_err(|e| e.to_string())
+        handle
+            .write_at(kind, author.at, |doc, a| edit_doc(doc, &kind, a, text, random))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {

@@ -34,8 +34,18 @@ pub(crate) struct Verdict {
     pub(crate) team: TeamId,
     pub(crate) doc: DocId,
     pub(crate) kind: DocKind,
-    /// `Err` is why the document was refused.
-    pub(crate) result: Result<(), String>,
+    pub(crate) outcome: Outcome,
+}
+
+/// The outcome of one check.
+pub(crate) enum Outcome {
+    /// The document is what it claims, by devices that may write it, within its rules.
+    Passed,
+    /// The document is refused, and why.
+    Failed(String),
+    /// The worker could not read the document back (the store failed, or the document
+    /// is no longer stored): it stays as it is, and is checked on its first load.
+    Unchecked(String),
 }
 
 /// Most threads checking documents at once: one per core, at most this many.
@@ -75,11 +85,11 @@ impl Verifier {
                     let job =
                         queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                     let Ok(job) = job else { return };
-                    let result = match &store {
+                    let outcome = match &store {
                         Ok(store) => check(store, &job),
-                        Err(e) => Err(format!("the store cannot be read to check it: {e}")),
+                        Err(e) => Outcome::Unchecked(format!("the store cannot be opened: {e}")),
                     };
-                    let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, result };
+                    let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, outcome };
                     if answers.send(verdict).is_err() {
                         return;
                     }
@@ -90,12 +100,15 @@ impl Verifier {
         Ok(Verifier { jobs, verdicts, pending: HashSet::new() })
     }
 
-    /// Queues a document for checking.
-    pub(crate) fn submit(&mut self, job: Job) {
-        self.pending.insert(job.doc);
-        // A worker that is gone leaves the document pending; it is then verified on
-        // its first load.
-        let _ = self.jobs.send(job);
+    /// Queues a document for checking; `false` when the workers are gone (the document
+    /// is then checked on its first load).
+    pub(crate) fn submit(&mut self, job: Job) -> bool {
+        let doc = job.doc;
+        let queued = self.jobs.send(job).is_ok();
+        if queued {
+            self.pending.insert(doc);
+        }
+        queued
     }
 
     /// Whether a document's verdict is still to come.
@@ -114,15 +127,22 @@ impl Verifier {
 }
 
 /// The whole check of a document received whole, read from the store.
-fn check(store: &Store, job: &Job) -> Result<(), String> {
+fn check(store: &Store, job: &Job) -> Outcome {
     let bytes = match store.doc_bytes(job.doc) {
         Ok(Some(bytes)) => bytes,
-        // Discarded or replaced meanwhile: the owner leaves a verdict on it alone.
-        Ok(None) => return Err("it is no longer stored".into()),
-        Err(e) => return Err(format!("it cannot be read back: {e}")),
+        Ok(None) => return Outcome::Unchecked("it is no longer stored".into()),
+        Err(e) => return Outcome::Unchecked(format!("it cannot be read back: {e}")),
     };
-    inflated_len(&bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
-    let doc = Automerge::load(&bytes).map_err(|e| format!("it does not load: {e}"))?;
+    match check_bytes(&bytes, job) {
+        Ok(()) => Outcome::Passed,
+        Err(why) => Outcome::Failed(why),
+    }
+}
+
+/// Checks a document's bytes against what it claimed when it arrived.
+fn check_bytes(bytes: &[u8], job: &Job) -> Result<(), String> {
+    inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
+    let doc = Automerge::load(bytes).map_err(|e| format!("it does not load: {e}"))?;
     let mut heads = doc.get_heads();
     heads.sort();
     let mut claimed = job.heads.clone();

@@ -73,16 +73,7 @@ impl SimDevice for MemoryReplica {
         text: &str,
         random: [u8; 8],
     ) -> Result<(), String> {
-        let doc = self.doc_mut(team, kind);
-        let written = match kind {
-            DocKind::Notes { month, .. } => {
-                let note = notes::NewNote { text: text.to_owned(), ..Default::default() };
-                notes::add_note(doc, author, EntryId::new(month, random), &note)
-            }
-            DocKind::Plan => plan::set_section(doc, author, Section::Routines, text),
-            _ => plan::set_section(doc, author, Section::Medication, text),
-        };
-        written.map_err(|e| e.to_string())
+        edit_doc(self.doc_mut(team, kind), &kind, author, text, random).map_err(|e| e.to_string())
     }
 
     fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
@@ -91,6 +82,25 @@ impl SimDevice for MemoryReplica {
             (Some(held), Some(d)) => without_genesis(team, &held.kind, d.get_heads()),
             _ => Vec::new(),
         }
+    }
+}
+
+/// The simulation's edit of a document of `kind`, as `author`: a note with `random` as its
+/// entry id bytes in a notes document, else a section of a plan.
+pub fn edit_doc(
+    doc: &mut automerge::Automerge,
+    kind: &DocKind,
+    author: &Author,
+    text: &str,
+    random: [u8; 8],
+) -> Result<(), care_core::documents::DocError> {
+    match *kind {
+        DocKind::Notes { month, .. } => {
+            let note = notes::NewNote { text: text.to_owned(), ..Default::default() };
+            notes::add_note(doc, author, EntryId::new(month, random), &note)
+        }
+        DocKind::Plan => plan::set_section(doc, author, Section::Routines, text),
+        _ => plan::set_section(doc, author, Section::Medication, text),
     }
 }
 
