@@ -623,7 +623,8 @@ impl Home {
             Ok(None) => return Ok(Ok(None)),
             Ok(Some(doc)) => {
                 let access = self.team_access(team)?;
-                match check_document(&access, team, kind, doc.doc()) {
+                let signatures = crate::replica::stored_signatures_of(&self.store, id, None)?;
+                match check_document(&access, team, kind, doc.doc(), &signatures) {
                     Ok(()) => {
                         self.store.set_verified(id)?;
                         return Ok(Ok(Some(doc)));

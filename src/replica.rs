@@ -5,7 +5,7 @@
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 use care_core::membership::{OpBody, Role};
-use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+use care_core::{ChangeSig, DeviceId, DocId, DocKind, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
@@ -85,6 +85,7 @@ impl Replica for Home {
         doc: DocId,
         kind: DocKind,
         message: Message,
+        signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
         let mut state = self.take_sync_state(peer, doc)?;
         if self
@@ -98,7 +99,11 @@ impl Replica for Home {
         let Home { store, docs, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
         let before = stored.doc().get_heads();
-        let received = store.update_doc(stored, |am| am.receive_sync_message(&mut state, message));
+        let received = store.update_doc_signed(
+            stored,
+            |am| am.receive_sync_message(&mut state, message),
+            |new| stored_signatures(new, signatures),
+        );
         let changed = stored.doc().get_heads() != before;
         self.sync_states.insert((peer, doc), state);
         match received {
@@ -108,6 +113,15 @@ impl Replica for Home {
             Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
             Err(UpdateError::Store(e)) => Err(Error::Store(e)),
         }
+    }
+
+    fn signatures(
+        &mut self,
+        _team: TeamId,
+        doc: DocId,
+        hashes: Option<&[ChangeHash]>,
+    ) -> Result<Vec<ChangeSig>> {
+        Ok(stored_signatures_of(&self.store, doc, hashes)?)
     }
 
     fn doc_count(&self, team: TeamId) -> Result<usize> {
@@ -147,9 +161,12 @@ impl Replica for Home {
         kind: DocKind,
         bytes: &[u8],
         heads: &[ChangeHash],
+        signatures: &[ChangeSig],
     ) -> Result<Import> {
         let meta = DocMeta { id: doc, team, kind: kind.to_string() };
-        if self.store.import_doc(&meta, bytes, heads)? == Imported::AlreadyHeld {
+        let signatures: Vec<(ChangeHash, Vec<u8>)> =
+            signatures.iter().map(|s| (ChangeHash(s.hash), s.stored_bytes())).collect();
+        if self.store.import_doc(&meta, bytes, heads, &signatures)? == Imported::AlreadyHeld {
             return Ok(Import::Held);
         }
         if self.verifier.is_none() {
@@ -170,12 +187,18 @@ impl Replica for Home {
         doc: DocId,
         kind: DocKind,
         mut loaded: Automerge,
+        signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
         self.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
         let before = stored.doc().get_heads();
-        match store.update_doc(stored, |am| am.merge(&mut loaded).map(|_| ())) {
+        let merged = store.update_doc_signed(
+            stored,
+            |am| am.merge(&mut loaded).map(|_| ()),
+            |new| stored_signatures(new, signatures),
+        );
+        match merged {
             Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
             Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
             Err(UpdateError::Store(e)) => Err(Error::Store(e)),
@@ -226,6 +249,31 @@ impl Replica for Home {
             let _ = self.store.set_sync_state(peer, doc, &state.encode());
         }
     }
+}
+
+/// The signatures `store` holds of `doc`'s changes (of `hashes`, or all); one that does
+/// not read makes the document damaged.
+pub(crate) fn stored_signatures_of(
+    store: &care_store::Store,
+    doc: DocId,
+    hashes: Option<&[ChangeHash]>,
+) -> std::result::Result<Vec<ChangeSig>, care_store::StoreError> {
+    store
+        .signatures(doc, hashes)?
+        .into_iter()
+        .map(|(hash, data)| {
+            ChangeSig::from_stored(hash.0, &data)
+                .map_err(|e| care_store::StoreError::Corrupt { doc, detail: e.to_string() })
+        })
+        .collect()
+}
+
+/// The stored form of the signatures, among `signatures` (checked by the session), of
+/// the changes `new`.
+fn stored_signatures(new: &[ChangeHash], signatures: &[ChangeSig]) -> Vec<(ChangeHash, Vec<u8>)> {
+    let by_hash: std::collections::HashMap<[u8; 32], &ChangeSig> =
+        signatures.iter().map(|s| (s.hash, s)).collect();
+    new.iter().filter_map(|h| Some((*h, by_hash.get(&h.0)?.stored_bytes()))).collect()
 }
 
 impl Home {
@@ -371,6 +419,25 @@ mod tests {
 
     use super::*;
 
+    /// Signatures by `key` of every change of `bytes` after the first, under the team's
+    /// membership as `home` holds it.
+    fn signed_by(
+        home: &Home,
+        key: &care_core::DeviceKey,
+        team: TeamId,
+        kind: &DocKind,
+        bytes: &[u8],
+    ) -> Result<Vec<ChangeSig>> {
+        let heads = home.team_access(team)?.membership().heads().to_vec();
+        let doc = Automerge::load(bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        let changes = doc.get_changes(&[]);
+        Ok(changes
+            .iter()
+            .skip(1)
+            .map(|c| ChangeSig::sign(key, team, kind.doc_id(team), c.hash().0, &heads))
+            .collect())
+    }
+
     /// A notes document of a team: its genesis, then one change by `actor`.
     fn received(team: TeamId, kind: &DocKind, actor: ActorId) -> (Vec<u8>, Vec<ChangeHash>) {
         let mut doc = genesis(team, kind).with_actor(actor);
@@ -399,20 +466,25 @@ mod tests {
             let _ = woken.send(());
         }));
         let own = home.profile().device;
-        let kinds: Vec<DocKind> = [9, 10]
+        let kinds: Vec<DocKind> = [9, 10, 11]
             .map(|m| DocKind::Notes {
                 stream: NoteStream::Care,
                 month: Month::new(2026, m).expect("a month"),
             })
             .to_vec();
-        // One by a device of the team, one under the first change's actor (forged).
+        // One by a device of the team, signed; one under the first change's actor
+        // (forged); one under this device's actor, signed by another key (forged).
         let genesis_actor = ActorId::from(kinds[1].doc_id(team).as_bytes());
-        let ids = [kinds[0].doc_id(team), kinds[1].doc_id(team)];
+        let ids = kinds.iter().map(|k| k.doc_id(team)).collect::<Vec<_>>();
+        let other = care_core::DeviceKey::from_seed([66; 32]);
+        let signers = [&home.key.clone(), &home.key.clone(), &other];
+        let actors = [ActorId::from(own.as_bytes()), genesis_actor, ActorId::from(own.as_bytes())];
         let mut sent = Vec::new();
-        for (i, actor) in [ActorId::from(own.as_bytes()), genesis_actor].into_iter().enumerate() {
+        for (i, actor) in actors.into_iter().enumerate() {
             let (bytes, heads) = received(team, &kinds[i], actor);
+            let sigs = signed_by(&home, signers[i], team, &kinds[i], &bytes)?;
             assert_eq!(
-                home.import_snapshot(team, ids[i], kinds[i], &bytes, &heads)?,
+                home.import_snapshot(team, ids[i], kinds[i], &bytes, &heads, &sigs)?,
                 Import::Checking
             );
             sent.push(bytes);
@@ -423,16 +495,20 @@ mod tests {
             assert_eq!(home.snapshot(team, *id)?, None);
             assert!(home.generate_sync_message(peer, team, *id, kinds[i])?.is_none());
         }
-        for _ in 0..2 {
+        for _ in 0..3 {
             wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
         }
         home.changed.clear();
         home.poll_background();
         assert!(!home.store().is_unverified(ids[0])?, "the honest document is verified");
         assert_eq!(home.snapshot(team, ids[0])?, Some(sent.remove(0)), "and passed on");
-        assert!(home.store().doc_summary(ids[1])?.is_none(), "the forged one is discarded");
-        // The verdicts come from one worker per core, in either order.
-        assert_eq!(home.changed.len(), 2);
+        assert_eq!(home.signatures(team, ids[0], None)?.len(), 1, "with its signature");
+        for forged in &ids[1..] {
+            assert!(home.store().doc_summary(*forged)?.is_none(), "a forged one is discarded");
+            assert!(home.signatures(team, *forged, None)?.is_empty(), "with its signatures");
+        }
+        // The verdicts come from one worker per core, in any order.
+        assert_eq!(home.changed.len(), 3);
         for (id, kind) in ids.iter().zip(&kinds) {
             let change = Change::Doc { team, doc: *id, kind: *kind };
             assert!(home.changed.contains(&change), "the sessions look at {kind} again");
@@ -532,7 +608,11 @@ mod tests {
         // By a device of the team: stored unloaded, verified on first use.
         let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));
         let id = kinds[0].doc_id(team);
-        assert_eq!(home.import_snapshot(team, id, kinds[0], &bytes, &heads)?, Import::Stored);
+        let sigs = signed_by(&home, &home.key, team, &kinds[0], &bytes)?;
+        assert_eq!(
+            home.import_snapshot(team, id, kinds[0], &bytes, &heads, &sigs)?,
+            Import::Stored
+        );
         assert!(home.store().is_unverified(id)?);
         assert_eq!(home.store().doc_summary(id)?.map(|s| s.heads), Some(heads.clone()));
         assert!(home.doc(team, kinds[0], Purpose::Read)?.is_some());
@@ -543,7 +623,7 @@ mod tests {
         let genesis_actor = ActorId::from(kinds[1].doc_id(team).as_bytes());
         let (bytes, heads) = received(team, &kinds[1], genesis_actor);
         let id = kinds[1].doc_id(team);
-        assert_eq!(home.import_snapshot(team, id, kinds[1], &bytes, &heads)?, Import::Stored);
+        assert_eq!(home.import_snapshot(team, id, kinds[1], &bytes, &heads, &[])?, Import::Stored);
         assert!(home.doc(team, kinds[1], Purpose::Read)?.is_none());
         assert!(home.store().doc_summary(id)?.is_none(), "the forged document is gone");
 
@@ -552,7 +632,11 @@ mod tests {
         let (bytes, _) = received(team, &kinds[2], ActorId::from(own.as_bytes()));
         let id = kinds[2].doc_id(team);
         let wrong = vec![ChangeHash([7; 32])];
-        assert_eq!(home.import_snapshot(team, id, kinds[2], &bytes, &wrong)?, Import::Stored);
+        let sigs = signed_by(&home, &home.key, team, &kinds[2], &bytes)?;
+        assert_eq!(
+            home.import_snapshot(team, id, kinds[2], &bytes, &wrong, &sigs)?,
+            Import::Stored
+        );
         let peer = care_core::DeviceKey::from_seed([3; 32]).device_id();
         home.set_sync_state(peer, id, automerge::sync::State::new());
         home.changed.clear();
@@ -565,7 +649,7 @@ mod tests {
         // A document already held is never replaced by an import.
         let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));
         assert_eq!(
-            home.import_snapshot(team, kinds[0].doc_id(team), kinds[0], &bytes, &heads)?,
+            home.import_snapshot(team, kinds[0].doc_id(team), kinds[0], &bytes, &heads, &[])?,
             Import::Held
         );
         Ok(())
@@ -622,10 +706,11 @@ mod tests {
             month: Month::new(2026, 10).expect("a month"),
         };
         let (bytes, heads) = received(team, &honest, ActorId::from(own.as_bytes()));
-        home.import_snapshot(team, honest.doc_id(team), honest, &bytes, &heads)?;
+        let sigs = signed_by(&home, &home.key, team, &honest, &bytes)?;
+        home.import_snapshot(team, honest.doc_id(team), honest, &bytes, &heads, &sigs)?;
         let genesis_actor = ActorId::from(forged.doc_id(team).as_bytes());
         let (bad, bad_heads) = received(team, &forged, genesis_actor);
-        home.import_snapshot(team, forged.doc_id(team), forged, &bad, &bad_heads)?;
+        home.import_snapshot(team, forged.doc_id(team), forged, &bad, &bad_heads, &[])?;
 
         assert_eq!(home.snapshot(team, honest.doc_id(team))?, Some(bytes));
         assert!(!home.store().is_unverified(honest.doc_id(team))?);

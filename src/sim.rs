@@ -10,7 +10,7 @@ use automerge::ChangeHash;
 use automerge::sync::{Message, State};
 use care_core::documents::Author;
 use care_core::{
-    DeviceId, DeviceKey, DocId, DocKind, MemberId, Month, SignedOp, TeamId, Timestamp,
+    ChangeSig, DeviceId, DeviceKey, DocId, DocKind, MemberId, Month, SignedOp, TeamId, Timestamp,
 };
 use care_sync::sim::{SimDevice, edit_doc, run_seeds, without_genesis};
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess};
@@ -141,8 +141,17 @@ impl Replica for SimHome {
         doc: DocId,
         kind: DocKind,
         message: Message,
+        signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
-        self.home.receive_sync_message(peer, team, doc, kind, message)
+        self.home.receive_sync_message(peer, team, doc, kind, message, signatures)
+    }
+    fn signatures(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        hashes: Option<&[ChangeHash]>,
+    ) -> Result<Vec<ChangeSig>> {
+        self.home.signatures(team, doc, hashes)
     }
     fn doc_count(&self, team: TeamId) -> Result<usize> {
         self.home.doc_count(team)
@@ -160,8 +169,9 @@ impl Replica for SimHome {
         kind: DocKind,
         bytes: &[u8],
         heads: &[ChangeHash],
+        signatures: &[ChangeSig],
     ) -> Result<Import> {
-        self.home.import_snapshot(team, doc, kind, bytes, heads)
+        self.home.import_snapshot(team, doc, kind, bytes, heads, signatures)
     }
     fn merge_snapshot(
         &mut self,
@@ -169,8 +179,9 @@ impl Replica for SimHome {
         doc: DocId,
         kind: DocKind,
         loaded: automerge::Automerge,
+        signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
-        self.home.merge_snapshot(team, doc, kind, loaded)
+        self.home.merge_snapshot(team, doc, kind, loaded, signatures)
     }
     fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {
         self.home.set_sync_state(peer, doc, state);

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use automerge::Automerge;
+use automerge::{Automerge, ChangeHash};
 use care_core::documents::{
     self, Author, Booking, DocError, NewBooking, NewNote, Promise, Response, ShiftNote, TeamInfo,
 };
 use care_core::membership::{Access, Membership, Role};
-use care_core::{DocKind, EntryId, Month, NoteStream, Section, TeamId, Timestamp};
+use care_core::{ChangeSig, DocKind, EntryId, Month, NoteStream, Section, TeamId, Timestamp};
 use care_store::{DocSummary, UpdateError};
 use care_sync::Change;
 
@@ -261,15 +261,27 @@ impl<'h> Team<'h> {
         let mut author = self.home.author();
         author.at = at;
         let team = self.id();
+        // Every change is signed under the membership as this device holds it now.
+        let membership = self.home.team_access(team)?.membership().heads().to_vec();
         self.home.doc(team, kind, Purpose::Write)?;
-        let Home { store, docs, .. } = &mut *self.home;
-        let stored = docs
-            .get_mut(&kind.doc_id(team))
-            .expect("the document was loaded into the cache just above");
-        let written = store.update_doc(stored, |doc| f(doc, &author)).map_err(|e| match e {
-            UpdateError::Store(e) => Error::Store(e),
-            UpdateError::Rejected(e) => doc_error(&kind, e),
-        })?;
+        let Home { store, docs, key, .. } = &mut *self.home;
+        let doc_id = kind.doc_id(team);
+        let stored =
+            docs.get_mut(&doc_id).expect("the document was loaded into the cache just above");
+        let sign = |hashes: &[ChangeHash]| {
+            hashes
+                .iter()
+                .map(|h| {
+                    let sig = ChangeSig::sign(key, team, doc_id, h.0, &membership);
+                    (*h, sig.stored_bytes())
+                })
+                .collect()
+        };
+        let written =
+            store.update_doc_signed(stored, |doc| f(doc, &author), sign).map_err(|e| match e {
+                UpdateError::Store(e) => Error::Store(e),
+                UpdateError::Rejected(e) => doc_error(&kind, e),
+            })?;
         self.home.changed.push(Change::Doc { team, doc: kind.doc_id(team), kind });
         Ok(written)
     }

@@ -1,7 +1,8 @@
 //! Documents received whole are checked on worker threads beside the owner of the
-//! home (one per core, up to [`WORKERS_MAX`]): inflated size, a full load to the heads they were stored with, and every
-//! change's author and rules. Until a document's verdict is in, this device does not
-//! pass it on; a verdict that fails discards it, and it is fetched again.
+//! home (one per core, up to [`WORKERS_MAX`]): inflated size, a full load to the heads
+//! they were stored with, and every change's author, signature and rules. Until a
+//! document's verdict is in, this device does not pass it on; a verdict that fails
+//! discards it, and it is fetched again.
 //!
 //! A home verifies this way once a node runs it ([`Replica::set_waker`]); without a node,
 //! a document is verified when it is first loaded, as before.
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use automerge::{Automerge, ChangeHash};
-use care_core::{DocId, DocKind, TeamId};
+use care_core::{ChangeSig, DocId, DocKind, TeamId};
 use care_store::Store;
 use care_sync::TeamAccess;
 use care_sync::access::check_document;
@@ -133,14 +134,18 @@ fn check(store: &Store, job: &Job) -> Outcome {
         Ok(None) => return Outcome::Unchecked("it is no longer stored".into()),
         Err(e) => return Outcome::Unchecked(format!("it cannot be read back: {e}")),
     };
-    match check_bytes(&bytes, job) {
+    let signatures = match crate::replica::stored_signatures_of(store, job.doc, None) {
+        Ok(signatures) => signatures,
+        Err(e) => return Outcome::Unchecked(format!("its signatures cannot be read back: {e}")),
+    };
+    match check_bytes(&bytes, &signatures, job) {
         Ok(()) => Outcome::Passed,
         Err(why) => Outcome::Failed(why),
     }
 }
 
 /// Checks a document's bytes against what it claimed when it arrived.
-fn check_bytes(bytes: &[u8], job: &Job) -> Result<(), String> {
+fn check_bytes(bytes: &[u8], signatures: &[ChangeSig], job: &Job) -> Result<(), String> {
     inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
     let doc = Automerge::load(bytes).map_err(|e| format!("it does not load: {e}"))?;
     let mut heads = doc.get_heads();
@@ -150,5 +155,5 @@ fn check_bytes(bytes: &[u8], job: &Job) -> Result<(), String> {
     if heads != claimed {
         return Err("its changes do not add up to the heads it was sent with".into());
     }
-    check_document(&job.access, job.team, &job.kind, &doc)
+    check_document(&job.access, job.team, &job.kind, &doc, signatures)
 }

@@ -69,14 +69,13 @@ async fn the_largest_frames_a_member_may_send_do_not_pile_up() -> Result<()> {
         doc: kind.doc_id(team),
         kind,
         message: Vec::new(),
-        attestations: Vec::new(),
+        signatures: Vec::new(),
     }
     .encode()
     .len();
     let message = vec![0x42; FRAME_BYTES_MAX - overhead - 8];
-    let frame =
-        Frame::Sync { team, doc: kind.doc_id(team), kind, message, attestations: Vec::new() }
-            .encode();
+    let frame = Frame::Sync { team, doc: kind.doc_id(team), kind, message, signatures: Vec::new() }
+        .encode();
     if frame.len() > FRAME_BYTES_MAX {
         bail!("the test frame is {} bytes, over the limit", frame.len());
     }

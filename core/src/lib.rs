@@ -1,12 +1,14 @@
 //! Care Commons core: the documents of a care team, device identity and signed team
 //! membership. Pure logic with no IO: time and randomness are passed in.
 
+pub mod change_sig;
 pub mod doc_kind;
 pub mod documents;
 pub mod identity;
 pub mod ids;
 pub mod membership;
 
+pub use change_sig::{ChangeSig, SIGNED_HEADS_MAX, SigDecodeError};
 pub use doc_kind::{DocKind, NoteStream, ParseKindError, Section};
 pub use documents::{Author, DocError, SCHEMA_VERSION};
 pub use identity::{BadSignature, DeviceKey, Signature};

@@ -290,6 +290,65 @@ pub(crate) fn read_chunks(
     Ok((bytes, last))
 }
 
+/// Stores change signatures of a document (replacing any held for the same changes).
+pub(crate) fn insert_signatures(
+    conn: &Connection,
+    id: DocId,
+    signatures: &[(ChangeHash, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let doing = "saving change signatures";
+    let mut stmt = conn
+        .prepare_cached("INSERT OR REPLACE INTO signatures (doc, hash, data) VALUES (?1, ?2, ?3)")
+        .doing(doing)?;
+    for (hash, data) in signatures {
+        stmt.execute(params![id.as_bytes(), hash.0.as_slice(), data]).doing(doing)?;
+    }
+    Ok(())
+}
+
+/// Reads the signatures of a document's changes: of `hashes` (those held), or all.
+pub(crate) fn read_signatures(
+    conn: &Connection,
+    id: DocId,
+    hashes: Option<&[ChangeHash]>,
+) -> Result<Vec<(ChangeHash, Vec<u8>)>, StoreError> {
+    let doing = "reading change signatures";
+    let parse = |hash: Vec<u8>| {
+        ChangeHash::try_from(hash.as_slice())
+            .map_err(|_| StoreError::corrupt(id, "a signature's change hash is not 32 bytes"))
+    };
+    let mut out = Vec::new();
+    match hashes {
+        None => {
+            let mut stmt = conn
+                .prepare_cached("SELECT hash, data FROM signatures WHERE doc = ?1")
+                .doing(doing)?;
+            let rows = stmt
+                .query_map([id.as_bytes()], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?)))
+                .doing(doing)?;
+            for row in rows {
+                let (hash, data) = row.doing(doing)?;
+                out.push((parse(hash)?, data));
+            }
+        }
+        Some(hashes) => {
+            let mut stmt = conn
+                .prepare_cached("SELECT data FROM signatures WHERE doc = ?1 AND hash = ?2")
+                .doing(doing)?;
+            for hash in hashes {
+                let data: Option<Vec<u8>> = stmt
+                    .query_row(params![id.as_bytes(), hash.0.as_slice()], |r| r.get(0))
+                    .optional()
+                    .doing(doing)?;
+                if let Some(data) = data {
+                    out.push((*hash, data));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Fails unless the in-memory heads equal the stored heads.
 fn check_heads(doc: &StoredDoc, summary: &DocSummary) -> Result<(), StoreError> {
     if sorted_heads(&doc.doc) == summary.heads {

@@ -60,6 +60,13 @@ const MIGRATIONS: &[&str] = &[
         secret_hash BLOB PRIMARY KEY NOT NULL, expires_at_ms INTEGER NOT NULL, team BLOB
     ) STRICT;
     ",
+    // 6: the signatures of documents' changes, by document and change hash: kept apart
+    // from the chunks, so that compaction never drops a proof of authorship.
+    "
+    CREATE TABLE signatures (
+        doc BLOB NOT NULL, hash BLOB NOT NULL, data BLOB NOT NULL, PRIMARY KEY (doc, hash)
+    ) STRICT, WITHOUT ROWID;
+    ",
 ];
 
 /// The newest schema this build knows.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use automerge::Automerge;
+use automerge::{Automerge, ChangeHash};
 use care_core::ids::{DeviceId, DocId, OpHash, TeamId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -232,6 +232,19 @@ impl Store {
         doc: &mut StoredDoc,
         f: impl FnOnce(&mut Automerge) -> Result<R, E>,
     ) -> Result<R, UpdateError<E>> {
+        self.update_doc_signed(doc, f, |_| Vec::new())
+    }
+
+    /// [`Store::update_doc`], storing in the same transaction the signatures `sign`
+    /// gives for the changes `f` made (it is called with their hashes): a change is never
+    /// on disk without the proof of who wrote it. Signatures are opaque bytes here, kept
+    /// by document and change hash, and never touched by compaction.
+    pub fn update_doc_signed<R, E>(
+        &mut self,
+        doc: &mut StoredDoc,
+        f: impl FnOnce(&mut Automerge) -> Result<R, E>,
+        sign: impl FnOnce(&[ChangeHash]) -> Vec<(ChangeHash, Vec<u8>)>,
+    ) -> Result<R, UpdateError<E>> {
         let doing = "saving a change";
         let tx = self.write_tx(doing)?;
         let (summary, _) = doc::catch_up(&tx, doc)?;
@@ -243,7 +256,11 @@ impl Store {
                 return Err(UpdateError::Rejected(rejected));
             }
         };
+        let new: Vec<ChangeHash> =
+            doc.doc().get_changes(doc.saved_heads()).iter().map(|c| c.hash()).collect();
+        let signatures = if new.is_empty() { Vec::new() } else { sign(&new) };
         let written = save_changes(&tx, doc, summary).and_then(|last_chunk| {
+            doc::insert_signatures(&tx, doc.meta.id, &signatures)?;
             tx.commit().doing(doing)?;
             Ok(last_chunk)
         });
@@ -264,6 +281,15 @@ impl Store {
     pub fn refresh(&self, doc: &mut StoredDoc) -> Result<bool, StoreError> {
         let tx = self.conn.unchecked_transaction().doing("refreshing a document")?;
         Ok(doc::catch_up(&tx, doc)?.1)
+    }
+
+    /// The signatures stored for `id`'s changes: of those in `hashes`, or all (`None`).
+    pub fn signatures(
+        &self,
+        id: DocId,
+        hashes: Option<&[ChangeHash]>,
+    ) -> Result<Vec<(ChangeHash, Vec<u8>)>, StoreError> {
+        doc::read_signatures(&self.conn, id, hashes)
     }
 
     /// Rewrites a document's chunks as one snapshot, atomically. Copies loaded elsewhere

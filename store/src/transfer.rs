@@ -37,8 +37,9 @@ impl Store {
         Ok(Some(bytes))
     }
 
-    /// Stores a document received whole, as its only chunk, without loading it: `heads`
-    /// are the heads the bytes say they hold. The document is unverified until
+    /// Stores a document received whole, as its only chunk, without loading it, with the
+    /// `signatures` of its changes that came with it: `heads` are the heads the bytes say
+    /// they hold. The document is unverified until
     /// [`Store::load_doc`] first loads it (which fails if the bytes do not load to `heads`)
     /// and the caller, having checked its authors, calls [`Store::set_verified`]. A
     /// document already stored under this id is not replaced.
@@ -47,6 +48,7 @@ impl Store {
         meta: &DocMeta,
         bytes: &[u8],
         heads: &[ChangeHash],
+        signatures: &[(ChangeHash, Vec<u8>)],
     ) -> Result<Imported, StoreError> {
         let doing = "storing a received document";
         let tx = self.write_tx(doing)?;
@@ -69,6 +71,7 @@ impl Store {
         };
         doc::insert_summary(&tx, &summary)?;
         doc::append_chunk(&tx, meta.id, true, bytes)?;
+        doc::insert_signatures(&tx, meta.id, signatures)?;
         tx.commit().doing(doing)?;
         Ok(Imported::Stored)
     }
@@ -97,6 +100,7 @@ impl Store {
         }
         for sql in [
             "DELETE FROM chunks WHERE doc = ?1",
+            "DELETE FROM signatures WHERE doc = ?1",
             "DELETE FROM sync_states WHERE doc = ?1",
             "DELETE FROM docs WHERE id = ?1",
         ] {
@@ -144,8 +148,8 @@ mod tests {
         }
         let bytes = a.doc_bytes(meta.id)?.ok_or("stored")?;
         let heads = doc.doc().get_heads();
-        assert_eq!(b.import_doc(&meta, &bytes, &heads)?, Imported::Stored);
-        assert_eq!(b.import_doc(&meta, &bytes, &heads)?, Imported::AlreadyHeld);
+        assert_eq!(b.import_doc(&meta, &bytes, &heads, &[])?, Imported::Stored);
+        assert_eq!(b.import_doc(&meta, &bytes, &heads, &[])?, Imported::AlreadyHeld);
         assert!(b.is_unverified(meta.id)?);
         assert_eq!(b.docs(None)?[0].heads, doc.saved_heads(), "heads known without a load");
 
@@ -173,7 +177,7 @@ mod tests {
             other.transact(|tx| tx.put(ROOT, "note", "coffee")).map_err(|f| f.error)?;
             other.get_heads()
         };
-        store.import_doc(&meta, &doc.save(), &other_heads)?;
+        store.import_doc(&meta, &doc.save(), &other_heads, &[])?;
         let err = store.load_doc(meta.id).expect_err("the heads do not match the bytes");
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(store.discard_unverified(meta.id)?);

@@ -2,21 +2,35 @@
 //! current membership for reading, and every device that is or was a device of a member
 //! whose role allowed writing, so that old history by removed members still replicates.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use automerge::{ActorId, Automerge, ChangeHash};
 use care_core::documents::{ReceivedRules, genesis};
 use care_core::{
-    Access, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, OpHash, RejectReason,
-    Right, Role, SignedOp, TeamId,
+    Access, ChangeSig, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, OpHash,
+    RejectReason, Right, Role, SignedOp, TeamId,
 };
 
 use crate::chunks::changes_of;
 
+/// Most earlier memberships a [`TeamAccess`] keeps replayed (see
+/// [`TeamAccess::membership_at`]); past it the kept ones are dropped and replayed again
+/// when asked.
+const MEMBERSHIPS_AT_KEPT_MAX: usize = 256;
+
+/// Memberships replayed at earlier heads (sorted); `None` where those heads do not replay.
+type MembershipsAt = HashMap<Vec<OpHash>, Option<Arc<Membership>>>;
+
 /// A team's membership replayed from its ops, with the history of roles per device.
 #[derive(Clone, Debug)]
 pub struct TeamAccess {
-    membership: Membership,
+    team: TeamId,
+    membership: Arc<Membership>,
+    /// The ops replayed, by hash, to replay the log as it stood at earlier heads.
+    ops: Arc<BTreeMap<OpHash, SignedOp>>,
+    /// Memberships replayed at earlier heads (sorted), shared by clones.
+    at: Arc<Mutex<MembershipsAt>>,
     ops_hash: [u8; 16],
     /// Every device ever added, and its member.
     device_member: BTreeMap<DeviceId, MemberId>,
@@ -34,7 +48,10 @@ impl TeamAccess {
         let (membership, rejected) = Membership::from_ops(team, ops)?;
         let rejected: BTreeMap<_, _> = rejected.into_iter().map(|r| (r.op, r.reason)).collect();
         let mut access = TeamAccess {
-            membership,
+            team,
+            membership: Arc::new(membership),
+            ops: Arc::new(ops.iter().map(|op| (op.hash(), op.clone())).collect()),
+            at: Arc::default(),
             ops_hash: ops_hash(ops),
             device_member: BTreeMap::new(),
             member_roles: BTreeMap::new(),
@@ -54,6 +71,47 @@ impl TeamAccess {
     /// The replayed membership.
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The membership as it stood when the log's heads were `heads`: the replay of those
+    /// ops and everything before them. `None` when one of them, or of their predecessors,
+    /// is not held here, or when they do not replay (no op creating the team). Replays are
+    /// kept, so asking again for the same heads costs a lookup.
+    pub fn membership_at(&self, heads: &[OpHash]) -> Option<Arc<Membership>> {
+        let mut heads = heads.to_vec();
+        heads.sort();
+        heads.dedup();
+        let mut current = self.membership.heads().to_vec();
+        current.sort();
+        if heads == current {
+            return Some(Arc::clone(&self.membership));
+        }
+        let mut at = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = at.get(&heads) {
+            return found.clone();
+        }
+        let replayed = self.replay_at(&heads);
+        if at.len() >= MEMBERSHIPS_AT_KEPT_MAX {
+            at.clear();
+        }
+        at.insert(heads, replayed.clone());
+        replayed
+    }
+
+    /// Replays the ops that `heads` and their predecessors are.
+    fn replay_at(&self, heads: &[OpHash]) -> Option<Arc<Membership>> {
+        let mut before: BTreeMap<OpHash, &SignedOp> = BTreeMap::new();
+        let mut next: Vec<OpHash> = heads.to_vec();
+        while let Some(hash) = next.pop() {
+            if before.contains_key(&hash) {
+                continue;
+            }
+            let op = self.ops.get(&hash)?;
+            next.extend(op.op().ok()?.preds);
+            before.insert(hash, op);
+        }
+        let (membership, _) = Membership::from_ops(self.team, before.into_values()).ok()?;
+        Some(Arc::new(membership))
     }
 
     /// Why the replay left `op` out, if it did.
@@ -143,7 +201,8 @@ pub fn check_authors(
     Ok(())
 }
 
-/// Checks every change of a loaded document with [`check_authors`], then with the
+/// Checks every change of a loaded document with [`check_authors`], its signatures with
+/// [`check_signed_document`](crate::authorship::check_signed_document), then with the
 /// document's [`ReceivedRules`]: a document received whole is held to the same rules as
 /// the changes received one by one.
 pub fn check_document(
@@ -151,10 +210,20 @@ pub fn check_document(
     team: TeamId,
     kind: &DocKind,
     doc: &Automerge,
+    signatures: &[ChangeSig],
 ) -> Result<(), String> {
     let changes: Vec<_> =
         changes_of(doc).into_iter().map(|(actor, hash)| (actor, Some(hash))).collect();
     check_authors(access, team, kind, &changes)?;
+    crate::authorship::check_signed_document(
+        access,
+        team,
+        kind.doc_id(team),
+        kind,
+        doc,
+        signatures,
+    )
+    .map_err(|e| e.to_string())?;
     let rules = ReceivedRules::new(team, kind);
     doc.get_changes(&[]).iter().try_for_each(|change| rules.check(change))
 }

@@ -5,10 +5,11 @@
 use automerge::sync::{ChunkList, Message, MessageVersion};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, ROOT, ReadDoc};
-use care_core::{Month, Op, OpHash};
+use care_core::{ChangeSig, Month, Op, OpHash};
 use proptest::prelude::*;
 
 use super::*;
+use crate::authorship::AuthorshipError;
 use crate::frame::TeamSummary;
 use crate::refusal::Refusal;
 
@@ -21,14 +22,48 @@ fn op_hashes(side: &Side, team: TeamId) -> Vec<OpHash> {
 
 /// A sync frame for the team's plan carrying `message`.
 fn sync_frame(team: &Team, kind: DocKind, message: Vec<u8>) -> Vec<u8> {
-    let frame = Frame::Sync {
-        team: team.id,
-        doc: kind.doc_id(team.id),
-        kind,
-        message,
-        attestations: vec![],
-    };
+    let frame =
+        Frame::Sync { team: team.id, doc: kind.doc_id(team.id), kind, message, signatures: vec![] };
     frame.encode()
+}
+
+/// A sync frame carrying `message` and `signatures`.
+fn signed_sync_frame(
+    team: &Team,
+    kind: DocKind,
+    message: Vec<u8>,
+    signatures: Vec<ChangeSig>,
+) -> Vec<u8> {
+    Frame::Sync { team: team.id, doc: kind.doc_id(team.id), kind, message, signatures }.encode()
+}
+
+/// `signer`'s signature of `change`, under the membership heads `heads`.
+fn sign_under(
+    team: &Team,
+    signer: usize,
+    kind: DocKind,
+    change: &automerge::Change,
+    heads: &[OpHash],
+) -> ChangeSig {
+    ChangeSig::sign(&team.keys[signer], team.id, kind.doc_id(team.id), change.hash().0, heads)
+}
+
+/// `signer`'s signature of `change` under the team's membership as it stands.
+fn sign(team: &Team, signer: usize, kind: DocKind, change: &automerge::Change) -> ChangeSig {
+    let (membership, _) = Membership::from_ops(team.id, &team.ops).expect("valid ops");
+    sign_under(team, signer, kind, change, membership.heads())
+}
+
+/// A change to the plan under `actor`'s device key (its Automerge actor), by member `by`.
+fn plan_change(team: &Team, actor: usize, by: usize, text: &str) -> automerge::Change {
+    let mut doc = care_core::documents::genesis(team.id, &DocKind::Plan);
+    let author = Author {
+        member: team.members[by],
+        device: team.keys[actor].device_id(),
+        at: Timestamp(5_000),
+    };
+    plan::set_section(&mut doc, &author, Section::Routines, text).expect("writes");
+    doc.get_last_local_change().expect("a change").clone()
 }
 
 /// An encoded sync message announcing `heads` and carrying one change.
@@ -200,8 +235,11 @@ fn a_change_reusing_a_sequence_number_is_refused_for_that_document_only() {
         plan::set_section(&mut forked, &by, Section::Routines, text).expect("writes");
         versions.push(forked.get_last_local_change().expect("a change").clone());
     }
+    // Both signed by the advocate, as its own: the signatures hold, the contents differ.
     let send = |side: &mut Side, change: &automerge::Change| {
-        side.receive(&sync_frame(&team, kind, message_with(change, vec![change.hash()])));
+        let message = message_with(change, vec![change.hash()]);
+        let signatures = vec![sign(&team, ADVOCATE, kind, change)];
+        side.receive(&signed_sync_frame(&team, kind, message, signatures));
     };
     let first_hash = versions[0].hash();
     send(&mut a, &versions[0]);
@@ -215,14 +253,17 @@ fn a_change_reusing_a_sequence_number_is_refused_for_that_document_only() {
     assert!(!a.session.in_sync(team.id));
     // Other documents still sync.
     let health = DocKind::HealthPlan;
-    let written = b.replica.doc_mut(team.id, health);
-    care_core::documents::plan::set_section(
-        written,
-        &team.author_of(ADVOCATE, 6_000),
-        Section::Medication,
-        "Aspirin at 8.",
-    )
-    .expect("writes");
+    let author = team.author_of(ADVOCATE, 6_000);
+    b.replica
+        .write(team.id, health, |doc| {
+            care_core::documents::plan::set_section(
+                doc,
+                &author,
+                Section::Medication,
+                "Aspirin at 8.",
+            )
+        })
+        .expect("writes");
     let outputs = b.session.local_change(&mut b.replica, team.id, health.doc_id(team.id), health);
     let to_a = b.take(outputs);
     // The attacker's own side never saw what it forged, so it may think itself in sync:
@@ -263,8 +304,9 @@ fn a_change_that_overwrites_a_note_is_refused() {
     let id = care_core::EntryId::new(month, [1; 8]);
     let note =
         care_core::documents::NewNote { text: "Walked to the shop.".into(), ..Default::default() };
-    let written = a.replica.doc_mut(team.id, kind);
-    care_core::documents::notes::add_note(written, &team.author_of(OWNER, 5_000), id, &note)
+    let author = team.author_of(OWNER, 5_000);
+    a.replica
+        .write(team.id, kind, |doc| care_core::documents::notes::add_note(doc, &author, id, &note))
         .expect("writes");
     let outputs = a.session.local_change(&mut a.replica, team.id, kind.doc_id(team.id), kind);
     let to_b = a.take(outputs);
@@ -357,7 +399,7 @@ fn frames_for_a_team_not_shared_are_refused_unread() {
         doc: DocKind::Plan.doc_id(other.id),
         kind: DocKind::Plan,
         message: vec![0xff; 64],
-        attestations: vec![],
+        signatures: vec![],
     };
     a.receive(&frame.encode());
     // The volunteer may not read the health plan: its garbage is not parsed either.
@@ -407,8 +449,13 @@ fn a_member_cannot_make_a_device_hold_documents_without_bound() {
     for (i, month) in months.enumerate() {
         let kind = DocKind::Rota { month };
         let genesis = care_core::documents::genesis(team.id, &kind).save();
-        let frame =
-            Frame::Snapshot { team: team.id, doc: kind.doc_id(team.id), kind, bytes: genesis };
+        let frame = Frame::Snapshot {
+            team: team.id,
+            doc: kind.doc_id(team.id),
+            kind,
+            bytes: genesis,
+            signatures: vec![],
+        };
         a.receive(&frame.encode());
         if a.refusals().iter().any(|r| matches!(r, Refusal::OverLimit { .. })) {
             refused_at = Some(i);
@@ -431,7 +478,13 @@ fn documents_of_months_far_ahead_are_refused() {
     for (year, month, kept) in [(2028, 12, true), (2029, 1, false), (2126, 1, false)] {
         let kind = DocKind::Rota { month: Month::new(year, month).expect("a month") };
         let bytes = care_core::documents::genesis(team.id, &kind).save();
-        let frame = Frame::Snapshot { team: team.id, doc: kind.doc_id(team.id), kind, bytes };
+        let frame = Frame::Snapshot {
+            team: team.id,
+            doc: kind.doc_id(team.id),
+            kind,
+            bytes,
+            signatures: vec![],
+        };
         a.receive(&frame.encode());
         assert_eq!(a.replica.doc(team.id, kind.doc_id(team.id)).is_some(), kept, "{kind}");
     }
@@ -452,8 +505,11 @@ fn record_exchange() -> Vec<Vec<u8>> {
     let mut a = team.side(OWNER, ADVOCATE);
     let mut b = team.side(ADVOCATE, OWNER);
     team.write_plan(&mut a, OWNER, "Tea at 8.");
-    let doc = b.replica.doc_mut(team.id, DocKind::HealthPlan);
-    plan::set_section(doc, &team.author_of(ADVOCATE, 7_000), Section::Medication, "Aspirin")
+    let author = team.author_of(ADVOCATE, 7_000);
+    b.replica
+        .write(team.id, DocKind::HealthPlan, |doc| {
+            plan::set_section(doc, &author, Section::Medication, "Aspirin")
+        })
         .expect("writes");
     let mut frames = a.start();
     frames.extend(b.start());
@@ -516,9 +572,12 @@ fn write_notes(team: &Team, side: &mut Side, notes: u8) -> DocKind {
         // Words that do not compress away: hex of a hash per note.
         let text = (0..4u8).map(|i| blake3::hash(&[n, i]).to_hex().to_string()).collect();
         let note = care_core::documents::NewNote { text, ..Default::default() };
-        let doc = side.replica.doc_mut(team.id, kind);
         let id = care_core::EntryId::new(month, [n; 8]);
-        care_core::documents::notes::add_note(doc, &team.author_of(OWNER, 5_000), id, &note)
+        let author = team.author_of(OWNER, 5_000);
+        side.replica
+            .write(team.id, kind, |doc| {
+                care_core::documents::notes::add_note(doc, &author, id, &note)
+            })
             .expect("writes");
     }
     kind
@@ -588,6 +647,7 @@ fn parts_out_of_turn_are_refused() {
             index,
             total,
             bytes: parts[index as usize].to_vec(),
+            signatures: vec![],
         }
         .encode()
     };
@@ -606,4 +666,133 @@ fn parts_out_of_turn_are_refused() {
     assert_eq!(refused, 3, "{:?}", a.refusals());
     assert!(a.replica.doc(team.id, kind.doc_id(team.id)).is_none(), "nothing is stored");
     still_syncs(&team, &mut a, &mut b);
+}
+
+/// A member writes a change under another device's actor id (the owner's, who may write
+/// the plan): sent unsigned, signed with its own key, with a true signature of another
+/// change relabelled, or with that signature as it is. Each is refused for its
+/// authorship, the plan is left as it was, and the session goes on.
+#[test]
+fn a_change_under_another_devices_actor_is_refused() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let kind = DocKind::Plan;
+    let forged = plan_change(&team, OWNER, ADVOCATE, "Forged by the advocate.");
+    let genuine = plan_change(&team, OWNER, OWNER, "Written by the owner.");
+    let owners = sign(&team, OWNER, kind, &genuine);
+    let mut relabelled = owners.clone();
+    relabelled.hash = forged.hash().0;
+    let attempts =
+        [vec![], vec![sign(&team, ADVOCATE, kind, &forged)], vec![relabelled], vec![owners]];
+    for signatures in attempts {
+        let message = message_with(&forged, vec![forged.hash()]);
+        a.receive(&signed_sync_frame(&team, kind, message, signatures));
+    }
+    assert!(a.closed.is_none());
+    let refusals = a.refusals();
+    let reasons: Vec<_> = refusals
+        .iter()
+        .map(|r| match r {
+            Refusal::Authorship(AuthorshipError::Unsigned { .. }) => "unsigned",
+            Refusal::Authorship(AuthorshipError::BadSignature { .. }) => "bad signature",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(reasons, ["unsigned", "bad signature", "bad signature", "unsigned"], "{refusals:?}");
+    let held = a.replica.doc(team.id, kind.doc_id(team.id));
+    assert!(held.is_none_or(|d| d.get_heads().iter().all(|h| *h != forged.hash())));
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// A volunteer, later made an advocate, signs a plan change under the membership of
+/// when it was a volunteer (who may not write the plan): refused, though it may write
+/// the plan now. The same change signed under the membership after the promotion is
+/// taken.
+#[test]
+fn a_change_signed_when_its_author_could_not_write_is_refused() {
+    let mut team = Team::new();
+    let (before, _) = Membership::from_ops(team.id, &team.ops).expect("valid ops");
+    let before = before.heads().to_vec();
+    let member = team.members[VOLUNTEER];
+    team.author(OpBody::ChangeRole { member, role: Role::Advocate, hats: vec![] });
+    let (mut a, _v) = live_pair(&team, VOLUNTEER);
+    let kind = DocKind::Plan;
+    let change = plan_change(&team, VOLUNTEER, VOLUNTEER, "Written as a volunteer.");
+    let message = || message_with(&change, vec![change.hash()]);
+    let then = sign_under(&team, VOLUNTEER, kind, &change, &before);
+    a.receive(&signed_sync_frame(&team, kind, message(), vec![then]));
+    let refusals = a.refusals();
+    assert!(
+        matches!(
+            refusals.as_slice(),
+            [Refusal::Authorship(AuthorshipError::MayNotWrite { kind: DocKind::Plan, .. })]
+        ),
+        "{refusals:?}"
+    );
+    assert!(
+        a.replica
+            .doc(team.id, kind.doc_id(team.id))
+            .is_none_or(|d| d.get_heads() != vec![change.hash()])
+    );
+    a.events.clear();
+    let now = sign(&team, VOLUNTEER, kind, &change);
+    a.receive(&signed_sync_frame(&team, kind, message(), vec![now]));
+    assert!(a.refusals().is_empty(), "{:?}", a.refusals());
+    let held = a.replica.doc(team.id, kind.doc_id(team.id)).expect("applied");
+    assert_eq!(plan::section(held, Section::Routines).expect("reads"), "Written as a volunteer.");
+}
+
+/// A change signed under membership heads the receiver does not hold cannot have its
+/// author's right checked: refused, and not applied.
+#[test]
+fn a_change_signed_under_a_membership_the_receiver_lacks_is_refused() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let kind = DocKind::Plan;
+    let change = plan_change(&team, ADVOCATE, ADVOCATE, "Under a made-up membership.");
+    let made_up = sign_under(&team, ADVOCATE, kind, &change, &[OpHash::from_bytes([7; 32])]);
+    let message = message_with(&change, vec![change.hash()]);
+    a.receive(&signed_sync_frame(&team, kind, message, vec![made_up]));
+    let refusals = a.refusals();
+    assert!(
+        matches!(
+            refusals.as_slice(),
+            [Refusal::Authorship(AuthorshipError::UnknownMembership { .. })]
+        ),
+        "{refusals:?}"
+    );
+    still_syncs(&team, &mut a, &mut b);
+}
+
+/// A whole plan for a device that holds the plan, with one forged change inside (under
+/// the owner's actor, signed by the advocate): refused before it is merged.
+#[test]
+fn a_snapshot_with_one_forged_change_inside_is_refused() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    team.write_plan(&mut a, OWNER, "Tea at 8.");
+    let doc = DocKind::Plan.doc_id(team.id);
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, DocKind::Plan);
+    let to_b = a.take(outputs);
+    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
+    let held = a.replica.doc(team.id, doc).expect("held").get_heads();
+
+    // The advocate's whole plan: the owner's signed change, then a forged one.
+    let mut whole = b.replica.doc(team.id, doc).expect("arrived").fork();
+    whole.set_actor(ActorId::from(team.keys[OWNER].device_id().as_bytes()));
+    plan::set_section(&mut whole, &team.author_of(OWNER, 9_000), Section::Routines, "Forged.")
+        .expect("writes");
+    let forged = whole.get_last_local_change().expect("a change").clone();
+    let mut signatures = b.replica.signatures(team.id, doc, None).expect("memory");
+    signatures.push(sign(&team, ADVOCATE, DocKind::Plan, &forged));
+    let kind = DocKind::Plan;
+    let frame = Frame::Snapshot { team: team.id, doc, kind, bytes: whole.save(), signatures };
+    a.receive(&frame.encode());
+    assert!(a.closed.is_none());
+    let refusals = a.refusals();
+    assert!(
+        matches!(refusals.as_slice(), [Refusal::Authorship(AuthorshipError::BadSignature { .. })]),
+        "{refusals:?}"
+    );
+    assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
 }

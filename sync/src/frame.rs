@@ -6,13 +6,15 @@
 //! checks the size before anything is allocated and every count after decoding, so a
 //! peer's bytes can never panic the process or make it hold more than [`FRAME_BYTES_MAX`].
 
-use care_core::{DocId, DocKind, Month, TeamId};
+use care_core::{ChangeSig, DocId, DocKind, Month, SIGNED_HEADS_MAX, TeamId};
 use serde::{Deserialize, Serialize};
 
 /// The ALPN of the sync protocol; the trailing number is [`PROTOCOL_VERSION`].
-pub const ALPN: &[u8] = b"care/sync/1";
-/// The version of the sync protocol, announced in [`Frame::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const ALPN: &[u8] = b"care/sync/2";
+/// The version of the sync protocol, announced in [`Frame::Hello`]. Version 2 signs every
+/// change: [`Frame::Sync`], [`Frame::Snapshot`] and [`Frame::SnapshotPart`] carry the
+/// signatures of the changes they hold.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest encoded frame, in bytes (the length prefix not counted).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// The first byte of every encoded frame: the version of this encoding.
@@ -25,8 +27,9 @@ pub const OPS_PER_FRAME_MAX: usize = 4096;
 pub const DOCS_PER_FRAME_MAX: usize = 65_536;
 /// Most heads one document may announce.
 pub const HEADS_PER_DOC_MAX: usize = 4096;
-/// Most change attestations one [`Frame::Sync`] may carry.
-pub const ATTESTATIONS_PER_FRAME_MAX: usize = 65_536;
+/// Most change signatures one frame may carry (a document with more changes is sent in
+/// more parts).
+pub const SIGNATURES_PER_FRAME_MAX: usize = 65_536;
 /// Bytes of each part of a whole document sent in parts ([`Frame::SnapshotPart`]): a
 /// document larger than this is sent in parts, so that no document is ever too large to
 /// transfer. Small under test, so that tests and the simulation send parts.
@@ -75,8 +78,8 @@ pub enum Frame {
         kind: DocKind,
         /// The encoded `automerge::sync::Message`.
         message: Vec<u8>,
-        /// Signed attestations of the changes carried (always empty in version 1).
-        attestations: Vec<Vec<u8>>,
+        /// The signatures of the changes the message carries.
+        signatures: Vec<ChangeSig>,
     },
     /// A whole saved document, for a peer that holds none of it.
     Snapshot {
@@ -88,6 +91,8 @@ pub enum Frame {
         kind: DocKind,
         /// The output of `Automerge::save`.
         bytes: Vec<u8>,
+        /// The signatures of every change of the document.
+        signatures: Vec<ChangeSig>,
     },
     /// One part of a whole saved document larger than [`SNAPSHOT_PART_BYTES`], for a peer
     /// that holds none of it: the parts of one document come one after another, numbered
@@ -105,6 +110,9 @@ pub enum Frame {
         total: u32,
         /// The part's bytes.
         bytes: Vec<u8>,
+        /// A share of the signatures of the document's changes (all parts together carry
+        /// them all).
+        signatures: Vec<ChangeSig>,
     },
     /// The sender ends the session, and says why.
     Close {
@@ -209,12 +217,13 @@ impl Frame {
                     check_doc(*team, d.id, &d.kind)
                 })
             }
-            Frame::Sync { team, doc, kind, attestations, .. } => {
-                bound("attestations", attestations.len(), ATTESTATIONS_PER_FRAME_MAX)?;
+            Frame::Sync { team, doc, kind, signatures, .. }
+            | Frame::Snapshot { team, doc, kind, signatures, .. } => {
+                check_signatures(signatures)?;
                 check_doc(*team, *doc, kind)
             }
-            Frame::Snapshot { team, doc, kind, .. } => check_doc(*team, *doc, kind),
-            Frame::SnapshotPart { team, doc, kind, index, total, bytes } => {
+            Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures } => {
+                check_signatures(signatures)?;
                 bound("parts of a document", *total as usize, SNAPSHOT_PARTS_MAX)?;
                 bound("bytes in a part", bytes.len(), SNAPSHOT_PART_BYTES)?;
                 if *total < 2 || index >= total {
@@ -259,6 +268,15 @@ fn check_len(len: usize) -> Result<(), FrameError> {
         return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
     }
     Ok(())
+}
+
+/// At most [`SIGNATURES_PER_FRAME_MAX`] signatures, each naming at most
+/// [`SIGNED_HEADS_MAX`] membership heads.
+fn check_signatures(signatures: &[ChangeSig]) -> Result<(), String> {
+    bound("change signatures", signatures.len(), SIGNATURES_PER_FRAME_MAX)?;
+    signatures.iter().try_for_each(|s| {
+        bound("membership heads of a signature", s.membership.len(), SIGNED_HEADS_MAX)
+    })
 }
 
 fn bound(what: &str, count: usize, max: usize) -> Result<(), String> {
@@ -310,6 +328,17 @@ mod tests {
         let bytes = proptest::collection::vec(any::<u8>(), 0..64);
         let summary = (any::<[u8; 16]>(), any::<[u8; 16]>())
             .prop_map(|(ops_hash, docs_hash)| TeamSummary { team: team(), ops_hash, docs_hash });
+        let sig = (
+            any::<[u8; 32]>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..3),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(hash, heads, half)| ChangeSig {
+                hash,
+                membership: heads.into_iter().map(care_core::OpHash::from_bytes).collect(),
+                signature: care_core::Signature([half, half].concat().try_into().expect("64")),
+            });
+        let sigs = proptest::collection::vec(sig, 0..3);
         let heads = (kind_strategy(), proptest::collection::vec(any::<[u8; 32]>(), 0..4))
             .prop_map(|(kind, heads)| DocHeads { id: kind.doc_id(team()), kind, heads });
         prop_oneof![
@@ -319,21 +348,21 @@ mod tests {
                 .prop_map(|ops| Frame::Ops { team: team(), ops }),
             proptest::collection::vec(heads, 0..4)
                 .prop_map(|docs| Frame::Heads { team: team(), docs }),
-            (kind_strategy(), bytes.clone(), proptest::collection::vec(bytes.clone(), 0..2))
-                .prop_map(|(kind, message, attestations)| Frame::Sync {
-                    team: team(),
-                    doc: kind.doc_id(team()),
-                    kind,
-                    message,
-                    attestations
-                }),
-            (kind_strategy(), bytes.clone()).prop_map(|(kind, bytes)| Frame::Snapshot {
-                team: team(),
-                doc: kind.doc_id(team()),
-                kind,
-                bytes
+            (kind_strategy(), bytes.clone(), sigs.clone()).prop_map(
+                |(kind, message, signatures)| {
+                    Frame::Sync {
+                        team: team(),
+                        doc: kind.doc_id(team()),
+                        kind,
+                        message,
+                        signatures,
+                    }
+                }
+            ),
+            (kind_strategy(), bytes.clone(), sigs.clone()).prop_map(|(kind, bytes, signatures)| {
+                Frame::Snapshot { team: team(), doc: kind.doc_id(team()), kind, bytes, signatures }
             }),
-            (kind_strategy(), bytes, 0u32..3).prop_map(|(kind, bytes, index)| {
+            (kind_strategy(), bytes, 0u32..3, sigs).prop_map(|(kind, bytes, index, signatures)| {
                 Frame::SnapshotPart {
                     team: team(),
                     doc: kind.doc_id(team()),
@@ -341,6 +370,7 @@ mod tests {
                     index,
                     total: 3,
                     bytes,
+                    signatures,
                 }
             }),
             "[a-z ]{0,40}".prop_map(|reason| Frame::Close { reason }),
@@ -382,10 +412,20 @@ mod tests {
             doc: DocKind::Plan.doc_id(team()),
             kind: DocKind::HealthPlan,
             bytes: vec![],
+            signatures: vec![],
         };
         assert!(matches!(Frame::decode(&wrong_id.encode()), Err(FrameError::Invalid(_))));
         let many = Frame::Ops { team: team(), ops: vec![vec![]; OPS_PER_FRAME_MAX + 1] };
         assert!(matches!(Frame::decode(&many.encode()), Err(FrameError::Invalid(_))));
+        let sig = ChangeSig {
+            hash: [1; 32],
+            membership: vec![care_core::OpHash::from_bytes([2; 32]); SIGNED_HEADS_MAX + 1],
+            signature: care_core::Signature([3; 64]),
+        };
+        let kind = DocKind::Plan;
+        let (doc, message) = (kind.doc_id(team()), vec![]);
+        let wide = Frame::Sync { team: team(), doc, kind, message, signatures: vec![sig] };
+        assert!(matches!(Frame::decode(&wide.encode()), Err(FrameError::Invalid(_))));
         let framed = encode_with_prefix(&Frame::Close { reason: "bye".into() }).expect("small");
         assert_eq!(&framed[..4], &((framed.len() - 4) as u32).to_be_bytes());
     }

@@ -74,6 +74,7 @@
 
 pub mod access;
 pub mod agreed;
+pub mod authorship;
 pub mod chunks;
 pub mod circle;
 mod close;
@@ -90,6 +91,7 @@ pub mod sim;
 pub mod ticket;
 
 pub use access::TeamAccess;
+pub use authorship::AuthorshipError;
 pub use close::CloseReason;
 pub use frame::{
     ALPN, DocHeads, FRAME_BYTES_MAX, Frame, FrameError, PROTOCOL_VERSION, TeamSummary,

@@ -1,12 +1,12 @@
 //! An in-memory [`Replica`]: Automerge documents, membership ops and per-peer sync states
 //! in maps. Used by the simulation, the tests and the crate example.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use care_core::documents::genesis;
-use care_core::{DeviceId, DocId, DocKind, Month, SignedOp, TeamId};
+use care_core::{ChangeSig, DeviceId, DeviceKey, DocId, DocKind, Month, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_document};
 use crate::refusal::Refusal;
@@ -30,6 +30,11 @@ pub enum MemoryError {
 #[derive(Debug)]
 pub struct MemoryReplica {
     device: DeviceId,
+    /// The device's key, to sign what [`MemoryReplica::write`] writes (none: it writes
+    /// nothing signed).
+    key: Option<DeviceKey>,
+    /// The signatures of the documents' changes, by document and change hash.
+    signatures: HashMap<DocId, HashMap<[u8; 32], ChangeSig>>,
     ops: BTreeMap<TeamId, BTreeMap<care_core::OpHash, SignedOp>>,
     docs: BTreeMap<(TeamId, DocId), (DocKind, Automerge)>,
     /// Per peer and document, as persisted between sessions (`State::encode`) and live.
@@ -44,10 +49,12 @@ impl MemoryReplica {
         self.this_month = Some(month);
     }
 
-    /// An empty replica for `device`.
+    /// An empty replica for `device`, which signs nothing (a relay, an outsider).
     pub fn new(device: DeviceId) -> MemoryReplica {
         MemoryReplica {
             device,
+            key: None,
+            signatures: HashMap::new(),
             this_month: None,
             ops: BTreeMap::new(),
             docs: BTreeMap::new(),
@@ -55,7 +62,40 @@ impl MemoryReplica {
         }
     }
 
-    /// The document of `kind`, created from its genesis change when missing.
+    /// An empty replica for the device whose key is `key`, which signs what it writes.
+    pub fn with_key(key: DeviceKey) -> MemoryReplica {
+        MemoryReplica { key: Some(key.clone()), ..MemoryReplica::new(key.device_id()) }
+    }
+
+    /// Changes the document of `kind` with `f` (creating it from its genesis change when
+    /// missing), and signs the changes `f` made with this device's key, under the
+    /// team's membership as this replica holds it.
+    pub fn write<T, E>(
+        &mut self,
+        team: TeamId,
+        kind: DocKind,
+        f: impl FnOnce(&mut Automerge) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let heads = self.doc_mut(team, kind).get_heads();
+        let value = f(self.doc_mut(team, kind))?;
+        let new: Vec<ChangeHash> =
+            self.doc_mut(team, kind).get_changes(&heads).iter().map(|c| c.hash()).collect();
+        if let Some(key) = &self.key {
+            let membership = TeamAccess::from_ops(team, &self.ops(team).unwrap_or_default())
+                .map(|access| access.membership().heads().to_vec())
+                .unwrap_or_default();
+            let doc = kind.doc_id(team);
+            let held = self.signatures.entry(doc).or_default();
+            for hash in new {
+                held.insert(hash.0, ChangeSig::sign(key, team, doc, hash.0, &membership));
+            }
+        }
+        Ok(value)
+    }
+
+    /// The document of `kind`, created from its genesis change when missing. Changes made
+    /// through it are not signed (tests use it to write what an attacker would);
+    /// [`MemoryReplica::write`] signs.
     pub fn doc_mut(&mut self, team: TeamId, kind: DocKind) -> &mut Automerge {
         let id = kind.doc_id(team);
         &mut self.docs.entry((team, id)).or_insert_with(|| (kind, genesis(team, &kind))).1
@@ -64,6 +104,18 @@ impl MemoryReplica {
     /// The document `doc` of `team`, if held.
     pub fn doc(&self, team: TeamId, doc: DocId) -> Option<&Automerge> {
         self.docs.get(&(team, doc)).map(|(_, d)| d)
+    }
+
+    /// Keeps the signatures, among `signatures`, of the changes `new` to `doc`.
+    fn keep_signatures(&mut self, doc: DocId, new: &[ChangeHash], signatures: &[ChangeSig]) {
+        let by_hash: HashMap<[u8; 32], &ChangeSig> =
+            signatures.iter().map(|s| (s.hash, s)).collect();
+        let held = self.signatures.entry(doc).or_default();
+        for hash in new {
+            if let Some(sig) = by_hash.get(&hash.0) {
+                held.insert(hash.0, (*sig).clone());
+            }
+        }
     }
 
     fn state(&mut self, peer: DeviceId, doc: DocId) -> &mut State {
@@ -123,6 +175,7 @@ impl Replica for MemoryReplica {
         doc: DocId,
         kind: DocKind,
         message: Message,
+        signatures: &[ChangeSig],
     ) -> Result<Result<bool, Refusal>, MemoryError> {
         let mut state = std::mem::take(self.state(peer, doc));
         // A missing document starts from its genesis, so local writes find its structure
@@ -136,8 +189,28 @@ impl Replica for MemoryReplica {
             *automerge = kept;
         }
         let changed = automerge.get_heads() != before;
+        if changed {
+            let new: Vec<ChangeHash> =
+                automerge.get_changes(&before).iter().map(|c| c.hash()).collect();
+            self.keep_signatures(doc, &new, signatures);
+        }
         *self.state(peer, doc) = state;
         Ok(result.map(|()| changed).map_err(|e| Refusal::DoesNotApply(e.to_string())))
+    }
+
+    fn signatures(
+        &mut self,
+        _team: TeamId,
+        doc: DocId,
+        hashes: Option<&[ChangeHash]>,
+    ) -> Result<Vec<ChangeSig>, MemoryError> {
+        let Some(held) = self.signatures.get(&doc) else {
+            return Ok(Vec::new());
+        };
+        Ok(match hashes {
+            Some(hashes) => hashes.iter().filter_map(|h| held.get(&h.0)).cloned().collect(),
+            None => held.values().cloned().collect(),
+        })
     }
 
     fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, MemoryError> {
@@ -154,8 +227,9 @@ impl Replica for MemoryReplica {
         doc: DocId,
         kind: DocKind,
         mut loaded: Automerge,
+        signatures: &[ChangeSig],
     ) -> Result<Result<bool, Refusal>, MemoryError> {
-        match self.docs.get_mut(&(team, doc)) {
+        let (before, new) = match self.docs.get_mut(&(team, doc)) {
             Some((_, held)) => {
                 let before = held.get_heads();
                 let kept = held.clone();
@@ -163,13 +237,18 @@ impl Replica for MemoryReplica {
                     *held = kept;
                     return Ok(Err(Refusal::DoesNotApply(e.to_string())));
                 }
-                Ok(Ok(held.get_heads() != before))
+                let new: Vec<ChangeHash> =
+                    held.get_changes(&before).iter().map(|c| c.hash()).collect();
+                (before, new)
             }
             None => {
+                let new = loaded.get_changes(&[]).iter().map(|c| c.hash()).collect();
                 self.docs.insert((team, doc), (kind, loaded));
-                Ok(Ok(true))
+                (Vec::new(), new)
             }
-        }
+        };
+        self.keep_signatures(doc, &new, signatures);
+        Ok(Ok(before.is_empty() || !new.is_empty()))
     }
 
     /// Loads and checks the document at once, as the product does when it first uses one.
@@ -180,6 +259,7 @@ impl Replica for MemoryReplica {
         kind: DocKind,
         bytes: &[u8],
         heads: &[ChangeHash],
+        signatures: &[ChangeSig],
     ) -> Result<Import, MemoryError> {
         if self.docs.contains_key(&(team, doc)) {
             return Ok(Import::Held);
@@ -192,8 +272,9 @@ impl Replica for MemoryReplica {
         }
         let access = TeamAccess::from_ops(team, &self.ops(team)?)
             .map_err(|e| MemoryError::Refused(e.to_string()))?;
-        check_document(&access, team, &kind, &loaded).map_err(MemoryError::Refused)?;
+        check_document(&access, team, &kind, &loaded, signatures).map_err(MemoryError::Refused)?;
         self.docs.insert((team, doc), (kind, loaded));
+        self.signatures.insert(doc, signatures.iter().map(|s| (s.hash, s.clone())).collect());
         Ok(Import::Stored)
     }
 

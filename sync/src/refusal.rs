@@ -28,6 +28,10 @@ pub enum Refusal {
     /// A change is by a device that could never write documents of this kind.
     #[error("{0}")]
     MayNotWrite(String),
+    /// A change whose authorship does not hold: unsigned, signed by another device than
+    /// its actor, or by a device that could not write the document then.
+    #[error(transparent)]
+    Authorship(#[from] crate::authorship::AuthorshipError),
     /// A change that breaks its document's rules, as the local API would never write it
     /// (overwriting a note, replacing a container, an entry key of the wrong shape).
     #[error("{0}")]

@@ -4,7 +4,7 @@
 
 use automerge::sync::{Message, State};
 use automerge::{Automerge, ChangeHash};
-use care_core::{DeviceId, DocId, DocKind, MembershipError, Month, SignedOp, TeamId};
+use care_core::{ChangeSig, DeviceId, DocId, DocKind, MembershipError, Month, SignedOp, TeamId};
 
 use crate::access::TeamAccess;
 use crate::hub::Change;
@@ -88,9 +88,11 @@ pub trait Replica {
     ) -> Result<Option<Message>, Self::Error>;
 
     /// Applies a checked sync message from `peer` durably, creating the document if this
-    /// device has none of it. Returns whether the document's heads changed, or, when the
-    /// changes do not apply to the document held (a change reusing an author's sequence
-    /// number with other content, say), the refusal, with the document left as it was.
+    /// device has none of it, and stores the `signatures` of the changes it applied (the
+    /// session has checked them) in the same write. Returns whether the document's heads
+    /// changed, or, when the changes do not apply to the document held (a change reusing
+    /// an author's sequence number with other content, say), the refusal, with the
+    /// document left as it was.
     fn receive_sync_message(
         &mut self,
         peer: DeviceId,
@@ -98,7 +100,17 @@ pub trait Replica {
         doc: DocId,
         kind: DocKind,
         message: Message,
+        signatures: &[ChangeSig],
     ) -> Result<Result<bool, Refusal>, Self::Error>;
+
+    /// The signatures held of `doc`'s changes: of those in `hashes`, or of every change
+    /// (`None`). A change without one (the deterministic first change) is left out.
+    fn signatures(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        hashes: Option<&[ChangeHash]>,
+    ) -> Result<Vec<ChangeSig>, Self::Error>;
 
     /// How many documents of `team` this device holds.
     fn doc_count(&self, team: TeamId) -> Result<usize, Self::Error> {
@@ -112,9 +124,10 @@ pub trait Replica {
     /// chunk, then change chunks), or `None` when not held.
     fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, Self::Error>;
 
-    /// Stores a document this device does not hold, received whole, without loading it:
-    /// `heads` are the heads its bytes list, and the session has checked the authors they
-    /// list. The replica loads it, and checks every change's author with
+    /// Stores a document this device does not hold, received whole, without loading it,
+    /// with the `signatures` that came with it: `heads` are the heads its bytes list, and
+    /// the session has checked the authors they list. The replica loads it, and checks
+    /// every change's author and signature with
     /// [`check_document`](crate::access::check_document), before it first uses it,
     /// discarding it if that fails. Returns [`Import::Held`] and stores nothing when the
     /// document turns out to be held (written meanwhile by another program on this device).
@@ -125,17 +138,20 @@ pub trait Replica {
         kind: DocKind,
         bytes: &[u8],
         heads: &[ChangeHash],
+        signatures: &[ChangeSig],
     ) -> Result<Import, Self::Error>;
 
     /// Merges a whole document received for one this device holds: `loaded`, loaded by
-    /// the session to check its authors. Returns whether the heads changed, or the
-    /// refusal when it does not merge, with the document left as it was.
+    /// the session to check its authors and `signatures`, which are stored with the
+    /// changes new here. Returns whether the heads changed, or the refusal when it does
+    /// not merge, with the document left as it was.
     fn merge_snapshot(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
         loaded: Automerge,
+        signatures: &[ChangeSig],
     ) -> Result<Result<bool, Refusal>, Self::Error>;
 
     /// Replaces the sync state kept for `peer` and `doc` (after a whole document was sent

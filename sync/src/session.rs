@@ -7,16 +7,19 @@ use automerge::sync::Message;
 use automerge::{ActorId, Automerge, ChangeHash};
 use care_core::documents::ReceivedRules;
 use care_core::membership::OPS_MAX;
-use care_core::{DeviceId, DocId, DocKind, SignedOp, TeamId};
+use care_core::{ChangeSig, DeviceId, DocId, DocKind, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_authors, ops_hash, truncate};
 use crate::agreed::{answer_to_snapshot, state_after_sending};
-use crate::chunks::{INFLATED_BYTES_MAX, changes_of, checked_changes_in, inflated_len, whole_doc};
+use crate::authorship::{check_signed, check_signed_document};
+use crate::chunks::{
+    INFLATED_BYTES_MAX, changes_in, changes_of, checked_changes_in, inflated_len, whole_doc,
+};
 use crate::close::CloseReason;
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
-    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, SNAPSHOT_BYTES_MAX,
-    SNAPSHOT_PART_BYTES, TEAMS_PER_HELLO_MAX, TeamSummary,
+    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, SIGNATURES_PER_FRAME_MAX,
+    SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_BYTES, TEAMS_PER_HELLO_MAX, TeamSummary,
 };
 use crate::message::check_sync_message;
 use crate::refusal::Refusal;
@@ -118,6 +121,9 @@ struct PartialSnapshot {
     /// The number of the next part expected.
     next: u32,
     bytes: Vec<u8>,
+    signatures: Vec<ChangeSig>,
+    /// What the parts so far make this device hold: their bytes and their signatures'.
+    held: usize,
 }
 
 /// What one session knows of whether a shared team agrees with the remote device.
@@ -377,15 +383,15 @@ impl Session {
             ))),
             Frame::Ops { team, ops } => self.on_ops(r, team, &ops, out),
             Frame::Heads { team, docs } => self.on_heads(r, team, &docs, out),
-            Frame::Sync { team, doc, kind, message, .. } => {
-                self.on_sync(r, team, doc, kind, &message, out)
+            Frame::Sync { team, doc, kind, message, signatures } => {
+                self.on_sync(r, team, doc, kind, &message, &signatures, out)
             }
-            Frame::Snapshot { team, doc, kind, bytes } => {
-                self.on_snapshot(r, team, doc, kind, &bytes, out)
+            Frame::Snapshot { team, doc, kind, bytes, signatures } => {
+                self.on_snapshot(r, team, doc, kind, &bytes, &signatures, out)
             }
-            Frame::SnapshotPart { team, doc, kind, index, total, bytes } => {
+            Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures } => {
                 let part = Part { team, doc, kind, index, total };
-                self.on_snapshot_part(r, part, bytes, out)
+                self.on_snapshot_part(r, part, bytes, signatures, out)
             }
         }
     }
@@ -624,6 +630,7 @@ impl Session {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_sync<R: Replica>(
         &mut self,
         replica: &mut R,
@@ -631,6 +638,7 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         message: &[u8],
+        signatures: &[ChangeSig],
         out: &mut Vec<Output>,
     ) -> Step {
         // The sender's right first: nothing is parsed for a team or kind it may not send.
@@ -675,8 +683,10 @@ impl Session {
                 }
             }
         }
-        let verdict =
-            verdict.and_then(|()| self.check_authors(team, &kind, &changes)).and_then(|()| {
+        let verdict = verdict
+            .and_then(|()| self.check_authors(team, &kind, &changes))
+            .and_then(|()| self.check_signed(team, doc, &kind, &changes, signatures))
+            .and_then(|()| {
                 let held = replica.holds(team, doc).unwrap_or(true);
                 self.check_room(replica, team, held, &kind)
             });
@@ -684,8 +694,9 @@ impl Session {
             self.refused(team, doc, theirs, reason, out);
             return Ok(());
         }
-        let received =
-            replica.receive_sync_message(self.remote, team, doc, kind, message).map_err(store)?;
+        let received = replica
+            .receive_sync_message(self.remote, team, doc, kind, message, signatures)
+            .map_err(store)?;
         match received {
             Ok(true) => out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind })),
             Ok(false) => {}
@@ -704,6 +715,7 @@ impl Session {
 
     /// A whole document. One this device lacks is stored as received, unloaded (see
     /// [`whole_doc`]); one it holds is loaded, checked and merged.
+    #[allow(clippy::too_many_arguments)]
     fn on_snapshot<R: Replica>(
         &mut self,
         replica: &mut R,
@@ -711,6 +723,7 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         bytes: &[u8],
+        signatures: &[ChangeSig],
         out: &mut Vec<Output>,
     ) -> Step {
         if let Err(reason) = self.check_sender(team, &kind) {
@@ -718,7 +731,7 @@ impl Session {
             return Ok(());
         }
         if replica.holds(team, doc).map_err(store)? {
-            return self.merge_snapshot(replica, team, doc, kind, bytes, out);
+            return self.merge_snapshot(replica, team, doc, kind, bytes, signatures, out);
         }
         let whole = match whole_doc(bytes) {
             Ok(whole) => whole,
@@ -735,12 +748,16 @@ impl Session {
             self.refused(team, doc, whole.heads, reason, out);
             return Ok(());
         }
-        let checking =
-            match replica.import_snapshot(team, doc, kind, bytes, &whole.heads).map_err(store)? {
-                Import::Stored => false,
-                Import::Checking => true,
-                Import::Held => return self.merge_snapshot(replica, team, doc, kind, bytes, out),
-            };
+        let imported = replica
+            .import_snapshot(team, doc, kind, bytes, &whole.heads, signatures)
+            .map_err(store)?;
+        let checking = match imported {
+            Import::Stored => false,
+            Import::Checking => true,
+            Import::Held => {
+                return self.merge_snapshot(replica, team, doc, kind, bytes, signatures, out);
+            }
+        };
         if !checking {
             out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         }
@@ -750,7 +767,7 @@ impl Session {
         replica.set_sync_state(self.remote, doc, state);
         let message = message.encode();
         out.push(Output::Send(
-            Frame::Sync { team, doc, kind, message, attestations: Vec::new() }.encode(),
+            Frame::Sync { team, doc, kind, message, signatures: Vec::new() }.encode(),
         ));
         // A document that arrived whole while the team was in sync (passed on live) is
         // a change like any other: the team comes into sync again with it.
@@ -801,6 +818,7 @@ impl Session {
         replica: &mut R,
         part: Part,
         bytes: Vec<u8>,
+        signatures: Vec<ChangeSig>,
         out: &mut Vec<Output>,
     ) -> Step {
         let Part { team, doc, kind, index, total } = part;
@@ -810,9 +828,16 @@ impl Session {
             return Ok(());
         }
         let mut partial = match self.partial.take() {
-            None if index == 0 => {
-                PartialSnapshot { team, doc, kind, total, next: 0, bytes: Vec::new() }
-            }
+            None if index == 0 => PartialSnapshot {
+                team,
+                doc,
+                kind,
+                total,
+                next: 0,
+                bytes: Vec::new(),
+                signatures: Vec::new(),
+                held: 0,
+            },
             Some(p) if p.doc == doc && p.total == total && p.next == index => p,
             _ => {
                 let why = format!("part {index} of {total} of a {kind} document, out of turn");
@@ -820,23 +845,27 @@ impl Session {
                 return Ok(());
             }
         };
-        if partial.bytes.len() + bytes.len() > SNAPSHOT_BYTES_MAX {
-            let what = "bytes of a document sent in parts";
-            let sent = partial.bytes.len() + bytes.len();
-            let reason = Refusal::over_limit(what, sent, SNAPSHOT_BYTES_MAX);
+        let held =
+            partial.held + bytes.len() + signatures.iter().map(signature_bytes).sum::<usize>();
+        if held > SNAPSHOT_BYTES_MAX {
+            let what = "bytes of a document sent in parts, with its signatures";
+            let reason = Refusal::over_limit(what, held, SNAPSHOT_BYTES_MAX);
             self.refuse(team, Some(doc), reason, out);
             return Ok(());
         }
+        partial.held = held;
         partial.bytes.extend_from_slice(&bytes);
+        partial.signatures.extend(signatures);
         partial.next += 1;
         if partial.next < partial.total {
             self.partial = Some(partial);
             return Ok(());
         }
-        let PartialSnapshot { team, doc, kind, bytes, .. } = partial;
-        self.on_snapshot(replica, team, doc, kind, &bytes, out)
+        let PartialSnapshot { team, doc, kind, bytes, signatures, .. } = partial;
+        self.on_snapshot(replica, team, doc, kind, &bytes, &signatures, out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn merge_snapshot<R: Replica>(
         &mut self,
         replica: &mut R,
@@ -844,6 +873,7 @@ impl Session {
         doc: DocId,
         kind: DocKind,
         bytes: &[u8],
+        signatures: &[ChangeSig],
         out: &mut Vec<Output>,
     ) -> Step {
         let loaded = inflated_len(bytes, INFLATED_BYTES_MAX)
@@ -860,6 +890,9 @@ impl Session {
         let theirs = sorted(loaded.get_heads());
         let changes: Vec<_> = changes_of(&loaded).into_iter().map(|(a, h)| (a, Some(h))).collect();
         let verdict = self.check_authors(team, &kind, &changes).and_then(|()| {
+            let access =
+                self.shared.get(&team).ok_or(Refusal::NotCurrent { device: self.remote, team })?;
+            check_signed_document(access, team, doc, &kind, &loaded, signatures)?;
             let rules = ReceivedRules::new(team, &kind);
             loaded
                 .get_changes(&[])
@@ -871,7 +904,7 @@ impl Session {
             self.refused(team, doc, theirs, reason, out);
             return Ok(());
         }
-        match replica.merge_snapshot(team, doc, kind, loaded).map_err(store)? {
+        match replica.merge_snapshot(team, doc, kind, loaded, signatures).map_err(store)? {
             Ok(true) => out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind })),
             Ok(false) => {}
             Err(reason) => {
@@ -924,6 +957,22 @@ impl Session {
         let access =
             self.shared.get(&team).ok_or(Refusal::NotCurrent { device: self.remote, team })?;
         check_authors(access, team, kind, changes).map_err(Refusal::MayNotWrite)
+    }
+
+    /// Whether every change carries a signature by its author, who could write `kind` at
+    /// the point of the membership log they signed under.
+    fn check_signed(
+        &self,
+        team: TeamId,
+        doc: DocId,
+        kind: &DocKind,
+        changes: &[(ActorId, Option<ChangeHash>)],
+        signatures: &[ChangeSig],
+    ) -> Result<(), Refusal> {
+        let access =
+            self.shared.get(&team).ok_or(Refusal::NotCurrent { device: self.remote, team })?;
+        let changes = changes.iter().filter_map(|(actor, hash)| Some((actor, (*hash)?)));
+        Ok(check_signed(access, team, doc, kind, changes, signatures)?)
     }
 
     /// Whether the remote may make this device hold `doc`: always when it is held, else
@@ -1017,8 +1066,21 @@ impl Session {
             return Ok(None);
         };
         let heads = sorted(message.heads.clone());
+        // The signatures of the changes the message carries (read back from our own
+        // bytes, which parse; if they did not, the remote refuses them unsigned).
+        let hashes: Vec<ChangeHash> = message
+            .changes
+            .iter()
+            .filter_map(|chunk| changes_in(chunk).ok())
+            .flatten()
+            .map(|(_, hash)| hash)
+            .collect();
+        let signatures = match hashes.is_empty() {
+            true => Vec::new(),
+            false => replica.signatures(team, doc, Some(&hashes)).map_err(store)?,
+        };
         let message = message.encode();
-        let frame = Frame::Sync { team, doc, kind, message, attestations: Vec::new() };
+        let frame = Frame::Sync { team, doc, kind, message, signatures };
         out.push(Output::Send(frame.encode()));
         Ok(Some(heads))
     }
@@ -1037,21 +1099,35 @@ impl Session {
     ) -> Result<bool, CloseReason> {
         match replica.snapshot(team, doc).map_err(store)? {
             Some(bytes) if bytes.len() <= SNAPSHOT_BYTES_MAX => {
+                let signatures = replica.signatures(team, doc, None).map_err(store)?;
                 // The remote answers a snapshot with a sync message saying it holds these
                 // heads; a sync state that has told it them already keeps that answer from
                 // starting another exchange.
                 if let Ok(whole) = whole_doc(&bytes) {
                     replica.set_sync_state(self.remote, doc, state_after_sending(&whole.heads));
                 }
-                if bytes.len() <= SNAPSHOT_PART_BYTES {
-                    out.push(Output::Send(Frame::Snapshot { team, doc, kind, bytes }.encode()));
+                if bytes.len() <= SNAPSHOT_PART_BYTES
+                    && signatures.len() <= SIGNATURES_PER_FRAME_MAX
+                {
+                    let frame = Frame::Snapshot { team, doc, kind, bytes, signatures };
+                    out.push(Output::Send(frame.encode()));
                     return Ok(true);
                 }
-                let total = u32::try_from(bytes.len().div_ceil(SNAPSHOT_PART_BYTES))
-                    .expect("at most SNAPSHOT_PARTS_MAX parts");
-                for (index, part) in (0..).zip(bytes.chunks(SNAPSHOT_PART_BYTES)) {
-                    let bytes = part.to_vec();
-                    let frame = Frame::SnapshotPart { team, doc, kind, index, total, bytes };
+                // In parts: each with a share of the bytes and of the signatures.
+                let parts = bytes
+                    .len()
+                    .div_ceil(SNAPSHOT_PART_BYTES)
+                    .max(signatures.len().div_ceil(SIGNATURES_PER_FRAME_MAX))
+                    .max(2);
+                let total = u32::try_from(parts).expect("at most SNAPSHOT_PARTS_MAX parts");
+                let mut sigs = signatures.into_iter();
+                for index in 0..total {
+                    let start = (index as usize * SNAPSHOT_PART_BYTES).min(bytes.len());
+                    let end = (start + SNAPSHOT_PART_BYTES).min(bytes.len());
+                    let bytes = bytes[start..end].to_vec();
+                    let signatures = sigs.by_ref().take(SIGNATURES_PER_FRAME_MAX).collect();
+                    let frame =
+                        Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures };
                     out.push(Output::Send(frame.encode()));
                 }
                 Ok(true)
@@ -1219,6 +1295,11 @@ fn sorted(mut heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
 
 fn heads_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
     heads.iter().map(|h| h.0).collect()
+}
+
+/// What one signature makes a device hold while a document arrives in parts.
+fn signature_bytes(sig: &ChangeSig) -> usize {
+    std::mem::size_of::<ChangeSig>() + 32 * sig.membership.len()
 }
 
 fn store(e: impl std::fmt::Display) -> CloseReason {

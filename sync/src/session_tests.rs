@@ -64,7 +64,7 @@ impl Team {
 
     /// A device of the team holding its ops.
     fn side(&self, device: usize, peer: usize) -> Side {
-        let mut replica = MemoryReplica::new(self.keys[device].device_id());
+        let mut replica = MemoryReplica::with_key(self.keys[device].clone());
         replica.add_ops(self.id, &self.ops).expect("memory replica");
         let session = Session::new(self.keys[device].device_id(), self.keys[peer].device_id());
         Side { session, replica, events: Vec::new(), closed: None }
@@ -80,8 +80,11 @@ impl Team {
 
     /// Writes a plan section on `side` as `device`.
     fn write_plan(&self, side: &mut Side, device: usize, text: &str) {
-        let doc = side.replica.doc_mut(self.id, DocKind::Plan);
-        plan::set_section(doc, &self.author_of(device, 5_000), Section::Routines, text)
+        let author = self.author_of(device, 5_000);
+        side.replica
+            .write(self.id, DocKind::Plan, |doc| {
+                plan::set_section(doc, &author, Section::Routines, text)
+            })
             .expect("writes");
     }
 }
@@ -304,7 +307,7 @@ fn a_sync_frame_for_another_document_closes_the_session() {
         doc: DocKind::Plan.doc_id(team.id),
         kind: DocKind::HealthPlan,
         message: vec![],
-        attestations: vec![],
+        signatures: vec![],
     };
     a.receive(&frame.encode());
     assert!(close_reason(&a).contains("is not the health-plan document"), "{:?}", a.closed);
@@ -320,8 +323,9 @@ fn documents_the_remote_may_not_read_are_refused() {
         .expect("writes");
     let message = doc.generate_sync_message(&mut State::new()).expect("a first message").encode();
     let doc_id = kind.doc_id(team.id);
-    let sync = Frame::Sync { team: team.id, doc: doc_id, kind, message, attestations: vec![] };
-    let snapshot = Frame::Snapshot { team: team.id, doc: doc_id, kind, bytes: doc.save() };
+    let sync = Frame::Sync { team: team.id, doc: doc_id, kind, message, signatures: vec![] };
+    let snapshot =
+        Frame::Snapshot { team: team.id, doc: doc_id, kind, bytes: doc.save(), signatures: vec![] };
     for frame in [sync, snapshot] {
         a.events.clear();
         let frames = a.receive(&frame.encode());
@@ -343,7 +347,8 @@ fn a_snapshot_with_a_change_by_a_device_that_may_not_write_is_refused() {
     plan::set_section(&mut doc, &team.author_of(VOLUNTEER, 5_000), Section::Routines, "forged")
         .expect("writes");
     let doc_id = kind.doc_id(team.id);
-    let frame = Frame::Snapshot { team: team.id, doc: doc_id, kind, bytes: doc.save() };
+    let frame =
+        Frame::Snapshot { team: team.id, doc: doc_id, kind, bytes: doc.save(), signatures: vec![] };
     let frames = a.receive(&frame.encode());
     assert!(frames.is_empty());
     assert!(a.closed.is_none());
@@ -403,8 +408,11 @@ fn both_sides_report_team_in_sync_after_an_exchange() {
     let mut b = team.side(ADVOCATE, OWNER);
     team.write_plan(&mut a, OWNER, "Tea at 8.");
     for (side, device, text) in [(&mut a, OWNER, "Aspirin"), (&mut b, ADVOCATE, "Ibuprofen")] {
-        let doc = side.replica.doc_mut(team.id, DocKind::HealthPlan);
-        plan::set_section(doc, &team.author_of(device, 6_000), Section::Medication, text)
+        let author = team.author_of(device, 6_000);
+        side.replica
+            .write(team.id, DocKind::HealthPlan, |doc| {
+                plan::set_section(doc, &author, Section::Medication, text)
+            })
             .expect("writes");
     }
     connect(&team, &mut a, &mut b);

@@ -73,7 +73,8 @@ impl SimDevice for MemoryReplica {
         text: &str,
         random: [u8; 8],
     ) -> Result<(), String> {
-        edit_doc(self.doc_mut(team, kind), &kind, author, text, random).map_err(|e| e.to_string())
+        self.write(team, kind, |doc| edit_doc(doc, &kind, author, text, random))
+            .map_err(|e| e.to_string())
     }
 
     fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
@@ -479,7 +480,7 @@ impl<D: SimDevice> World<D> {
                 let message = vec![0x42, 0, 0, 1, 0, 3, 5, 0, 7, 0];
                 let doc = plan.doc_id(self.team);
                 let team = self.team;
-                Frame::Sync { team, doc, kind: plan, message, attestations: vec![] }
+                Frame::Sync { team, doc, kind: plan, message, signatures: vec![] }
             }
             2 => {
                 let lure = self.lure_ops(to);
@@ -500,7 +501,13 @@ impl<D: SimDevice> World<D> {
                 .map_err(|f| f.error)
                 .expect("writes a fresh document");
                 let (team, doc_id) = (self.team, plan.doc_id(self.team));
-                Frame::Snapshot { team, doc: doc_id, kind: plan, bytes: doc.save() }
+                Frame::Snapshot {
+                    team,
+                    doc: doc_id,
+                    kind: plan,
+                    bytes: doc.save(),
+                    signatures: vec![],
+                }
             }
         };
         vec![bytes, extra.encode()]
@@ -810,7 +817,7 @@ pub fn run_seeds<D: SimDevice>(seeds: std::ops::Range<u64>, make: MakeDevice<'_,
 /// The in-memory replica of device `key`.
 #[cfg(test)]
 fn memory(_: usize, key: &DeviceKey, _: MemberId) -> MemoryReplica {
-    MemoryReplica::new(key.device_id())
+    MemoryReplica::with_key(key.clone())
 }
 
 #[cfg(test)]

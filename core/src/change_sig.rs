@@ -1,0 +1,141 @@
+//! Signed authorship of document changes.
+//!
+//! An Automerge change names its author by actor id, and here the actor id is the
+//! author's device key; but an actor id is only a claim, which anyone can write in a
+//! change. A [`ChangeSig`] proves it: the device whose key is the change's actor signs the
+//! change's hash in its context (the team, the document, and the heads of the team's
+//! membership log as the author saw them when writing). Every device checks the signature,
+//! and the signer's right to write that kind of document at that point of the log, before
+//! a change is applied, stored or passed on; signatures are kept beside the documents, so
+//! they outlive the chunks the changes arrived in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{BadSignature, DeviceKey, Signature};
+use crate::ids::{DeviceId, DocId, OpHash, TeamId};
+
+/// Most membership heads one signature may name. A log has a few heads at most (one per
+/// concurrent branch); more is a sender's mistake or an attack.
+pub const SIGNED_HEADS_MAX: usize = 64;
+
+/// What a signature's message starts with, so that no other signed message of this
+/// project (membership ops, join requests) can be taken for one.
+const CONTEXT: &[u8] = b"care/change/1\0";
+
+/// A device's signature of one change of one document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSig {
+    /// The change's hash (SHA-256, as Automerge computes it).
+    pub hash: [u8; 32],
+    /// The heads of the team's membership log the author had when writing, sorted.
+    pub membership: Vec<OpHash>,
+    /// The author's signature of [`ChangeSig::message`].
+    pub signature: Signature,
+}
+
+/// Why a [`ChangeSig`] cannot be read from bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a change signature that does not decode: {0}")]
+pub struct SigDecodeError(String);
+
+impl ChangeSig {
+    /// Signs the change `hash` of `doc` in `team`, written with the membership log at
+    /// `membership` (its heads).
+    pub fn sign(
+        key: &DeviceKey,
+        team: TeamId,
+        doc: DocId,
+        hash: [u8; 32],
+        membership: &[OpHash],
+    ) -> ChangeSig {
+        let mut membership = membership.to_vec();
+        membership.sort();
+        let signature = key.sign(&message(team, doc, &hash, &membership));
+        ChangeSig { hash, membership, signature }
+    }
+
+    /// Checks that `signer` signed this change of `doc` in `team` (strict ed25519).
+    pub fn verify(&self, signer: DeviceId, team: TeamId, doc: DocId) -> Result<(), BadSignature> {
+        signer.verify(&message(team, doc, &self.hash, &self.membership), &self.signature)
+    }
+
+    /// What is stored beside the change's hash: the membership heads and the signature.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(&(&self.membership, &self.signature))
+            .expect("encoding into a Vec cannot fail")
+    }
+
+    /// Reads what [`ChangeSig::stored_bytes`] wrote, for the change `hash`.
+    pub fn from_stored(hash: [u8; 32], bytes: &[u8]) -> Result<ChangeSig, SigDecodeError> {
+        let ((membership, signature), rest): ((Vec<OpHash>, Signature), _) =
+            postcard::take_from_bytes(bytes).map_err(|e| SigDecodeError(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SigDecodeError(format!("{} bytes after it", rest.len())));
+        }
+        if membership.len() > SIGNED_HEADS_MAX {
+            return Err(SigDecodeError(format!("{} membership heads", membership.len())));
+        }
+        Ok(ChangeSig { hash, membership, signature })
+    }
+}
+
+/// The signed message: the context tag, the team, the document, the change's hash, and
+/// the membership heads (count first).
+fn message(team: TeamId, doc: DocId, hash: &[u8; 32], membership: &[OpHash]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTEXT.len() + 16 + 16 + 32 + 4 + 32 * membership.len());
+    out.extend_from_slice(CONTEXT);
+    out.extend_from_slice(team.as_bytes());
+    out.extend_from_slice(doc.as_bytes());
+    out.extend_from_slice(hash);
+    out.extend_from_slice(&(membership.len() as u32).to_be_bytes());
+    for head in membership {
+        out.extend_from_slice(head.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (TeamId, DocId, [u8; 32], Vec<OpHash>) {
+        (
+            TeamId::from_bytes([1; 16]),
+            DocId::from_bytes([2; 16]),
+            [3; 32],
+            vec![OpHash::from_bytes([5; 32]), OpHash::from_bytes([4; 32])],
+        )
+    }
+
+    #[test]
+    fn a_signature_holds_for_its_signer_change_and_context_only() {
+        let (team, doc, hash, heads) = ids();
+        let ada = DeviceKey::from_seed([7; 32]);
+        let bea = DeviceKey::from_seed([8; 32]);
+        let sig = ChangeSig::sign(&ada, team, doc, hash, &heads);
+        assert!(sig.membership.is_sorted(), "heads are signed in one order");
+        assert!(sig.verify(ada.device_id(), team, doc).is_ok());
+        assert!(sig.verify(bea.device_id(), team, doc).is_err(), "another signer");
+        assert!(sig.verify(ada.device_id(), TeamId::from_bytes([9; 16]), doc).is_err());
+        assert!(sig.verify(ada.device_id(), team, DocId::from_bytes([9; 16])).is_err());
+        let mut other = sig.clone();
+        other.hash[0] ^= 1;
+        assert!(other.verify(ada.device_id(), team, doc).is_err(), "another change");
+        let mut other = sig.clone();
+        other.membership.pop();
+        assert!(other.verify(ada.device_id(), team, doc).is_err(), "another membership");
+    }
+
+    #[test]
+    fn stored_form_round_trips_and_rejects_damage() {
+        let (team, doc, hash, heads) = ids();
+        let sig = ChangeSig::sign(&DeviceKey::from_seed([7; 32]), team, doc, hash, &heads[..1]);
+        let stored = sig.stored_bytes();
+        assert!(stored.len() <= 100, "{} bytes stored beside the hash", stored.len());
+        assert_eq!(ChangeSig::from_stored(hash, &stored), Ok(sig));
+        assert!(ChangeSig::from_stored(hash, &stored[..stored.len() - 1]).is_err());
+        let mut longer = stored.clone();
+        longer.push(0);
+        assert!(ChangeSig::from_stored(hash, &longer).is_err());
+    }
+}

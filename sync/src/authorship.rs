@@ -1,0 +1,117 @@
+//! Who wrote a change, proven: every change but a document's deterministic first one must
+//! come with a [`ChangeSig`] by the device its actor id names, and that device must have
+//! had the right to write the document's kind in the team's membership as the signature
+//! says the author saw it. Checked before a change is applied, stored or passed on, for
+//! changes received one by one and for whole documents alike.
+
+use std::collections::HashMap;
+
+use automerge::{ActorId, ChangeHash};
+use care_core::{Access, ChangeSig, DeviceId, DocId, DocKind, TeamId};
+
+use crate::access::{TeamAccess, genesis_change};
+
+/// Why a change's authorship does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorshipError {
+    /// No signature came with the change.
+    #[error("change {change} came without its author's signature")]
+    Unsigned {
+        /// The change's hash.
+        change: ChangeHash,
+    },
+    /// The change's actor is not a device key, so no device can have signed it.
+    #[error("change {change} is by an actor that is not a device")]
+    NotADevice {
+        /// The change's hash.
+        change: ChangeHash,
+    },
+    /// The signature is not the actor's signature of this change in this document.
+    #[error("the signature of change {change} does not verify for device {device}")]
+    BadSignature {
+        /// The change's hash.
+        change: ChangeHash,
+        /// The device its actor id names.
+        device: DeviceId,
+    },
+    /// The signature names membership heads this device does not hold (or that do not
+    /// replay), so the signer's right at that point cannot be checked.
+    #[error("change {change} was signed under a membership this device does not hold")]
+    UnknownMembership {
+        /// The change's hash.
+        change: ChangeHash,
+    },
+    /// At the point of the membership log the signer saw, it could not write this kind.
+    #[error("change {change} is by device {device}, which could not write a {kind} document then")]
+    MayNotWrite {
+        /// The change's hash.
+        change: ChangeHash,
+        /// The signer.
+        device: DeviceId,
+        /// The document's kind.
+        kind: DocKind,
+    },
+    /// A whole document came with signatures of changes it does not hold.
+    #[error("{count} signatures of changes the document does not hold")]
+    StraySignatures {
+        /// How many.
+        count: usize,
+    },
+}
+
+/// Checks the authorship of `changes` (actor and hash) of `doc`, a `kind` document of
+/// `team`, against `signatures` (any order; extra ones are ignored).
+pub fn check_signed<'a>(
+    access: &TeamAccess,
+    team: TeamId,
+    doc: DocId,
+    kind: &DocKind,
+    changes: impl IntoIterator<Item = (&'a ActorId, ChangeHash)>,
+    signatures: &[ChangeSig],
+) -> Result<(), AuthorshipError> {
+    let by_hash: HashMap<[u8; 32], &ChangeSig> =
+        signatures.iter().map(|sig| (sig.hash, sig)).collect();
+    let mut genesis: Option<Option<ChangeHash>> = None;
+    for (actor, change) in changes {
+        let Some(sig) = by_hash.get(&change.0) else {
+            // The deterministic first change is everyone's and no one's: it is known by
+            // its hash, which every device computes.
+            if *genesis.get_or_insert_with(|| genesis_change(team, kind).1) == Some(change) {
+                continue;
+            }
+            return Err(AuthorshipError::Unsigned { change });
+        };
+        let device = DeviceId::from_slice(actor.to_bytes())
+            .map_err(|_| AuthorshipError::NotADevice { change })?;
+        sig.verify(device, team, doc)
+            .map_err(|_| AuthorshipError::BadSignature { change, device })?;
+        let membership = access
+            .membership_at(&sig.membership)
+            .ok_or(AuthorshipError::UnknownMembership { change })?;
+        if membership.access(device, kind) != Access::ReadWrite {
+            return Err(AuthorshipError::MayNotWrite { change, device, kind: *kind });
+        }
+    }
+    Ok(())
+}
+
+/// [`check_signed`] for every change of a whole document, which must come with the
+/// signatures of its changes and no others.
+pub fn check_signed_document(
+    access: &TeamAccess,
+    team: TeamId,
+    doc: DocId,
+    kind: &DocKind,
+    loaded: &automerge::Automerge,
+    signatures: &[ChangeSig],
+) -> Result<(), AuthorshipError> {
+    let changes = crate::chunks::changes_of(loaded);
+    check_signed(access, team, doc, kind, changes.iter().map(|(a, h)| (a, *h)), signatures)?;
+    let held: std::collections::HashSet<[u8; 32]> = changes.iter().map(|(_, h)| h.0).collect();
+    let stray = signatures.iter().filter(|sig| !held.contains(&sig.hash)).count();
+    if stray > 0 {
+        return Err(AuthorshipError::StraySignatures { count: stray });
+    }
+    Ok(())
+}
