@@ -85,6 +85,17 @@ impl SimDevice for SimHome {
         }
     }
 
+    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
+        let summary = self.home.store.doc_summary(doc).ok().flatten();
+        let Some(kind) = summary.and_then(|s| s.kind.parse::<DocKind>().ok()) else {
+            return false;
+        };
+        match self.home.doc(team, kind, Purpose::Read) {
+            Ok(Some(stored)) => stored.doc().get_change_meta_by_hash(&hash).is_some(),
+            _ => false,
+        }
+    }
+
     fn set_time(&mut self, now: Timestamp) {
         self.now = now;
         self.home.set_clock(Stopped(now));

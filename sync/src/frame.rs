@@ -1,4 +1,4 @@
-//! The frames two devices exchange on a `care/sync/1` stream, their compact versioned
+//! The frames two devices exchange on a `care/sync/2` stream, their compact versioned
 //! encoding, and the length prefix that delimits them on a byte stream.
 //!
 //! A frame on the wire is a 4-byte big-endian length, then that many bytes: one format

@@ -1,4 +1,4 @@
-//! Peer-to-peer sync of care teams' documents: the `care/sync/1` protocol as state
+//! Peer-to-peer sync of care teams' documents: the `care/sync/2` protocol as state
 //! machines with no IO (a [`Session`] per connection, a [`Hub`] per device), the storage
 //! boundary they need, and an in-memory replica. The iroh runtime that drives them is the
 //! crate `care-net` (`sync/net/`); this crate depends on no async runtime or network
@@ -16,8 +16,9 @@
 //! 3. on Heads, sends a [`Frame::Snapshot`] of each document the remote lacks, and starts
 //!    Automerge's sync protocol ([`Frame::Sync`]) for each document whose heads differ.
 //!    Incoming changes are checked before they are applied: the remote device must be
-//!    allowed to read the document, and every change's author must be, or have been, a
-//!    device of a member whose role may write it.
+//!    allowed to read the document, and every change must carry its author's signature
+//!    ([`care_core::ChangeSig`]) by a device whose role could write the document at the
+//!    point of the membership log it signed under ([`authorship`]).
 //! 4. reports [`SyncEvent::TeamInSync`] each time a team settles: the remote described
 //!    all its documents under the membership both now hold, and no document is still
 //!    being exchanged.
@@ -43,14 +44,15 @@
 //!     let (membership, _) = Membership::from_ops(team, &ops)?;
 //!     ops.push(membership.author_op(&owner, Timestamp(1), body)?);
 //! }
-//! let mut a = MemoryReplica::new(owner.device_id());
-//! let mut b = MemoryReplica::new(worker.device_id());
+//! let mut a = MemoryReplica::with_key(owner.clone());
+//! let mut b = MemoryReplica::with_key(worker.clone());
 //! use care_sync::Replica;
 //! a.add_ops(team, &ops)?;
 //! b.add_ops(team, &ops)?;
 //! let by = Author { member: MemberId::from_bytes([1; 16]), device: owner.device_id(),
 //!                   at: Timestamp(5_000) };
-//! plan::set_section(a.doc_mut(team, DocKind::Plan), &by, Section::Routines, "Tea at 8.")?;
+//! // Written and signed with the owner's key.
+//! a.write(team, DocKind::Plan, |doc| plan::set_section(doc, &by, Section::Routines, "Tea at 8."))?;
 //!
 //! let mut sa = Session::new(owner.device_id(), worker.device_id());
 //! let mut sb = Session::new(worker.device_id(), owner.device_id());

@@ -19,10 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::ChangeHash;
 use care_core::documents::{Author, notes, plan};
 use care_core::{
-    Access, DeviceId, DeviceKey, DocId, DocKind, EntryId, MemberId, Membership, Month, NoteStream,
-    OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
+    Access, ChangeSig, DeviceId, DeviceKey, DocId, DocKind, EntryId, MemberId, Membership, Month,
+    NoteStream, OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
 };
 
+use crate::access::TeamAccess;
 use crate::close::CloseReason;
 use crate::frame::Frame;
 use crate::hub::{Change, ConnId, Effect, Hub, PeerEvent};
@@ -53,6 +54,9 @@ pub trait SimDevice: Replica {
     /// when it holds none.
     fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash>;
 
+    /// Whether the device's copy of `doc`, as it would use it, holds the change `hash`.
+    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool;
+
     /// Tells the device the simulated time (a replica with a clock stamps and judges by
     /// it).
     fn set_time(&mut self, _now: Timestamp) {}
@@ -75,6 +79,10 @@ impl SimDevice for MemoryReplica {
     ) -> Result<(), String> {
         self.write(team, kind, |doc| edit_doc(doc, &kind, author, text, random))
             .map_err(|e| e.to_string())
+    }
+
+    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
+        self.doc(team, doc).is_some_and(|d| d.get_change_meta_by_hash(&hash).is_some())
     }
 
     fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
@@ -190,6 +198,8 @@ struct World<D> {
     removed: Option<(usize, SignedOp)>,
     /// Refusals reported by each peer, with the peer whose frame was refused.
     refusals: Vec<(usize, usize, String)>,
+    /// The changes the attacker forged under another device's actor id.
+    forged: Vec<ChangeHash>,
     /// How many times each end of each connection reported TeamInSync.
     in_sync_events: BTreeMap<(u64, usize), usize>,
     /// Whether the attacker attacks.
@@ -244,6 +254,7 @@ impl<D: SimDevice> World<D> {
             partition: None,
             removed: None,
             refusals: Vec::new(),
+            forged: Vec::new(),
             in_sync_events: BTreeMap::new(),
             attacks: false,
             restarts: 0,
@@ -462,20 +473,16 @@ impl<D: SimDevice> World<D> {
     /// or the frame followed by one of its own making.
     fn attack(&mut self, to: usize, mut bytes: Vec<u8>) -> Vec<Vec<u8>> {
         let plan = DocKind::Plan;
-        // Changes are not changed: a member can already write a change under another
-        // writer's actor id (actor ids are not signed yet), and one reusing that writer's
-        // sequence number splits honest devices on that document for good.
-        let carries_changes = matches!(
-            Frame::decode(&bytes),
-            Ok(Frame::Sync { .. } | Frame::Snapshot { .. } | Frame::SnapshotPart { .. })
-        );
-        let extra = match self.rng.below(4) {
-            0 if !carries_changes => {
+        let extra = match self.rng.below(5) {
+            // Any frame, changes and signatures included: a change altered in passing
+            // no longer matches its author's signature, so it is refused rather than
+            // splitting honest devices on its author's sequence number.
+            0 => {
                 let at = self.rng.below(bytes.len() as u64) as usize;
                 bytes[at] ^= 1 + self.rng.below(255) as u8;
                 return vec![bytes];
             }
-            0 | 1 => {
+            1 => {
                 // A Bloom filter with no bits per entry: Automerge would divide by zero.
                 let message = vec![0x42, 0, 0, 1, 0, 3, 5, 0, 7, 0];
                 let doc = plan.doc_id(self.team);
@@ -489,6 +496,7 @@ impl<D: SimDevice> World<D> {
                     ops: lure.iter().map(SignedOp::to_bytes).collect(),
                 }
             }
+            3 => self.forged_change(),
             _ => {
                 // A whole plan under the actor of its deterministic first change, which
                 // anyone can take.
@@ -511,6 +519,38 @@ impl<D: SimDevice> World<D> {
             }
         };
         vec![bytes, extra.encode()]
+    }
+
+    /// A plan change under the owner's actor id (who may write the plan), made by the
+    /// attacker and signed with its own key: the owner's next sequence number, so that,
+    /// were it taken, honest devices would split on the plan for good.
+    fn forged_change(&mut self) -> Frame {
+        let plan = DocKind::Plan;
+        let (team, doc) = (self.team, plan.doc_id(self.team));
+        let owner = self.peers[0].key.device_id();
+        let mut forged = care_core::documents::genesis(team, &plan);
+        let at = Timestamp(self.now as i64);
+        let by = Author { member: self.peers[ATTACKER].member, device: owner, at };
+        let text = format!("forged at {}", self.now);
+        plan::set_section(&mut forged, &by, Section::Routines, &text).expect("writes");
+        let change = forged.get_last_local_change().expect("a change").clone();
+        self.forged.push(change.hash());
+        let heads =
+            TeamAccess::from_ops(team, &self.peers[ATTACKER].replica.ops(team).unwrap_or_default())
+                .map(|a| a.membership().heads().to_vec())
+                .unwrap_or_default();
+        let signature =
+            ChangeSig::sign(&self.peers[ATTACKER].key, team, doc, change.hash().0, &heads);
+        let message = automerge::sync::Message {
+            heads: vec![change.hash()],
+            need: vec![],
+            have: vec![],
+            changes: automerge::sync::ChunkList::from(vec![change.raw_bytes().to_vec()]),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode();
+        Frame::Sync { team, doc, kind: plan, message, signatures: vec![signature] }
     }
 
     /// The ops of a team the attacker makes, naming `to`'s device as a member's.
@@ -691,6 +731,12 @@ impl<D: SimDevice> World<D> {
                 readers.into_iter().map(|p| (p, self.peers[p].replica.heads(team, id))).collect();
             let heads: BTreeSet<&Vec<ChangeHash>> = by_peer.values().collect();
             assert_eq!(heads.len(), 1, "members disagree on {kind}: {by_peer:?}");
+            for p in by_peer.keys() {
+                for change in &self.forged {
+                    let held = self.peers[*p].replica.holds_change(team, id, *change);
+                    assert!(!held, "peer {p} took a change forged under another's actor id");
+                }
+            }
         }
         assert!(
             self.refusals
