@@ -1,7 +1,8 @@
 //! Local benchmark of a care home on disk (release mode: `cargo bench --bench local`).
 //! Prints median and p95 of a durable `note add`, of opening a home with 1,000
 //! documents and listing them, of loading the latest 50 of 10,000 notes after
-//! compaction, and the bytes on disk per note against Automerge's own `save()`.
+//! compaction, the bytes on disk per note against Automerge's own `save()`, and what
+//! signing every change costs: time to sign and verify, bytes on disk and on the wire.
 
 #[path = "common/clock.rs"]
 mod clock;
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
     );
     let dir = tempfile::tempdir()?;
     fsync_floor(dir.path())?;
+    signing(if full { 10_000 } else { 100 });
     notes_team(&dir.path().join("notes"), size.notes)?;
     thousand_documents(&dir.path().join("many"), size.teams)?;
     Ok(())
@@ -97,7 +99,65 @@ fn notes_team(dir: &Path, notes: usize) -> Result<()> {
         compacted.before_bytes / 1024,
         compacted.after_bytes / 1024
     );
+    let signature_bytes = signature_disk_bytes(dir, file_bytes)?;
+    println!(
+        "of which change signatures: {:.1} bytes per note; documents alone {:.1} bytes per note \
+         ({:.2}x save())  [target signatures < 150 bytes per change]",
+        signature_bytes as f64 / notes as f64,
+        (file_bytes - signature_bytes) as f64 / notes as f64,
+        (file_bytes - signature_bytes) as f64 / save_bytes as f64
+    );
     Ok(())
+}
+
+/// Signing and checking one change's signature, alone: what each note written and each
+/// change received costs, and a signature's size in a sync frame.
+fn signing(changes: usize) {
+    use care_core::{ChangeSig, DeviceKey, DocId, OpHash, TeamId};
+    let key = DeviceKey::from_seed([7; 32]);
+    let (team, doc) = (TeamId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+    let heads = [OpHash::from_bytes([3; 32])];
+    let started = Instant::now();
+    let sigs: Vec<ChangeSig> = (0..changes)
+        .map(|i| {
+            let mut hash = [0; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            ChangeSig::sign(&key, team, doc, hash, &heads)
+        })
+        .collect();
+    let sign = started.elapsed();
+    let started = Instant::now();
+    let valid = sigs.iter().filter(|s| s.verify(key.device_id(), team, doc).is_ok()).count();
+    let verify = started.elapsed();
+    assert_eq!(valid, changes);
+    let kind = care::DocKind::Plan;
+    let frame = |signatures| care_sync::Frame::Sync {
+        team,
+        doc: kind.doc_id(team),
+        kind,
+        message: Vec::new(),
+        signatures,
+    };
+    let wire = frame(sigs[..1].to_vec()).encode().len() - frame(Vec::new()).encode().len();
+    println!(
+        "change signature: sign {:.1} us, verify {:.1} us per change ({changes} each); \
+         {wire} bytes per change in a sync frame  [target < 100 us per note, < 150 bytes]",
+        sign.as_secs_f64() * 1e6 / changes as f64,
+        verify.as_secs_f64() * 1e6 / changes as f64,
+    );
+}
+
+/// What the change signatures take in the store's file: its size after dropping them
+/// (and a VACUUM), subtracted from `file_bytes`. Run last: it changes the home.
+fn signature_disk_bytes(dir: &Path, file_bytes: u64) -> Result<u64> {
+    let db = dir.join(care::home::STORE_FILE);
+    let conn = rusqlite::Connection::open(&db)?;
+    conn.execute_batch(
+        "DELETE FROM signatures; DELETE FROM signature_contexts;
+         PRAGMA wal_checkpoint(TRUNCATE); VACUUM;",
+    )?;
+    drop(conn);
+    Ok(file_bytes.saturating_sub(std::fs::metadata(&db)?.len()))
 }
 
 /// The disk's own cost of a durable write (a small append and `fsync`), the floor under

@@ -6,7 +6,7 @@ use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 use care_core::membership::{OpBody, Role};
 use care_core::{ChangeSig, DeviceId, DocId, DocKind, SignedOp, TeamId};
-use care_store::{DocMeta, Imported, UpdateError};
+use care_store::{DocMeta, Imported, StoredSignature, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
@@ -164,8 +164,7 @@ impl Replica for Home {
         signatures: &[ChangeSig],
     ) -> Result<Import> {
         let meta = DocMeta { id: doc, team, kind: kind.to_string() };
-        let signatures: Vec<(ChangeHash, Vec<u8>)> =
-            signatures.iter().map(|s| (ChangeHash(s.hash), s.stored_bytes())).collect();
+        let signatures: Vec<StoredSignature> = signatures.iter().map(to_stored).collect();
         if self.store.import_doc(&meta, bytes, heads, &signatures)? == Imported::AlreadyHeld {
             return Ok(Import::Held);
         }
@@ -261,8 +260,8 @@ pub(crate) fn stored_signatures_of(
     store
         .signatures(doc, hashes)?
         .into_iter()
-        .map(|(hash, data)| {
-            ChangeSig::from_stored(hash.0, &data)
+        .map(|s| {
+            ChangeSig::from_stored(s.hash.0, &s.context, &s.signature)
                 .map_err(|e| care_store::StoreError::Corrupt { doc, detail: e.to_string() })
         })
         .collect()
@@ -270,10 +269,19 @@ pub(crate) fn stored_signatures_of(
 
 /// The stored form of the signatures, among `signatures` (checked by the session), of
 /// the changes `new`.
-fn stored_signatures(new: &[ChangeHash], signatures: &[ChangeSig]) -> Vec<(ChangeHash, Vec<u8>)> {
+fn stored_signatures(new: &[ChangeHash], signatures: &[ChangeSig]) -> Vec<StoredSignature> {
     let by_hash: std::collections::HashMap<[u8; 32], &ChangeSig> =
         signatures.iter().map(|s| (s.hash, s)).collect();
-    new.iter().filter_map(|h| Some((*h, by_hash.get(&h.0)?.stored_bytes()))).collect()
+    new.iter().filter_map(|h| Some(to_stored(by_hash.get(&h.0)?))).collect()
+}
+
+/// A signature as the store keeps it.
+pub(crate) fn to_stored(sig: &ChangeSig) -> StoredSignature {
+    StoredSignature {
+        hash: ChangeHash(sig.hash),
+        context: sig.context_bytes(),
+        signature: sig.signature.0.to_vec(),
+    }
 }
 
 impl Home {

@@ -14,6 +14,7 @@ use care_sync::Change;
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose, random_bytes};
+use crate::replica::to_stored;
 
 /// Which notes `Team::notes` returns, newest first.
 #[derive(Debug, Clone, Copy, Default)]
@@ -271,10 +272,7 @@ impl<'h> Team<'h> {
         let sign = |hashes: &[ChangeHash]| {
             hashes
                 .iter()
-                .map(|h| {
-                    let sig = ChangeSig::sign(key, team, doc_id, h.0, &membership);
-                    (*h, sig.stored_bytes())
-                })
+                .map(|h| to_stored(&ChangeSig::sign(key, team, doc_id, h.0, &membership)))
                 .collect()
         };
         let written =

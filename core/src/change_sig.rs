@@ -59,23 +59,30 @@ impl ChangeSig {
         signer.verify(&message(team, doc, &self.hash, &self.membership), &self.signature)
     }
 
-    /// What is stored beside the change's hash: the membership heads and the signature.
-    pub fn stored_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(&(&self.membership, &self.signature))
-            .expect("encoding into a Vec cannot fail")
+    /// What the signature was made in the context of, as stored (shared by the changes
+    /// an author wrote under one membership): the membership heads.
+    pub fn context_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(&self.membership).expect("encoding into a Vec cannot fail")
     }
 
-    /// Reads what [`ChangeSig::stored_bytes`] wrote, for the change `hash`.
-    pub fn from_stored(hash: [u8; 32], bytes: &[u8]) -> Result<ChangeSig, SigDecodeError> {
-        let ((membership, signature), rest): ((Vec<OpHash>, Signature), _) =
-            postcard::take_from_bytes(bytes).map_err(|e| SigDecodeError(e.to_string()))?;
+    /// Reads a signature as stored: the change's hash, [`ChangeSig::context_bytes`] and
+    /// the 64 signature bytes.
+    pub fn from_stored(
+        hash: [u8; 32],
+        context: &[u8],
+        signature: &[u8],
+    ) -> Result<ChangeSig, SigDecodeError> {
+        let (membership, rest): (Vec<OpHash>, _) =
+            postcard::take_from_bytes(context).map_err(|e| SigDecodeError(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(SigDecodeError(format!("{} bytes after it", rest.len())));
+            return Err(SigDecodeError(format!("{} bytes after its context", rest.len())));
         }
         if membership.len() > SIGNED_HEADS_MAX {
             return Err(SigDecodeError(format!("{} membership heads", membership.len())));
         }
-        Ok(ChangeSig { hash, membership, signature })
+        let signature = <[u8; 64]>::try_from(signature)
+            .map_err(|_| SigDecodeError(format!("a signature of {} bytes", signature.len())))?;
+        Ok(ChangeSig { hash, membership, signature: Signature(signature) })
     }
 }
 
@@ -130,12 +137,14 @@ mod tests {
     fn stored_form_round_trips_and_rejects_damage() {
         let (team, doc, hash, heads) = ids();
         let sig = ChangeSig::sign(&DeviceKey::from_seed([7; 32]), team, doc, hash, &heads[..1]);
-        let stored = sig.stored_bytes();
-        assert!(stored.len() <= 100, "{} bytes stored beside the hash", stored.len());
-        assert_eq!(ChangeSig::from_stored(hash, &stored), Ok(sig));
-        assert!(ChangeSig::from_stored(hash, &stored[..stored.len() - 1]).is_err());
-        let mut longer = stored.clone();
+        let context = sig.context_bytes();
+        assert_eq!(context.len(), 33, "one head and its count");
+        assert_eq!(ChangeSig::from_stored(hash, &context, &sig.signature.0), Ok(sig.clone()));
+        let short = &context[..context.len() - 1];
+        assert!(ChangeSig::from_stored(hash, short, &sig.signature.0).is_err());
+        let mut longer = context.clone();
         longer.push(0);
-        assert!(ChangeSig::from_stored(hash, &longer).is_err());
+        assert!(ChangeSig::from_stored(hash, &longer, &sig.signature.0).is_err());
+        assert!(ChangeSig::from_stored(hash, &context, &sig.signature.0[1..]).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! A document as stored: its Automerge state in memory, and the cursor that says how much
 //! of it is already on disk. Also the rows that hold documents (`docs`, `chunks`).
 
+use std::collections::HashMap;
+
 use automerge::{Automerge, ChangeHash};
 use care_core::ids::{DocId, TeamId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -9,6 +11,19 @@ use crate::error::{Doing, StoreError};
 
 /// Bytes of one change hash; the `heads` column is a concatenation of them.
 const HEAD_BYTES: usize = 32;
+
+/// The signature of one change of a document, as the store keeps it: opaque bytes of the
+/// signature and of what it was made in the context of (shared by many changes, and kept
+/// once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSignature {
+    /// The change.
+    pub hash: ChangeHash,
+    /// What the signature was made in the context of.
+    pub context: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
+}
 
 /// What identifies a document: its id, its team, and its kind. The store does not read
 /// the document's contents; `kind` is an opaque label chosen by the caller.
@@ -294,14 +309,35 @@ pub(crate) fn read_chunks(
 pub(crate) fn insert_signatures(
     conn: &Connection,
     id: DocId,
-    signatures: &[(ChangeHash, Vec<u8>)],
+    signatures: &[StoredSignature],
 ) -> Result<(), StoreError> {
     let doing = "saving change signatures";
-    let mut stmt = conn
-        .prepare_cached("INSERT OR REPLACE INTO signatures (doc, hash, data) VALUES (?1, ?2, ?3)")
+    let mut contexts: HashMap<&[u8], i64> = HashMap::new();
+    let mut add_context = conn
+        .prepare_cached("INSERT OR IGNORE INTO signature_contexts (bytes) VALUES (?1)")
         .doing(doing)?;
-    for (hash, data) in signatures {
-        stmt.execute(params![id.as_bytes(), hash.0.as_slice(), data]).doing(doing)?;
+    let mut find_context =
+        conn.prepare_cached("SELECT id FROM signature_contexts WHERE bytes = ?1").doing(doing)?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO signatures (doc, hash, context, signature)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .doing(doing)?;
+    for sig in signatures {
+        let context = match contexts.get(sig.context.as_slice()) {
+            Some(context) => *context,
+            None => {
+                add_context.execute([&sig.context]).doing(doing)?;
+                let context: i64 =
+                    find_context.query_row([&sig.context], |r| r.get(0)).doing(doing)?;
+                contexts.insert(&sig.context, context);
+                context
+            }
+        };
+        insert
+            .execute(params![id.as_bytes(), sig.hash.0.as_slice(), context, sig.signature])
+            .doing(doing)?;
     }
     Ok(())
 }
@@ -311,37 +347,34 @@ pub(crate) fn read_signatures(
     conn: &Connection,
     id: DocId,
     hashes: Option<&[ChangeHash]>,
-) -> Result<Vec<(ChangeHash, Vec<u8>)>, StoreError> {
+) -> Result<Vec<StoredSignature>, StoreError> {
     let doing = "reading change signatures";
-    let parse = |hash: Vec<u8>| {
-        ChangeHash::try_from(hash.as_slice())
-            .map_err(|_| StoreError::corrupt(id, "a signature's change hash is not 32 bytes"))
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
     };
+    let parse = |(hash, context, signature): (Vec<u8>, Vec<u8>, Vec<u8>)| {
+        let hash = ChangeHash::try_from(hash.as_slice())
+            .map_err(|_| StoreError::corrupt(id, "a signature's change hash is not 32 bytes"))?;
+        Ok(StoredSignature { hash, context, signature })
+    };
+    const SELECT: &str = "SELECT s.hash, c.bytes, s.signature FROM signatures s
+        JOIN signature_contexts c ON c.id = s.context WHERE s.doc = ?1";
     let mut out = Vec::new();
     match hashes {
         None => {
-            let mut stmt = conn
-                .prepare_cached("SELECT hash, data FROM signatures WHERE doc = ?1")
-                .doing(doing)?;
-            let rows = stmt
-                .query_map([id.as_bytes()], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?)))
-                .doing(doing)?;
-            for row in rows {
-                let (hash, data) = row.doing(doing)?;
-                out.push((parse(hash)?, data));
+            let mut stmt = conn.prepare_cached(SELECT).doing(doing)?;
+            for found in stmt.query_map([id.as_bytes()], row).doing(doing)? {
+                out.push(parse(found.doing(doing)?)?);
             }
         }
         Some(hashes) => {
-            let mut stmt = conn
-                .prepare_cached("SELECT data FROM signatures WHERE doc = ?1 AND hash = ?2")
-                .doing(doing)?;
+            let mut stmt =
+                conn.prepare_cached(&format!("{SELECT} AND s.hash = ?2")).doing(doing)?;
             for hash in hashes {
-                let data: Option<Vec<u8>> = stmt
-                    .query_row(params![id.as_bytes(), hash.0.as_slice()], |r| r.get(0))
-                    .optional()
-                    .doing(doing)?;
-                if let Some(data) = data {
-                    out.push((*hash, data));
+                let found =
+                    stmt.query_row(params![id.as_bytes(), hash.0.as_slice()], row).optional();
+                if let Some(found) = found.doing(doing)? {
+                    out.push(parse(found)?);
                 }
             }
         }

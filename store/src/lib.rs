@@ -52,7 +52,7 @@ mod store;
 mod transfer;
 pub use transfer::Imported;
 
-pub use doc::{DocMeta, DocSummary, StoredDoc};
+pub use doc::{DocMeta, DocSummary, StoredDoc, StoredSignature};
 pub use error::{StoreError, UpdateError};
 pub use invites::{Invite, InviteRefusal};
 pub use keyfile::KeyFileError;

@@ -8,7 +8,7 @@ use automerge::{Automerge, ChangeHash};
 use care_core::ids::{DeviceId, DocId, OpHash, TeamId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::doc::{self, DocMeta, DocSummary, StoredDoc, sorted_heads};
+use crate::doc::{self, DocMeta, DocSummary, StoredDoc, StoredSignature, sorted_heads};
 use crate::error::{Doing, StoreError, UpdateError};
 use crate::schema;
 
@@ -243,7 +243,7 @@ impl Store {
         &mut self,
         doc: &mut StoredDoc,
         f: impl FnOnce(&mut Automerge) -> Result<R, E>,
-        sign: impl FnOnce(&[ChangeHash]) -> Vec<(ChangeHash, Vec<u8>)>,
+        sign: impl FnOnce(&[ChangeHash]) -> Vec<StoredSignature>,
     ) -> Result<R, UpdateError<E>> {
         let doing = "saving a change";
         let tx = self.write_tx(doing)?;
@@ -288,7 +288,7 @@ impl Store {
         &self,
         id: DocId,
         hashes: Option<&[ChangeHash]>,
-    ) -> Result<Vec<(ChangeHash, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<StoredSignature>, StoreError> {
         doc::read_signatures(&self.conn, id, hashes)
     }
 

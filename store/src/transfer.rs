@@ -11,7 +11,7 @@ use automerge::ChangeHash;
 use care_core::ids::DocId;
 use rusqlite::params;
 
-use crate::doc::{self, DocMeta, DocSummary};
+use crate::doc::{self, DocMeta, DocSummary, StoredSignature};
 use crate::error::{Doing, StoreError};
 use crate::store::{Store, check_same_meta, now_ms};
 
@@ -48,7 +48,7 @@ impl Store {
         meta: &DocMeta,
         bytes: &[u8],
         heads: &[ChangeHash],
-        signatures: &[(ChangeHash, Vec<u8>)],
+        signatures: &[StoredSignature],
     ) -> Result<Imported, StoreError> {
         let doing = "storing a received document";
         let tx = self.write_tx(doing)?;
