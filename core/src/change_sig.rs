@@ -9,6 +9,7 @@
 //! a change is applied, stored or passed on; signatures are kept beside the documents, so
 //! they outlive the chunks the changes arrived in.
 
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{BadSignature, DeviceKey, Signature};
@@ -54,9 +55,47 @@ impl ChangeSig {
         ChangeSig { hash, membership, signature }
     }
 
-    /// Checks that `signer` signed this change of `doc` in `team` (strict ed25519).
+    /// Checks that `signer` signed this change of `doc` in `team`: [`ChangeSig::verify_all`]
+    /// of this one signature.
     pub fn verify(&self, signer: DeviceId, team: TeamId, doc: DocId) -> Result<(), BadSignature> {
-        signer.verify(&message(team, doc, &self.hash, &self.membership), &self.signature)
+        ChangeSig::verify_all(team, doc, &[(signer, self)])
+            .map_err(|_| BadSignature { device: signer })
+    }
+
+    /// Checks that each signature is its device's signature of its change of `doc` in
+    /// `team`, all at once (ed25519 batch verification, about three times as fast per
+    /// signature as one by one). Returns the position of the first that fails.
+    ///
+    /// Every signature, one or many, is checked this one way (the batch equation, keys
+    /// of low order refused), so that every device reaches the same verdict on it
+    /// whichever way it arrived.
+    pub fn verify_all(
+        team: TeamId,
+        doc: DocId,
+        signed: &[(DeviceId, &ChangeSig)],
+    ) -> Result<(), usize> {
+        let mut keys = Vec::with_capacity(signed.len());
+        for (i, (device, _)) in signed.iter().enumerate() {
+            match VerifyingKey::from_bytes(device.as_bytes()) {
+                Ok(key) if !key.is_weak() => keys.push(key),
+                _ => return Err(i),
+            }
+        }
+        let messages: Vec<Vec<u8>> =
+            signed.iter().map(|(_, sig)| message(team, doc, &sig.hash, &sig.membership)).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = signed
+            .iter()
+            .map(|(_, sig)| ed25519_dalek::Signature::from_bytes(&sig.signature.0))
+            .collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
+            return Ok(());
+        }
+        // Which one: each alone, by the same equation.
+        let alone = |i: usize| {
+            ed25519_dalek::verify_batch(&refs[i..=i], &signatures[i..=i], &keys[i..=i]).is_ok()
+        };
+        Err((0..signed.len()).find(|i| !alone(*i)).unwrap_or(0))
     }
 
     /// What the signature was made in the context of, as stored (shared by the changes
@@ -131,6 +170,30 @@ mod tests {
         let mut other = sig.clone();
         other.membership.pop();
         assert!(other.verify(ada.device_id(), team, doc).is_err(), "another membership");
+    }
+
+    #[test]
+    fn a_batch_names_the_first_signature_that_fails() {
+        let (team, doc, _, heads) = ids();
+        let keys: Vec<DeviceKey> = (1..=4).map(|i| DeviceKey::from_seed([i; 32])).collect();
+        let sigs: Vec<ChangeSig> =
+            (0..4).map(|i| ChangeSig::sign(&keys[i], team, doc, [i as u8; 32], &heads)).collect();
+        let signed: Vec<(DeviceId, &ChangeSig)> =
+            keys.iter().map(DeviceKey::device_id).zip(&sigs).collect();
+        assert_eq!(ChangeSig::verify_all(team, doc, &signed), Ok(()));
+        assert_eq!(ChangeSig::verify_all(team, doc, &[]), Ok(()));
+        let mut wrong = signed.clone();
+        wrong[2].0 = keys[3].device_id();
+        assert_eq!(ChangeSig::verify_all(team, doc, &wrong), Err(2));
+        // A key of low order, for which signatures are easy to forge: refused.
+        let identity = {
+            let mut bytes = [0; 32];
+            bytes[0] = 1;
+            DeviceId::from_bytes(bytes)
+        };
+        let mut weak = signed.clone();
+        weak[1].0 = identity;
+        assert_eq!(ChangeSig::verify_all(team, doc, &weak), Err(1));
     }
 
     #[test]

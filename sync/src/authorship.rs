@@ -5,9 +5,10 @@
 //! changes received one by one and for whole documents alike.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use automerge::{ActorId, ChangeHash};
-use care_core::{Access, ChangeSig, DeviceId, DocId, DocKind, TeamId};
+use care_core::{Access, ChangeSig, DeviceId, DocId, DocKind, Membership, OpHash, TeamId};
 
 use crate::access::{TeamAccess, genesis_change};
 
@@ -73,6 +74,10 @@ pub fn check_signed<'a>(
     let by_hash: HashMap<[u8; 32], &ChangeSig> =
         signatures.iter().map(|sig| (sig.hash, sig)).collect();
     let mut genesis: Option<Option<ChangeHash>> = None;
+    // Memberships by the heads signed under: a few per document.
+    let mut at: HashMap<&[OpHash], Arc<Membership>> = HashMap::new();
+    let mut signed: Vec<(DeviceId, &ChangeSig)> = Vec::new();
+    let mut hashes: Vec<ChangeHash> = Vec::new();
     for (actor, change) in changes {
         let Some(sig) = by_hash.get(&change.0) else {
             // The deterministic first change is everyone's and no one's: it is known by
@@ -84,16 +89,26 @@ pub fn check_signed<'a>(
         };
         let device = DeviceId::from_slice(actor.to_bytes())
             .map_err(|_| AuthorshipError::NotADevice { change })?;
-        sig.verify(device, team, doc)
-            .map_err(|_| AuthorshipError::BadSignature { change, device })?;
-        let membership = access
-            .membership_at(&sig.membership)
-            .ok_or(AuthorshipError::UnknownMembership { change })?;
+        let membership = match at.get(sig.membership.as_slice()) {
+            Some(membership) => Arc::clone(membership),
+            None => {
+                let membership = access
+                    .membership_at(&sig.membership)
+                    .ok_or(AuthorshipError::UnknownMembership { change })?;
+                at.insert(&sig.membership, Arc::clone(&membership));
+                membership
+            }
+        };
         if membership.access(device, kind) != Access::ReadWrite {
             return Err(AuthorshipError::MayNotWrite { change, device, kind: *kind });
         }
+        signed.push((device, *sig));
+        hashes.push(change);
     }
-    Ok(())
+    // The signatures themselves, all at once: a batch costs about a third of checking
+    // each alone.
+    ChangeSig::verify_all(team, doc, &signed)
+        .map_err(|i| AuthorshipError::BadSignature { change: hashes[i], device: signed[i].0 })
 }
 
 /// [`check_signed`] for every change of a whole document, which must come with the
