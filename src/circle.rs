@@ -286,7 +286,8 @@ mod server {
             let relay = RelayServer::spawn(config.relay_listen, Arc::clone(&admitted)).await?;
             let (member, name) = (home.profile().member, home.profile().name.clone());
             let seed = home.key.to_seed();
-            let owner = Owner::spawn(home).map_err(Error::Thread)?;
+            let owner =
+                Owner::spawn_bounded(home, config.net.queued_bytes_max).map_err(Error::Thread)?;
             let refresh = Arc::new(Notify::new());
             let on_taken_on = {
                 let refresh = Arc::clone(&refresh);

@@ -71,7 +71,7 @@ impl Node {
     /// Starts the network side of a home with options.
     pub async fn start_with(home: Home, config: &NetConfig, options: NodeOptions) -> Result<Node> {
         let seed = home.key.to_seed();
-        let owner = Owner::spawn(home).map_err(Error::Thread)?;
+        let owner = Owner::spawn_bounded(home, config.queued_bytes_max).map_err(Error::Thread)?;
         Node::start_serving(owner, seed, config, options, Vec::new()).await
     }
 

@@ -309,3 +309,78 @@ async fn a_device_ticket_adds_a_device_to_its_issuer_only() -> Result<()> {
     }
     Ok(())
 }
+
+/// A member's device that asks for everything and then reads nothing is dropped once
+/// what is queued for it passes the node's bound, and the node says why; what it was
+/// sent is never held beyond that bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_is_dropped_at_the_queue_bound() -> Result<()> {
+    use care::{CloseReason, PeerEvent};
+    use care_core::{DeviceKey, MemberId};
+    use care_sync::{PROTOCOL_VERSION, TeamSummary};
+
+    /// The bound under test: well below one month of the notes written here.
+    const QUEUED_BYTES_MAX: u64 = 64 << 10;
+    let dir = tempfile::tempdir()?;
+    let config = NetConfig { queued_bytes_max: QUEUED_BYTES_MAX, ..NetConfig::loopback() };
+    let node = Node::start(Home::init(dir.path(), "Ada")?, &config).await?;
+    let team = node.with_home(move |h| h.create_team("Ada's team")).await?;
+    // Notes of random letters, which do not compress: about 100 KiB.
+    node.with_home(move |h| {
+        let mut team = h.team("")?;
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..100 {
+            let text: String = (0..1000)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'a' + (seed % 26) as u8)
+                })
+                .collect();
+            team.add_note(&note(&text), None)?;
+        }
+        Ok::<_, care::Error>(())
+    })
+    .await?;
+    let key = [8; 32];
+    let device = DeviceKey::from_seed(key).device_id();
+    let member = MemberId::from_bytes([8; 16]);
+    node.with_home(move |h| {
+        let body =
+            OpBody::AddMember { member, name: "Wil".into(), role: Role::Worker, hats: vec![] };
+        h.author_op(team, body)?;
+        h.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })
+    })
+    .await?;
+    let mut events = node.events();
+
+    let worker = bind(key, &NetConfig::loopback()).await?;
+    let addr = node.addr();
+    let target = endpoint_addr(addr.device, &addr.addrs, None).context("address")?;
+    let conn = worker.connect(target, care_sync::ALPN).await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    let summary = TeamSummary { team, ops_hash: [0; 16], docs_hash: [0; 16] };
+    let hello = Frame::Hello { version: PROTOCOL_VERSION, teams: vec![summary] };
+    framing::write_frame(&mut send, &hello.encode()).await?;
+    // "I hold no document": the node answers with every one it holds, whole.
+    framing::write_frame(&mut send, &Frame::Heads { team, docs: vec![] }.encode()).await?;
+
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(PeerEvent::Disconnected { peer, reason }) if peer == device => {
+                    return Some(reason);
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await?;
+    assert_eq!(reason, Some(CloseReason::FellBehind(QUEUED_BYTES_MAX)));
+    assert!(!node.connected().contains(&device));
+    worker.close().await;
+    node.shutdown().await;
+    Ok(())
+}

@@ -257,7 +257,7 @@ pub(super) fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> R
             Home::init(dir, "Circle relay")?
         };
         // The relay server takes the TCP port, sync the UDP port of the same number.
-        let net = NetConfig { listen, relay: None, lan: false };
+        let net = NetConfig::listening(listen);
         let config = CircleConfig { relay_listen: listen, net, options: NodeOptions::default() };
         let circle = CircleNode::start(home, &config).await?;
         let mut issued = Vec::new();
@@ -336,7 +336,7 @@ fn home_net_config(
 }
 
 fn net_config(listen: SocketAddr, relay: Option<&str>, lan: bool) -> Result<NetConfig> {
-    let mut config = NetConfig { listen, relay: None, lan };
+    let mut config = NetConfig { lan, ..NetConfig::listening(listen) };
     if let Some(url) = relay {
         config.relay = Some(url.parse().with_context(|| format!("`{url}` is not a relay URL"))?);
     }

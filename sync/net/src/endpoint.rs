@@ -33,12 +33,26 @@ pub struct NetConfig {
     pub relay: Option<RelayUrl>,
     /// Whether to find and announce devices on the local network by mDNS.
     pub lan: bool,
+    /// Most bytes queued for one connection to write before it is dropped as fallen
+    /// behind ([`QUEUED_BYTES_MAX`](crate::owner::QUEUED_BYTES_MAX) by default): what one
+    /// slow or stalled reader can make this device hold.
+    pub queued_bytes_max: u64,
 }
 
 impl NetConfig {
+    /// Listens on `listen`, no relay, no LAN discovery, the default bounds.
+    pub fn listening(listen: SocketAddr) -> NetConfig {
+        NetConfig {
+            listen,
+            relay: None,
+            lan: false,
+            queued_bytes_max: crate::owner::QUEUED_BYTES_MAX,
+        }
+    }
+
     /// Loopback only, no relay, no LAN discovery: for tests and benchmarks.
     pub fn loopback() -> NetConfig {
-        NetConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), relay: None, lan: false }
+        NetConfig::listening(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 }
 

@@ -125,7 +125,13 @@ impl<R> std::fmt::Debug for Owner<R> {
 impl<R: Replica + Send + 'static> Owner<R> {
     /// Starts the owner thread of `replica`, and a task telling it the time. Must be
     /// called within a tokio runtime.
-    pub fn spawn(mut replica: R) -> std::io::Result<Owner<R>> {
+    pub fn spawn(replica: R) -> std::io::Result<Owner<R>> {
+        Owner::spawn_bounded(replica, QUEUED_BYTES_MAX)
+    }
+
+    /// [`Owner::spawn`], dropping a connection once more than `queued_bytes_max` bytes are
+    /// queued for it to write.
+    pub fn spawn_bounded(mut replica: R, queued_bytes_max: u64) -> std::io::Result<Owner<R>> {
         let device = replica.device();
         let (commands, queue) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let wakes = commands.clone();
@@ -143,6 +149,7 @@ impl<R: Replica + Send + 'static> Owner<R> {
             links: HashMap::new(),
             shared: Arc::clone(&shared),
             started: Instant::now(),
+            queued_bytes_max,
         };
         std::thread::Builder::new()
             .name(format!("care-owner-{}", &device.to_string()[..8]))
@@ -257,6 +264,8 @@ struct Thread<R> {
     links: HashMap<ConnId, Link>,
     shared: Arc<Shared>,
     started: Instant,
+    /// Most bytes queued for one connection to write.
+    queued_bytes_max: u64,
 }
 
 impl<R: Replica> Thread<R> {
@@ -344,11 +353,11 @@ impl<R: Replica> Thread<R> {
         let Some(link) = self.links.get(&conn) else { return };
         let len = frame.len() as u64 + 4;
         let queued = link.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if queued <= QUEUED_BYTES_MAX {
+        if queued <= self.queued_bytes_max {
             let _ = link.outbox.send(Outgoing::Frame(frame));
             return;
         }
-        let reason = CloseReason::FellBehind(QUEUED_BYTES_MAX);
+        let reason = CloseReason::FellBehind(self.queued_bytes_max);
         link.conn.close(VarInt::from_u32(1), reason.to_string().as_bytes());
         self.links.remove(&conn);
         self.hub.ended(&mut self.replica, conn, reason);
