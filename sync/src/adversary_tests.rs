@@ -796,3 +796,43 @@ fn a_snapshot_with_one_forged_change_inside_is_refused() {
     );
     assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
 }
+
+/// Two devices that hold a month's notes, one far behind: the changes it lacks make a
+/// sync message too large for one frame, so the whole document goes instead, in parts
+/// with every signature, and is merged; both end with the same notes.
+#[test]
+fn changes_too_many_for_one_frame_go_as_the_whole_document() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    let kind = write_notes(&team, &mut a, 2);
+    let doc = kind.doc_id(team.id);
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, kind);
+    let to_b = a.take(outputs);
+    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
+    assert!(b.replica.doc(team.id, doc).is_some(), "the advocate holds the month");
+    // A long time apart: far more than a frame's worth of notes.
+    for n in 2..120u8 {
+        let month = Month::new(2026, 11).expect("a month");
+        let text = (0..4u8).map(|i| blake3::hash(&[n, i]).to_hex().to_string()).collect();
+        let note = care_core::documents::NewNote { text, ..Default::default() };
+        let id = care_core::EntryId::new(month, [n; 8]);
+        let author = team.author_of(OWNER, 5_000);
+        a.replica
+            .write(team.id, kind, |d| care_core::documents::notes::add_note(d, &author, id, &note))
+            .expect("writes");
+    }
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, kind);
+    let to_b = a.take(outputs);
+    let names: Vec<&str> =
+        to_b.iter().filter_map(|f| Frame::decode(f).ok()).map(|f| f.name()).collect();
+    assert!(names.iter().all(|n| *n == "SnapshotPart"), "{names:?}");
+    // Each part: at most a part of the bytes and a part's worth of signatures.
+    let part = crate::frame::SNAPSHOT_PART_BYTES;
+    assert!(to_b.iter().all(|f| f.len() <= 2 * part + 256), "{:?}", to_b.iter().map(Vec::len));
+    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
+    assert!(b.refusals().is_empty(), "{:?}", b.refusals());
+    let (ours, theirs) = (a.replica.doc(team.id, doc), b.replica.doc(team.id, doc));
+    assert_eq!(ours.map(|d| d.get_heads()), theirs.map(|d| d.get_heads()));
+    let held = b.replica.signatures(team.id, doc, None).expect("memory").len();
+    assert_eq!(held, 120, "every note's signature is kept with it");
+}

@@ -104,5 +104,6 @@ pub use memory::{MemoryError, MemoryReplica};
 pub use refusal::Refusal;
 pub use replica::{HeldDoc, Import, Replica};
 pub use session::{
-    DOCS_PER_TEAM_MAX, HELLO_FRAME_BYTES_MAX, MONTHS_AHEAD_MAX, Output, Session, SyncEvent,
+    DOCS_PER_TEAM_MAX, HELLO_FRAME_BYTES_MAX, MONTHS_AHEAD_MAX, Output, SYNC_FRAME_BYTES_MAX,
+    Session, SyncEvent,
 };

@@ -180,6 +180,22 @@ enum Phase {
     Closed,
 }
 
+/// Largest sync frame sent as one. A sync message that would make a larger frame (the
+/// changes of a long time apart) is replaced by the whole document, sent in parts and
+/// merged by the remote. Small under test, so that tests send whole documents this way.
+pub const SYNC_FRAME_BYTES_MAX: usize =
+    if cfg!(test) { 16 << 10 } else { FRAME_BYTES_MAX - (1 << 20) };
+
+/// What [`Session::send_whole`] did.
+enum Whole {
+    /// The document went whole; its heads.
+    Sent(Vec<ChangeHash>),
+    /// It is larger than [`SNAPSHOT_BYTES_MAX`]; nothing was sent.
+    TooLarge,
+    /// This device holds no whole document to send.
+    NotHeld,
+}
+
 /// What a [`Frame::SnapshotPart`] says of itself.
 struct Part {
     team: TeamId,
@@ -1080,9 +1096,18 @@ impl Session {
             false => replica.signatures(team, doc, Some(&hashes)).map_err(store)?,
         };
         let message = message.encode();
-        let frame = Frame::Sync { team, doc, kind, message, signatures };
-        out.push(Output::Send(frame.encode()));
-        Ok(Some(heads))
+        let frame = Frame::Sync { team, doc, kind, message, signatures }.encode();
+        if frame.len() <= SYNC_FRAME_BYTES_MAX {
+            out.push(Output::Send(frame));
+            return Ok(Some(heads));
+        }
+        // The changes of a long time apart, too many for one frame: the whole document
+        // instead, which the remote merges into its own.
+        match self.send_whole(replica, team, doc, kind, out)? {
+            Whole::Sent(heads) => Ok(Some(heads)),
+            // Neither fits: this document cannot reach this remote (a named limit).
+            Whole::TooLarge | Whole::NotHeld => Ok(None),
+        }
     }
 
     /// Sends the whole document to a remote that has none of it: in one frame, or in parts
@@ -1097,44 +1122,72 @@ impl Session {
         kind: DocKind,
         out: &mut Vec<Output>,
     ) -> Result<bool, CloseReason> {
-        match replica.snapshot(team, doc).map_err(store)? {
-            Some(bytes) if bytes.len() <= SNAPSHOT_BYTES_MAX => {
-                let signatures = replica.signatures(team, doc, None).map_err(store)?;
-                // The remote answers a snapshot with a sync message saying it holds these
-                // heads; a sync state that has told it them already keeps that answer from
-                // starting another exchange.
-                if let Ok(whole) = whole_doc(&bytes) {
-                    replica.set_sync_state(self.remote, doc, state_after_sending(&whole.heads));
-                }
-                if bytes.len() <= SNAPSHOT_PART_BYTES
-                    && signatures.len() <= SIGNATURES_PER_FRAME_MAX
-                {
-                    let frame = Frame::Snapshot { team, doc, kind, bytes, signatures };
-                    out.push(Output::Send(frame.encode()));
-                    return Ok(true);
-                }
-                // In parts: each with a share of the bytes and of the signatures.
-                let parts = bytes
-                    .len()
-                    .div_ceil(SNAPSHOT_PART_BYTES)
-                    .max(signatures.len().div_ceil(SIGNATURES_PER_FRAME_MAX))
-                    .max(2);
-                let total = u32::try_from(parts).expect("at most SNAPSHOT_PARTS_MAX parts");
-                let mut sigs = signatures.into_iter();
-                for index in 0..total {
-                    let start = (index as usize * SNAPSHOT_PART_BYTES).min(bytes.len());
-                    let end = (start + SNAPSHOT_PART_BYTES).min(bytes.len());
-                    let bytes = bytes[start..end].to_vec();
-                    let signatures = sigs.by_ref().take(SIGNATURES_PER_FRAME_MAX).collect();
-                    let frame =
-                        Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures };
-                    out.push(Output::Send(frame.encode()));
-                }
-                Ok(true)
-            }
-            Some(_) => self.send_sync(replica, team, doc, kind, out).map(|_| true),
-            None => Ok(false),
+        match self.send_whole(replica, team, doc, kind, out)? {
+            Whole::Sent(_) => Ok(true),
+            Whole::TooLarge => self.send_sync(replica, team, doc, kind, out).map(|_| true),
+            Whole::NotHeld => Ok(false),
         }
+    }
+
+    /// Sends the whole document with the signatures of all its changes, if it is at most
+    /// [`SNAPSHOT_BYTES_MAX`]: to a remote that has none of it, or, merged there, in place
+    /// of a sync message too large for a frame.
+    fn send_whole<R: Replica>(
+        &self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Result<Whole, CloseReason> {
+        let bytes = match replica.snapshot(team, doc).map_err(store)? {
+            Some(bytes) if bytes.len() <= SNAPSHOT_BYTES_MAX => bytes,
+            Some(_) => return Ok(Whole::TooLarge),
+            None => return Ok(Whole::NotHeld),
+        };
+        let signatures = replica.signatures(team, doc, None).map_err(store)?;
+        // The remote answers a whole document with a sync message saying it holds these
+        // heads; a sync state that has told it them already keeps that answer from
+        // starting another exchange.
+        let heads = match whole_doc(&bytes) {
+            Ok(whole) => {
+                replica.set_sync_state(self.remote, doc, state_after_sending(&whole.heads));
+                whole.heads
+            }
+            Err(_) => Vec::new(),
+        };
+        // The signatures in shares of at most a part's bytes (and a frame's count).
+        let mut shares: Vec<Vec<ChangeSig>> = vec![Vec::new()];
+        let mut share_bytes = 0;
+        for sig in signatures {
+            let len = signature_bytes(&sig);
+            let full = shares.last().is_some_and(|s| s.len() >= SIGNATURES_PER_FRAME_MAX);
+            if full || (share_bytes + len > SNAPSHOT_PART_BYTES && share_bytes > 0) {
+                shares.push(Vec::new());
+                share_bytes = 0;
+            }
+            share_bytes += len;
+            shares.last_mut().expect("never empty").push(sig);
+        }
+        if bytes.len() <= SNAPSHOT_PART_BYTES && shares.len() == 1 {
+            let signatures = shares.pop().unwrap_or_default();
+            let frame = Frame::Snapshot { team, doc, kind, bytes, signatures };
+            out.push(Output::Send(frame.encode()));
+            return Ok(Whole::Sent(heads));
+        }
+        // In parts: each with a share of the bytes and of the signatures.
+        let parts = bytes.len().div_ceil(SNAPSHOT_PART_BYTES).max(shares.len()).max(2);
+        let total = u32::try_from(parts).expect("at most SNAPSHOT_PARTS_MAX parts");
+        let mut shares = shares.into_iter();
+        for index in 0..total {
+            let start = (index as usize * SNAPSHOT_PART_BYTES).min(bytes.len());
+            let end = (start + SNAPSHOT_PART_BYTES).min(bytes.len());
+            let bytes = bytes[start..end].to_vec();
+            let signatures = shares.next().unwrap_or_default();
+            let frame = Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures };
+            out.push(Output::Send(frame.encode()));
+        }
+        Ok(Whole::Sent(heads))
     }
 
     /// Records what a Heads frame said of every document the remote holds, with ours
@@ -1297,7 +1350,8 @@ fn heads_bytes(heads: &[ChangeHash]) -> Vec<[u8; 32]> {
     heads.iter().map(|h| h.0).collect()
 }
 
-/// What one signature makes a device hold while a document arrives in parts.
+/// What one signature takes in a frame, and makes a device hold while a document
+/// arrives in parts (at least).
 fn signature_bytes(sig: &ChangeSig) -> usize {
     std::mem::size_of::<ChangeSig>() + 32 * sig.membership.len()
 }
