@@ -30,7 +30,8 @@ pub struct ChangeSig {
     pub hash: [u8; 32],
     /// The heads of the team's membership log the author had when writing, sorted.
     pub membership: Vec<OpHash>,
-    /// The author's signature of [`ChangeSig::message`].
+    /// The author's signature of the change's hash in its context (team, document,
+    /// membership heads).
     pub signature: Signature,
 }
 
