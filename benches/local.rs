@@ -99,6 +99,7 @@ fn notes_team(dir: &Path, notes: usize) -> Result<()> {
         compacted.before_bytes / 1024,
         compacted.after_bytes / 1024
     );
+    audit_and_verify(dir)?;
     let signature_bytes = signature_disk_bytes(dir, file_bytes)?;
     println!(
         "of which change signatures: {:.1} bytes per note; documents alone {:.1} bytes per note \
@@ -106,6 +107,35 @@ fn notes_team(dir: &Path, notes: usize) -> Result<()> {
         signature_bytes as f64 / notes as f64,
         (file_bytes - signature_bytes) as f64 / notes as f64,
         (file_bytes - signature_bytes) as f64 / save_bytes as f64
+    );
+    Ok(())
+}
+
+/// Who wrote the latest note, checked (`care audit`), from a freshly opened home; and an
+/// export of the whole team checked with no home (`care verify`).
+fn audit_and_verify(dir: &Path) -> Result<()> {
+    let mut audit = Vec::new();
+    for _ in 0..READ_RUNS {
+        let started = Instant::now();
+        let mut home = Home::open(dir)?;
+        let mut team = home.team("")?;
+        let latest = team.notes(&NoteQuery { limit: Some(1), since: None })?;
+        let audits = team.audit_note(latest[0].id)?;
+        audit.push(started.elapsed());
+        assert!(audits.iter().all(care::ChangeAudit::verified));
+    }
+    report("open home + audit of the latest note", &mut audit, "target < 50 ms");
+    let out = dir.join("export");
+    Home::open(dir)?.team("")?.export(&out, care::ExportFormat::Automerge)?;
+    let started = Instant::now();
+    let verified = care::verify_export(&out)?;
+    let took = started.elapsed();
+    assert!(verified.failure.is_none(), "{:?}", verified.failure);
+    println!(
+        "verify an export with no home: {} changes in {} documents in {:.0} ms  [target < 2 s]",
+        verified.changes,
+        verified.documents,
+        ms(took)
     );
     Ok(())
 }

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod audit;
 mod cache;
 pub mod circle;
 pub mod error;
@@ -36,6 +37,7 @@ mod sim;
 pub mod team;
 mod verify;
 
+pub use audit::{ChangeAudit, SignatureVerdict};
 pub use cache::DOCS_CACHED_MAX;
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_sync::circle::CircleTicket;
@@ -45,7 +47,7 @@ pub use circle::{CIRCLE_TEAMS_MAX, CIRCLE_TICKET_VALID_MS};
 #[cfg(feature = "relay-server")]
 pub use circle::{CircleConfig, CircleNode};
 pub use error::{Error, Result};
-pub use export::{ExportFormat, ExportReport};
+pub use export::{ExportFormat, ExportReport, VerifyFailure, VerifyReport, verify_export};
 pub use home::{Clock, Home, ListenAddrs, Profile, SystemClock, TeamSummary};
 pub use node::{Node, NodeOptions};
 pub use team::{NoteQuery, Team};

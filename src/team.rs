@@ -28,7 +28,7 @@ pub struct NoteQuery {
 /// A team of this home, opened for reading and writing.
 #[derive(Debug)]
 pub struct Team<'h> {
-    home: &'h mut Home,
+    pub(crate) home: &'h mut Home,
     membership: Membership,
 }
 
@@ -308,7 +308,7 @@ impl<'h> Team<'h> {
 
     /// The notes document holding `id`: its month is in the id; the stream is the one
     /// this device may read that holds it.
-    fn note_kind(&mut self, id: EntryId) -> Result<DocKind> {
+    pub(crate) fn note_kind(&mut self, id: EntryId) -> Result<DocKind> {
         for stream in [NoteStream::Care, NoteStream::General] {
             let kind = DocKind::Notes { stream, month: id.month() };
             if self.access(&kind) == Access::None {

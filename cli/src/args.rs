@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use care::{
-    CircleTicket, DeviceId, EntryId, JoinTicket, Medication, NetConfig, PeerAddr, Role, Section,
-    Timestamp,
+    CircleTicket, DeviceId, DocKind, EntryId, JoinTicket, Medication, NetConfig, PeerAddr, Role,
+    Section, Timestamp,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -66,6 +66,25 @@ pub(crate) enum Command {
         /// JSON, or Automerge's standard binary format.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+    },
+    /// Who wrote what, checked: a note and its amendments, or every change of a
+    /// document, each with its author, their role then, the device, the times, and
+    /// whether its signature and its author's right verify.
+    Audit {
+        /// The note to audit.
+        #[arg(required_unless_present = "doc", conflicts_with = "doc")]
+        note: Option<EntryId>,
+        /// Audit every change of this document instead: plan, health-plan, team,
+        /// promises, rota/YYYY-MM, notes/YYYY-MM or general-notes/YYYY-MM.
+        #[arg(long, value_name = "KIND")]
+        doc: Option<DocKind>,
+    },
+    /// Check an export (`care export --format automerge`) with no home at all: the
+    /// membership log, and every change's signature and its author's right. Exits
+    /// non-zero at the first failure, naming it.
+    Verify {
+        /// The export's directory.
+        dir: PathBuf,
     },
     /// Check the whole store for damage; exits non-zero if any is found.
     Doctor,

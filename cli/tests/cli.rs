@@ -262,6 +262,39 @@ fn export_json_and_automerge_and_doctor() {
     assert_eq!(members["members"][0]["name"], "Ada");
     let doctor = care.json(&["doctor"]);
     assert_eq!(doctor["healthy"], true);
+
+    // The Automerge export is checked with no home at all, then with one byte changed.
+    let verified = care.json(&["verify", out_dir.to_str().expect("utf-8 path")]);
+    assert_eq!(verified["failure"], Value::Null);
+    assert!(verified["changes"].as_u64() >= Some(3), "{verified}");
+    let plan_sigs = out_dir.join("plan.signatures");
+    let mut bytes = std::fs::read(&plan_sigs).expect("signatures exported");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&plan_sigs, bytes).expect("written");
+    let out = care.run(&["verify", out_dir.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("FAILED at plan, change "), "{text}");
+}
+
+#[test]
+fn a_note_is_audited_with_its_author_and_proof() {
+    let care = Care::with_team();
+    let note = care.json(&["note", "add", "Audited note", "--med", "paracetamol 500mg given"]);
+    let id = note["id"].as_str().expect("an id").to_owned();
+    care.json(&["note", "amend", &id, "Audited, and amended."]);
+    let audit = care.json(&["audit", &id]);
+    assert_eq!(audit["verified"], true);
+    let changes = audit["changes"].as_array().expect("a list");
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["name"], "Ada");
+    assert_eq!(changes[0]["role"], "owner");
+    assert_eq!(changes[0]["signature"], "valid");
+    let text = String::from_utf8_lossy(&care.run(&["audit", "--doc", "plan"]).stdout).into_owned();
+    assert!(text.contains("signature not needed"), "{text}");
+    care.fails(2, &["audit"]);
+    care.fails(2, &["audit", "--doc", "nonsense"]);
 }
 
 #[test]

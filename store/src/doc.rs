@@ -305,13 +305,15 @@ pub(crate) fn read_chunks(
     Ok((bytes, last))
 }
 
-/// Stores change signatures of a document (replacing any held for the same changes).
+/// Stores change signatures of a document, received now (one already held for a change is
+/// kept, with the time it first came).
 pub(crate) fn insert_signatures(
     conn: &Connection,
     id: DocId,
     signatures: &[StoredSignature],
 ) -> Result<(), StoreError> {
     let doing = "saving change signatures";
+    let now = crate::store::now_ms();
     let mut contexts: HashMap<&[u8], i64> = HashMap::new();
     let mut add_context = conn
         .prepare_cached("INSERT OR IGNORE INTO signature_contexts (bytes) VALUES (?1)")
@@ -320,8 +322,8 @@ pub(crate) fn insert_signatures(
         conn.prepare_cached("SELECT id FROM signature_contexts WHERE bytes = ?1").doing(doing)?;
     let mut insert = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO signatures (doc, hash, context, signature)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO signatures (doc, hash, context, signature, received_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .doing(doing)?;
     for sig in signatures {
@@ -335,9 +337,8 @@ pub(crate) fn insert_signatures(
                 context
             }
         };
-        insert
-            .execute(params![id.as_bytes(), sig.hash.0.as_slice(), context, sig.signature])
-            .doing(doing)?;
+        let (hash, signature) = (sig.hash.0.as_slice(), &sig.signature);
+        insert.execute(params![id.as_bytes(), hash, context, signature, now]).doing(doing)?;
     }
     Ok(())
 }
@@ -378,6 +379,28 @@ pub(crate) fn read_signatures(
                 }
             }
         }
+    }
+    Ok(out)
+}
+
+/// When this device first stored each change of a document that has a signature.
+pub(crate) fn received_times(
+    conn: &Connection,
+    id: DocId,
+) -> Result<Vec<(ChangeHash, i64)>, StoreError> {
+    let doing = "reading when changes arrived";
+    let mut stmt = conn
+        .prepare_cached("SELECT hash, received_at_ms FROM signatures WHERE doc = ?1")
+        .doing(doing)?;
+    let rows = stmt
+        .query_map([id.as_bytes()], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
+        .doing(doing)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (hash, at) = row.doing(doing)?;
+        let hash = ChangeHash::try_from(hash.as_slice())
+            .map_err(|_| StoreError::corrupt(id, "a signature's change hash is not 32 bytes"))?;
+        out.push((hash, at));
     }
     Ok(out)
 }

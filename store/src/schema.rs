@@ -63,14 +63,15 @@ const MIGRATIONS: &[&str] = &[
     // 6: the signatures of documents' changes, by document and change hash: kept apart
     // from the chunks, so that compaction never drops a proof of authorship. What a
     // signature was made in the context of (the membership heads its author saw) is
-    // shared by many changes, and kept once in `signature_contexts`.
+    // shared by many changes, and kept once in `signature_contexts`; `received_at_ms` is
+    // when this device first stored the change (written or received).
     "
     CREATE TABLE signature_contexts (
         id INTEGER PRIMARY KEY, bytes BLOB NOT NULL UNIQUE
     ) STRICT;
     CREATE TABLE signatures (
         doc BLOB NOT NULL, hash BLOB NOT NULL, context INTEGER NOT NULL,
-        signature BLOB NOT NULL, PRIMARY KEY (doc, hash)
+        signature BLOB NOT NULL, received_at_ms INTEGER NOT NULL, PRIMARY KEY (doc, hash)
     ) STRICT, WITHOUT ROWID;
     ",
 ];

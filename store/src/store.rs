@@ -292,6 +292,12 @@ impl Store {
         doc::read_signatures(&self.conn, id, hashes)
     }
 
+    /// When this device first stored each signed change of `id` (written here or
+    /// received), in milliseconds since the Unix epoch by this device's clock.
+    pub fn received_times(&self, id: DocId) -> Result<Vec<(ChangeHash, i64)>, StoreError> {
+        doc::received_times(&self.conn, id)
+    }
+
     /// Rewrites a document's chunks as one snapshot, atomically. Copies loaded elsewhere
     /// keep working: their next refresh reads the snapshot.
     pub fn compact(&mut self, id: DocId) -> Result<CompactReport, StoreError> {

@@ -74,6 +74,41 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                 format!("Exported {} documents to {}", report.documents, path.display())
             });
         }
+        Command::Audit { note, doc } => {
+            let mut home = Home::open(&dir)?;
+            let mut team = home.team(&team)?;
+            let audits = match (note, doc) {
+                (Some(id), _) => team.audit_note(id)?,
+                (None, Some(kind)) => team.audit_document(kind)?,
+                (None, None) => bail!("name a note, or a document with --doc"),
+            };
+            let all_verified = audits.iter().all(care::ChangeAudit::verified);
+            out.print(json!({"changes": audits, "verified": all_verified}), || {
+                audits.iter().map(audit_text).collect::<Vec<_>>().join("\n")
+            });
+            if !all_verified {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Verify { dir: export } => {
+            let report = care::verify_export(&export)?;
+            out.print(json!(report), || match &report.failure {
+                None => format!(
+                    "Verified: {} changes in {} documents of team {}, every signature and \
+                     every author's right.",
+                    report.changes, report.documents, report.team
+                ),
+                Some(f) => format!(
+                    "FAILED at {}{}: {}",
+                    f.document,
+                    f.change.as_ref().map(|c| format!(", change {c}")).unwrap_or_default(),
+                    f.why
+                ),
+            });
+            if report.failure.is_some() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Doctor => {
             let report = Home::open(&dir)?.doctor()?;
             let healthy = report.problems.is_empty();
@@ -103,6 +138,32 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One audited change, as a few lines for people.
+fn audit_text(a: &care::ChangeAudit) -> String {
+    let who = match (&a.name, a.role) {
+        (Some(name), Some(role)) if a.hats.is_empty() => format!("{name} ({role})"),
+        (Some(name), Some(role)) => format!("{name} ({role}; {})", a.hats.join(", ")),
+        _ => "no member of the team".to_owned(),
+    };
+    let device = a.device.map_or("every device (computed)".to_owned(), |d| d.to_string());
+    let received = a.received_at.map_or("-".to_owned(), crate::commands::local);
+    let signature = match a.signature {
+        care::SignatureVerdict::Valid => "valid",
+        care::SignatureVerdict::Invalid => "INVALID",
+        care::SignatureVerdict::Missing => "MISSING",
+        care::SignatureVerdict::NotNeeded => "not needed",
+        _ => "unknown",
+    };
+    let right = if a.right { "held" } else { "NOT HELD" };
+    format!(
+        "{}\n  change   {}\n  by       {who}, device {device}\n  written  {} (the author's \
+         clock), received here {received}\n  signature {signature}; right to write {right}",
+        a.what,
+        a.change,
+        crate::commands::local(a.written_at),
+    )
 }
 
 /// Where output goes: JSON when asked for, text otherwise.

@@ -173,6 +173,20 @@ pub fn note(doc: &Automerge, id: EntryId) -> Result<Option<ShiftNote>, DocError>
     root.opt_map(&id.to_string())?.map(|obj| read_note(&obj, id)).transpose()
 }
 
+/// The Automerge objects of the note `id` and of each of its amendments, in order: the
+/// operation that made each object names the change that wrote it (for an audit).
+pub fn note_objects(
+    doc: &Automerge,
+    id: EntryId,
+) -> Result<Option<(automerge::ObjId, Vec<automerge::ObjId>)>, DocError> {
+    let (root, _) = notes_obj(doc)?;
+    let Some(note) = root.opt_map(&id.to_string())? else {
+        return Ok(None);
+    };
+    let amendments = note.list("amendments")?.items()?.into_iter().map(|a| a.id).collect();
+    Ok(Some((note.id, amendments)))
+}
+
 /// Every readable note of this document, sorted by the time it was written, then by id.
 /// One malformed entry never hides the month's other notes: it is left out here, and
 /// [`note`] and [`unreadable_notes`] name what is wrong with it.
