@@ -187,7 +187,7 @@ fn signing(changes: usize) {
 /// (and a VACUUM), subtracted from `file_bytes`. Run last: it changes the home.
 fn signature_disk_bytes(dir: &Path, file_bytes: u64) -> Result<u64> {
     let db = dir.join(care::home::STORE_FILE);
-    let conn = rusqlite::Connection::open(&db)?;
+    let conn = open_raw(dir)?;
     conn.execute_batch(
         "DELETE FROM signatures; DELETE FROM signature_contexts;
          PRAGMA wal_checkpoint(TRUNCATE); VACUUM;",
@@ -252,12 +252,21 @@ fn thousand_documents(dir: &Path, teams: usize) -> Result<()> {
     Ok(())
 }
 
+/// The home's store opened with SQLCipher directly, unlocked with its key.
+fn open_raw(dir: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(dir.join(care::home::STORE_FILE))?;
+    if let Some(key) = Home::store_key_of(dir)? {
+        conn.execute_batch(&key.key_pragma())?;
+    }
+    Ok(conn)
+}
+
 /// The store's file size after a checkpoint and VACUUM, and the sum of Automerge
 /// `save()` of every document it holds.
 fn disk_and_save_bytes(dir: &Path) -> Result<(u64, u64)> {
     let db = dir.join(care::home::STORE_FILE);
     {
-        let conn = rusqlite::Connection::open(&db)?;
+        let conn = open_raw(dir)?;
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
     }
     let file_bytes = std::fs::metadata(&db)?.len();

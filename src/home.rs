@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use care_core::documents::{self, Author};
 use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
-use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoredDoc, keyfile};
+use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoreKey, StoredDoc, keyfile};
 use care_sync::Change;
 use care_sync::TeamAccess;
 use care_sync::access::check_document;
@@ -26,6 +26,9 @@ use crate::verify::Verifier;
 pub const KEY_FILE: &str = "device.key";
 /// Name of the SQLite store inside a home directory.
 pub const STORE_FILE: &str = "care.sqlite";
+/// Name of the file holding the key the store is encrypted with, beside the device key
+/// (mode 0600), when the home keeps it itself (see [`Home::init`]).
+pub const STORE_KEY_FILE: &str = "store.key";
 /// Meta key under which the home's profile is stored.
 const PROFILE_KEY: &str = "profile";
 /// Meta key under which a running node records where it listens, for invitations.
@@ -131,17 +134,28 @@ impl std::fmt::Debug for Home {
 
 impl Home {
     /// Creates a new care home in `dir` for a person called `name`: a fresh device key
-    /// (readable only by this user), an empty store and a profile.
+    /// and a fresh key for the store (each in a file readable only by this user), an
+    /// empty store encrypted with that key, and a profile.
     pub fn init(dir: &Path, name: &str) -> Result<Home> {
-        Home::init_with(dir, name, random_bytes(), MemberId::from_bytes(random_bytes()))
+        Home::init_with(dir, name, random_bytes(), MemberId::from_bytes(random_bytes()), None)
     }
 
-    /// Creates a new care home with a given device key seed and member id.
+    /// Creates a new care home whose store is encrypted with `store_key`, which the app
+    /// keeps (on a phone, in the platform's keystore): it is not written to the home, and
+    /// [`Home::open_with_store_key`] opens the home again.
+    pub fn init_with_store_key(dir: &Path, name: &str, store_key: StoreKey) -> Result<Home> {
+        let member = MemberId::from_bytes(random_bytes());
+        Home::init_with(dir, name, random_bytes(), member, Some(store_key))
+    }
+
+    /// Creates a new care home with a given device key seed and member id; with no store
+    /// key given, a fresh one in [`STORE_KEY_FILE`].
     pub(crate) fn init_with(
         dir: &Path,
         name: &str,
         seed: [u8; 32],
         member: MemberId,
+        store_key: Option<StoreKey>,
     ) -> Result<Home> {
         let name = checked_name(name, "your name")?;
         if dir.join(KEY_FILE).exists() || dir.join(STORE_FILE).exists() {
@@ -150,21 +164,52 @@ impl Home {
         create_private_dir(dir)?;
         let key = DeviceKey::from_seed(seed);
         keyfile::create(&dir.join(KEY_FILE), &key.to_seed())?;
-        let mut store = Store::open(&dir.join(STORE_FILE))?;
+        let store_key = match store_key {
+            Some(store_key) => store_key,
+            None => {
+                let store_key = StoreKey::from_bytes(random_bytes());
+                keyfile::create(&dir.join(STORE_KEY_FILE), &store_key.to_bytes())?;
+                store_key
+            }
+        };
+        let mut store = Store::open_encrypted(&dir.join(STORE_FILE), &store_key)?;
         let profile = Profile { name: name.to_owned(), member, device: key.device_id() };
         let json = serde_json::to_vec(&profile).expect("a profile always serialises to JSON");
         store.meta_set(PROFILE_KEY, &json)?;
         Ok(Home::assemble(dir, store, key, profile))
     }
 
-    /// Opens the care home in `dir`.
+    /// Opens the care home in `dir`, with the store key in its [`STORE_KEY_FILE`] (a home
+    /// made before stores were encrypted has none, and opens unencrypted).
     pub fn open(dir: &Path) -> Result<Home> {
+        Home::open_with(dir, Home::store_key_of(dir)?.as_ref())
+    }
+
+    /// Opens the care home in `dir` whose store is encrypted with `store_key`, kept by the
+    /// app (see [`Home::init_with_store_key`]).
+    pub fn open_with_store_key(dir: &Path, store_key: &StoreKey) -> Result<Home> {
+        Home::open_with(dir, Some(store_key))
+    }
+
+    /// The key in the [`STORE_KEY_FILE`] of the home in `dir`, if it keeps one: for tools
+    /// that open the store file with SQLCipher directly ([`StoreKey::key_pragma`]).
+    pub fn store_key_of(dir: &Path) -> Result<Option<StoreKey>> {
+        match dir.join(STORE_KEY_FILE) {
+            path if path.exists() => Ok(Some(StoreKey::from_bytes(keyfile::read(&path)?))),
+            _ => Ok(None),
+        }
+    }
+
+    fn open_with(dir: &Path, store_key: Option<&StoreKey>) -> Result<Home> {
         let key_path = dir.join(KEY_FILE);
         if !key_path.exists() || !dir.join(STORE_FILE).exists() {
             return Err(Error::NotInitialised { dir: dir.to_owned() });
         }
         let key = DeviceKey::from_seed(keyfile::read(&key_path)?);
-        let store = Store::open(&dir.join(STORE_FILE))?;
+        let store = match store_key {
+            Some(store_key) => Store::open_encrypted(&dir.join(STORE_FILE), store_key)?,
+            None => Store::open(&dir.join(STORE_FILE))?,
+        };
         let json =
             store.meta_get(PROFILE_KEY)?.ok_or_else(|| Error::Profile("it is missing".into()))?;
         let profile: Profile =

@@ -60,4 +60,4 @@ pub use care_core::membership::{Access, Hat, Member, Membership, OpBody, Right, 
 pub use care_core::{
     DeviceId, DocId, DocKind, EntryId, MemberId, Month, NoteStream, Section, TeamId, Timestamp,
 };
-pub use care_store::{DocSummary, IntegrityReport, Problem};
+pub use care_store::{DocSummary, IntegrityReport, Problem, StoreKey};

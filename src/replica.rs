@@ -221,7 +221,7 @@ impl Replica for Home {
     }
 
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send>) {
-        match Verifier::start(self.store.path(), waker) {
+        match Verifier::start(self.store.path(), self.store.key().cloned(), waker) {
             Ok(verifier) => self.verifier = Some(verifier),
             // Without the worker, documents are checked when first loaded.
             Err(e) => tracing::warn!("cannot start the thread checking received documents: {e}"),

@@ -53,7 +53,7 @@ fn make_home(index: usize, key: &DeviceKey, member: MemberId) -> SimHome {
         .tempdir_in(sim_root())
         .expect("a temporary directory for a simulated home");
     let path = dir.path().join("home");
-    let home = Home::init_with(&path, &format!("peer {index}"), key.to_seed(), member)
+    let home = Home::init_with(&path, &format!("peer {index}"), key.to_seed(), member, None)
         .expect("a new home");
     SimHome { home, dir, now: Timestamp(0) }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use automerge::{Automerge, ChangeHash};
 use care_core::{ChangeSig, DocId, DocKind, TeamId};
-use care_store::Store;
+use care_store::{Store, StoreKey};
 use care_sync::TeamAccess;
 use care_sync::access::check_document;
 use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
@@ -71,7 +71,11 @@ pub(crate) struct Verifier {
 impl Verifier {
     /// Starts the workers, each with its own connection to the store at `store`; `wake`
     /// is called after each verdict, so that the owner of the home collects it.
-    pub(crate) fn start(store: &Path, wake: Box<dyn Fn() + Send>) -> std::io::Result<Verifier> {
+    pub(crate) fn start(
+        store: &Path,
+        key: Option<StoreKey>,
+        wake: Box<dyn Fn() + Send>,
+    ) -> std::io::Result<Verifier> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (answers, verdicts) = mpsc::channel();
         let queue = Arc::new(Mutex::new(queue));
@@ -79,9 +83,12 @@ impl Verifier {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(WORKERS_MAX);
         for _ in 0..workers {
             let (queue, answers, wake) = (Arc::clone(&queue), answers.clone(), Arc::clone(&wake));
-            let path = store.to_owned();
+            let (path, key) = (store.to_owned(), key.clone());
             std::thread::Builder::new().name("care-verify".into()).spawn(move || {
-                let store = Store::open(&path);
+                let store = match &key {
+                    Some(key) => Store::open_encrypted(&path, key),
+                    None => Store::open(&path),
+                };
                 loop {
                     let job =
                         queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();

@@ -67,6 +67,7 @@ fn a_signature_replaced_in_the_store_shows_as_invalid_in_the_audit() -> Result<(
     drop(home);
     // Someone with the disk swaps the note's signature for the amendment's.
     let db = rusqlite::Connection::open(dir.path().join(care::home::STORE_FILE))?;
+    db.execute_batch(&Home::store_key_of(dir.path())?.context("a store key")?.key_pragma())?;
     let hash = |hex: &str| -> Result<Vec<u8>> {
         (0..hex.len())
             .step_by(2)

@@ -116,7 +116,31 @@ async fn members_never_online_together_converge_through_the_circle_node() -> Res
     assert_eq!(note_texts(&a, team).await?, note_texts(circle.node(), team).await?);
     a.shutdown().await;
     circle.shutdown().await;
+
+    // Every home's store is encrypted at rest: no file of any device, nor of the circle
+    // node, holds a note's words.
+    for dir in &dirs {
+        for text in ["day: lunch and a walk", "night: slept well"] {
+            assert!(!holds(dir.path(), text.as_bytes())?, "{text} in {}", dir.path().display());
+        }
+    }
     Ok(())
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn holds(dir: &Path, needle: &[u8]) -> Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let found = if path.is_dir() {
+            holds(&path, needle)?
+        } else {
+            std::fs::read(&path)?.windows(needle.len()).any(|w| w == needle)
+        };
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

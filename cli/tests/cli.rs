@@ -352,6 +352,8 @@ fn a_damaged_document_is_reported_by_doctor_and_the_rest_still_works() {
     care.json(&["plan", "set", "about-me", "Damaged soon."]);
     let db = care.home().join("home").join("care.sqlite");
     let conn = rusqlite::Connection::open(&db).expect("open store");
+    let key = care::Home::store_key_of(&care.home().join("home")).expect("key file");
+    conn.execute_batch(&key.expect("a key").key_pragma()).expect("unlocked");
     let damaged = conn
         .execute(
             "UPDATE chunks SET data = zeroblob(length(data)) WHERE doc = (SELECT id FROM docs WHERE kind = 'plan')",

@@ -29,6 +29,22 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The file cannot be read with the key given: it is encrypted with another key, or
+    /// it is encrypted and no key was given, or it is not a store at all.
+    #[error(
+        "cannot read the store file {path}: {}",
+        if *encrypted {
+            "it is not encrypted with this key (or not a care store)"
+        } else {
+            "it is encrypted (open it with its key) or it is not a care store"
+        }
+    )]
+    Locked {
+        /// The file.
+        path: PathBuf,
+        /// Whether a key was given.
+        encrypted: bool,
+    },
     /// The file was written by a newer version of Care Commons. It was left untouched.
     #[error(
         "the store file {path} was written by a newer version of Care Commons (schema \

@@ -58,7 +58,7 @@ pub use invites::{Invite, InviteRefusal};
 pub use keyfile::KeyFileError;
 pub use schema::SCHEMA_VERSION;
 pub use store::{
-    BUSY_TIMEOUT_MS, COMPACT_MIN_BYTES, CompactReport, IntegrityReport, Problem, Store,
+    BUSY_TIMEOUT_MS, COMPACT_MIN_BYTES, CompactReport, IntegrityReport, Problem, Store, StoreKey,
 };
 
 #[cfg(test)]

@@ -25,6 +25,46 @@ pub const COMPACT_MIN_BYTES: u64 = 4_096;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The key its file is encrypted with, if it is.
+    key: Option<StoreKey>,
+}
+
+/// The key a store's file is encrypted with: 256 bits, used as SQLCipher's raw key, so
+/// every page of the file (and of its write-ahead log) is encrypted and authenticated.
+/// Never printed; its bytes are overwritten when it is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// The key whose bytes are `bytes` (32 random bytes: from the platform's keystore,
+    /// or a key file).
+    pub fn from_bytes(bytes: [u8; 32]) -> StoreKey {
+        StoreKey(bytes)
+    }
+
+    /// The key's bytes, to keep in a keystore or key file.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
+    /// The statement that unlocks the file in SQLCipher, for tools that open it directly
+    /// (`PRAGMA key = "x'…'"`, the key in hex).
+    pub fn key_pragma(&self) -> String {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!("PRAGMA key = \"x'{hex}'\";")
+    }
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreKey(…)")
+    }
+}
+
+impl Drop for StoreKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// What [`Store::compact`] did.
@@ -55,18 +95,47 @@ pub struct Problem {
 }
 
 impl Store {
-    /// Opens the store file at `path`, creating it (owner-only on unix) if it does not exist;
-    /// its directory must exist. A file from a newer schema is refused and left untouched.
+    /// Opens the store file at `path`, unencrypted, creating it (owner-only on unix) if it
+    /// does not exist; its directory must exist. A file from a newer schema is refused and
+    /// left untouched.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, None)
+    }
+
+    /// Opens the store file at `path` encrypted with `key` (creating it, encrypted, if it
+    /// does not exist). A file encrypted with another key, or not encrypted, is refused
+    /// with [`StoreError::Locked`] and left untouched.
+    pub fn open_encrypted(path: &Path, key: &StoreKey) -> Result<Store, StoreError> {
+        Store::open_with(path, Some(key))
+    }
+
+    fn open_with(path: &Path, key: Option<&StoreKey>) -> Result<Store, StoreError> {
         create_private_file(path)?;
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let mut conn = Connection::open(path).map_err(open_err)?;
+        if let Some(key) = key {
+            conn.execute_batch(&key.key_pragma()).map_err(open_err)?;
+        }
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(open_err)?;
+        // The first read: a wrong key, or a key for a plain file, fails here.
+        let locked = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => {
+                StoreError::Locked { path: path.to_path_buf(), encrypted: key.is_some() }
+            }
+            _ => open_err(e),
+        };
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(locked)?;
         schema::check_version(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL").doing("switching to WAL mode")?;
         conn.pragma_update(None, "synchronous", "FULL").doing("setting synchronous writes")?;
         schema::migrate(&mut conn, path)?;
-        Ok(Store { conn, path: path.to_path_buf() })
+        Ok(Store { conn, path: path.to_path_buf(), key: key.cloned() })
+    }
+
+    /// The key this store's file is encrypted with, if it is (for opening it again, from
+    /// another thread).
+    pub fn key(&self) -> Option<&StoreKey> {
+        self.key.as_ref()
     }
 
     /// The connection, for the other modules of this crate.

@@ -308,3 +308,54 @@ fn key_files_are_private_and_exact() -> Result<()> {
     ));
     Ok(())
 }
+
+/// Whether `needle` appears in any file of `dir` (the store, its write-ahead log, its
+/// shared memory).
+fn any_file_holds(dir: &Path, needle: &[u8]) -> Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let bytes = std::fs::read(entry?.path())?;
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[test]
+fn an_encrypted_store_holds_no_plaintext_and_opens_only_with_its_key() -> Result<()> {
+    let key = crate::StoreKey::from_bytes([5; 32]);
+    let secret = b"Morphine 10mg at 22:00, refused.";
+    for encrypted in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("home.sqlite");
+        {
+            let mut store =
+                if encrypted { Store::open_encrypted(&path, &key)? } else { Store::open(&path)? };
+            let mut doc = store.create_doc(&meta(1), &genesis())?;
+            store.update_doc(&mut doc, |d| {
+                d.transact(|tx| tx.put(ROOT, "note", std::str::from_utf8(secret).unwrap()))
+                    .map(|_| ())
+                    .map_err(|f| f.error)
+            })?;
+            // Still open: the write-ahead log holds the last write too.
+            assert_eq!(any_file_holds(dir.path(), secret)?, !encrypted, "encrypted: {encrypted}");
+        }
+        assert_eq!(any_file_holds(dir.path(), secret)?, !encrypted, "encrypted: {encrypted}");
+        if !encrypted {
+            continue;
+        }
+        let reopened = Store::open_encrypted(&path, &key)?;
+        let doc = reopened.load_doc(meta(1).id)?.ok_or("stored")?;
+        assert!(doc.doc().get(ROOT, "note")?.is_some());
+        drop(reopened);
+        let other = crate::StoreKey::from_bytes([6; 32]);
+        for refused in [Store::open_encrypted(&path, &other), Store::open(&path)] {
+            match refused {
+                Err(StoreError::Locked { .. }) => {}
+                other => return Err(format!("opened without its key: {other:?}").into()),
+            }
+        }
+        assert!(!format!("{key:?}").contains('5'), "the key is never printed");
+    }
+    Ok(())
+}
