@@ -399,3 +399,42 @@ fn make_executable(path: &Path) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 }
+
+#[test]
+fn a_store_key_given_by_the_person_stays_out_of_the_home() {
+    let care = Care::new();
+    let key = "ab".repeat(32);
+    let with_key = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_care"))
+            .arg("--home")
+            .arg(care.home().join("home"))
+            .args(args)
+            .env_remove("CARE_HOME")
+            .env("CARE_STORE_KEY", &key)
+            .output()
+            .expect("the care binary runs")
+    };
+    for args in [
+        &["init", "--name", "Ada"][..],
+        &["team", "create", "Ada's team"],
+        &["note", "add", "Kept under the person's own key."],
+    ] {
+        let out = with_key(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!care.home().join("home").join("store.key").exists(), "the key is not kept");
+    let listed = String::from_utf8_lossy(&with_key(&["note", "list"]).stdout).into_owned();
+    assert!(listed.contains("Kept under the person's own key."), "{listed}");
+    // Without the key, or with a damaged one: a clear error, nothing changed.
+    let stderr = care.fails(1, &["note", "list"]);
+    assert!(stderr.contains("encrypted"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_care"))
+        .arg("--home")
+        .arg(care.home().join("home"))
+        .args(["note", "list"])
+        .env("CARE_STORE_KEY", "not a key")
+        .output()
+        .expect("the care binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hexadecimal characters"));
+}

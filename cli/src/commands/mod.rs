@@ -28,13 +28,13 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     let team = cli.team.clone().unwrap_or_default();
     match cli.command {
         Command::Init { name } => {
-            let home = Home::init(&dir, &name)?;
+            let home = init_home(&dir, &name)?;
             out.print(profile_json(&home), || {
                 format!("Created a care home for {} in {}", name, dir.display())
             });
         }
         Command::Whoami => {
-            let home = Home::open(&dir)?;
+            let home = open_home(&dir)?;
             let p = home.profile();
             out.print(profile_json(&home), || {
                 format!(
@@ -51,7 +51,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Relay { listen, tickets } => return net::relay(&dir, listen, tickets, out),
         Command::RelayTicket { expires } => {
             let valid_ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
-            let ticket = Home::open(&dir)?.circle_ticket(valid_ms)?.to_string();
+            let ticket = open_home(&dir)?.circle_ticket(valid_ms)?.to_string();
             out.print(json!({"ticket": ticket}), || {
                 format!("{ticket}\nAdds this circle node to one team, once.")
             });
@@ -59,23 +59,23 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync { peer, timeout, net } => {
             return net::sync(&dir, peer.as_ref(), timeout, &net, out);
         }
-        Command::Status => status::status(&mut Home::open(&dir)?, out)?,
-        Command::Plan(cmd) => plan_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
-        Command::Note(cmd) => note_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
-        Command::Rota(cmd) => rota_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
-        Command::Promise(cmd) => promise_command(&mut Home::open(&dir)?.team(&team)?, cmd, out)?,
+        Command::Status => status::status(&mut open_home(&dir)?, out)?,
+        Command::Plan(cmd) => plan_command(&mut open_home(&dir)?.team(&team)?, cmd, out)?,
+        Command::Note(cmd) => note_command(&mut open_home(&dir)?.team(&team)?, cmd, out)?,
+        Command::Rota(cmd) => rota_command(&mut open_home(&dir)?.team(&team)?, cmd, out)?,
+        Command::Promise(cmd) => promise_command(&mut open_home(&dir)?.team(&team)?, cmd, out)?,
         Command::Export { out: path, format } => {
             let format = match format {
                 Format::Json => ExportFormat::Json,
                 Format::Automerge => ExportFormat::Automerge,
             };
-            let report = Home::open(&dir)?.team(&team)?.export(&path, format)?;
+            let report = open_home(&dir)?.team(&team)?.export(&path, format)?;
             out.print(json!(report), || {
                 format!("Exported {} documents to {}", report.documents, path.display())
             });
         }
         Command::Audit { note, doc } => {
-            let mut home = Home::open(&dir)?;
+            let mut home = open_home(&dir)?;
             let mut team = home.team(&team)?;
             let audits = match (note, doc) {
                 (Some(id), _) => team.audit_note(id)?,
@@ -110,7 +110,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Doctor => {
-            let report = Home::open(&dir)?.doctor()?;
+            let report = open_home(&dir)?.doctor()?;
             let healthy = report.problems.is_empty();
             let problems: Vec<Value> = report
                 .problems
@@ -166,6 +166,42 @@ fn audit_text(a: &care::ChangeAudit) -> String {
     )
 }
 
+/// The key a person gives for the home's store in `CARE_STORE_KEY` (64 hexadecimal
+/// characters), if any: the store is opened with it, and `care init` keeps it out of the
+/// home (no `store.key` is written).
+fn store_key_given() -> Result<Option<care::StoreKey>> {
+    let Some(hex) = std::env::var_os("CARE_STORE_KEY") else {
+        return Ok(None);
+    };
+    let hex = hex.to_str().unwrap_or_default().trim();
+    let bytes: Option<Vec<u8>> = (hex.len() == 64)
+        .then(|| {
+            (0..64).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+        })
+        .flatten();
+    match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+        Some(key) => Ok(Some(care::StoreKey::from_bytes(key))),
+        None => bail!("CARE_STORE_KEY must be 64 hexadecimal characters (a 256-bit key)"),
+    }
+}
+
+/// Opens the home in `dir`, with the store key given in `CARE_STORE_KEY` or else its own.
+pub(crate) fn open_home(dir: &Path) -> Result<Home> {
+    Ok(match store_key_given()? {
+        Some(key) => Home::open_with_store_key(dir, &key)?,
+        None => Home::open(dir)?,
+    })
+}
+
+/// Creates a home in `dir`, its store encrypted with the key given in `CARE_STORE_KEY`
+/// or else a fresh one kept in the home.
+pub(crate) fn init_home(dir: &Path, name: &str) -> Result<Home> {
+    Ok(match store_key_given()? {
+        Some(key) => Home::init_with_store_key(dir, name, key)?,
+        None => Home::init(dir, name)?,
+    })
+}
+
 /// Where output goes: JSON when asked for, text otherwise.
 #[derive(Clone, Copy)]
 pub(crate) struct Out {
@@ -191,7 +227,7 @@ fn home_dir(cli: &Cli) -> Result<PathBuf> {
 }
 
 fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<()> {
-    let home = &mut Home::open(dir)?;
+    let home = &mut open_home(dir)?;
     match cmd {
         TeamCommand::Create { name } => {
             let id = home.create_team(&name)?;

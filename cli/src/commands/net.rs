@@ -15,6 +15,8 @@ use care::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::commands::{init_home, open_home};
+
 use super::Out;
 use super::progress::{Progress, wait_until};
 use crate::args::NetArgs;
@@ -32,7 +34,7 @@ async fn close(shutdown: impl std::future::Future<Output = ()>) {
 
 /// Serves the home until Ctrl-C or SIGTERM, printing its address and then its events.
 pub(super) fn serve(dir: &Path, net: &NetArgs, relay: Option<&str>, out: Out) -> Result<ExitCode> {
-    let home = Home::open(dir)?;
+    let home = open_home(dir)?;
     let config = home_net_config(&home, net.listen, relay, !net.no_lan)?;
     block_on(async {
         let mut stop = Stop::new()?;
@@ -66,7 +68,7 @@ pub(super) fn join(
 ) -> Result<()> {
     let config = net_config(listen, ticket.relay.as_deref(), false)?;
     block_on(async {
-        let node = Node::start(Home::open(dir)?, &config).await?;
+        let node = Node::start(open_home(dir)?, &config).await?;
         let joined = join_and_wait(&node, ticket, timeout_s).await;
         close(node.shutdown()).await;
         let (name, documents) = joined?;
@@ -86,7 +88,7 @@ pub(super) fn sync(
     net: &NetArgs,
     out: Out,
 ) -> Result<ExitCode> {
-    let home = Home::open(dir)?;
+    let home = open_home(dir)?;
     let config = home_net_config(&home, net.listen, None, !net.no_lan)?;
     block_on(async {
         let expected = expected_devices(&home, peer.map(|p| p.device))?;
@@ -252,9 +254,9 @@ pub(super) fn relay(dir: &Path, listen: SocketAddr, tickets: u16, out: Out) -> R
     block_on(async {
         let mut stop = Stop::new()?;
         let home = if dir.join(care::home::KEY_FILE).exists() {
-            Home::open(dir)?
+            open_home(dir)?
         } else {
-            Home::init(dir, "Circle relay")?
+            init_home(dir, "Circle relay")?
         };
         // The relay server takes the TCP port, sync the UDP port of the same number.
         let net = NetConfig::listening(listen);
@@ -299,7 +301,7 @@ pub(super) fn add_relay(
     timeout_s: u64,
     out: Out,
 ) -> Result<()> {
-    let mut home = Home::open(dir)?;
+    let mut home = open_home(dir)?;
     let team = home.team(which)?.id();
     let config = net_config(listen, ticket.relay.as_deref(), false)?;
     block_on(async {
