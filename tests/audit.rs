@@ -33,6 +33,9 @@ fn a_note_and_its_amendment_are_audited_with_their_author_and_proof() -> Result<
     let (mut home, id) = home_with_a_note(dir.path())?;
     let device = home.profile().device;
     let member = home.profile().member;
+    // The proof of authorship outlives the chunks the changes were stored in.
+    let compacted = home.compact()?;
+    assert!(compacted.after_bytes > 0);
     let audits = home.team("")?.audit_note(id)?;
     assert_eq!(audits.len(), 2, "{audits:?}");
     assert_eq!(audits[0].what, format!("note {id}"));
