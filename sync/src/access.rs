@@ -47,10 +47,23 @@ impl TeamAccess {
     pub fn from_ops(team: TeamId, ops: &[SignedOp]) -> Result<TeamAccess, MembershipError> {
         let (membership, rejected) = Membership::from_ops(team, ops)?;
         let rejected: BTreeMap<_, _> = rejected.into_iter().map(|r| (r.op, r.reason)).collect();
+        // Kept for replays at earlier heads: the ops whose signature and form hold (which
+        // does not depend on what else the log holds), so those replays need not verify
+        // each signature again.
+        let screened = ops
+            .iter()
+            .filter(|op| {
+                !matches!(
+                    rejected.get(&op.hash()),
+                    Some(RejectReason::BadSignature | RejectReason::Malformed(_))
+                )
+            })
+            .map(|op| (op.hash(), op.clone()))
+            .collect();
         let mut access = TeamAccess {
             team,
             membership: Arc::new(membership),
-            ops: Arc::new(ops.iter().map(|op| (op.hash(), op.clone())).collect()),
+            ops: Arc::new(screened),
             at: Arc::default(),
             ops_hash: ops_hash(ops),
             device_member: BTreeMap::new(),
@@ -110,7 +123,8 @@ impl TeamAccess {
             next.extend(op.op().ok()?.preds);
             before.insert(hash, op);
         }
-        let (membership, _) = Membership::from_ops(self.team, before.into_values()).ok()?;
+        let (membership, _) =
+            Membership::from_verified_ops(self.team, before.into_values()).ok()?;
         Some(Arc::new(membership))
     }
 

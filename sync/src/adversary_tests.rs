@@ -836,3 +836,63 @@ fn changes_too_many_for_one_frame_go_as_the_whole_document() {
     let held = b.replica.signatures(team.id, doc, None).expect("memory").len();
     assert_eq!(held, 120, "every note's signature is kept with it");
 }
+
+/// A member signs each of many changes under a different state of the membership log:
+/// past the named number of states per message the changes are refused, before this
+/// device replays the log for each.
+#[test]
+fn changes_signed_under_too_many_memberships_are_refused() {
+    use crate::authorship::SIGNED_MEMBERSHIPS_PER_CHECK_MAX;
+    let mut team = Team::new();
+    // As many states of the log as the limit allows, and one more.
+    let mut states = Vec::new();
+    for i in 0..=SIGNED_MEMBERSHIPS_PER_CHECK_MAX {
+        let member = MemberId::from_bytes([100 + i as u8; 16]);
+        let name = format!("Helper {i}");
+        team.author(OpBody::AddMember { member, name, role: Role::Volunteer, hats: vec![] });
+        let (membership, _) = Membership::from_ops(team.id, &team.ops).expect("valid ops");
+        states.push(membership.heads().to_vec());
+    }
+    let (mut a, _b) = live_pair(&team, ADVOCATE);
+    let kind = DocKind::Plan;
+    let mut doc = care_core::documents::genesis(team.id, &kind);
+    let mut signatures = Vec::new();
+    for (i, heads) in states.iter().enumerate() {
+        let by = team.author_of(ADVOCATE, 5_000 + i as i64);
+        plan::set_section(&mut doc, &by, Section::Routines, &format!("version {i}"))
+            .expect("writes");
+        let change = doc.get_last_local_change().expect("a change").clone();
+        signatures.push(sign_under(&team, ADVOCATE, kind, &change, heads));
+    }
+    let message = Message {
+        heads: doc.get_heads(),
+        need: vec![],
+        have: vec![],
+        changes: ChunkList::from(
+            doc.get_changes(&care_core::documents::genesis(team.id, &kind).get_heads())
+                .iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        ),
+        flags: None,
+        version: MessageVersion::V1,
+    }
+    .encode();
+    a.receive(&signed_sync_frame(&team, kind, message.clone(), signatures.clone()));
+    let refusals = a.refusals();
+    assert!(
+        matches!(
+            refusals.as_slice(),
+            [Refusal::Authorship(AuthorshipError::TooManyMemberships { .. })]
+        ),
+        "{refusals:?}"
+    );
+    // The same changes under one state of the log are taken.
+    a.events.clear();
+    let now = states.last().expect("states");
+    let doc_changes = doc.get_changes(&care_core::documents::genesis(team.id, &kind).get_heads());
+    let signatures: Vec<ChangeSig> =
+        doc_changes.iter().map(|c| sign_under(&team, ADVOCATE, kind, c, now)).collect();
+    a.receive(&signed_sync_frame(&team, kind, message, signatures));
+    assert!(a.refusals().is_empty(), "{:?}", a.refusals());
+}

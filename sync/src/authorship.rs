@@ -12,6 +12,12 @@ use care_core::{Access, ChangeSig, DeviceId, DocId, DocKind, Membership, OpHash,
 
 use crate::access::{TeamAccess, genesis_change};
 
+/// Most distinct memberships (sets of heads) the changes of one message or document may be
+/// signed under. Each is a replay of the log up to those heads; honest changes name the
+/// few states of the log their authors wrote in, and a sender naming more is refused
+/// before it can make this device replay the log over and over.
+pub const SIGNED_MEMBERSHIPS_PER_CHECK_MAX: usize = 64;
+
 /// Why a change's authorship does not hold.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -53,6 +59,13 @@ pub enum AuthorshipError {
         /// The document's kind.
         kind: DocKind,
     },
+    /// The changes are signed under more distinct memberships than
+    /// [`SIGNED_MEMBERSHIPS_PER_CHECK_MAX`].
+    #[error("changes signed under more than {max} different memberships")]
+    TooManyMemberships {
+        /// [`SIGNED_MEMBERSHIPS_PER_CHECK_MAX`].
+        max: usize,
+    },
     /// A whole document came with signatures of changes it does not hold.
     #[error("{count} signatures of changes the document does not hold")]
     StraySignatures {
@@ -91,6 +104,11 @@ pub fn check_signed<'a>(
             .map_err(|_| AuthorshipError::NotADevice { change })?;
         let membership = match at.get(sig.membership.as_slice()) {
             Some(membership) => Arc::clone(membership),
+            None if at.len() >= SIGNED_MEMBERSHIPS_PER_CHECK_MAX => {
+                return Err(AuthorshipError::TooManyMemberships {
+                    max: SIGNED_MEMBERSHIPS_PER_CHECK_MAX,
+                });
+            }
             None => {
                 let membership = access
                     .membership_at(&sig.membership)

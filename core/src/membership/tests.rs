@@ -404,6 +404,16 @@ proptest! {
         }
         prop_assert_eq!(state.member(state.owner()).map(|m| m.role), Some(Role::Owner));
     }
+
+    /// Replaying ops whose signatures were verified before, without verifying them
+    /// again, gives the same membership and the same rejections.
+    #[test]
+    fn a_replay_of_verified_ops_matches_the_full_replay(seed in any::<u64>(), steps in 5usize..40) {
+        let team = random_history(seed, steps);
+        let full = Membership::from_ops(team.id, &team.ops).expect("created");
+        let verified = Membership::from_verified_ops(team.id, &team.ops).expect("created");
+        prop_assert_eq!(verified, full);
+    }
 }
 
 /// A worker floods the log with device churn (add a device, remove it, add another):
