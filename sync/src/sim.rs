@@ -6,7 +6,7 @@
 //! The replica is any [`SimDevice`]: the [`MemoryReplica`] here (`cargo test -p care-sync
 //! sim`), and the product's SQLite home in the `care` crate, whose devices also restart
 //! from their directory now and then, as after a crash between two steps. A failure
-//! prints its seed; `CARE_SIM_SEED=N` replays it.
+//! prints its seed; `CARE_SIM_SEED=N` replays it, and `CARE_SIM_SEEDS=FROM..TO` runs more.
 //!
 //! One member, the advocate, is an attacker: besides what its session sends, some of
 //! its frames have a byte changed, and now and then it adds a frame of its own making (a
@@ -834,12 +834,20 @@ pub fn run_seed<D: SimDevice>(seed: u64, make: MakeDevice<'_, D>) {
 }
 
 /// Runs `seeds` over devices made by `make`, on every core; a failing seed is named, to
-/// replay alone with `CARE_SIM_SEED`.
+/// replay alone with `CARE_SIM_SEED`. `CARE_SIM_SEEDS=FROM..TO` runs those seeds instead
+/// (a longer search than CI's).
 pub fn run_seeds<D: SimDevice>(seeds: std::ops::Range<u64>, make: MakeDevice<'_, D>) {
     if let Ok(seed) = std::env::var("CARE_SIM_SEED") {
         run_seed(seed.parse().expect("CARE_SIM_SEED is a number"), make);
         return;
     }
+    let seeds = match std::env::var("CARE_SIM_SEEDS") {
+        Ok(range) => {
+            let (from, to) = range.split_once("..").expect("CARE_SIM_SEEDS is FROM..TO");
+            from.parse().expect("a seed number")..to.parse().expect("a seed number")
+        }
+        Err(_) => seeds,
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     std::thread::scope(|scope| {
         for t in 0..threads {
