@@ -120,6 +120,8 @@ pub struct Home {
     access: RefCell<AccessCache>,
     /// The worker checking documents received whole, once a node runs this home.
     pub(crate) verifier: Option<Verifier>,
+    /// Signatures of changes received ahead of what they depend on.
+    pub(crate) pending_signatures: care_sync::authorship::PendingSignatures,
 }
 
 impl std::fmt::Debug for Home {
@@ -233,6 +235,7 @@ impl Home {
             changed: Vec::new(),
             access: RefCell::new(AccessCache::default()),
             verifier: None,
+            pending_signatures: Default::default(),
         }
     }
 

@@ -96,14 +96,17 @@ impl Replica for Home {
             return Ok(Ok(false));
         }
         self.doc(team, kind, Purpose::Write)?;
-        let Home { store, docs, .. } = self;
+        let Home { store, docs, pending_signatures, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
         let before = stored.doc().get_heads();
         let received = store.update_doc_signed(
             stored,
             |am| am.receive_sync_message(&mut state, message),
-            |new| stored_signatures(new, signatures),
+            |new| pending_signatures.take_for(new, signatures).iter().map(to_stored).collect(),
         );
+        // Changes held back for what they depend on keep their signatures until then.
+        let applied = |h: &ChangeHash| stored.doc().get_change_meta_by_hash(h).is_some();
+        pending_signatures.keep_unapplied(signatures, applied);
         let changed = stored.doc().get_heads() != before;
         self.sync_states.insert((peer, doc), state);
         match received {
@@ -189,13 +192,14 @@ impl Replica for Home {
         signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
         self.doc(team, kind, Purpose::Write)?;
-        let Home { store, docs, .. } = self;
+        let Home { store, docs, pending_signatures, .. } = self;
         let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
         let before = stored.doc().get_heads();
+        // Changes held back in the document for what they depend on may enter with it.
         let merged = store.update_doc_signed(
             stored,
             |am| am.merge(&mut loaded).map(|_| ()),
-            |new| stored_signatures(new, signatures),
+            |new| pending_signatures.take_for(new, signatures).iter().map(to_stored).collect(),
         );
         match merged {
             Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
@@ -265,14 +269,6 @@ pub(crate) fn stored_signatures_of(
                 .map_err(|e| care_store::StoreError::Corrupt { doc, detail: e.to_string() })
         })
         .collect()
-}
-
-/// The stored form of the signatures, among `signatures` (checked by the session), of
-/// the changes `new`.
-fn stored_signatures(new: &[ChangeHash], signatures: &[ChangeSig]) -> Vec<StoredSignature> {
-    let by_hash: std::collections::HashMap<[u8; 32], &ChangeSig> =
-        signatures.iter().map(|s| (s.hash, s)).collect();
-    new.iter().filter_map(|h| Some(to_stored(by_hash.get(&h.0)?))).collect()
 }
 
 /// A signature as the store keeps it.

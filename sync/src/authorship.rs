@@ -148,3 +148,107 @@ pub fn check_signed_document(
     }
     Ok(())
 }
+
+/// Most signatures kept for changes received ahead of what they depend on.
+pub const PENDING_SIGNATURES_MAX: usize = 65_536;
+
+/// Signatures of changes received before the changes they depend on. Automerge holds
+/// such a change back until its dependencies arrive, and it then enters the document
+/// with a later message, whose signatures do not include it: its own came earlier, and
+/// are kept here until then (at most [`PENDING_SIGNATURES_MAX`]; past it the oldest
+/// are dropped, and a change that then arrives without its signature is asked for again).
+#[derive(Debug, Default)]
+pub struct PendingSignatures {
+    held: HashMap<[u8; 32], ChangeSig>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl PendingSignatures {
+    /// The signatures of the changes `new` (just applied), from `received` (the message's)
+    /// or from those kept; the changes without one (the deterministic first change) are
+    /// left out.
+    pub fn take_for(&mut self, new: &[ChangeHash], received: &[ChangeSig]) -> Vec<ChangeSig> {
+        let by_hash: HashMap<[u8; 32], &ChangeSig> =
+            received.iter().map(|sig| (sig.hash, sig)).collect();
+        new.iter()
+            .filter_map(|hash| {
+                by_hash.get(&hash.0).map(|sig| (*sig).clone()).or_else(|| self.held.remove(&hash.0))
+            })
+            .collect()
+    }
+
+    /// Keeps the signatures, among `received` (checked), of the changes not applied yet
+    /// (`applied` says which are).
+    pub fn keep_unapplied(
+        &mut self,
+        received: &[ChangeSig],
+        applied: impl Fn(&ChangeHash) -> bool,
+    ) {
+        for sig in received {
+            if applied(&ChangeHash(sig.hash)) || self.held.contains_key(&sig.hash) {
+                continue;
+            }
+            while self.held.len() >= PENDING_SIGNATURES_MAX {
+                match self.order.pop_front() {
+                    Some(oldest) => self.held.remove(&oldest),
+                    None => break,
+                };
+            }
+            self.order.push_back(sig.hash);
+            self.held.insert(sig.hash, sig.clone());
+        }
+        // Hashes taken since are skipped when their turn to go comes.
+        if self.order.len() > 2 * PENDING_SIGNATURES_MAX {
+            self.order.retain(|hash| self.held.contains_key(hash));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use care_core::{DeviceKey, OpHash};
+
+    fn sig(n: u8) -> ChangeSig {
+        let (team, doc) = (TeamId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        ChangeSig::sign(
+            &DeviceKey::from_seed([3; 32]),
+            team,
+            doc,
+            [n; 32],
+            &[OpHash::from_bytes([4; 32])],
+        )
+    }
+
+    /// A change held back for its dependency gets its signature from the earlier message
+    /// once it enters the document; one already applied is not kept.
+    #[test]
+    fn a_change_held_back_keeps_its_signature_until_it_enters() {
+        let mut pending = PendingSignatures::default();
+        let first = vec![sig(1), sig(2)];
+        // Change 1 applied, change 2 held back.
+        let taken = pending.take_for(&[ChangeHash([1; 32])], &first);
+        assert_eq!(taken, vec![sig(1)]);
+        pending.keep_unapplied(&first, |h| *h == ChangeHash([1; 32]));
+        assert_eq!(pending.held.len(), 1, "only the change held back");
+        // Its dependency arrives: both enter, each with its signature.
+        let taken = pending.take_for(&[ChangeHash([3; 32]), ChangeHash([2; 32])], &[sig(3)]);
+        assert_eq!(taken, vec![sig(3), sig(2)]);
+        assert!(pending.held.is_empty());
+    }
+
+    #[test]
+    fn pending_signatures_are_bounded() {
+        let mut pending = PendingSignatures::default();
+        let many: Vec<ChangeSig> = (0..=PENDING_SIGNATURES_MAX)
+            .map(|i| {
+                let mut s = sig(0);
+                s.hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                s
+            })
+            .collect();
+        pending.keep_unapplied(&many, |_| false);
+        assert_eq!(pending.held.len(), PENDING_SIGNATURES_MAX);
+        assert!(!pending.held.contains_key(&many[0].hash), "the oldest went first");
+    }
+}

@@ -9,6 +9,7 @@ use care_core::documents::genesis;
 use care_core::{ChangeSig, DeviceId, DeviceKey, DocId, DocKind, Month, SignedOp, TeamId};
 
 use crate::access::{TeamAccess, check_document};
+use crate::authorship::PendingSignatures;
 use crate::refusal::Refusal;
 use crate::replica::{HeldDoc, Import, Replica};
 
@@ -35,6 +36,8 @@ pub struct MemoryReplica {
     key: Option<DeviceKey>,
     /// The signatures of the documents' changes, by document and change hash.
     signatures: HashMap<DocId, HashMap<[u8; 32], ChangeSig>>,
+    /// Signatures of changes received ahead of what they depend on.
+    pending: PendingSignatures,
     ops: BTreeMap<TeamId, BTreeMap<care_core::OpHash, SignedOp>>,
     docs: BTreeMap<(TeamId, DocId), (DocKind, Automerge)>,
     /// Per peer and document, as persisted between sessions (`State::encode`) and live.
@@ -55,6 +58,7 @@ impl MemoryReplica {
             device,
             key: None,
             signatures: HashMap::new(),
+            pending: PendingSignatures::default(),
             this_month: None,
             ops: BTreeMap::new(),
             docs: BTreeMap::new(),
@@ -189,11 +193,19 @@ impl Replica for MemoryReplica {
             *automerge = kept;
         }
         let changed = automerge.get_heads() != before;
-        if changed {
-            let new: Vec<ChangeHash> =
-                automerge.get_changes(&before).iter().map(|c| c.hash()).collect();
-            self.keep_signatures(doc, &new, signatures);
-        }
+        let new: Vec<ChangeHash> = match changed {
+            true => automerge.get_changes(&before).iter().map(|c| c.hash()).collect(),
+            false => Vec::new(),
+        };
+        // Changes held back for what they depend on are not in the document yet.
+        let applied: std::collections::HashSet<ChangeHash> = signatures
+            .iter()
+            .map(|s| ChangeHash(s.hash))
+            .filter(|h| automerge.get_change_meta_by_hash(h).is_some())
+            .collect();
+        let taken = self.pending.take_for(&new, signatures);
+        self.pending.keep_unapplied(signatures, |h| applied.contains(h));
+        self.keep_signatures(doc, &new, &taken);
         *self.state(peer, doc) = state;
         Ok(result.map(|()| changed).map_err(|e| Refusal::DoesNotApply(e.to_string())))
     }
@@ -247,7 +259,9 @@ impl Replica for MemoryReplica {
                 (Vec::new(), new)
             }
         };
-        self.keep_signatures(doc, &new, signatures);
+        // Changes held back in the document for what they depend on may enter with it.
+        let taken = self.pending.take_for(&new, signatures);
+        self.keep_signatures(doc, &new, &taken);
         Ok(Ok(before.is_empty() || !new.is_empty()))
     }
 

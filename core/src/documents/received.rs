@@ -53,7 +53,12 @@ impl ReceivedRules {
         if Some(change.hash()) == self.genesis {
             return Ok(());
         }
-        let expanded = change.decode();
+        // Automerge parses a change without checking that each op's actor indices are in
+        // the change's actor list, and its decoding then panics on one that is not (a
+        // change altered in passing does it): such a change is malformed, not a crash.
+        let expanded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+                .map_err(|_| "a change whose operations name actors it does not list".to_owned())?;
         for op in &expanded.operations {
             self.check_op(op)?;
         }
