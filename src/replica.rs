@@ -124,7 +124,15 @@ impl Replica for Home {
         doc: DocId,
         hashes: Option<&[ChangeHash]>,
     ) -> Result<Vec<ChangeSig>> {
-        Ok(stored_signatures_of(&self.store, doc, hashes)?)
+        let mut signatures = stored_signatures_of(&self.store, doc, hashes)?;
+        // A change held back for what it depends on can still be offered by Automerge.
+        if let Some(hashes) = hashes.filter(|h| h.len() > signatures.len()) {
+            let found: std::collections::HashSet<[u8; 32]> =
+                signatures.iter().map(|s| s.hash).collect();
+            let pending = hashes.iter().filter(|h| !found.contains(&h.0));
+            signatures.extend(pending.filter_map(|h| self.pending_signatures.get(h)).cloned());
+        }
+        Ok(signatures)
     }
 
     fn doc_count(&self, team: TeamId) -> Result<usize> {

@@ -177,6 +177,12 @@ impl PendingSignatures {
             .collect()
     }
 
+    /// The signature kept for the change `hash`, if any: a change held back can still be
+    /// offered to other devices by Automerge, and goes with its signature.
+    pub fn get(&self, hash: &ChangeHash) -> Option<&ChangeSig> {
+        self.held.get(&hash.0)
+    }
+
     /// Keeps the signatures, among `received` (checked), of the changes not applied yet
     /// (`applied` says which are).
     pub fn keep_unapplied(

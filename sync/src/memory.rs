@@ -216,11 +216,14 @@ impl Replica for MemoryReplica {
         doc: DocId,
         hashes: Option<&[ChangeHash]>,
     ) -> Result<Vec<ChangeSig>, MemoryError> {
-        let Some(held) = self.signatures.get(&doc) else {
-            return Ok(Vec::new());
-        };
+        let empty = HashMap::new();
+        let held = self.signatures.get(&doc).unwrap_or(&empty);
         Ok(match hashes {
-            Some(hashes) => hashes.iter().filter_map(|h| held.get(&h.0)).cloned().collect(),
+            Some(hashes) => hashes
+                .iter()
+                .filter_map(|h| held.get(&h.0).or_else(|| self.pending.get(h)))
+                .cloned()
+                .collect(),
             None => held.values().cloned().collect(),
         })
     }
