@@ -104,9 +104,12 @@ impl Replica for Home {
             |am| am.receive_sync_message(&mut state, message),
             |new| pending_signatures.take_for(new, signatures).iter().map(to_stored).collect(),
         );
-        // Changes held back for what they depend on keep their signatures until then.
-        let applied = |h: &ChangeHash| stored.doc().get_change_meta_by_hash(h).is_some();
-        pending_signatures.keep_unapplied(signatures, applied);
+        // Changes held back for what they depend on keep their signatures until then (a
+        // message rolled back keeps nothing).
+        if received.is_ok() {
+            let applied = |h: &ChangeHash| stored.doc().get_change_meta_by_hash(h).is_some();
+            pending_signatures.keep_unapplied(signatures, applied);
+        }
         let changed = stored.doc().get_heads() != before;
         self.sync_states.insert((peer, doc), state);
         match received {

@@ -204,7 +204,9 @@ impl Replica for MemoryReplica {
             .filter(|h| automerge.get_change_meta_by_hash(h).is_some())
             .collect();
         let taken = self.pending.take_for(&new, signatures);
-        self.pending.keep_unapplied(signatures, |h| applied.contains(h));
+        if result.is_ok() {
+            self.pending.keep_unapplied(signatures, |h| applied.contains(h));
+        }
         self.keep_signatures(doc, &new, &taken);
         *self.state(peer, doc) = state;
         Ok(result.map(|()| changed).map_err(|e| Refusal::DoesNotApply(e.to_string())))
