@@ -152,6 +152,9 @@ struct Progress {
     heads_sent: bool,
     /// The hash of the ops we last told the remote we hold (in our Hello or Ops frames).
     ops_announced: Option<[u8; 16]>,
+    /// Per document, the heads we last told the remote we hold (in a sync message, a
+    /// whole document, a Heads frame or a matching Hello); none told reads as empty.
+    told: BTreeMap<DocId, Vec<ChangeHash>>,
     /// Documents sent whole by a live change, so that the next change to one before the
     /// remote answers goes by the sync protocol, not whole again.
     snapshots_sent: BTreeSet<DocId>,
@@ -474,6 +477,7 @@ impl Session {
         let progress = self.progress.entry(team).or_default();
         progress.described = true;
         progress.pending.clear();
+        progress.told = docs.iter().map(|(id, (_, heads))| (*id, heads.clone())).collect();
         progress.heads = docs
             .into_iter()
             .map(|(id, (_, heads))| (id, KnownHeads { theirs: heads.clone(), ours: heads }))
@@ -723,9 +727,46 @@ impl Session {
         }
         // Right after a message is received nothing is in flight, so Automerge stays
         // silent only when the remote's heads equal ours and nothing is left to send.
-        let ours = self.send_sync(replica, team, doc, kind, out)?.unwrap_or_else(|| theirs.clone());
+        let ours = match self.send_sync(replica, team, doc, kind, out)? {
+            Some(ours) => ours,
+            None => {
+                self.tell_agreement(replica, team, doc, kind, &theirs, out)?;
+                theirs.clone()
+            }
+        };
         self.note_heads(team, doc, Some(ours), Some(theirs));
         self.settle(team, out);
+        Ok(())
+    }
+
+    /// Tells the remote that this device holds `theirs`, the heads it just sent, when
+    /// Automerge stays silent but the remote was last told other heads. Automerge keeps
+    /// quiet when a message names heads the receiver already holds; if the receiver came
+    /// by them from a third device, the sender would never learn that the two agree.
+    fn tell_agreement<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        theirs: &[ChangeHash],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let told = self.progress.get(&team).and_then(|p| p.told.get(&doc));
+        if theirs.is_empty() || told.is_some_and(|told| told == theirs) {
+            return Ok(());
+        }
+        // Only heads this device really holds (a document still under its check says
+        // nothing yet, and says it when the check is done).
+        let held = replica.docs(team).map_err(store)?.into_iter().find(|d| d.id == doc);
+        if !held.is_some_and(|d| sorted(d.heads) == theirs) {
+            return Ok(());
+        }
+        let (_, message) = answer_to_snapshot(theirs);
+        let message = message.encode();
+        let frame = Frame::Sync { team, doc, kind, message, signatures: Vec::new() };
+        out.push(Output::Send(frame.encode()));
+        self.progress.entry(team).or_default().told.insert(doc, theirs.to_vec());
         Ok(())
     }
 
@@ -785,6 +826,7 @@ impl Session {
         out.push(Output::Send(
             Frame::Sync { team, doc, kind, message, signatures: Vec::new() }.encode(),
         ));
+        self.progress.entry(team).or_default().told.insert(doc, whole.heads.clone());
         // A document that arrived whole while the team was in sync (passed on live) is
         // a change like any other: the team comes into sync again with it.
         if let Some(progress) = self.progress.get_mut(&team) {
@@ -1054,6 +1096,9 @@ impl Session {
             return Ok(());
         };
         let docs = self.readable_docs(replica, team, access)?;
+        let told = docs.iter().take(DOCS_PER_FRAME_MAX).map(|(id, (_, h))| (*id, h.clone()));
+        let told = told.collect();
+        self.progress.entry(team).or_default().told = told;
         let docs = docs
             .into_iter()
             .take(DOCS_PER_FRAME_MAX)
@@ -1070,7 +1115,7 @@ impl Session {
     /// Sends the next sync message for `doc`, if Automerge has one; returns the heads it
     /// announced (ours, sorted).
     fn send_sync<R: Replica>(
-        &self,
+        &mut self,
         replica: &mut R,
         team: TeamId,
         doc: DocId,
@@ -1082,6 +1127,7 @@ impl Session {
             return Ok(None);
         };
         let heads = sorted(message.heads.clone());
+        self.progress.entry(team).or_default().told.insert(doc, heads.clone());
         // The signatures of the changes the message carries (read back from our own
         // bytes, which parse; if they did not, the remote refuses them unsigned).
         let hashes: Vec<ChangeHash> = message
@@ -1115,7 +1161,7 @@ impl Session {
     /// [`SNAPSHOT_BYTES_MAX`]. Returns `false`, having sent nothing, when the replica has
     /// no whole document to send (it failed verification and was discarded).
     fn send_snapshot<R: Replica>(
-        &self,
+        &mut self,
         replica: &mut R,
         team: TeamId,
         doc: DocId,
@@ -1133,7 +1179,7 @@ impl Session {
     /// [`SNAPSHOT_BYTES_MAX`]: to a remote that has none of it, or, merged there, in place
     /// of a sync message too large for a frame.
     fn send_whole<R: Replica>(
-        &self,
+        &mut self,
         replica: &mut R,
         team: TeamId,
         doc: DocId,
@@ -1156,6 +1202,7 @@ impl Session {
             }
             Err(_) => Vec::new(),
         };
+        self.progress.entry(team).or_default().told.insert(doc, heads.clone());
         // The signatures in shares of at most a part's bytes (and a frame's count).
         let mut shares: Vec<Vec<ChangeSig>> = vec![Vec::new()];
         let mut share_bytes = 0;

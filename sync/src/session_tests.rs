@@ -454,6 +454,39 @@ fn a_live_change_takes_the_team_out_of_sync_until_it_arrives() {
     assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
 }
 
+#[test]
+fn a_device_that_came_by_the_heads_elsewhere_says_it_holds_them() {
+    let team = Team::new();
+    let (mut a, mut b) = (team.side(OWNER, ADVOCATE), team.side(ADVOCATE, OWNER));
+    team.write_plan(&mut a, OWNER, "Tea at 8.");
+    connect(&team, &mut a, &mut b);
+    team.write_plan(&mut a, OWNER, "Lunch at 12.");
+    let (id, kind) = (team.id, DocKind::Plan);
+    let doc = kind.doc_id(id);
+    // The owner's message with its change is lost on the way...
+    let outputs = a.session.local_change(&mut a.replica, id, doc, kind);
+    assert!(!a.take(outputs).is_empty());
+    // ...the advocate gets that change from a third device...
+    let bytes = a.replica.snapshot(id, doc).expect("memory").expect("held");
+    let signatures = a.replica.signatures(id, doc, None).expect("memory");
+    let loaded = automerge::Automerge::load(&bytes).expect("loads");
+    let merged = b.replica.merge_snapshot(id, doc, kind, loaded, &signatures).expect("memory");
+    assert_eq!(merged, Ok(true));
+    // ...and then hears from the owner only its heads, with no change (as after a
+    // whole document). Automerge has nothing to answer, since the two now agree, yet
+    // the owner must learn that they do.
+    let heads = a.replica.docs(id).expect("memory").into_iter().find(|d| d.id == doc);
+    let heads = heads.expect("held").heads;
+    let message = crate::agreed::answer_to_snapshot(&heads).1.encode();
+    let frame = Frame::Sync { team: id, doc, kind, message, signatures: Vec::new() }.encode();
+    let to_a = b.receive(&frame);
+    assert!(!to_a.is_empty(), "the advocate said nothing of the heads it holds");
+    exchange(&team, &mut a, &mut b, to_a, Vec::new());
+    assert!(a.session.in_sync(id), "the owner never learned that the advocate holds its heads");
+    assert!(b.session.in_sync(id));
+    assert_agree(&team, &a, &b);
+}
+
 #[path = "adversary_tests.rs"]
 mod adversary;
 
