@@ -144,6 +144,12 @@ impl Node {
         self.runtime.service().traffic()
     }
 
+    /// Per device with a session right now, the shared teams it is in sync with: both
+    /// hold the same of every document both may read.
+    pub async fn teams_in_sync(&self) -> Result<std::collections::BTreeMap<DeviceId, Vec<TeamId>>> {
+        Ok(self.runtime.owner().teams_in_sync().await?)
+    }
+
     /// The devices with a session right now.
     pub fn connected(&self) -> Vec<DeviceId> {
         self.runtime.service().connected()

@@ -84,6 +84,14 @@ impl<'h> Team<'h> {
         Ok(sections)
     }
 
+    /// One care plan section's text (empty when never written); refused when this
+    /// device's role may not read the document holding it.
+    pub fn plan_section(&mut self, section: Section) -> Result<String> {
+        let sections = self.read(section.doc_kind(), documents::plan::sections)?;
+        let text = sections.unwrap_or_default().into_iter().find(|(s, _)| *s == section);
+        Ok(text.map(|(_, text)| text).unwrap_or_default())
+    }
+
     /// Replaces the text of one care plan section. Concurrent edits of the same section
     /// on other devices merge with this one character by character.
     pub fn set_plan_section(&mut self, section: Section, text: &str) -> Result<()> {

@@ -197,7 +197,7 @@ fn invite_prints_a_ticket_and_bad_input_is_a_usage_error() {
     }
     ada.fails(2, &["team", "invite", "--role", "owner"]);
     ada.fails(2, &["team", "invite", "--role", "boss"]);
-    let err = ada.fails(2, &["team", "join", "careinvite1garbage"]);
+    let err = ada.fails(2, &["team", "join", "careinvite2garbage"]);
     assert!(err.contains("damaged"), "{err}");
     let err = ada.fails(2, &["team", "join", "hello"]);
     assert!(err.contains("not a care invitation ticket"), "{err}");
@@ -281,13 +281,13 @@ fn a_circle_node_added_to_a_team_holds_its_documents() {
     let first = relay.line(Duration::from_secs(20)).expect("the circle node prints its ticket");
     let printed: Value = serde_json::from_str(&first).expect("the ticket line is JSON");
     let ticket = printed["tickets"][0].as_str().expect("a ticket").to_owned();
-    assert!(ticket.starts_with("carecircle1"), "{ticket}");
+    assert!(ticket.starts_with("carecircle2"), "{ticket}");
     // More one-time tickets, from another program on the circle node's home.
     let more = circle.json(&["relay-ticket", "--expires", "1h"]);
     let other = more["ticket"].as_str().expect("a ticket");
-    assert!(other.starts_with("carecircle1") && other != ticket, "{other}");
+    assert!(other.starts_with("carecircle2") && other != ticket, "{other}");
 
-    ada.fails(2, &["team", "add-relay", "carecircle1damaged"]);
+    ada.fails(2, &["team", "add-relay", "carecircle2damaged"]);
     let added = ada.json(&["team", "add-relay", &ticket, "--listen", "127.0.0.1:0"]);
     assert_eq!(added["in_sync"], true, "{added}");
     let members = ada.json(&["team", "members"]);

@@ -1,4 +1,4 @@
-//! A circle node, as teams see it: the circle ticket (`carecircle1…`) naming the circle's
+//! A circle node, as teams see it: the circle ticket (`carecircle2…`) naming the circle's
 //! always-on node, and the handshake (ALPN `care/circle/1`) by which a team's owner or
 //! admin hands it the team's membership log once it has been added with the role
 //! `relay`. Pure messages and the circle's side as a trait; the iroh runtime carries them.
@@ -15,7 +15,7 @@ use crate::ticket::{TICKET_ADDRS_MAX, TicketError, read_ticket, write_ticket};
 /// The ALPN of the circle handshake.
 pub const CIRCLE_ALPN: &[u8] = b"care/circle/1";
 /// What every circle ticket string starts with; the digit is the format's version.
-pub const CIRCLE_TICKET_PREFIX: &str = "carecircle1";
+pub const CIRCLE_TICKET_PREFIX: &str = "carecircle2";
 
 /// How to reach a circle's node, and the secret a team presents to be served by it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ mod tests {
         assert!(s.starts_with(CIRCLE_TICKET_PREFIX));
         assert_eq!(s.parse::<CircleTicket>(), Ok(t.clone()));
         assert_eq!(s.to_uppercase().parse::<CircleTicket>(), Ok(t));
-        assert_eq!("careinvite1aaaa".parse::<CircleTicket>(), Err(TicketError::NotATicket));
+        assert_eq!("careinvite2aaaa".parse::<CircleTicket>(), Err(TicketError::NotATicket));
         assert_eq!(s[..s.len() - 5].parse::<CircleTicket>(), Err(TicketError::Damaged));
     }
 

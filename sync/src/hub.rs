@@ -181,6 +181,23 @@ impl Hub {
         self.conns.get(&conn).map(|c| &c.session)
     }
 
+    /// Per device with a session, the shared teams its session reports in sync (the
+    /// two devices hold the same of every document both may read), sorted.
+    pub fn teams_in_sync(&self) -> BTreeMap<DeviceId, Vec<TeamId>> {
+        let in_sync = |conn: &Conn| {
+            let session = &conn.session;
+            let mut teams: Vec<TeamId> =
+                session.shared_teams().filter(|team| session.in_sync(*team)).collect();
+            teams.sort();
+            teams
+        };
+        let sessions = self
+            .by_device
+            .iter()
+            .filter_map(|(device, id)| self.conns.get(id).map(|c| (device, c)));
+        sessions.map(|(device, conn)| (*device, in_sync(conn))).collect()
+    }
+
     /// The connection of the session with `device`, if one runs.
     pub fn conn_of(&self, device: DeviceId) -> Option<ConnId> {
         self.by_device.get(&device).copied()

@@ -759,7 +759,7 @@ impl Session {
         // Only heads this device really holds (a document still under its check says
         // nothing yet, and says it when the check is done).
         let held = replica.docs(team).map_err(store)?.into_iter().find(|d| d.id == doc);
-        if !held.is_some_and(|d| sorted(d.heads) == theirs) {
+        if held.is_none_or(|d| sorted(d.heads) != theirs) {
             return Ok(());
         }
         let (_, message) = answer_to_snapshot(theirs);

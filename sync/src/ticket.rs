@@ -11,7 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// What every ticket string starts with; the digit is the ticket format's version.
-pub const TICKET_PREFIX: &str = "careinvite1";
+pub const TICKET_PREFIX: &str = "careinvite2";
+/// Bytes of the checksum closing a ticket: a mistyped or swapped character is refused
+/// as damaged, not sent to the inviting device as a wrong secret.
+pub const TICKET_CHECKSUM_BYTES: usize = 4;
 /// Longest ticket string accepted, in bytes.
 pub const TICKET_BYTES_MAX: usize = 4 * 1024;
 /// Most addresses a ticket may carry.
@@ -78,18 +81,33 @@ impl FromStr for JoinTicket {
     }
 }
 
-/// Writes a ticket's string form: its prefix, then its postcard bytes in base32.
+/// Writes a ticket's string form: its prefix, then in base32 its postcard bytes and their
+/// checksum.
 pub(crate) fn write_ticket<T: Serialize>(
     f: &mut fmt::Formatter<'_>,
     prefix: &str,
     ticket: &T,
 ) -> fmt::Result {
-    let bytes = postcard::to_stdvec(ticket).map_err(|_| fmt::Error)?;
+    let mut bytes = postcard::to_stdvec(ticket).map_err(|_| fmt::Error)?;
+    let sum = checksum(prefix, &bytes);
+    bytes.extend_from_slice(&sum);
     write!(f, "{prefix}{}", encode_base32(&bytes))
 }
 
+/// The checksum of a ticket's bytes, under its prefix (so that one kind of ticket never
+/// reads as another).
+fn checksum(prefix: &str, bytes: &[u8]) -> [u8; TICKET_CHECKSUM_BYTES] {
+    let hash = blake3::Hasher::new_derive_key("care-commons ticket checksum")
+        .update(prefix.as_bytes())
+        .update(bytes)
+        .finalize();
+    let mut sum = [0; TICKET_CHECKSUM_BYTES];
+    sum.copy_from_slice(&hash.as_bytes()[..TICKET_CHECKSUM_BYTES]);
+    sum
+}
+
 /// Reads a ticket's string form (case-insensitive), refusing a wrong prefix, an
-/// oversized string, damaged base32 and trailing bytes.
+/// oversized string, damaged base32, a wrong checksum and trailing bytes.
 pub(crate) fn read_ticket<T: DeserializeOwned>(prefix: &str, s: &str) -> Result<T, TicketError> {
     let s = s.trim();
     if s.len() > TICKET_BYTES_MAX {
@@ -98,8 +116,13 @@ pub(crate) fn read_ticket<T: DeserializeOwned>(prefix: &str, s: &str) -> Result<
     let lower = s.to_ascii_lowercase();
     let body = lower.strip_prefix(prefix).ok_or(TicketError::NotATicket)?;
     let bytes = decode_base32(body).ok_or(TicketError::Damaged)?;
+    let split = bytes.len().checked_sub(TICKET_CHECKSUM_BYTES).ok_or(TicketError::Damaged)?;
+    let (bytes, sum) = bytes.split_at(split);
+    if checksum(prefix, bytes) != sum {
+        return Err(TicketError::Damaged);
+    }
     let (ticket, rest): (T, &[u8]) =
-        postcard::take_from_bytes(&bytes).map_err(|_| TicketError::Damaged)?;
+        postcard::take_from_bytes(bytes).map_err(|_| TicketError::Damaged)?;
     if rest.is_empty() { Ok(ticket) } else { Err(TicketError::Damaged) }
 }
 
@@ -136,6 +159,29 @@ mod tests {
         assert_eq!(format!("{s}aa").parse::<JoinTicket>(), Err(TicketError::Damaged));
         let long = format!("{TICKET_PREFIX}{}", "a".repeat(TICKET_BYTES_MAX));
         assert_eq!(long.parse::<JoinTicket>(), Err(TicketError::TooLong));
+    }
+
+    #[test]
+    fn a_ticket_with_any_one_character_mistyped_is_refused_as_damaged() {
+        let t = ticket();
+        let s = t.to_string();
+        for at in TICKET_PREFIX.len()..s.len() {
+            let was = s.as_bytes()[at];
+            for typo in [b'a', b'q', b'7'].into_iter().filter(|c| *c != was) {
+                let mut typed = s.clone().into_bytes();
+                typed[at] = typo;
+                let typed = String::from_utf8(typed).expect("ascii");
+                // A change in the last character's unused bits may leave the bytes as
+                // they were: that ticket is not damaged.
+                match typed.parse::<JoinTicket>() {
+                    Ok(same) => assert_eq!(same, t, "character {at} changed to {typo}"),
+                    Err(e) => assert_eq!(e, TicketError::Damaged),
+                }
+            }
+        }
+        let swapped =
+            format!("{}{}", &s[..s.len() - 2], s[s.len() - 2..].chars().rev().collect::<String>());
+        assert!(swapped == s || swapped.parse::<JoinTicket>().is_err());
     }
 
     proptest! {

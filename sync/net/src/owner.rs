@@ -11,12 +11,12 @@
 //! frames read and not yet handled; what is queued for a connection to write is bounded
 //! by [`QUEUED_BYTES_MAX`], past which the connection is dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use care_core::DeviceId;
+use care_core::{DeviceId, TeamId};
 use iroh::endpoint::{Connection, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 
@@ -66,6 +66,8 @@ enum Command<R> {
     Call(Call<R>),
     /// The time moved on.
     Tick,
+    /// Say which teams each session reports in sync.
+    InSync(oneshot::Sender<BTreeMap<DeviceId, Vec<TeamId>>>),
     /// The replica has results of its own work to take in.
     Wake,
     /// Stop: drop the replica and say so.
@@ -203,6 +205,13 @@ impl<R: 'static> Owner<R> {
         }
     }
 
+    /// Per device with a session, the shared teams it reports in sync right now.
+    pub async fn teams_in_sync(&self) -> Result<BTreeMap<DeviceId, Vec<TeamId>>, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::InSync(reply)).await.map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
     /// Events of every session.
     pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
         self.shared.events.subscribe()
@@ -317,6 +326,9 @@ impl<R: Replica> Thread<R> {
                 self.hub.background(replica);
             }
             Command::Wake => self.hub.background(replica),
+            Command::InSync(reply) => {
+                let _ = reply.send(self.hub.teams_in_sync());
+            }
             Command::Stop(_) => {}
         }
     }
