@@ -1,0 +1,71 @@
+//! The work `bindings/python/bench.py` times through the bindings, timed here through
+//! the Rust API on the same machine, for its comparison: a durable `note add`, and
+//! listing the latest 50 of 10,000 notes. Prints the figures, then one JSON line.
+
+use std::time::{Duration, Instant};
+
+use care::{Home, NewNote, NoteQuery};
+
+/// Notes added and timed (after as many untimed).
+const ADDS: usize = 200;
+/// Notes the team holds when listing is timed.
+const NOTES: usize = 10_000;
+/// Listings timed.
+const LISTS: usize = 50;
+
+fn main() -> Result<(), care::Error> {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs a smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (adds, notes, lists) = if full { (ADDS, NOTES, LISTS) } else { (5, 60, 2) };
+    let dir = std::env::temp_dir().join(format!("care-bench-native-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| care::Error::Io { path: dir.clone(), source })?;
+    let mut home = Home::init(&dir, "Rosa")?;
+    let team = home.create_team("Rosa's team")?.to_string();
+    let mut team = home.team(&team)?;
+    let note = |i: usize| NewNote {
+        text: format!("Visit {i}: tea, toast and a walk."),
+        ..NewNote::default()
+    };
+
+    let mut add_times = Vec::with_capacity(adds);
+    for i in 0..2 * adds {
+        let started = Instant::now();
+        team.add_note(&note(i), None)?;
+        if i >= adds {
+            add_times.push(started.elapsed());
+        }
+    }
+    for i in 2 * adds..notes {
+        team.add_note(&note(i), None)?;
+    }
+    let query = NoteQuery { since: None, limit: Some(50) };
+    let mut list_times = Vec::with_capacity(lists);
+    for _ in 0..lists + 5 {
+        let started = Instant::now();
+        let latest = team.notes(&query)?;
+        list_times.push(started.elapsed());
+        assert_eq!(latest.len(), 50);
+    }
+    list_times.drain(..5);
+    drop(home);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (add_p50, add_p95) = (percentile(&mut add_times, 50), percentile(&mut add_times, 95));
+    let list_p50 = percentile(&mut list_times, 50);
+    println!("rust: note add, durable: p50 {add_p50:.3} ms, p95 {add_p95:.3} ms");
+    println!("rust: latest 50 of {notes} notes: p50 {list_p50:.3} ms");
+    println!(
+        "{{\"note_add_p50_ms\": {add_p50:.4}, \"note_add_p95_ms\": {add_p95:.4}, \
+         \"list_50_p50_ms\": {list_p50:.4}}}"
+    );
+    Ok(())
+}
+
+/// The `p`th percentile, in milliseconds.
+fn percentile(times: &mut [Duration], p: usize) -> f64 {
+    times.sort();
+    let at = (times.len() * p / 100).min(times.len() - 1);
+    times[at].as_secs_f64() * 1e3
+}
