@@ -16,6 +16,7 @@ from care_bindings import (
     CareHome,
     ChangeListener,
     Medication,
+    NewBooking,
     NewNote,
     NodeOptions,
     Part,
@@ -225,6 +226,60 @@ def test_a_node_stopped_and_started_again_loses_nothing(tmp_path):
         await rosa.close()
 
     asyncio.run(run())
+
+
+def test_rota_promises_members_export_and_removal(tmp_path):
+    async def run():
+        rosa, sam, team = await team_of_two(tmp_path)
+        start = int(time.time() * 1000) + 86_400_000
+        booking = await rosa.add_booking(
+            team, NewBooking(start_ms=start, end_ms=start + 3_600_000, title="Morning visit", needed=1)
+        )
+        promise = await rosa.add_promise(team, "Getting Support Promise", "We turn up on time.")
+        await until(lambda: has_booking(sam, team, booking))
+        await sam.join_booking(team, booking)
+        await until(lambda: has_promise(sam, team, promise))
+        assert await sam.agree(team, promise) == 1
+        await until(lambda: booking_joined_by(rosa, team, booking, "Sam"))
+        await until(lambda: promise_agreed_by(rosa, team, promise, "Sam"))
+        await sam.decline_booking(team, booking)
+        [seen] = await sam.bookings(team)
+        assert [(r.member_name, r.joined) for r in seen.responses] == [("Sam", False)]
+
+        members = {m.name: m for m in await rosa.members(team)}
+        assert (members["Rosa"].role, members["Sam"].role) == (Role.OWNER, Role.WORKER)
+        written = await rosa.export(team, str(tmp_path / "export"), True)
+        assert written >= 3 and (tmp_path / "export" / "manifest.json").exists()
+
+        await rosa.remove_member(team, members["Sam"].id)
+        assert [m.name for m in await rosa.members(team)] == ["Rosa"]
+        with pytest.raises(CareError.NotAllowed) as again:
+            await rosa.remove_member(team, members["Sam"].id)
+        assert "not a current member" in str(again.value)
+        with pytest.raises(CareError.InvalidInput):
+            await rosa.remove_member(team, "not-a-member-id")
+        await sam.close()
+        await rosa.close()
+
+    asyncio.run(run())
+
+
+async def has_booking(home, team, booking):
+    return any(b.id == booking for b in await home.bookings(team))
+
+
+async def has_promise(home, team, promise):
+    return any(p.id == promise for p in await home.promises(team))
+
+
+async def booking_joined_by(home, team, booking, name):
+    found = [b for b in await home.bookings(team) if b.id == booking]
+    return found and any(r.member_name == name and r.joined for r in found[0].responses)
+
+
+async def promise_agreed_by(home, team, promise, name):
+    found = [p for p in await home.promises(team) if p.id == promise]
+    return found and name in found[0].agreed_by
 
 
 def test_opening_a_directory_with_no_home_and_no_name_is_refused(tmp_path):

@@ -46,6 +46,17 @@ enum Place {
 struct Running {
     node: Node,
     forward: JoinHandle<()>,
+    /// The runtime the node runs on, to shut it down from `Drop`.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Running {
+    /// Stops the node once no call holds it any more.
+    async fn shutdown(running: Arc<Running>) {
+        let running = wait_for_sole(running).await;
+        running.forward.abort();
+        running.node.shutdown().await;
+    }
 }
 
 /// A care home, opened by an app: one device's key, store and teams.
@@ -466,7 +477,8 @@ impl CareHome {
                 }
             };
             let forward = tokio::spawn(forward_events(node.events(), self.changes.clone()));
-            *self.place() = Place::Online(Arc::new(Running { node, forward }));
+            let runtime = tokio::runtime::Handle::current();
+            *self.place() = Place::Online(Arc::new(Running { node, forward, runtime }));
             Ok(())
         })
         .await
@@ -482,9 +494,7 @@ impl CareHome {
                 _ => return Ok(()),
             };
             *self.place() = Place::Closed;
-            let running = wait_for_sole(running).await;
-            running.forward.abort();
-            running.node.shutdown().await;
+            Running::shutdown(running).await;
             let home = open_home(self.dir.clone(), None).await?;
             *self.place() = Place::Offline(spawn_owner(home)?);
             Ok(())
@@ -621,6 +631,17 @@ impl CareHome {
             Ok(())
         })
         .await
+    }
+}
+
+impl Drop for CareHome {
+    /// A home dropped without `close`: its node is shut down in the background (the
+    /// home's own thread ends as its last handle goes).
+    fn drop(&mut self) {
+        if let Place::Online(running) = std::mem::replace(&mut *self.place(), Place::Closed) {
+            let runtime = running.runtime.clone();
+            runtime.spawn(Running::shutdown(running));
+        }
     }
 }
 
