@@ -134,14 +134,17 @@ impl<'h> Team<'h> {
             if out.len() >= limit || since_month.is_some_and(|since| month < since) {
                 break;
             }
+            // Only the newest of each stream that can still be returned are read in full.
+            let wanted = limit - out.len();
             let mut batch = Vec::new();
             for stream in [NoteStream::Care, NoteStream::General] {
                 let kind = DocKind::Notes { stream, month };
                 if self.access(&kind) != Access::None {
-                    batch.extend(self.read(kind, documents::notes::notes)?.unwrap_or_default());
+                    let latest =
+                        |doc: &Automerge| documents::notes::latest(doc, query.since, wanted);
+                    batch.extend(self.read(kind, latest)?.unwrap_or_default());
                 }
             }
-            batch.retain(|n| query.since.is_none_or(|since| n.written_at >= since));
             batch.sort_by(|a, b| b.written_at.cmp(&a.written_at).then(b.id.cmp(&a.id)));
             out.extend(batch);
         }

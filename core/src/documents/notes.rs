@@ -198,6 +198,28 @@ pub fn notes(doc: &Automerge) -> Result<Vec<ShiftNote>, DocError> {
     Ok(all)
 }
 
+/// The newest readable notes of this document first (by time written, then id), at most
+/// `limit`, written at or after `since`. Only the notes returned are read in full, so the
+/// latest few of a long month cost little more than the few.
+pub fn latest(
+    doc: &Automerge,
+    since: Option<Timestamp>,
+    limit: usize,
+) -> Result<Vec<ShiftNote>, DocError> {
+    let (root, _) = notes_obj(doc)?;
+    let mut newest: Vec<(Timestamp, EntryId, Obj<'_, Automerge>)> = root
+        .entries()?
+        .into_iter()
+        .filter_map(|(key, obj)| {
+            let id: EntryId = key.parse().ok()?;
+            let at = obj.time("written_at").ok()?;
+            since.is_none_or(|since| at >= since).then_some((at, id, obj))
+        })
+        .collect();
+    newest.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    Ok(newest.into_iter().filter_map(|(_, id, obj)| read_note(&obj, id).ok()).take(limit).collect())
+}
+
 /// The entries of this document that are not readable notes, each with why.
 pub fn unreadable_notes(doc: &Automerge) -> Result<Vec<DocError>, DocError> {
     let (root, _) = notes_obj(doc)?;
@@ -507,6 +529,24 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_latest_notes_are_the_newest_of_all_notes(
+            minutes in proptest::collection::vec(0..500i64, 0..30),
+            since in proptest::option::of(0..500i64),
+            limit in 0..40usize,
+        ) {
+            let mut doc = genesis(team(), &kind());
+            for (i, minute) in minutes.iter().enumerate() {
+                let id = EntryId::new(month(), [i as u8; 8]);
+                add_note(&mut doc, &author_at(1, *minute), id, &new_note("tea")).expect("adds");
+            }
+            let mut expected = notes(&doc).expect("reads");
+            expected.retain(|n| since.is_none_or(|s| n.written_at >= at(s)));
+            expected.reverse();
+            expected.truncate(limit);
+            prop_assert_eq!(latest(&doc, since.map(at), limit).expect("reads"), expected);
+        }
+
         #[test]
         fn medication_text_round_trips(
             name in "[A-Za-z][A-Za-z-]{0,8}( [A-Za-z][A-Za-z0-9]{0,5}){0,2}",
