@@ -1,6 +1,9 @@
 //! The work `bindings/python/bench.py` times through the bindings, timed here through
 //! the Rust API on the same machine, for its comparison: a durable `note add`, and
-//! listing the latest 50 of 10,000 notes. Prints the figures, then one JSON line.
+//! listing the latest 50 of 10,000 notes. A note add is timed twice: called directly on
+//! a `Home`, and posted from async code to the home's owner thread and awaited, as an
+//! async Rust app (or the bindings) reaches a running node's home. Prints the figures,
+//! then one JSON line.
 
 use std::time::{Duration, Instant};
 
@@ -52,15 +55,60 @@ fn main() -> Result<(), care::Error> {
     drop(home);
     let _ = std::fs::remove_dir_all(&dir);
 
+    let mut posted_times = posted_adds(adds)?;
     let (add_p50, add_p95) = (percentile(&mut add_times, 50), percentile(&mut add_times, 95));
+    let (posted_p50, posted_p95) =
+        (percentile(&mut posted_times, 50), percentile(&mut posted_times, 95));
     let list_p50 = percentile(&mut list_times, 50);
-    println!("rust: note add, durable: p50 {add_p50:.3} ms, p95 {add_p95:.3} ms");
+    println!("rust: note add, durable, direct: p50 {add_p50:.3} ms, p95 {add_p95:.3} ms");
+    println!(
+        "rust: note add, durable, on the owner thread: p50 {posted_p50:.3} ms, p95 {posted_p95:.3} ms"
+    );
     println!("rust: latest 50 of {notes} notes: p50 {list_p50:.3} ms");
     println!(
         "{{\"note_add_p50_ms\": {add_p50:.4}, \"note_add_p95_ms\": {add_p95:.4}, \
+         \"posted_note_add_p50_ms\": {posted_p50:.4}, \"posted_note_add_p95_ms\": {posted_p95:.4}, \
          \"list_50_p50_ms\": {list_p50:.4}}}"
     );
     Ok(())
+}
+
+/// Times note adds posted from async code to the home's owner thread.
+fn posted_adds(adds: usize) -> Result<Vec<Duration>, care::Error> {
+    let dir = std::env::temp_dir().join(format!("care-bench-posted-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| care::Error::Io { path: dir.clone(), source })?;
+    let mut home = Home::init(&dir, "Rosa")?;
+    let team = home.create_team("Rosa's team")?.to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(care::Error::Thread)?;
+    let times = runtime.block_on(async {
+        let owner = care_net::Owner::spawn(home).map_err(care::Error::Thread)?;
+        let mut times = Vec::with_capacity(adds);
+        for i in 0..2 * adds {
+            let team = team.clone();
+            let started = Instant::now();
+            owner
+                .call(move |home| {
+                    let note = NewNote {
+                        text: format!("Visit {i}: tea, toast and a walk."),
+                        ..NewNote::default()
+                    };
+                    home.team(&team)?.add_note(&note, None)
+                })
+                .await??;
+            if i >= adds {
+                times.push(started.elapsed());
+            }
+        }
+        owner.stop().await;
+        Ok::<_, care::Error>(times)
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(times)
 }
 
 /// The `p`th percentile, in milliseconds.
