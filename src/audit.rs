@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 
 use automerge::{Automerge, ChangeHash, ObjId};
+use care_core::documents;
 use care_core::membership::{Access, Role};
-use care_core::{ChangeSig, DeviceId, DocKind, EntryId, MemberId, TeamId, Timestamp};
+use care_core::{ChangeSig, DeviceId, DocKind, EntryId, MemberId, Section, TeamId, Timestamp};
 use care_sync::TeamAccess;
 use care_sync::access::genesis_change;
 use serde::Serialize;
@@ -80,12 +81,12 @@ impl Team<'_> {
         let Some((note, amendments)) = found.flatten() else {
             return Err(Error::NotFound { what: "note", id: id.to_string() });
         };
-        let mut objects = vec![(note, format!("note {id}"))];
+        let mut objects = vec![(Made::Object(note), format!("note {id}"))];
         objects.extend(
             amendments
                 .into_iter()
                 .enumerate()
-                .map(|(i, a)| (a, format!("amendment {} of note {id}", i + 1))),
+                .map(|(i, a)| (Made::Object(a), format!("amendment {} of note {id}", i + 1))),
         );
         self.audit(kind, Some(objects))
     }
@@ -95,11 +96,68 @@ impl Team<'_> {
         self.audit(kind, None)
     }
 
+    /// The audit of a care plan section: every change that edited its text, in the order
+    /// they were applied (concurrent edits merge character by character, so a section
+    /// can have many authors).
+    pub fn audit_section(&mut self, section: Section) -> Result<Vec<ChangeAudit>> {
+        let kind = section.doc_kind();
+        let found = self.read(kind, |doc| {
+            let text = documents::plan::section_object(doc, section)?;
+            Ok(changes_editing(doc, &text))
+        })?;
+        let changes = found.unwrap_or_default();
+        let what = format!("an edit of {section}");
+        self.audit(
+            kind,
+            Some(changes.into_iter().map(|c| (Made::Change(c), what.clone())).collect()),
+        )
+    }
+
+    /// The audit of a booking: the change that added it, then the change behind each
+    /// member's latest answer.
+    pub fn audit_booking(&mut self, id: EntryId) -> Result<Vec<ChangeAudit>> {
+        let kind = DocKind::Rota { month: id.month() };
+        let found = self.read(kind, |doc| documents::rota::booking_objects(doc, id))?;
+        let Some((booking, answers)) = found.flatten() else {
+            return Err(Error::NotFound { what: "booking", id: id.to_string() });
+        };
+        let membership = self.membership().clone();
+        let mut objects = vec![(Made::Object(booking), format!("booking {id}"))];
+        objects.extend(answers.into_iter().map(|(member, answer)| {
+            let name = member
+                .parse::<MemberId>()
+                .ok()
+                .and_then(|m| membership.member(m).map(|m| m.name.clone()))
+                .unwrap_or(member);
+            (Made::Object(answer), format!("the answer of {name} to booking {id}"))
+        }));
+        self.audit(kind, Some(objects))
+    }
+
+    /// The audit of a promise: the change that added it, then each later version and
+    /// each agreement, in list order.
+    pub fn audit_promise(&mut self, id: EntryId) -> Result<Vec<ChangeAudit>> {
+        let kind = DocKind::Promises;
+        let found = self.read(kind, |doc| documents::promises::promise_objects(doc, id))?;
+        let Some((promise, versions, agreements)) = found.flatten() else {
+            return Err(Error::NotFound { what: "promise", id: id.to_string() });
+        };
+        let mut objects = vec![(Made::Object(promise), format!("promise {id}"))];
+        // The first version is written by the change that adds the promise.
+        objects.extend(versions.into_iter().enumerate().skip(1).map(|(i, version)| {
+            (Made::Object(version), format!("version {} of promise {id}", i + 1))
+        }));
+        objects.extend(agreements.into_iter().enumerate().map(|(i, agreement)| {
+            (Made::Object(agreement), format!("agreement {} to promise {id}", i + 1))
+        }));
+        self.audit(kind, Some(objects))
+    }
+
     /// Audits the changes that made `objects` (each with what it is), or every change.
     fn audit(
         &mut self,
         kind: DocKind,
-        objects: Option<Vec<(ObjId, String)>>,
+        objects: Option<Vec<(Made, String)>>,
     ) -> Result<Vec<ChangeAudit>> {
         let team = self.id();
         let doc_id = kind.doc_id(team);
@@ -113,8 +171,11 @@ impl Team<'_> {
             Ok(match &objects {
                 Some(objects) => objects
                     .iter()
-                    .filter_map(|(obj, what)| {
-                        let hash = change_of(doc, obj)?;
+                    .filter_map(|(made, what)| {
+                        let hash = match made {
+                            Made::Object(obj) => change_of(doc, obj)?,
+                            Made::Change(hash) => *hash,
+                        };
                         Some(context.audit(doc, hash, what.clone()))
                     })
                     .collect(),
@@ -127,6 +188,13 @@ impl Team<'_> {
         })?;
         audited.ok_or(Error::NotFound { what: "document", id: kind.to_string() })
     }
+}
+
+/// What an audited entry was made by: the change that created an object, or a change
+/// found otherwise.
+enum Made {
+    Object(ObjId),
+    Change(ChangeHash),
 }
 
 /// What an audit checks against.
@@ -193,6 +261,20 @@ fn role_name<S: serde::Serializer>(
         Some(role) => s.serialize_some(role.as_str()),
         None => s.serialize_none(),
     }
+}
+
+/// The changes, in the order applied, with an operation on `obj` (an edit of a text),
+/// leaving out the document's first change (which made it empty).
+fn changes_editing(doc: &Automerge, obj: &ObjId) -> Vec<ChangeHash> {
+    let ObjId::Id(counter, actor, _) = obj else {
+        return Vec::new();
+    };
+    let target = automerge::legacy::ObjectId::Id(automerge::legacy::OpId(*counter, actor.clone()));
+    doc.get_changes(&[])
+        .into_iter()
+        .filter(|change| change.decode().operations.iter().any(|op| op.obj == target))
+        .map(|change| change.hash())
+        .collect()
 }
 
 /// The change whose operations made `obj`: the one by the object's actor whose

@@ -148,3 +148,53 @@ fn an_export_verifies_with_no_home_and_one_changed_byte_names_its_change() -> Re
     }
     Ok(())
 }
+
+#[test]
+fn a_plan_section_a_booking_and_a_promise_are_audited_with_their_authors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut home = Home::init(dir.path(), "Ada")?;
+    home.create_team("Rosa's team")?;
+    let device = home.profile().device;
+    let now = home.now();
+    let mut team = home.team("")?;
+    team.set_plan_section(care::Section::Routines, "Tea at eight.")?;
+    team.set_plan_section(care::Section::AboutMe, "Likes gardening.")?;
+    team.set_plan_section(care::Section::Routines, "Tea at eight, a walk at ten.")?;
+    let start = care::Timestamp(now.as_millis() + 86_400_000);
+    let booking = team.add_booking(&care::NewBooking {
+        start,
+        end: care::Timestamp(start.as_millis() + 3_600_000),
+        title: "Morning visit".into(),
+        needed: 1,
+    })?;
+    team.respond(booking, care::Response::Joined)?;
+    let promise = team.add_promise("Getting Support Promise", "We turn up on time.")?;
+    team.agree(promise)?;
+
+    // Only the edits of that section, each a change of its own.
+    let routines = team.audit_section(care::Section::Routines)?;
+    assert_eq!(routines.len(), 2, "{routines:?}");
+    assert!(routines.iter().all(|a| a.what == "an edit of routines"));
+    let about = team.audit_section(care::Section::AboutMe)?;
+    assert_eq!(about.len(), 1, "{about:?}");
+    assert!(routines.iter().all(|r| r.change != about[0].change));
+
+    let answered = team.audit_booking(booking)?;
+    let what: Vec<String> = answered.iter().map(|a| a.what.clone()).collect();
+    assert_eq!(
+        what,
+        [format!("booking {booking}"), format!("the answer of Ada to booking {booking}")]
+    );
+    let agreed = team.audit_promise(promise)?;
+    let what: Vec<String> = agreed.iter().map(|a| a.what.clone()).collect();
+    assert_eq!(what, [format!("promise {promise}"), format!("agreement 1 to promise {promise}")]);
+
+    for audit in routines.iter().chain(&about).chain(&answered).chain(&agreed) {
+        assert_eq!(audit.device, Some(device));
+        assert_eq!((audit.name.as_deref(), audit.role), (Some("Ada"), Some(Role::Owner)));
+        assert!(audit.verified(), "{audit:?}");
+    }
+    let unknown = care::EntryId::new(booking.month(), [9; 8]);
+    assert!(matches!(team.audit_booking(unknown), Err(care::Error::NotFound { .. })));
+    Ok(())
+}

@@ -21,6 +21,7 @@ from care_bindings import (
     NodeOptions,
     Part,
     Role,
+    SignatureCheck,
 )
 
 LOOPBACK = NodeOptions(listen="127.0.0.1:0", lan=False)
@@ -108,6 +109,12 @@ def test_a_note_written_on_one_home_reaches_the_listener_of_the_other(tmp_path):
         assert amended.text == note.text, "the original text is kept"
         assert [a.text for a in amended.amendments] == ["She also had soup at one."]
         assert amended.amendments[0].author_name == "Rosa"
+        # Sam's device checks who wrote it, from the record it received.
+        audits = await sam.audit_note(team, note_id)
+        assert [a.what.split(" ")[0] for a in audits] == ["note", "amendment"]
+        assert all(a.member_name == "Rosa" and a.role == Role.OWNER for a in audits)
+        assert all(a.verified and a.signature == SignatureCheck.VALID for a in audits)
+        assert all(a.received_at_ms is not None for a in audits)
 
         # Closed: no more deliveries, even as notes keep arriving.
         subscription.close()

@@ -25,8 +25,8 @@ use crate::error::CareError;
 use crate::events::{self, ChangeListener, Changes, Delivery, Part, Subscription};
 use crate::guard;
 use crate::records::{
-    Booking, DeviceStatus, Member, NewBooking, NewNote, NodeOptions, Note, PlanSection, Promise,
-    Role, TeamSummary, Whoami, timestamp,
+    Booking, ChangeAudit, DeviceStatus, Member, NewBooking, NewNote, NodeOptions, Note,
+    PlanSection, Promise, Role, TeamSummary, Whoami, timestamp,
 };
 
 /// Longest a `sync_once` may wait.
@@ -398,6 +398,58 @@ impl CareHome {
         .await
     }
 
+    /// Who wrote a note and each of its amendments, checked from the record.
+    pub async fn audit_note(
+        &self,
+        team: String,
+        id: String,
+    ) -> Result<Vec<ChangeAudit>, CareError> {
+        guard(async move {
+            let id = entry(&id)?;
+            self.audit(team, move |team| team.audit_note(id)).await
+        })
+        .await
+    }
+
+    /// Who wrote each edit of a care plan section, checked from the record.
+    pub async fn audit_section(
+        &self,
+        team: String,
+        section: String,
+    ) -> Result<Vec<ChangeAudit>, CareError> {
+        guard(async move {
+            let section = self::section(&section)?;
+            self.audit(team, move |team| team.audit_section(section)).await
+        })
+        .await
+    }
+
+    /// Who added a booking and who answered it, checked from the record.
+    pub async fn audit_booking(
+        &self,
+        team: String,
+        id: String,
+    ) -> Result<Vec<ChangeAudit>, CareError> {
+        guard(async move {
+            let id = entry(&id)?;
+            self.audit(team, move |team| team.audit_booking(id)).await
+        })
+        .await
+    }
+
+    /// Who wrote a promise, its versions and who agreed, checked from the record.
+    pub async fn audit_promise(
+        &self,
+        team: String,
+        id: String,
+    ) -> Result<Vec<ChangeAudit>, CareError> {
+        guard(async move {
+            let id = entry(&id)?;
+            self.audit(team, move |team| team.audit_promise(id)).await
+        })
+        .await
+    }
+
     /// The team's current members.
     pub async fn members(&self, team: String) -> Result<Vec<Member>, CareError> {
         guard(
@@ -646,6 +698,17 @@ impl Drop for CareHome {
 }
 
 impl CareHome {
+    async fn audit(
+        &self,
+        team: String,
+        f: impl FnOnce(&mut care::Team<'_>) -> Result<Vec<care::ChangeAudit>, care::Error>
+        + Send
+        + 'static,
+    ) -> Result<Vec<ChangeAudit>, CareError> {
+        let audits = self.with_team(&team, f).await?;
+        Ok(audits.into_iter().map(ChangeAudit::from).collect())
+    }
+
     async fn respond(
         &self,
         team: String,

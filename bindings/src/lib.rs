@@ -24,8 +24,9 @@ pub use error::CareError;
 pub use events::{ChangeListener, Part, Subscription, TeamChange, Update};
 pub use home::{CareHome, SYNC_TIMEOUT_MS_MAX};
 pub use records::{
-    Booking, BookingResponse, DeviceStatus, Medication, Member, NewBooking, NewNote, NodeOptions,
-    Note, NoteAmendment, PlanSection, Promise, Role, TeamSummary, Whoami,
+    Booking, BookingResponse, ChangeAudit, DeviceStatus, Medication, Member, NewBooking, NewNote,
+    NodeOptions, Note, NoteAmendment, PlanSection, Promise, Role, SignatureCheck, TeamSummary,
+    Whoami,
 };
 
 uniffi::setup_scaffolding!();

@@ -253,6 +253,74 @@ pub struct DeviceStatus {
     pub last_sync_ms: Option<i64>,
 }
 
+/// What the check of a change's signature found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SignatureCheck {
+    /// Signed by the device that wrote it.
+    Valid,
+    /// The signature held is not that device's signature of this change.
+    Invalid,
+    /// No signature is held for it.
+    Missing,
+    /// The document's first change, which every device computes and no one signs.
+    NotNeeded,
+}
+
+/// One change, audited: who wrote it, in which role then, on which device, when, and
+/// whether its signature and its author's right verify (checked again, not trusted).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ChangeAudit {
+    /// The change's hash, in hex.
+    pub change: String,
+    /// What it wrote, in words ("note …", "amendment 1 of note …", "an edit of routines").
+    pub what: String,
+    /// The device that wrote it.
+    pub device_id: Option<String>,
+    /// That device's member, at the point of the membership log it signed under.
+    pub member_id: Option<String>,
+    /// Their name then.
+    pub member_name: Option<String>,
+    /// Their role then.
+    pub role: Option<Role>,
+    /// Their hats then.
+    pub hats: Vec<String>,
+    /// When the author's device says it wrote the change.
+    pub written_at_ms: i64,
+    /// When this device first stored it.
+    pub received_at_ms: Option<i64>,
+    /// Whether the signature verifies.
+    pub signature: SignatureCheck,
+    /// Whether the author could write that document then.
+    pub right: bool,
+    /// Both the signature and the right hold.
+    pub verified: bool,
+}
+
+impl From<care::ChangeAudit> for ChangeAudit {
+    fn from(audit: care::ChangeAudit) -> Self {
+        let verified = audit.verified();
+        ChangeAudit {
+            change: audit.change,
+            what: audit.what,
+            device_id: audit.device.map(|d| d.to_string()),
+            member_id: audit.member.map(|m| m.to_string()),
+            member_name: audit.name,
+            role: audit.role.map(Role::from),
+            hats: audit.hats,
+            written_at_ms: audit.written_at.0,
+            received_at_ms: audit.received_at.map(|t| t.0),
+            signature: match audit.signature {
+                care::SignatureVerdict::Valid => SignatureCheck::Valid,
+                care::SignatureVerdict::Invalid => SignatureCheck::Invalid,
+                care::SignatureVerdict::NotNeeded => SignatureCheck::NotNeeded,
+                _ => SignatureCheck::Missing,
+            },
+            right: audit.right,
+            verified,
+        }
+    }
+}
+
 /// How a node listens.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct NodeOptions {

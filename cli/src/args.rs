@@ -67,16 +67,27 @@ pub(crate) enum Command {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
-    /// Who wrote what, checked: a note and its amendments, or every change of a
-    /// document, each with its author, their role then, the device, the times, and
-    /// whether its signature and its author's right verify.
+    /// Who wrote what, checked: a note and its amendments (with its medication lines),
+    /// a plan section, a booking and its answers, a promise and its agreements, or every
+    /// change of a document; each with its author, their role then, the device, the
+    /// times, and whether its signature and its author's right verify.
+    #[command(group(clap::ArgGroup::new("audited").required(true)))]
     Audit {
         /// The note to audit.
-        #[arg(required_unless_present = "doc", conflicts_with = "doc")]
+        #[arg(group = "audited")]
         note: Option<EntryId>,
+        /// Audit every edit of this care plan section instead.
+        #[arg(long, group = "audited", value_name = "SECTION")]
+        section: Option<Section>,
+        /// Audit this booking and each member's answer to it instead.
+        #[arg(long, group = "audited", value_name = "ID")]
+        booking: Option<EntryId>,
+        /// Audit this promise, its versions and its agreements instead.
+        #[arg(long, group = "audited", value_name = "ID")]
+        promise: Option<EntryId>,
         /// Audit every change of this document instead: plan, health-plan, team,
         /// promises, rota/YYYY-MM, notes/YYYY-MM or general-notes/YYYY-MM.
-        #[arg(long, value_name = "KIND")]
+        #[arg(long, group = "audited", value_name = "KIND")]
         doc: Option<DocKind>,
     },
     /// Check an export (`care export --format automerge`) with no home at all: the

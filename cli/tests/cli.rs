@@ -295,6 +295,14 @@ fn a_note_is_audited_with_its_author_and_proof() {
     assert!(text.contains("signature not needed"), "{text}");
     care.fails(2, &["audit"]);
     care.fails(2, &["audit", "--doc", "nonsense"]);
+    care.fails(2, &["audit", &id, "--doc", "plan"]);
+    care.fails(2, &["audit", "--section", "bathing"]);
+
+    care.json(&["plan", "set", "routines", "Tea at eight."]);
+    let section = care.json(&["audit", "--section", "routines"]);
+    assert_eq!(section["verified"], true);
+    assert_eq!(section["changes"].as_array().expect("a list").len(), 1);
+    assert_eq!(section["changes"][0]["what"], "an edit of routines");
 }
 
 #[test]

@@ -74,13 +74,21 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                 format!("Exported {} documents to {}", report.documents, path.display())
             });
         }
-        Command::Audit { note, doc } => {
+        Command::Audit { note, section, booking, promise, doc } => {
             let mut home = open_home(&dir)?;
             let mut team = home.team(&team)?;
-            let audits = match (note, doc) {
-                (Some(id), _) => team.audit_note(id)?,
-                (None, Some(kind)) => team.audit_document(kind)?,
-                (None, None) => bail!("name a note, or a document with --doc"),
+            let audits = if let Some(id) = note {
+                team.audit_note(id)?
+            } else if let Some(section) = section {
+                team.audit_section(section)?
+            } else if let Some(id) = booking {
+                team.audit_booking(id)?
+            } else if let Some(id) = promise {
+                team.audit_promise(id)?
+            } else if let Some(kind) = doc {
+                team.audit_document(kind)?
+            } else {
+                bail!("name a note, or one of --section, --booking, --promise or --doc")
             };
             let all_verified = audits.iter().all(care::ChangeAudit::verified);
             out.print(json!({"changes": audits, "verified": all_verified}), || {

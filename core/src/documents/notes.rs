@@ -216,7 +216,7 @@ pub fn latest(
             since.is_none_or(|since| at >= since).then_some((at, id, obj))
         })
         .collect();
-    newest.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    newest.sort_by_key(|(at, id, _)| std::cmp::Reverse((*at, *id)));
     Ok(newest.into_iter().filter_map(|(_, id, obj)| read_note(&obj, id).ok()).take(limit).collect())
 }
 

@@ -46,6 +46,16 @@ pub fn section(doc: &Automerge, section: Section) -> Result<String, DocError> {
     Obj::root(doc).map("sections")?.text(section.as_str())
 }
 
+/// The text object of one section, whose operations are every edit of it (for the
+/// audit); [`DocError::WrongSection`] when it lives in the other plan.
+pub fn section_object(doc: &Automerge, section: Section) -> Result<automerge::ObjId, DocError> {
+    let kind = plan_kind(doc)?;
+    if section.doc_kind() != kind {
+        return Err(DocError::WrongSection { section, belongs: section.doc_kind(), found: kind });
+    }
+    Obj::root(doc).map("sections")?.text_id(section.as_str())
+}
+
 fn plan_kind(doc: &Automerge) -> Result<DocKind, DocError> {
     match open(doc)? {
         kind @ (DocKind::Plan | DocKind::HealthPlan) => Ok(kind),

@@ -193,6 +193,22 @@ fn promises_obj(doc: &Automerge) -> Result<Obj<'_, Automerge>, DocError> {
     }
 }
 
+/// The objects of promise `id`, for the audit: the promise, each version and each
+/// agreement, in list order; `None` when there is no such promise.
+#[allow(clippy::type_complexity)]
+pub fn promise_objects(
+    doc: &Automerge,
+    id: EntryId,
+) -> Result<Option<(automerge::ObjId, Vec<automerge::ObjId>, Vec<automerge::ObjId>)>, DocError> {
+    let Some(promise) = promises_obj(doc)?.opt_map(&id.to_string())? else {
+        return Ok(None);
+    };
+    let ids = |key| -> Result<Vec<automerge::ObjId>, DocError> {
+        Ok(promise.list(key)?.items()?.into_iter().map(|o| o.id).collect())
+    };
+    Ok(Some((promise.id.clone(), ids("versions")?, ids("agreements")?)))
+}
+
 fn promise_obj(doc: &Automerge, id: EntryId) -> Result<Obj<'_, Automerge>, DocError> {
     promises_obj(doc)?
         .opt_map(&id.to_string())?

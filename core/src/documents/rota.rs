@@ -115,6 +115,24 @@ pub fn add_booking(
     })
 }
 
+/// The objects of booking `id`, for the audit: the booking, and each member's latest
+/// answer (by member id); `None` when this rota has no such booking.
+#[allow(clippy::type_complexity)]
+pub fn booking_objects(
+    doc: &Automerge,
+    id: EntryId,
+) -> Result<Option<(automerge::ObjId, Vec<(String, automerge::ObjId)>)>, DocError> {
+    let (bookings, _) = bookings_obj(doc)?;
+    let Some(booking) = bookings.opt_map(&id.to_string())? else {
+        return Ok(None);
+    };
+    let answers = booking.map("responses")?.entries()?;
+    Ok(Some((
+        booking.id,
+        answers.into_iter().map(|(member, answer)| (member, answer.id)).collect(),
+    )))
+}
+
 /// Records the author's answer to booking `id`, replacing their earlier one.
 pub fn respond(
     doc: &mut Automerge,
