@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, ValueRef};
 
 use super::DocError;
 use crate::ids::Timestamp;
@@ -15,12 +15,40 @@ pub(crate) struct Obj<'a, R: ReadDoc + ?Sized> {
     pub(crate) id: ObjId,
     /// The object's path from the root, e.g. `notes/2026-11.abc`.
     pub(crate) path: String,
+    /// Every field of this map, when read at once ([`Obj::read_all`]).
+    fields: Option<Vec<(String, Value<'static>, ObjId)>>,
 }
 
 impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
     /// The root map of `doc`.
     pub(crate) fn root(doc: &'a R) -> Self {
-        Obj { doc, id: ROOT, path: String::new() }
+        Obj { doc, id: ROOT, path: String::new(), fields: None }
+    }
+
+    /// This map with every field read at once: reading several fields of an object
+    /// this way costs one pass over it instead of one lookup in the document each (a
+    /// lookup costs microseconds in a document of thousands of notes).
+    pub(crate) fn read_all(&self) -> Self {
+        let fields = self
+            .doc
+            .map_range(&self.id, ..)
+            .map(|item| {
+                let id = item.id();
+                (item.key.into_owned(), Value::from(item.value), id)
+            })
+            .collect();
+        Obj { doc: self.doc, id: self.id.clone(), path: self.path.clone(), fields: Some(fields) }
+    }
+
+    /// The value at `key`, from the fields read at once if they were.
+    fn get(&self, key: &str) -> Result<Option<(Value<'a>, ObjId)>, DocError> {
+        match &self.fields {
+            Some(fields) => Ok(fields
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .map(|(_, value, id)| (value.clone(), id.clone()))),
+            None => Ok(self.doc.get(&self.id, key)?),
+        }
     }
 
     /// The path of `key` inside this object.
@@ -51,7 +79,7 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
 
     /// The map at `key`, or `None` when nothing is there.
     pub(crate) fn opt_map(&self, key: &str) -> Result<Option<Self>, DocError> {
-        match self.doc.get(&self.id, key)? {
+        match self.get(key)? {
             None => Ok(None),
             Some(_) => self.map(key).map(Some),
         }
@@ -126,30 +154,47 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
         })
     }
 
-    /// Every entry of this map whose value must be a map, with its key.
+    /// Every entry of this map whose value must be a map, with its key, in one pass.
     pub(crate) fn entries(&self) -> Result<Vec<(String, Self)>, DocError> {
-        let keys: Vec<String> = self.doc.keys(&self.id).collect();
-        keys.into_iter().map(|key| Ok((key.clone(), self.map(&key)?))).collect()
+        let found: Vec<(String, bool, ObjId)> = self
+            .doc
+            .map_range(&self.id, ..)
+            .map(|item| {
+                let id = item.id();
+                (item.key.into_owned(), matches!(item.value, ValueRef::Object(ObjType::Map)), id)
+            })
+            .collect();
+        found.into_iter().map(|(key, is_map, id)| self.child(key, is_map, id)).collect()
     }
 
-    /// Every element of this list, each of which must be a map.
+    /// Every element of this list, each of which must be a map, in one pass.
     pub(crate) fn items(&self) -> Result<Vec<Self>, DocError> {
-        (0..self.doc.length(&self.id)).map(|index| self.item(index)).collect()
+        let found: Vec<(bool, ObjId)> = self
+            .doc
+            .list_range(&self.id, ..)
+            .map(|item| (matches!(item.value, ValueRef::Object(ObjType::Map)), item.id()))
+            .collect();
+        found
+            .into_iter()
+            .enumerate()
+            .map(|(index, (is_map, id))| Ok(self.child(index.to_string(), is_map, id)?.1))
+            .collect()
     }
 
-    fn item(&self, index: usize) -> Result<Self, DocError> {
-        let path = self.path_of(&index.to_string());
-        match self.doc.get(&self.id, index)? {
-            Some((Value::Object(ObjType::Map), id)) => Ok(Obj { doc: self.doc, id, path }),
-            _ => Err(DocError::malformed(path, "expected a map")),
+    /// An entry or element that must be a map.
+    fn child(&self, key: String, is_map: bool, id: ObjId) -> Result<(String, Self), DocError> {
+        let path = self.path_of(&key);
+        if !is_map {
+            return Err(DocError::malformed(path, "expected a map"));
         }
+        Ok((key, Obj { doc: self.doc, id, path, fields: None }))
     }
 
     fn object(&self, key: &str, expected: ObjType) -> Result<Self, DocError> {
         let path = self.path_of(key);
-        match self.doc.get(&self.id, key)? {
+        match self.get(key)? {
             Some((Value::Object(found), id)) if found == expected => {
-                Ok(Obj { doc: self.doc, id, path })
+                Ok(Obj { doc: self.doc, id, path, fields: None })
             }
             Some(_) => Err(DocError::malformed(path, format!("expected a {}", kind(expected)))),
             None => Err(DocError::malformed(path, format!("a {} is missing", kind(expected)))),
@@ -162,7 +207,7 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
         expected: &str,
         convert: impl FnOnce(&ScalarValue) -> Option<T>,
     ) -> Result<Option<T>, DocError> {
-        match self.doc.get(&self.id, key)? {
+        match self.get(key)? {
             None => Ok(None),
             Some((Value::Scalar(s), _)) if s.is_null() => Ok(None),
             Some((Value::Scalar(s), _)) => convert(&s).map(Some).ok_or_else(|| {

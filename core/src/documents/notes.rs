@@ -334,6 +334,7 @@ fn put_signature(tx: &mut Transaction<'_>, obj: &ObjId, author: &Author) -> Resu
 }
 
 fn read_note<R: ReadDoc>(obj: &Obj<'_, R>, id: EntryId) -> Result<ShiftNote, DocError> {
+    let obj = &obj.read_all();
     Ok(ShiftNote {
         id,
         member: obj.parse("member")?,
@@ -360,10 +361,12 @@ fn read_note<R: ReadDoc>(obj: &Obj<'_, R>, id: EntryId) -> Result<ShiftNote, Doc
 }
 
 fn read_medication<R: ReadDoc>(obj: &Obj<'_, R>) -> Result<Medication, DocError> {
+    let obj = &obj.read_all();
     Ok(Medication { name: obj.str("name")?, dose: obj.str("dose")?, given: obj.bool("given")? })
 }
 
 fn read_amendment<R: ReadDoc>(obj: &Obj<'_, R>) -> Result<Amendment, DocError> {
+    let obj = &obj.read_all();
     Ok(Amendment {
         member: obj.parse("member")?,
         device: obj.parse("device")?,
