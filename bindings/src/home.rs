@@ -37,7 +37,7 @@ const SYNC_POLL_MS: u64 = 50;
 /// Where the home is now: on its own owner thread, or inside a running node.
 #[derive(Clone)]
 enum Place {
-    Offline(Owner<Home>),
+    Offline(Arc<Owner<Home>>),
     Online(Arc<Running>),
     Closed,
 }
@@ -80,12 +80,17 @@ impl CareHome {
         self.place.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `f` on the home, on its owner thread (the node's, when it runs).
+    /// Runs `f` on the home, on its owner thread (the node's, when it runs). A call made
+    /// while the node starts or stops waits until the home is open again.
     async fn with_home<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Home) -> Result<T, care::Error> + Send + 'static,
     ) -> Result<T, CareError> {
-        let place = self.place().clone();
+        let mut place = self.place().clone();
+        if matches!(place, Place::Closed) {
+            let _switched = self.switching.lock().await;
+            place = self.place().clone();
+        }
         match place {
             Place::Offline(owner) => owner
                 .call(f)
@@ -152,9 +157,10 @@ async fn open_home(dir: PathBuf, name: Option<String>) -> Result<Home, CareError
     opened.await.map_err(|e| CareError::Internal(e.to_string()))?.map_err(CareError::from)
 }
 
-fn spawn_owner(home: Home) -> Result<Owner<Home>, CareError> {
-    Owner::spawn(home)
-        .map_err(|e| CareError::Storage(format!("cannot start the home's thread: {e}")))
+fn spawn_owner(home: Home) -> Result<Arc<Owner<Home>>, CareError> {
+    let owner = Owner::spawn(home)
+        .map_err(|e| CareError::Storage(format!("cannot start the home's thread: {e}")))?;
+    Ok(Arc::new(owner))
 }
 
 #[uniffi::export(async_runtime = "tokio")]
@@ -516,9 +522,10 @@ impl CareHome {
             if let Some(url) = relay {
                 config.relay = url.parse().ok();
             }
-            // The node takes the home over: close it here, open it there.
-            owner.stop().await;
+            // The node takes the home over: close it here (once the calls in flight are
+            // done; later ones wait for the node), open it there.
             *self.place() = Place::Closed;
+            wait_for_sole(owner).await.stop().await;
             let home = open_home(self.dir.clone(), None).await?;
             let node = match Node::start(home, &config).await {
                 Ok(node) => node,
@@ -678,7 +685,7 @@ impl CareHome {
             let _switching = self.switching.lock().await;
             let place = std::mem::replace(&mut *self.place(), Place::Closed);
             if let Place::Offline(owner) = place {
-                owner.stop().await;
+                wait_for_sole(owner).await.stop().await;
             }
             Ok(())
         })
@@ -767,14 +774,15 @@ impl CareHome {
     }
 }
 
-/// Waits until no call holds the running node any more (calls in flight finish).
-async fn wait_for_sole(mut running: Arc<Running>) -> Running {
+/// Waits until no call holds the node or the home's thread any more (calls in flight
+/// finish; later calls find the home switching and wait for it).
+async fn wait_for_sole<T>(mut shared: Arc<T>) -> T {
     loop {
-        match Arc::try_unwrap(running) {
-            Ok(running) => return running,
-            Err(shared) => {
-                running = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        match Arc::try_unwrap(shared) {
+            Ok(sole) => return sole,
+            Err(still_shared) => {
+                shared = still_shared;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
     }

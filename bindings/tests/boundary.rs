@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use care_bindings::{
-    CareError, CareHome, ChangeListener, NewNote, Part, Subscription, Update, guard,
+    CareError, CareHome, ChangeListener, NewNote, NodeOptions, Part, Subscription, Update, guard,
 };
 
 /// Keeps every update, from whichever thread delivers it.
@@ -121,4 +121,42 @@ async fn a_closed_or_dropped_subscription_is_never_called_again() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!((closed.count(), dropped.count()), (2, 2));
     drop(kept_subscription);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_while_the_node_starts_and_stops_all_land() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let home = CareHome::open(dir.path().to_string_lossy().into(), Some("Rosa".into()))
+        .await
+        .expect("a new home");
+    let team = home.create_team("Rosa's team".into()).await.expect("a team");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers that keep writing while the node starts and stops under them.
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (home, team, done) = (Arc::clone(&home), team.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut written = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = format!("Writer {w}, visit {written}.");
+                    home.add_note(team.clone(), note(&text)).await?;
+                    written += 1;
+                }
+                Ok::<usize, CareError>(written)
+            })
+        })
+        .collect();
+    let options = NodeOptions { listen: "127.0.0.1:0".into(), lan: false };
+    for _ in 0..3 {
+        home.start(options.clone()).await.expect("starts");
+        home.stop().await.expect("stops");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.expect("the task ran").expect("a write during a switch lands");
+    }
+    assert!(written > 0);
+    assert_eq!(home.notes(team, None, None).await.expect("reads").len(), written);
+    home.close().await.expect("closes");
 }
