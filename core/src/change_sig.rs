@@ -89,7 +89,7 @@ impl ChangeSig {
             .map(|(_, sig)| ed25519_dalek::Signature::from_bytes(&sig.signature.0))
             .collect();
         let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
+        if verify_in_parallel(&refs, &signatures, &keys) {
             return Ok(());
         }
         // Which one: each alone, by the same equation.
@@ -139,6 +139,37 @@ fn message(team: TeamId, doc: DocId, hash: &[u8; 32], membership: &[OpHash]) -> 
         out.extend_from_slice(head.as_bytes());
     }
     out
+}
+
+/// Signatures in one batch per thread, past which a large batch (a year of notes
+/// received whole) is split over the cores: the verdict is the same, sooner.
+const SIGNATURES_PER_THREAD_MIN: usize = 1024;
+
+/// Whether every signature verifies, by ed25519 batches: one, or one per core for a
+/// large set. A batch fails as a whole; the caller then finds which signature failed.
+fn verify_in_parallel(
+    messages: &[&[u8]],
+    signatures: &[ed25519_dalek::Signature],
+    keys: &[VerifyingKey],
+) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = cores.min(signatures.len() / SIGNATURES_PER_THREAD_MIN).max(1);
+    if threads == 1 {
+        return ed25519_dalek::verify_batch(messages, signatures, keys).is_ok();
+    }
+    let per_thread = signatures.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let batches: Vec<_> = (0..signatures.len())
+            .step_by(per_thread)
+            .map(|start| {
+                let end = (start + per_thread).min(signatures.len());
+                let (m, s, k) = (&messages[start..end], &signatures[start..end], &keys[start..end]);
+                scope.spawn(move || ed25519_dalek::verify_batch(m, s, k).is_ok())
+            })
+            .collect();
+        // A thread that could not finish (it cannot panic on these inputs) fails the set.
+        batches.into_iter().all(|batch| batch.join().unwrap_or(false))
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +226,28 @@ mod tests {
         let mut weak = signed.clone();
         weak[1].0 = identity;
         assert_eq!(ChangeSig::verify_all(team, doc, &weak), Err(1));
+    }
+
+    #[test]
+    fn a_large_set_split_over_threads_still_names_the_first_that_fails() {
+        let (team, doc, _, heads) = ids();
+        let key = DeviceKey::from_seed([7; 32]);
+        let count = 3 * SIGNATURES_PER_THREAD_MIN + 5;
+        let sigs: Vec<ChangeSig> = (0..count)
+            .map(|i| {
+                let hash = blake3::hash(&i.to_le_bytes()).into();
+                ChangeSig::sign(&key, team, doc, hash, &heads)
+            })
+            .collect();
+        let signed: Vec<(DeviceId, &ChangeSig)> =
+            sigs.iter().map(|s| (key.device_id(), s)).collect();
+        assert_eq!(ChangeSig::verify_all(team, doc, &signed), Ok(()));
+        // One signature in the last batch, moved to another change: only it fails.
+        let mut moved = sigs[count - 2].clone();
+        moved.hash = sigs[count - 1].hash;
+        let mut wrong = signed.clone();
+        wrong[count - 2].1 = &moved;
+        assert_eq!(ChangeSig::verify_all(team, doc, &wrong), Err(count - 2));
     }
 
     #[test]
