@@ -42,6 +42,11 @@ impl Replica for Home {
         self.store_ops(team, ops)
     }
 
+    fn heads(&self, team: TeamId, doc: DocId) -> Result<Option<Vec<ChangeHash>>> {
+        let summary = self.store.doc_summary(doc)?;
+        Ok(summary.filter(|s| s.team == team).map(|s| s.heads))
+    }
+
     fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>> {
         Ok(self
             .store

@@ -74,7 +74,7 @@ impl SimDevice for SimHome {
             .map_err(|e| e.to_string())
     }
 
-    fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
+    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
         let summary = self.home.store.doc_summary(doc).ok().flatten();
         let Some(kind) = summary.and_then(|s| s.kind.parse::<DocKind>().ok()) else {
             return Vec::new();

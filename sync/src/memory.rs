@@ -158,6 +158,10 @@ impl Replica for MemoryReplica {
             .collect())
     }
 
+    fn heads(&self, team: TeamId, doc: DocId) -> Result<Option<Vec<ChangeHash>>, MemoryError> {
+        Ok(self.docs.get(&(team, doc)).map(|(_, held)| held.get_heads()))
+    }
+
     fn generate_sync_message(
         &mut self,
         peer: DeviceId,

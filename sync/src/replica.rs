@@ -77,6 +77,12 @@ pub trait Replica {
     /// The documents of `team` this device holds, with their heads (sorted).
     fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>, Self::Error>;
 
+    /// The heads (sorted) of one document of `team`, or `None` when it is not held. A
+    /// replica answers this without listing the team's documents.
+    fn heads(&self, team: TeamId, doc: DocId) -> Result<Option<Vec<ChangeHash>>, Self::Error> {
+        Ok(self.docs(team)?.into_iter().find(|d| d.id == doc).map(|d| d.heads))
+    }
+
     /// The next sync message for `doc` to `peer`, from the sync state kept for that peer
     /// and document (`None` when there is nothing to say).
     fn generate_sync_message(

@@ -756,10 +756,10 @@ impl Session {
         if theirs.is_empty() || told.is_some_and(|told| told == theirs) {
             return Ok(());
         }
-        // Only heads this device really holds (a document still under its check says
-        // nothing yet, and says it when the check is done).
-        let held = replica.docs(team).map_err(store)?.into_iter().find(|d| d.id == doc);
-        if held.is_none_or(|d| sorted(d.heads) != theirs) {
+        // Only heads this device really holds, read from its summary of the one document
+        // (a member repeating such messages costs this device one small read each).
+        let held = replica.heads(team, doc).map_err(store)?;
+        if held.is_none_or(|heads| sorted(heads) != theirs) {
             return Ok(());
         }
         let (_, message) = answer_to_snapshot(theirs);

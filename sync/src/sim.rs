@@ -52,7 +52,7 @@ pub trait SimDevice: Replica {
 
     /// The heads of `doc` as this device would use it (loaded, and so verified), empty
     /// when it holds none.
-    fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash>;
+    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash>;
 
     /// Whether the device's copy of `doc`, as it would use it, holds the change `hash`.
     fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool;
@@ -85,7 +85,7 @@ impl SimDevice for MemoryReplica {
         self.doc(team, doc).is_some_and(|d| d.get_change_meta_by_hash(&hash).is_some())
     }
 
-    fn heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
+    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
         let kind = self.docs(team).ok().and_then(|d| d.into_iter().find(|d| d.id == doc));
         match (kind, self.doc(team, doc)) {
             (Some(held), Some(d)) => without_genesis(team, &held.kind, d.get_heads()),
@@ -727,8 +727,10 @@ impl<D: SimDevice> World<D> {
                 .copied()
                 .filter(|p| self.peers[*p].role.access(&kind) != Access::None)
                 .collect();
-            let by_peer: BTreeMap<usize, Vec<ChangeHash>> =
-                readers.into_iter().map(|p| (p, self.peers[p].replica.heads(team, id))).collect();
+            let by_peer: BTreeMap<usize, Vec<ChangeHash>> = readers
+                .into_iter()
+                .map(|p| (p, self.peers[p].replica.used_heads(team, id)))
+                .collect();
             let heads: BTreeSet<&Vec<ChangeHash>> = by_peer.values().collect();
             assert_eq!(heads.len(), 1, "members disagree on {kind}: {by_peer:?}");
             for p in by_peer.keys() {
