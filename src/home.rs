@@ -122,6 +122,9 @@ pub struct Home {
     pub(crate) verifier: Option<Verifier>,
     /// Signatures of changes received ahead of what they depend on.
     pub(crate) pending_signatures: care_sync::authorship::PendingSignatures,
+    /// The bytes of the last document received or sent whole, kept to pass it on to the
+    /// next device without reading (and decrypting) it from the store again.
+    pub(crate) last_whole: Option<crate::replica::WholeBytes>,
 }
 
 impl std::fmt::Debug for Home {
@@ -236,6 +239,7 @@ impl Home {
             access: RefCell::new(AccessCache::default()),
             verifier: None,
             pending_signatures: Default::default(),
+            last_whole: None,
         }
     }
 

@@ -50,6 +50,7 @@ pub use error::{Error, Result};
 pub use export::{ExportFormat, ExportReport, VerifyFailure, VerifyReport, verify_export};
 pub use home::{Clock, Home, ListenAddrs, Profile, SystemClock, TeamSummary};
 pub use node::{Node, NodeOptions};
+pub use replica::WHOLE_BYTES_KEPT_MAX;
 pub use team::{NoteQuery, Team};
 
 pub use care_core::documents::{

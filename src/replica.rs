@@ -170,7 +170,20 @@ impl Replica for Home {
             // Verified, and now marked so; a relay need not keep it in memory.
             self.docs.remove(&doc);
         }
-        Ok(self.store.doc_bytes(doc)?)
+        let Some(summary) = self.store.doc_summary(doc)? else {
+            return Ok(None);
+        };
+        if let Some(kept) =
+            self.last_whole.as_mut().filter(|k| k.doc == doc && k.heads == summary.heads)
+        {
+            kept.kept_at = std::time::Instant::now();
+            return Ok(Some(kept.bytes.clone()));
+        }
+        let bytes = self.store.doc_bytes(doc)?;
+        if let Some(bytes) = &bytes {
+            self.keep_whole(doc, &summary.heads, bytes);
+        }
+        Ok(bytes)
     }
 
     fn import_snapshot(
@@ -187,6 +200,8 @@ impl Replica for Home {
         if self.store.import_doc(&meta, bytes, heads, &signatures)? == Imported::AlreadyHeld {
             return Ok(Import::Held);
         }
+        // Stored as received, as its only chunk: these are its stored bytes.
+        self.keep_whole(doc, heads, bytes);
         if self.verifier.is_none() {
             return Ok(Import::Stored);
         }
@@ -249,6 +264,10 @@ impl Replica for Home {
     }
 
     fn poll_background(&mut self) {
+        // Kept bytes serve the devices catching up at about the same time, then go.
+        if self.last_whole.as_ref().is_some_and(|k| k.kept_at.elapsed() > WHOLE_BYTES_KEPT_FOR) {
+            self.last_whole = None;
+        }
         let verdicts = self.verifier.as_mut().map(Verifier::verdicts).unwrap_or_default();
         for verdict in verdicts {
             if let Err(e) = self.take_verdict(verdict) {
@@ -285,6 +304,23 @@ pub(crate) fn stored_signatures_of(
                 .map_err(|e| care_store::StoreError::Corrupt { doc, detail: e.to_string() })
         })
         .collect()
+}
+
+/// Largest document whose bytes a home keeps after receiving or sending it whole: a
+/// circle node passes a new member's year of notes on to each device in turn, and
+/// reading it back from an encrypted store costs far more than the copy.
+pub const WHOLE_BYTES_KEPT_MAX: usize = 64 << 20;
+
+/// How long a home keeps those bytes after it last received, read or sent them.
+const WHOLE_BYTES_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The stored bytes of one document at its heads (sorted).
+#[derive(Debug)]
+pub(crate) struct WholeBytes {
+    doc: DocId,
+    heads: Vec<ChangeHash>,
+    bytes: Vec<u8>,
+    kept_at: std::time::Instant,
 }
 
 /// A signature as the store keeps it.
@@ -409,6 +445,16 @@ impl Home {
         // Either way the sessions look at it again: to pass it on, or to fetch it anew.
         self.changed.push(Change::Doc { team, doc, kind });
         Ok(())
+    }
+
+    /// Keeps the stored bytes of a document (at `heads`) for the next device it goes to
+    /// whole, in place of the last kept, if they are at most [`WHOLE_BYTES_KEPT_MAX`].
+    fn keep_whole(&mut self, doc: DocId, heads: &[ChangeHash], bytes: &[u8]) {
+        self.last_whole = (bytes.len() <= WHOLE_BYTES_KEPT_MAX).then(|| {
+            let mut heads = heads.to_vec();
+            heads.sort();
+            WholeBytes { doc, heads, bytes: bytes.to_vec(), kept_at: std::time::Instant::now() }
+        });
     }
 
     fn stored_heads_if_unloaded(&self, doc: DocId) -> Result<Option<Vec<ChangeHash>>> {
@@ -672,6 +718,44 @@ mod tests {
             home.import_snapshot(team, kinds[0].doc_id(team), kinds[0], &bytes, &heads, &[])?,
             Import::Held
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_document_passed_on_whole_is_read_once_and_never_stale() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let team = home.create_team("Rosa's team")?;
+        let own = home.profile().device;
+        let kind = DocKind::Notes {
+            stream: NoteStream::Care,
+            month: Month::new(2026, 9).expect("a month"),
+        };
+        let id = kind.doc_id(team);
+        let (bytes, heads) = received(team, &kind, ActorId::from(own.as_bytes()));
+        let sigs = signed_by(&home, &home.key, team, &kind, &bytes)?;
+        home.import_snapshot(team, id, kind, &bytes, &heads, &sigs)?;
+        // Passed on as received, and again to the next device from what was kept.
+        assert_eq!(home.snapshot(team, id)?.as_deref(), Some(bytes.as_slice()));
+        assert_eq!(home.snapshot(team, id)?.as_deref(), Some(bytes.as_slice()));
+
+        // The document moves on: what is passed on is what is stored now.
+        let mut newer = Automerge::load(&bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        newer = newer.with_actor(ActorId::from(own.as_bytes()));
+        newer
+            .transact(|tx| tx.put(ROOT, "touched", true))
+            .map_err(|f| Error::Invalid(f.error.to_string()))?;
+        let newer_bytes = newer.save();
+        let sigs = signed_by(&home, &home.key, team, &kind, &newer_bytes)?;
+        assert_eq!(home.merge_snapshot(team, id, kind, newer, &sigs)?, Ok(true));
+        let passed = home.snapshot(team, id)?.expect("held");
+        let stored = home.store().doc_bytes(id)?.expect("held");
+        assert_eq!(passed, stored);
+        let mut passed_heads =
+            Automerge::load(&passed).map_err(|e| Error::Invalid(e.to_string()))?.get_heads();
+        passed_heads.sort();
+        assert_eq!(Some(passed_heads), home.store().doc_summary(id)?.map(|s| s.heads));
+        assert_ne!(passed, bytes);
         Ok(())
     }
 
