@@ -77,6 +77,7 @@ pub enum Frame {
         /// The document's kind.
         kind: DocKind,
         /// The encoded `automerge::sync::Message`.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
         /// The signatures of the changes the message carries.
         signatures: Vec<ChangeSig>,
@@ -90,6 +91,7 @@ pub enum Frame {
         /// The document's kind.
         kind: DocKind,
         /// The output of `Automerge::save`.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// The signatures of every change of the document.
         signatures: Vec<ChangeSig>,
@@ -109,6 +111,7 @@ pub enum Frame {
         /// How many parts the document is sent in.
         total: u32,
         /// The part's bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// A share of the signatures of the document's changes (all parts together carry
         /// them all).
@@ -307,6 +310,21 @@ mod tests {
 
     fn team() -> TeamId {
         TeamId::from_bytes([3; 16])
+    }
+
+    /// Byte fields are read and written as one slice: the same bytes on the wire as a
+    /// sequence of `u8`, so devices of either kind read each other's frames.
+    #[test]
+    fn byte_fields_keep_their_wire_form() {
+        #[derive(Serialize)]
+        struct AsSequence(Vec<u8>);
+        #[derive(Serialize)]
+        struct AsBytes(#[serde(with = "serde_bytes")] Vec<u8>);
+        for len in [0, 1, 127, 128, 300, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let sequence = postcard::to_stdvec(&AsSequence(bytes.clone())).expect("encodes");
+            assert_eq!(postcard::to_stdvec(&AsBytes(bytes)).expect("encodes"), sequence);
+        }
     }
 
     fn kind_strategy() -> impl Strategy<Value = DocKind> {
