@@ -101,6 +101,16 @@ impl SimDevice for SimHome {
         self.home.set_clock(Stopped(now));
     }
 
+    fn use_all(&mut self, team: TeamId) {
+        let held = self.home.store.docs(Some(team)).unwrap_or_default();
+        for summary in held {
+            if let Ok(kind) = summary.kind.parse::<DocKind>() {
+                // A document that fails its check is discarded, and its sessions told.
+                let _ = self.home.doc(team, kind, Purpose::Read);
+            }
+        }
+    }
+
     fn restart(&mut self) -> bool {
         let path = self.dir.path().join("home");
         let mut home = Home::open(&path).expect("a home opens again after a crash");
