@@ -20,17 +20,8 @@ fn main() -> Result<(), care::Error> {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs a smoke run.
     let full = std::env::args().any(|a| a == "--bench");
     let (adds, notes, lists) = if full { (ADDS, NOTES, LISTS) } else { (5, 60, 2) };
-    let dir = std::env::temp_dir().join(format!("care-bench-native-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| care::Error::Io { path: dir.clone(), source })?;
-    let mut home = Home::init(&dir, "Rosa")?;
-    let team = home.create_team("Rosa's team")?.to_string();
+    let (_dir, mut home, team) = fresh_home()?;
     let mut team = home.team(&team)?;
-    let note = |i: usize| NewNote {
-        text: format!("Visit {i}: tea, toast and a walk."),
-        ..NewNote::default()
-    };
 
     let mut add_times = Vec::with_capacity(adds);
     for i in 0..2 * adds {
@@ -53,7 +44,6 @@ fn main() -> Result<(), care::Error> {
     }
     list_times.drain(..5);
     drop(home);
-    let _ = std::fs::remove_dir_all(&dir);
 
     let mut posted_times = posted_adds(adds)?;
     let (add_p50, add_p95) = (percentile(&mut add_times, 50), percentile(&mut add_times, 95));
@@ -73,14 +63,22 @@ fn main() -> Result<(), care::Error> {
     Ok(())
 }
 
+/// A new home in a temporary directory (removed with it), with one team.
+fn fresh_home() -> Result<(tempfile::TempDir, Home, String), care::Error> {
+    let dir = tempfile::tempdir().map_err(|e| care::Error::Invalid(e.to_string()))?;
+    let mut home = Home::init(dir.path(), "Rosa")?;
+    let team = home.create_team("Rosa's team")?.to_string();
+    Ok((dir, home, team))
+}
+
+/// The `i`th note written.
+fn note(i: usize) -> NewNote {
+    NewNote { text: format!("Visit {i}: tea, toast and a walk."), ..NewNote::default() }
+}
+
 /// Times note adds posted from async code to the home's owner thread.
 fn posted_adds(adds: usize) -> Result<Vec<Duration>, care::Error> {
-    let dir = std::env::temp_dir().join(format!("care-bench-posted-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| care::Error::Io { path: dir.clone(), source })?;
-    let mut home = Home::init(&dir, "Rosa")?;
-    let team = home.create_team("Rosa's team")?.to_string();
+    let (_dir, home, team) = fresh_home()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -91,15 +89,7 @@ fn posted_adds(adds: usize) -> Result<Vec<Duration>, care::Error> {
         for i in 0..2 * adds {
             let team = team.clone();
             let started = Instant::now();
-            owner
-                .call(move |home| {
-                    let note = NewNote {
-                        text: format!("Visit {i}: tea, toast and a walk."),
-                        ..NewNote::default()
-                    };
-                    home.team(&team)?.add_note(&note, None)
-                })
-                .await??;
+            owner.call(move |home| home.team(&team)?.add_note(&note(i), None)).await??;
             if i >= adds {
                 times.push(started.elapsed());
             }
@@ -107,7 +97,6 @@ fn posted_adds(adds: usize) -> Result<Vec<Duration>, care::Error> {
         owner.stop().await;
         Ok::<_, care::Error>(times)
     })?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(times)
 }
 
