@@ -49,16 +49,26 @@ pub fn receive(state: &mut State, ours: &[ChangeHash], message: &Message) -> boo
 }
 
 /// Whether `generate_sync_message` would return nothing for a document whose heads are
-/// `ours` (sorted): the remote said it holds exactly `ours` and needs nothing (so every
-/// change this device could offer is one it has), and this device has already told it
-/// those heads. `false` means Automerge must decide.
+/// `ours` (sorted): this device has already told the remote those heads, and either the
+/// remote said it holds exactly them and needs nothing (so every change this device could
+/// offer is one it has), or that message is still unanswered (Automerge waits for the
+/// answer: a whole document just sent, say). `false` means Automerge must decide.
 pub fn nothing_to_send(state: &State, ours: &[ChangeHash]) -> bool {
-    !ours.is_empty()
+    // Automerge first asks for a reset if the remote's last sync point names a change it
+    // lacks; a point within `ours` is held.
+    let their_point_held = state
+        .their_have
+        .as_ref()
+        .and_then(|have| have.first())
+        .is_none_or(|have| have.last_sync.iter().all(|hash| ours.contains(hash)));
+    let told = !ours.is_empty()
         && !state.needs_reset
         && state.have_responded
         && state.last_sent_heads == ours
-        && state.their_heads.as_deref() == Some(ours)
-        && state.their_need.as_ref().is_none_or(Vec::is_empty)
+        && their_point_held;
+    let agreed = state.their_heads.as_deref() == Some(ours)
+        && state.their_need.as_ref().is_none_or(Vec::is_empty);
+    told && (agreed || state.in_flight)
 }
 
 /// The sync state after sending a whole document at `heads`: as if a sync message had
@@ -203,6 +213,30 @@ mod tests {
         assert_eq!(update.changes.iter().count(), 1, "only the new change");
         b.receive_sync_message(&mut sb_loaded, update).expect("b receives");
         assert_eq!(b.get_heads(), a.get_heads());
+    }
+
+    #[test]
+    fn an_unanswered_whole_document_waits_for_its_answer_as_with_automerge() {
+        // The sender of a whole document, before the answer comes: a live change to
+        // another document has every session look at this one again.
+        let a = doc(1, 5);
+        let ours = heads(&a);
+        let sa = state_after_sending(&ours);
+        assert!(a.generate_sync_message(&mut sa.clone()).is_none(), "Automerge waits");
+        assert!(nothing_to_send(&sa, &ours), "and so does the state alone");
+        // Once it has more than it sent, it must speak: Automerge decides.
+        let mut more = a.fork();
+        more.transact(|tx| tx.put(ROOT, "later", "soup")).expect("a change");
+        assert!(more.generate_sync_message(&mut sa.clone()).is_some());
+        assert!(!nothing_to_send(&sa, &heads(&more)));
+        // A remote whose last sync point names a change this device lacks is asked to
+        // reset, in flight or not: Automerge decides.
+        let other = doc(2, 1);
+        let mut lost = sa.clone();
+        lost.their_have =
+            Some(vec![Have { last_sync: heads(&other), bloom: BloomFilter::default() }]);
+        assert!(a.generate_sync_message(&mut lost.clone()).is_some(), "a reset");
+        assert!(!nothing_to_send(&lost, &ours));
     }
 
     #[test]
