@@ -174,7 +174,12 @@ pub enum FrameError {
 impl Frame {
     /// The format byte followed by the postcard encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION];
+        // Sized first (a walk that copies nothing), so that a part of a large document is
+        // written once, not copied again each time the buffer grows.
+        let len =
+            postcard::experimental::serialized_size(self).expect("every field type serialises");
+        let mut out = Vec::with_capacity(1 + len);
+        out.push(FORMAT_VERSION);
         // Writing into a Vec cannot fail, and every field type serialises.
         postcard::to_io(self, &mut out).expect("encoding a frame into a Vec cannot fail");
         out

@@ -912,7 +912,16 @@ impl Session {
             return Ok(());
         }
         partial.held = held;
-        partial.bytes.extend_from_slice(&bytes);
+        if partial.bytes.is_empty() {
+            // Room for the parts to come, reserved once (never touched until written, and
+            // bounded as `held` is), so that no part copies the ones before it again.
+            let to_come =
+                total.saturating_sub(index).saturating_sub(1) as usize * SNAPSHOT_PART_BYTES;
+            partial.bytes = bytes;
+            partial.bytes.reserve(to_come.min(SNAPSHOT_BYTES_MAX - held));
+        } else {
+            partial.bytes.extend_from_slice(&bytes);
+        }
         partial.signatures.extend(signatures);
         partial.next += 1;
         if partial.next < partial.total {
