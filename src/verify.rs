@@ -4,6 +4,10 @@
 //! document's verdict is in, this device does not pass it on; a verdict that fails
 //! discards it, and it is fetched again.
 //!
+//! The workers run behind live work: on Linux and Android at a lower scheduling priority
+//! ([`WORKER_NICENESS`]), so that when the cores are busy the owner thread and the
+//! network tasks, which carry live edits, run first.
+//!
 //! A home verifies this way once a node runs it ([`Replica::set_waker`]); without a node,
 //! a document is verified when it is first loaded, as before.
 //!
@@ -52,6 +56,26 @@ pub(crate) enum Outcome {
 /// Most threads checking documents at once: one per core, at most this many.
 const WORKERS_MAX: usize = 4;
 
+/// How much lower than the rest of the process the workers run (a `nice` increment):
+/// checking a large document takes seconds of CPU, and a live edit waiting behind it on a
+/// two-core phone would wait for the scheduler's turns.
+const WORKER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's priority by [`WORKER_NICENESS`]. On Linux a priority is
+/// per thread, so the rest of the process keeps its own. A failure leaves the thread as
+/// it was: it only matters for how soon other work runs.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn run_behind_live_work() {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let me = Some(rustix::thread::gettid());
+    if let Ok(now) = getpriority_process(me) {
+        let _ = setpriority_process(me, now.saturating_add(WORKER_NICENESS));
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn run_behind_live_work() {}
+
 /// The waker, callable from every worker.
 struct Wake(Mutex<Box<dyn Fn() + Send>>);
 
@@ -85,6 +109,7 @@ impl Verifier {
             let (queue, answers, wake) = (Arc::clone(&queue), answers.clone(), Arc::clone(&wake));
             let (path, key) = (store.to_owned(), key.clone());
             std::thread::Builder::new().name("care-verify".into()).spawn(move || {
+                run_behind_live_work();
                 let store = match &key {
                     Some(key) => Store::open_encrypted(&path, key),
                     None => Store::open(&path),
