@@ -9,7 +9,10 @@
 //! times, the circle process's peak memory, CPU time and descriptors, the CPU use of
 //! the devices' process and the machine, and the bytes moved.
 //!
-//! `cargo bench --bench relay -- --teams 50,100` runs only those steps. Without
+//! `cargo bench --bench relay -- --teams 50,100` runs only those steps; `--waves 10` has
+//! the devices of ten teams at a time catch up, one wave after another, so that how many
+//! devices catch up at once stays the same while the teams the circle node holds grow
+//! (all at once, the devices' side of this one machine saturates first). Without
 //! `--bench` (as `cargo test --workspace --all-targets` runs it) it is a smoke run of two
 //! teams.
 
@@ -48,6 +51,9 @@ struct Size {
     notes: usize,
     /// Longest one phase of one step may take.
     phase_timeout: Duration,
+    /// Teams whose devices catch up together, one wave after another; all at once if
+    /// `None`.
+    waves: Option<usize>,
 }
 
 /// Devices per team: the owner and four members.
@@ -83,21 +89,34 @@ fn main() -> Result<()> {
             detailed: 100,
             notes: 300,
             phase_timeout: Duration::from_secs(300),
+            waves: None,
         }
     } else {
-        Size { steps: vec![2], detailed: 2, notes: 20, phase_timeout: Duration::from_secs(60) }
+        Size {
+            steps: vec![2],
+            detailed: 2,
+            notes: 20,
+            phase_timeout: Duration::from_secs(60),
+            waves: None,
+        }
     };
     if let Some(at) = args.iter().position(|a| a == "--teams") {
         let list = args.get(at + 1).context("--teams needs a list such as 50,100")?;
         size.steps = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
     }
+    if let Some(at) = args.iter().position(|a| a == "--waves") {
+        let teams = args.get(at + 1).context("--waves needs a number of teams such as 10")?;
+        size.waves = Some(teams.parse::<usize>()?.max(1));
+    }
     let care = circle::care_binary()?;
     let most = size.steps.iter().copied().max().unwrap_or(0);
     println!(
         "care circle relay benchmark: teams of {DEVICES_PER_TEAM} devices, {} shift notes of \
-         ~200 chars each; steps of {:?} teams; {descriptors} descriptors allowed; {}{}",
+         ~200 chars each; steps of {:?} teams; catch-up {}; {descriptors} descriptors \
+         allowed; {}{}",
         size.notes,
         size.steps,
+        size.waves.map_or("all at once".to_string(), |w| format!("in waves of {w} teams")),
         if namespace::inside() { "private network namespace" } else { "loopback" },
         if full { "" } else { "; smoke run" }
     );
@@ -121,7 +140,7 @@ fn main() -> Result<()> {
         std::fs::remove_dir_all(&dir)?;
     }
     if let Some(step) = steps.iter().find(|s| s.teams == size.detailed).or(steps.last()) {
-        print_detailed(step, size.notes);
+        print_detailed(step, size.notes, size.waves);
     }
     println!(
         "this process (every device, whole run) peak RSS {:.0} MiB",
@@ -149,7 +168,16 @@ async fn run_step(
         homes::hand_log_to_members(team)?;
     }
     let ready = Sample::take(pid)?;
-    let catch_up = phases::catch_up(&teams, &upload.targets, &phase, size.phase_timeout).await?;
+    let catch_up = match size.waves {
+        None => phases::catch_up(&teams, &upload.targets, &phase, size.phase_timeout).await?,
+        Some(wave) => {
+            let mut waves = Vec::new();
+            for (teams, targets) in teams.chunks(wave).zip(upload.targets.chunks(wave)) {
+                waves.push(phases::catch_up(teams, targets, &phase, size.phase_timeout).await?);
+            }
+            CatchUp::one_after_another(waves)?
+        }
+    };
 
     let circle_peak_rss_kib = usage::peak_rss_kib(pid)?;
     let circle_events = circle.stop()?;
@@ -213,7 +241,7 @@ fn print_step_line(step: &Step) {
     );
 }
 
-fn print_detailed(step: &Step, notes: usize) {
+fn print_detailed(step: &Step, notes: usize, waves: Option<usize>) {
     let (up, cu) = (&step.upload, &step.catch_up);
     let mut per_team = up.per_team.clone();
     let mut per_device = cu.per_device.clone();
@@ -233,15 +261,17 @@ fn print_detailed(step: &Step, notes: usize) {
     );
     print_usage(&step.upload_usage, up.bytes, "the owners");
     println!(
-        "catch-up: {} devices come online at once and all hold their team's documents after \
+        "catch-up: {} devices come online {} and all hold their team's documents after \
          {:.2} s ({:.1} devices/s); per device p50 {:.2} s, p95 {:.2} s, max {:.2} s; \
-         sessions open at the end: {} with the circle node, {} between members",
+         sessions open at the end{}: {} with the circle node, {} between members",
         cu.per_device.len(),
+        waves.map_or("at once".to_string(), |w| format!("in waves of {w} teams' devices")),
         cu.wall.as_secs_f64(),
         cu.per_device.len() as f64 / cu.wall.as_secs_f64(),
         quantile_s(&mut per_device, 0.5),
         quantile_s(&mut per_device, 0.95),
         quantile_s(&mut per_device, 1.0),
+        if waves.is_some() { " (of the last wave)" } else { "" },
         cu.sessions.0,
         cu.sessions.1,
     );

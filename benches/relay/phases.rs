@@ -62,6 +62,25 @@ pub(crate) struct CatchUp {
     pub circle_fds: usize,
 }
 
+impl CatchUp {
+    /// Catch-ups run one after another, as one: times add up (each device's counted from
+    /// the start of its own wave), bytes too; the sessions, counters and descriptors are
+    /// the last wave's (its counters cover every wave).
+    pub(crate) fn one_after_another(waves: Vec<CatchUp>) -> Result<CatchUp> {
+        let mut waves = waves.into_iter();
+        let mut all = waves.next().context("no wave")?;
+        for wave in waves {
+            all.wall += wave.wall;
+            all.per_device.extend(wave.per_device);
+            all.bytes = (all.bytes.0 + wave.bytes.0, all.bytes.1 + wave.bytes.1);
+            all.sessions = wave.sessions;
+            all.end = wave.end;
+            all.circle_fds = all.circle_fds.max(wave.circle_fds);
+        }
+        Ok(all)
+    }
+}
+
 /// The circle node a phase works with.
 pub(crate) struct Circle<'a> {
     /// Its one-time tickets, one per team.
