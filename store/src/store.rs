@@ -94,6 +94,18 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// Has SQLite and SQLCipher initialised before any store is opened.
+///
+/// SQLite marks itself initialised before it runs SQLCipher's own initialisation, so a
+/// thread keying a connection while another thread is still in its first open is refused
+/// ("sqlcipher not initialized"). The first store opened in a process initialises both
+/// through an in-memory connection while the others wait. If that open fails, the store's
+/// own open reports the error.
+fn sqlite_initialised() {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| drop(Connection::open_in_memory()));
+}
+
 impl Store {
     /// Opens the store file at `path`, unencrypted, creating it (owner-only on unix) if it
     /// does not exist; its directory must exist. A file from a newer schema is refused and
@@ -110,6 +122,7 @@ impl Store {
     }
 
     fn open_with(path: &Path, key: Option<&StoreKey>) -> Result<Store, StoreError> {
+        sqlite_initialised();
         create_private_file(path)?;
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let mut conn = Connection::open(path).map_err(open_err)?;
