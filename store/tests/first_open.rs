@@ -12,9 +12,9 @@ use std::sync::{Arc, Barrier};
 use care_store::{Store, StoreKey};
 
 #[test]
-fn encrypted_stores_opened_at_once_by_a_new_process_all_open() {
+fn encrypted_stores_opened_at_once_by_a_new_process_all_open() -> std::io::Result<()> {
     const THREADS: usize = 16;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir()?;
     let start = Arc::new(Barrier::new(THREADS));
     let opens: Vec<_> = (0..THREADS)
         .map(|i| {
@@ -28,6 +28,12 @@ fn encrypted_stores_opened_at_once_by_a_new_process_all_open() {
             })
         })
         .collect();
-    let failures: Vec<String> = opens.into_iter().filter_map(|t| t.join().unwrap().err()).collect();
+    let failures: Vec<String> = opens
+        .into_iter()
+        .filter_map(|t| {
+            t.join().unwrap_or_else(|_| Err("the opening thread panicked".into())).err()
+        })
+        .collect();
     assert!(failures.is_empty(), "stores that did not open: {failures:#?}");
+    Ok(())
 }
