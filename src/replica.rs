@@ -582,6 +582,44 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn a_home_closed_while_a_worker_checks_leaves_no_connection_of_it_open() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let team = home.create_team("Rosa's team")?;
+        home.set_waker(Box::new(|| {}));
+        // A document of a few hundred signed changes: its check keeps a worker busy for a
+        // while after it has read the bytes.
+        let month = Month::new(2026, 9).expect("a month");
+        let kind = DocKind::Notes { stream: NoteStream::Care, month };
+        let doc = kind.doc_id(team);
+        let mut received = genesis(team, &kind).with_actor(ActorId::from(home.device().as_bytes()));
+        for i in 0..300_u32 {
+            let entry = care_core::EntryId::new(month, [0; 8]);
+            received
+                .transact(|tx| {
+                    let notes = tx.get(ROOT, "notes")?.expect("genesis made the container").1;
+                    let note =
+                        tx.put_object(&notes, format!("{entry}{i}"), automerge::ObjType::Map)?;
+                    tx.put(&note, "text", "tea, two sugars")
+                })
+                .map_err(|f| f.error)
+                .expect("a change to a fresh document");
+        }
+        let (bytes, mut heads) = (received.save(), received.get_heads());
+        heads.sort();
+        let signatures = signed_by(&home, &home.key.clone(), team, &kind, &bytes)?;
+        let imported = home.import_snapshot(team, doc, kind, &bytes, &heads, &signatures)?;
+        assert_eq!(imported, Import::Checking);
+        let log = dir.path().join(format!("{}-wal", crate::home::STORE_FILE));
+        assert!(log.exists(), "the home's write-ahead log, while it is open");
+        drop(home);
+        // The last connection to close checkpoints the log and removes it: a worker's
+        // connection still open (the worker checking on) would keep it.
+        assert!(!log.exists(), "the workers' connections closed with the home");
+        Ok(())
+    }
+
     /// Carries every frame between two hubs until neither has anything more to say.
     fn exchange(sides: &mut [(care_sync::Hub, Home, care_sync::ConnId); 2]) {
         loop {

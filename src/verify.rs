@@ -8,6 +8,11 @@
 //! ([`WORKER_NICENESS`]), so that when the cores are busy the owner thread and the
 //! network tasks, which carry live edits, run first.
 //!
+//! A worker reads the store only while it holds its connection's lock. When the home
+//! closes, the verifier closes every worker's connection (waiting for a read under way),
+//! so a worker still checking bytes it has read never touches the store again, and the
+//! home's own connection is not left behind by one of them.
+//!
 //! A home verifies this way once a node runs it ([`Replica::set_waker`]); without a node,
 //! a document is verified when it is first loaded, as before.
 //!
@@ -81,7 +86,7 @@ struct Wake(Mutex<Box<dyn Fn() + Send>>);
 
 impl Wake {
     fn call(&self) {
-        (self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))();
+        (lock(&self.0))();
     }
 }
 
@@ -90,6 +95,10 @@ pub(crate) struct Verifier {
     jobs: mpsc::Sender<Job>,
     verdicts: mpsc::Receiver<Verdict>,
     pending: HashSet<DocId>,
+    /// Each worker's connection to the store, taken (and closed) when the verifier is
+    /// dropped: a worker reads only while it holds its connection's lock, so once the
+    /// verifier is gone no worker touches the store, even one still checking bytes.
+    connections: Vec<Arc<Mutex<Option<Store>>>>,
 }
 
 impl Verifier {
@@ -105,22 +114,39 @@ impl Verifier {
         let queue = Arc::new(Mutex::new(queue));
         let wake = Arc::new(Wake(Mutex::new(wake)));
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(WORKERS_MAX);
+        let mut connections = Vec::with_capacity(workers);
         for _ in 0..workers {
+            let opened = match &key {
+                Some(key) => Store::open_encrypted(store, key),
+                None => Store::open(store),
+            };
+            let connection = Arc::new(Mutex::new(None));
+            let failed = match opened {
+                Ok(opened) => {
+                    *lock(&connection) = Some(opened);
+                    None
+                }
+                Err(e) => Some(format!("the store cannot be opened: {e}")),
+            };
+            connections.push(Arc::clone(&connection));
             let (queue, answers, wake) = (Arc::clone(&queue), answers.clone(), Arc::clone(&wake));
-            let (path, key) = (store.to_owned(), key.clone());
             std::thread::Builder::new().name("care-verify".into()).spawn(move || {
                 run_behind_live_work();
-                let store = match &key {
-                    Some(key) => Store::open_encrypted(&path, key),
-                    None => Store::open(&path),
-                };
                 loop {
-                    let job =
-                        queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
-                    let Ok(job) = job else { return };
-                    let outcome = match &store {
-                        Ok(store) => check(store, &job),
-                        Err(e) => Outcome::Unchecked(format!("the store cannot be opened: {e}")),
+                    let Ok(job) = lock(&queue).recv() else { return };
+                    let outcome = match &failed {
+                        Some(why) => Outcome::Unchecked(why.clone()),
+                        None => match read(&connection, &job) {
+                            Some(Ok((bytes, signatures))) => {
+                                match check_bytes(&bytes, &signatures, &job) {
+                                    Ok(()) => Outcome::Passed,
+                                    Err(why) => Outcome::Failed(why),
+                                }
+                            }
+                            Some(Err(unchecked)) => unchecked,
+                            // The verifier is gone: so is the home.
+                            None => return,
+                        },
                     };
                     let verdict = Verdict { team: job.team, doc: job.doc, kind: job.kind, outcome };
                     if answers.send(verdict).is_err() {
@@ -130,7 +156,7 @@ impl Verifier {
                 }
             })?;
         }
-        Ok(Verifier { jobs, verdicts, pending: HashSet::new() })
+        Ok(Verifier { jobs, verdicts, pending: HashSet::new(), connections })
     }
 
     /// Queues a document for checking; `false` when the workers are gone (the document
@@ -159,21 +185,38 @@ impl Verifier {
     }
 }
 
-/// The whole check of a document received whole, read from the store.
-fn check(store: &Store, job: &Job) -> Outcome {
+impl Drop for Verifier {
+    /// Closes the workers' connections, waiting for a read under way: after this no
+    /// worker reads the store (a worker checking bytes already read finishes on its own).
+    fn drop(&mut self) {
+        for connection in &self.connections {
+            drop(lock(connection).take());
+        }
+    }
+}
+
+/// Locks a mutex, going on with its data if a panicking thread poisoned it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A document's bytes and the signatures of its changes, read back for checking.
+type ReadBack = (Vec<u8>, Vec<ChangeSig>);
+
+/// A document received whole and its signatures, read back from the store for checking
+/// (or why it cannot be); `None` once the verifier is gone.
+fn read(connection: &Mutex<Option<Store>>, job: &Job) -> Option<Result<ReadBack, Outcome>> {
+    let connection = lock(connection);
+    let store = connection.as_ref()?;
     let bytes = match store.doc_bytes(job.doc) {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return Outcome::Unchecked("it is no longer stored".into()),
-        Err(e) => return Outcome::Unchecked(format!("it cannot be read back: {e}")),
+        Ok(None) => return Some(Err(Outcome::Unchecked("it is no longer stored".into()))),
+        Err(e) => return Some(Err(Outcome::Unchecked(format!("it cannot be read back: {e}")))),
     };
-    let signatures = match crate::replica::stored_signatures_of(store, job.doc, None) {
-        Ok(signatures) => signatures,
-        Err(e) => return Outcome::Unchecked(format!("its signatures cannot be read back: {e}")),
-    };
-    match check_bytes(&bytes, &signatures, job) {
-        Ok(()) => Outcome::Passed,
-        Err(why) => Outcome::Failed(why),
-    }
+    Some(match crate::replica::stored_signatures_of(store, job.doc, None) {
+        Ok(signatures) => Ok((bytes, signatures)),
+        Err(e) => Err(Outcome::Unchecked(format!("its signatures cannot be read back: {e}"))),
+    })
 }
 
 /// Checks a document's bytes against what it claimed when it arrived.
