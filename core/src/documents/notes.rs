@@ -207,8 +207,17 @@ pub fn latest(
     limit: usize,
 ) -> Result<Vec<ShiftNote>, DocError> {
     let (root, _) = notes_obj(doc)?;
-    let mut newest: Vec<(Timestamp, EntryId, Obj<'_, Automerge>)> = root
-        .entries()?
+    let entries = root.entries()?;
+    if since.is_none() && limit >= entries.len() {
+        // Every note is read in full anyway: each in one pass, sorted after.
+        let mut all: Vec<ShiftNote> = entries
+            .into_iter()
+            .filter_map(|(key, obj)| read_note(&obj, key.parse().ok()?).ok())
+            .collect();
+        all.sort_by_key(|note| std::cmp::Reverse((note.written_at, note.id)));
+        return Ok(all);
+    }
+    let mut newest: Vec<(Timestamp, EntryId, Obj<'_, Automerge>)> = entries
         .into_iter()
         .filter_map(|(key, obj)| {
             let id: EntryId = key.parse().ok()?;
