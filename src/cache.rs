@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use care_core::DocId;
 use care_store::StoredDoc;
 
-/// Most documents a home keeps loaded. A device works on this month's and last month's
-/// notes and rota and the plan, and a circle node passes documents on without loading
-/// them; a year of notes loaded at once for a listing is dropped again as it is read.
-pub const DOCS_CACHED_MAX: usize = 32;
+/// Most documents a home keeps loaded. A year of a team's documents (three a month:
+/// notes, general notes, rota; and the team, plans and promises) stays loaded, so a
+/// device that has just caught up lists a year of notes without loading any again (the
+/// workers that checked them hand over their loaded copies, `crate::verify`), and listing
+/// them twice does not load each again. A circle node never keeps a document loaded for
+/// passing it on.
+pub const DOCS_CACHED_MAX: usize = 64;
 
 /// Loaded documents, least recently used out.
 #[derive(Default)]
@@ -48,6 +51,11 @@ impl DocCache {
         let slot = self.docs.entry(id).or_insert((doc, 0));
         slot.1 = self.uses;
         &mut slot.0
+    }
+
+    /// Whether keeping one more document would drop one.
+    pub(crate) fn is_full(&self) -> bool {
+        self.docs.len() >= DOCS_CACHED_MAX
     }
 
     /// Drops a document.

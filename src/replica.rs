@@ -4,7 +4,7 @@
 
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
-use care_core::membership::{OpBody, Role};
+use care_core::membership::{Access, OpBody, Role};
 use care_core::{ChangeSig, DeviceId, DocId, DocKind, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, StoredSignature, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
@@ -13,7 +13,7 @@ use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
-use crate::verify::{Job, Outcome, Verdict, Verifier};
+use crate::verify::{Job, Loaded, Outcome, Verdict, Verifier};
 
 impl Replica for Home {
     type Error = Error;
@@ -206,11 +206,13 @@ impl Replica for Home {
             return Ok(Import::Stored);
         }
         let access = self.team_access(team)?;
+        // A circle node passes documents on and never shows them: it keeps none loaded.
+        let membership = access.membership();
+        let keep_loaded = membership.access(self.device(), &kind) != Access::None
+            && membership.role_of_device(self.device()) != Some(Role::Relay);
         let heads = heads.to_vec();
-        let queued = self
-            .verifier
-            .as_mut()
-            .is_some_and(|verifier| verifier.submit(Job { team, doc, kind, heads, access }));
+        let job = Job { team, doc, kind, heads, access, keep_loaded };
+        let queued = self.verifier.as_mut().is_some_and(|verifier| verifier.submit(job));
         Ok(if queued { Import::Checking } else { Import::Stored })
     }
 
@@ -430,7 +432,12 @@ impl Home {
             return Ok(());
         }
         match outcome {
-            Outcome::Passed => self.store.set_verified(doc)?,
+            Outcome::Passed(loaded) => {
+                self.store.set_verified(doc)?;
+                if let Some(loaded) = loaded {
+                    self.keep_loaded(doc, loaded);
+                }
+            }
             // Left unverified, it is checked when first loaded or passed on.
             Outcome::Unchecked(why) => {
                 tracing::warn!("a received {kind} document was not checked: {why}")
@@ -445,6 +452,21 @@ impl Home {
         // Either way the sessions look at it again: to pass it on, or to fetch it anew.
         self.changed.push(Change::Doc { team, doc, kind });
         Ok(())
+    }
+
+    /// Keeps a document a worker loaded for its check, as if loaded here, when the cache
+    /// has room for it: a device that has just received a document is likely to show it
+    /// soon, and loading it again would take as long as the worker did. Documents already
+    /// loaded are never dropped for it.
+    fn keep_loaded(&mut self, doc: DocId, loaded: Box<Loaded>) {
+        if self.docs.contains_key(&doc) || self.docs.is_full() {
+            return;
+        }
+        // A copy that does not match the store (written or discarded meanwhile) is
+        // dropped; the document is loaded from the store when used, and checked there.
+        if let Ok(Some(stored)) = self.store.adopt_loaded(doc, loaded.doc, loaded.last_chunk) {
+            self.docs.insert(doc, stored);
+        }
     }
 
     /// Keeps the stored bytes of a document (at `heads`) for the next device it goes to
@@ -567,10 +589,12 @@ mod tests {
         home.changed.clear();
         home.poll_background();
         assert!(!home.store().is_unverified(ids[0])?, "the honest document is verified");
+        assert!(home.docs.contains_key(&ids[0]), "and kept as the worker loaded it");
         assert_eq!(home.snapshot(team, ids[0])?, Some(sent.remove(0)), "and passed on");
         assert_eq!(home.signatures(team, ids[0], None)?.len(), 1, "with its signature");
         for forged in &ids[1..] {
             assert!(home.store().doc_summary(*forged)?.is_none(), "a forged one is discarded");
+            assert!(!home.docs.contains_key(forged), "and not kept loaded");
             assert!(home.signatures(team, *forged, None)?.is_empty(), "with its signatures");
         }
         // The verdicts come from one worker per core, in any order.

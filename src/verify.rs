@@ -8,6 +8,10 @@
 //! ([`WORKER_NICENESS`]), so that when the cores are busy the owner thread and the
 //! network tasks, which carry live edits, run first.
 //!
+//! A document that passes comes back loaded, for the home to keep (`Job::keep_loaded`):
+//! a device that has just received a document is likely to show it soon, and loading it
+//! again would take as long as the check did.
+//!
 //! A worker reads the store only while it holds its connection's lock. When the home
 //! closes, the verifier closes every worker's connection (waiting for a read under way),
 //! so a worker still checking bytes it has read never touches the store again, and the
@@ -37,6 +41,10 @@ pub(crate) struct Job {
     pub(crate) kind: DocKind,
     pub(crate) heads: Vec<ChangeHash>,
     pub(crate) access: TeamAccess,
+    /// Whether the copy loaded for the check comes back with a verdict that passes, for
+    /// the home to keep loaded: on a device that reads the document, which a device that
+    /// has just received it is likely to show soon.
+    pub(crate) keep_loaded: bool,
 }
 
 /// What the check found.
@@ -49,14 +57,27 @@ pub(crate) struct Verdict {
 
 /// The outcome of one check.
 pub(crate) enum Outcome {
-    /// The document is what it claims, by devices that may write it, within its rules.
-    Passed,
+    /// The document is what it claims, by devices that may write it, within its rules;
+    /// with the copy loaded for the check, if the job asked for it and it is at most
+    /// [`LOADED_KEPT_BYTES_MAX`] stored.
+    Passed(Option<Box<Loaded>>),
     /// The document is refused, and why.
     Failed(String),
     /// The worker could not read the document back (the store failed, or the document
     /// is no longer stored): it stays as it is, and is checked on its first load.
     Unchecked(String),
 }
+
+/// A document loaded by a worker for its check, from its stored chunks up to
+/// `last_chunk` (`care_store::Store::adopt_loaded` takes it).
+pub(crate) struct Loaded {
+    pub(crate) doc: Automerge,
+    pub(crate) last_chunk: i64,
+}
+
+/// Largest document (stored bytes) whose copy loaded for its check is handed to the home:
+/// a month or a year of notes, not a document the home would rather load when used.
+pub(crate) const LOADED_KEPT_BYTES_MAX: usize = 8 << 20;
 
 /// Most threads checking documents at once: one per core, at most this many.
 const WORKERS_MAX: usize = 4;
@@ -137,9 +158,12 @@ impl Verifier {
                     let outcome = match &failed {
                         Some(why) => Outcome::Unchecked(why.clone()),
                         None => match read(&connection, &job) {
-                            Some(Ok((bytes, signatures))) => {
+                            Some(Ok(ReadBack { bytes, last_chunk, signatures })) => {
                                 match check_bytes(&bytes, &signatures, &job) {
-                                    Ok(()) => Outcome::Passed,
+                                    Ok(doc) => Outcome::Passed(
+                                        (job.keep_loaded && bytes.len() <= LOADED_KEPT_BYTES_MAX)
+                                            .then(|| Box::new(Loaded { doc, last_chunk })),
+                                    ),
                                     Err(why) => Outcome::Failed(why),
                                 }
                             }
@@ -200,27 +224,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A document's bytes and the signatures of its changes, read back for checking.
-type ReadBack = (Vec<u8>, Vec<ChangeSig>);
+/// A document's stored bytes, the newest chunk among them, and the signatures of its
+/// changes, read back for checking.
+struct ReadBack {
+    bytes: Vec<u8>,
+    last_chunk: i64,
+    signatures: Vec<ChangeSig>,
+}
 
 /// A document received whole and its signatures, read back from the store for checking
 /// (or why it cannot be); `None` once the verifier is gone.
 fn read(connection: &Mutex<Option<Store>>, job: &Job) -> Option<Result<ReadBack, Outcome>> {
     let connection = lock(connection);
     let store = connection.as_ref()?;
-    let bytes = match store.doc_bytes(job.doc) {
-        Ok(Some(bytes)) => bytes,
+    let (bytes, last_chunk) = match store.doc_bytes_with_chunk(job.doc) {
+        Ok(Some(read)) => read,
         Ok(None) => return Some(Err(Outcome::Unchecked("it is no longer stored".into()))),
         Err(e) => return Some(Err(Outcome::Unchecked(format!("it cannot be read back: {e}")))),
     };
     Some(match crate::replica::stored_signatures_of(store, job.doc, None) {
-        Ok(signatures) => Ok((bytes, signatures)),
+        Ok(signatures) => Ok(ReadBack { bytes, last_chunk, signatures }),
         Err(e) => Err(Outcome::Unchecked(format!("its signatures cannot be read back: {e}"))),
     })
 }
 
-/// Checks a document's bytes against what it claimed when it arrived.
-fn check_bytes(bytes: &[u8], signatures: &[ChangeSig], job: &Job) -> Result<(), String> {
+/// Checks a document's bytes against what it claimed when it arrived; returns it loaded.
+fn check_bytes(bytes: &[u8], signatures: &[ChangeSig], job: &Job) -> Result<Automerge, String> {
     inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
     let doc = Automerge::load(bytes).map_err(|e| format!("it does not load: {e}"))?;
     let mut heads = doc.get_heads();
@@ -230,5 +259,6 @@ fn check_bytes(bytes: &[u8], signatures: &[ChangeSig], job: &Job) -> Result<(), 
     if heads != claimed {
         return Err("its changes do not add up to the heads it was sent with".into());
     }
-    check_document(&job.access, job.team, &job.kind, &doc, signatures)
+    check_document(&job.access, job.team, &job.kind, &doc, signatures)?;
+    Ok(doc)
 }

@@ -149,6 +149,29 @@ pub(crate) fn load(conn: &Connection, id: DocId) -> Result<Option<StoredDoc>, St
     Ok(Some(stored))
 }
 
+/// A copy of document `id` loaded elsewhere from its chunks up to `last_chunk`, taken as
+/// this connection's loaded copy: chunks written since are applied and the heads checked
+/// against the stored row, as for a copy loaded here. `None` if it is no longer stored.
+pub(crate) fn adopt(
+    conn: &Connection,
+    id: DocId,
+    doc: Automerge,
+    last_chunk: i64,
+) -> Result<Option<StoredDoc>, StoreError> {
+    let Some(summary) = read_summary(conn, id)? else {
+        return Ok(None);
+    };
+    let mut stored = StoredDoc {
+        meta: DocMeta { id, team: summary.team, kind: summary.kind.clone() },
+        saved_heads: sorted_heads(&doc),
+        doc,
+        last_chunk,
+        verified: summary.verified,
+    };
+    catch_up(conn, &mut stored)?;
+    Ok(Some(stored))
+}
+
 /// Applies chunks written since `doc.last_chunk` by other connections, and checks that
 /// memory then matches the stored heads. Returns the stored row and whether anything changed.
 pub(crate) fn catch_up(

@@ -7,11 +7,11 @@
 //! unverified; the first load checks that it adds up to the heads it was stored with, and
 //! the caller checks who wrote it before using it.
 
-use automerge::ChangeHash;
+use automerge::{Automerge, ChangeHash};
 use care_core::ids::DocId;
 use rusqlite::params;
 
-use crate::doc::{self, DocMeta, DocSummary, StoredSignature};
+use crate::doc::{self, DocMeta, DocSummary, StoredDoc, StoredSignature};
 use crate::error::{Doing, StoreError};
 use crate::store::{Store, check_same_meta, now_ms};
 
@@ -35,6 +35,33 @@ impl Store {
         }
         let (bytes, _) = doc::read_chunks(&tx, id, 0)?;
         Ok(Some(bytes))
+    }
+
+    /// A document's stored bytes as [`Store::doc_bytes`] reads them, with the number of
+    /// the newest chunk among them: what [`Store::adopt_loaded`] takes with a copy loaded
+    /// from those bytes elsewhere.
+    pub fn doc_bytes_with_chunk(&self, id: DocId) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let tx = self.conn().unchecked_transaction().doing("reading a document")?;
+        if doc::read_summary(&tx, id)?.is_none() {
+            return Ok(None);
+        }
+        let (bytes, last_chunk) = doc::read_chunks(&tx, id, 0)?;
+        Ok(Some((bytes, last_chunk.unwrap_or(0))))
+    }
+
+    /// Takes a copy of document `id` loaded elsewhere (by a thread checking it) from the
+    /// bytes [`Store::doc_bytes_with_chunk`] read up to chunk `last_chunk`, as a loaded
+    /// copy of this store's: chunks written since are applied, and its heads checked
+    /// against the stored row, as [`Store::load_doc`] would. `None` if the document is no
+    /// longer stored.
+    pub fn adopt_loaded(
+        &self,
+        id: DocId,
+        doc: Automerge,
+        last_chunk: i64,
+    ) -> Result<Option<StoredDoc>, StoreError> {
+        let tx = self.conn().unchecked_transaction().doing("taking a loaded document")?;
+        doc::adopt(&tx, id, doc, last_chunk)
     }
 
     /// Stores a document received whole, as its only chunk, without loading it, with the
@@ -129,6 +156,37 @@ mod tests {
             team: TeamId::from_bytes([2; 16]),
             kind: "notes".into(),
         }
+    }
+
+    #[test]
+    fn a_copy_loaded_elsewhere_is_taken_with_what_was_written_since()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.sqlite");
+        let (mut a, other) = (Store::open(&path)?, Store::open(&path)?);
+        let meta = meta();
+        let note = |i: usize| {
+            move |d: &mut Automerge| {
+                d.transact(|tx| tx.put(ROOT, format!("note{i}"), "tea"))
+                    .map(|_| ())
+                    .map_err(|f| f.error)
+            }
+        };
+        let mut doc = a.create_doc(&meta, &Automerge::new())?;
+        a.update_doc(&mut doc, note(0))?;
+        // Read (as a checking thread would) on another connection, then a note written.
+        let (bytes, last_chunk) = other.doc_bytes_with_chunk(meta.id)?.ok_or("stored")?;
+        a.update_doc(&mut doc, note(1))?;
+        let loaded = Automerge::load(&bytes)?;
+        assert!(loaded.get(ROOT, "note1")?.is_none(), "read before the second note");
+        let taken = a.adopt_loaded(meta.id, loaded, last_chunk)?.ok_or("stored")?;
+        assert!(taken.doc().get(ROOT, "note1")?.is_some(), "the second note applied");
+        assert_eq!(taken.saved_heads(), doc.saved_heads());
+
+        // A copy of a document no longer stored is not taken.
+        let gone = DocId::from_bytes([9; 16]);
+        assert!(a.adopt_loaded(gone, Automerge::load(&bytes)?, last_chunk)?.is_none());
+        Ok(())
     }
 
     #[test]
