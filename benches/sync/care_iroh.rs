@@ -31,8 +31,11 @@ const MONTH_MS: i64 = 31 * 86_400_000;
 pub(crate) struct FirstReads {
     /// Reading the latest 50 notes right after catching up (median).
     pub latest_ms: f64,
-    /// Then reading every note, which loads every other month (median).
+    /// Then reading every note (median).
     pub all_ms: f64,
+    /// From connecting until the device that caught up has read every note: the catch-up
+    /// and both reads, per run (median).
+    pub shown_ms: f64,
 }
 
 /// What the checks on peer input cost, over every notes document of the catch-up team:
@@ -196,7 +199,7 @@ async fn connect_and_settle(owner: &Node, worker: &Node, team: TeamId) -> Result
 
 async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usize, FirstReads)> {
     let (mut times, mut bytes) = (Vec::new(), Vec::new());
-    let (mut latest, mut all) = (Vec::new(), Vec::new());
+    let (mut latest, mut all, mut shown) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let dir = runs_dir.join(run.to_string());
         copy_dir(&pair.owner, &dir.join("owner"))?;
@@ -221,10 +224,15 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         }
         latest.push(latest_time);
         all.push(all_time);
+        shown.push(elapsed + latest_time + all_time);
         worker.shutdown().await;
         owner.shutdown().await;
     }
-    let reads = FirstReads { latest_ms: median(&mut latest), all_ms: median(&mut all) };
+    let reads = FirstReads {
+        latest_ms: median(&mut latest),
+        all_ms: median(&mut all),
+        shown_ms: median(&mut shown),
+    };
     Ok((median(&mut times), median_count(&mut bytes) as usize, reads))
 }
 
