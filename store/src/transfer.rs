@@ -29,12 +29,7 @@ impl Store {
     /// A document's stored bytes (its snapshot followed by its incremental chunks, each
     /// checked against its checksum): a valid input to `Automerge::load`.
     pub fn doc_bytes(&self, id: DocId) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.conn().unchecked_transaction().doing("reading a document")?;
-        if doc::read_summary(&tx, id)?.is_none() {
-            return Ok(None);
-        }
-        let (bytes, _) = doc::read_chunks(&tx, id, 0)?;
-        Ok(Some(bytes))
+        Ok(self.doc_bytes_with_chunk(id)?.map(|(bytes, _)| bytes))
     }
 
     /// A document's stored bytes as [`Store::doc_bytes`] reads them, with the number of
