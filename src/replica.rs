@@ -607,6 +607,46 @@ mod tests {
     }
 
     #[test]
+    fn a_circle_node_keeps_no_checked_copy_loaded_where_a_member_does() -> Result<()> {
+        let tmp = || tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()));
+        let (ada_dir, bea_dir, circle_dir) = (tmp()?, tmp()?, tmp()?);
+        let mut ada = Home::init(ada_dir.path(), "Ada")?;
+        let team = ada.create_team("Rosa's team")?;
+        let mut bea = Home::init(bea_dir.path(), "Bea")?;
+        let mut circle = Home::init(circle_dir.path(), "Circle")?;
+        for (home, role) in [(&bea, Role::Worker), (&circle, Role::Relay)] {
+            let (member, device) = (home.profile().member, home.profile().device);
+            let name = home.profile().name.clone();
+            ada.author_op(team, OpBody::AddMember { member, name, role, hats: Vec::new() })?;
+            ada.author_op(team, OpBody::AddDevice { member, device, label: "one".into() })?;
+        }
+        let ops = ada.ops(team)?;
+        let month = Month::new(2026, 9).expect("a month");
+        let kind = DocKind::Notes { stream: NoteStream::Care, month };
+        let doc = kind.doc_id(team);
+        let (bytes, heads) = received(team, &kind, ActorId::from(ada.device().as_bytes()));
+        let signatures = signed_by(&ada, &ada.key.clone(), team, &kind, &bytes)?;
+        for (home, keeps) in [(&mut bea, true), (&mut circle, false)] {
+            home.add_ops(team, &ops)?;
+            let (woken, wakes) = std::sync::mpsc::channel();
+            home.set_waker(Box::new(move || {
+                let _ = woken.send(());
+            }));
+            let imported = home.import_snapshot(team, doc, kind, &bytes, &heads, &signatures)?;
+            assert_eq!(imported, Import::Checking);
+            wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
+            home.poll_background();
+            assert!(!home.store().is_unverified(doc)?, "the document is verified");
+            assert_eq!(
+                home.docs.contains_key(&doc),
+                keeps,
+                "kept loaded on a member's device only"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
     fn a_home_closed_while_a_worker_checks_leaves_no_connection_of_it_open() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))?;
         let mut home = Home::init(dir.path(), "Ada")?;
