@@ -15,7 +15,8 @@
 //! A worker reads the store only while it holds its connection's lock. When the home
 //! closes, the verifier closes every worker's connection (waiting for a read under way),
 //! so a worker still checking bytes it has read never touches the store again, and the
-//! home's own connection is not left behind by one of them.
+//! last connection to the file (which checkpoints the log as it closes) closes with the
+//! home, not later on a worker's thread.
 //!
 //! A home verifies this way once a node runs it ([`Replica::set_waker`]); without a node,
 //! a document is verified when it is first loaded, as before.
