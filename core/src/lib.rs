@@ -6,6 +6,7 @@ pub mod doc_kind;
 pub mod documents;
 pub mod identity;
 pub mod ids;
+pub mod kept_aside;
 pub mod membership;
 
 pub use change_sig::{ChangeSig, SIGNED_HEADS_MAX, SigDecodeError};
@@ -13,7 +14,8 @@ pub use doc_kind::{DocKind, NoteStream, ParseKindError, Section};
 pub use documents::{Author, DocError, SCHEMA_VERSION};
 pub use identity::{BadSignature, DeviceKey, Signature};
 pub use ids::{DeviceId, DocId, EntryId, MemberId, Month, OpHash, ParseIdError, TeamId, Timestamp};
+pub use kept_aside::{AsideChange, KeptAside, kept_aside};
 pub use membership::{
-    Access, DeviceInfo, Hat, Member, Membership, MembershipError, Op, OpBody, OpError,
-    RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
+    Access, Cut, DeviceInfo, Hat, KnownChanges, Member, Membership, MembershipError, Op, OpBody,
+    OpError, RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
 };

@@ -180,7 +180,11 @@ impl TeamAccess {
             OpBody::AddDevice { member, device, .. } => {
                 self.device_member.insert(*device, *member);
             }
-            OpBody::RemoveDevice { .. } | OpBody::RemoveMember { .. } => {}
+            OpBody::RemoveDevice { .. }
+            | OpBody::RemoveMember { .. }
+            | OpBody::RemoveDeviceKnowing { .. }
+            | OpBody::RemoveMemberKnowing { .. }
+            | OpBody::AcceptChanges { .. } => {}
         }
     }
 }

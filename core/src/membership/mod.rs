@@ -49,11 +49,12 @@ mod state;
 
 pub use error::{MembershipError, RejectReason, Rejected};
 pub use op::{
-    HAT_NAME_BYTES_MAX, HATS_MAX, LABEL_BYTES_MAX, NAME_BYTES_MAX, OP_BYTES_MAX, Op, OpBody,
-    OpError, PREDS_MAX, SignedOp, create_team, team_id,
+    ACCEPTED_PER_OP_MAX, HAT_NAME_BYTES_MAX, HATS_MAX, KNOWN_DOCS_MAX, KnownChanges,
+    LABEL_BYTES_MAX, NAME_BYTES_MAX, OP_BYTES_MAX, Op, OpBody, OpError, PREDS_MAX, SignedOp,
+    create_team, team_id,
 };
 pub use role::{Access, Hat, ParseNameError, Right, Role};
-pub use state::{DeviceInfo, Member, Membership};
+pub use state::{Cut, DeviceInfo, Member, Membership};
 
 /// Most ops a team's membership history may hold. The per-member limits below keep the
 /// ops of everyone but the owner well under it (`MEMBERS_MAX * OPS_PER_MEMBER_MAX`), so no

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::role::{Hat, Role};
 use crate::identity::{BadSignature, DeviceKey, Signature};
-use crate::ids::{DeviceId, MemberId, OpHash, TeamId, Timestamp};
+use crate::ids::{DeviceId, DocId, MemberId, OpHash, TeamId, Timestamp};
 
 /// Largest wire form of a signed op, in bytes.
 pub const OP_BYTES_MAX: usize = 16 * 1024;
@@ -22,6 +22,12 @@ pub const LABEL_BYTES_MAX: usize = 100;
 pub const HAT_NAME_BYTES_MAX: usize = 64;
 /// Most hats a member may wear.
 pub const HATS_MAX: usize = 16;
+/// Most documents a removal may name, over all the devices it removes (see
+/// [`KnownChanges`]): about 50 bytes each, so a removal stays well within
+/// [`OP_BYTES_MAX`].
+pub const KNOWN_DOCS_MAX: usize = 256;
+/// Most changes one [`OpBody::AcceptChanges`] may accept.
+pub const ACCEPTED_PER_OP_MAX: usize = 256;
 
 /// Version of the encoding of an [`Op`] inside the signed bytes.
 const OP_VERSION: u8 = 1;
@@ -66,12 +72,14 @@ pub enum OpBody {
         /// A label for people, e.g. "Sam's phone".
         label: String,
     },
-    /// Removes a device (lost phone): it can no longer sync or sign.
+    /// Removes a device, keeping nothing aside: written by versions before
+    /// [`OpBody::RemoveDeviceKnowing`], and still replayed; no longer written.
     RemoveDevice {
         /// The device to remove.
         device: DeviceId,
     },
-    /// Removes a member and all their devices, for good.
+    /// Removes a member and all their devices, keeping nothing aside: written by versions
+    /// before [`OpBody::RemoveMemberKnowing`], and still replayed; no longer written.
     RemoveMember {
         /// The member to remove.
         member: MemberId,
@@ -85,6 +93,45 @@ pub enum OpBody {
         /// Their new hats (replacing the old ones).
         hats: Vec<Hat>,
     },
+    /// Removes a device (lost phone): it can no longer sync or sign, and its changes the
+    /// author did not hold are kept aside (see [`KnownChanges`]).
+    RemoveDeviceKnowing {
+        /// The device to remove.
+        device: DeviceId,
+        /// Per document, how many of the device's changes the author held.
+        known: Vec<(DocId, u64)>,
+    },
+    /// Removes a member and all their devices, for good; changes of those devices the
+    /// author did not hold are kept aside (see [`KnownChanges`]).
+    RemoveMemberKnowing {
+        /// The member to remove.
+        member: MemberId,
+        /// What the author held of each of the member's devices; a device left out had
+        /// nothing the author held.
+        known: Vec<KnownChanges>,
+    },
+    /// Lets changes kept aside into a document's record. Only a member with the right
+    /// to manage the team may accept.
+    AcceptChanges {
+        /// The document.
+        doc: DocId,
+        /// The hashes of the Automerge changes accepted.
+        changes: Vec<[u8; 32]>,
+    },
+}
+
+/// What the author of a removal held of one removed device's changes: per document, the
+/// number of its Automerge changes (they form one chain per document, numbered from 1).
+/// The device's later changes of that document are not known to the removal; every
+/// device keeps them aside, out of the record, until someone who manages the team
+/// accepts them. In a document of a kind the author could not read, nothing is kept
+/// aside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownChanges {
+    /// The removed device.
+    pub device: DeviceId,
+    /// Per document, how many of its changes the author held.
+    pub docs: Vec<(DocId, u64)>,
 }
 
 /// A membership operation before signing.
@@ -276,7 +323,57 @@ pub(crate) fn validate_body(body: &OpBody) -> Result<(), String> {
         OpBody::ChangeRole { hats, .. } => check_hats(hats),
         OpBody::AddDevice { label, .. } => check_text("device label", label, LABEL_BYTES_MAX),
         OpBody::RemoveDevice { .. } | OpBody::RemoveMember { .. } => Ok(()),
+        OpBody::RemoveDeviceKnowing { known, .. } => check_known(known.len(), [known]),
+        OpBody::RemoveMemberKnowing { known, .. } => {
+            if known.len() > super::DEVICES_PER_MEMBER_MAX {
+                return Err(format!("it names {} devices, more than a member has", known.len()));
+            }
+            let mut devices: Vec<DeviceId> = known.iter().map(|k| k.device).collect();
+            devices.sort();
+            devices.dedup();
+            if devices.len() != known.len() {
+                return Err("it names the same device twice".into());
+            }
+            let docs = known.iter().map(|k| k.docs.len()).sum();
+            check_known(docs, known.iter().map(|k| &k.docs))
+        }
+        OpBody::AcceptChanges { changes, .. } => {
+            if changes.is_empty() || changes.len() > ACCEPTED_PER_OP_MAX {
+                let n = changes.len();
+                return Err(format!("it accepts {n} changes, not 1 to {ACCEPTED_PER_OP_MAX}"));
+            }
+            let mut sorted = changes.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted.len() != changes.len() {
+                return Err("it accepts the same change twice".into());
+            }
+            Ok(())
+        }
     }
+}
+
+/// Checks the documents a removal names: at most [`KNOWN_DOCS_MAX`] in all, each once per
+/// device, with a count of at least one.
+fn check_known<'a>(
+    total: usize,
+    per_device: impl IntoIterator<Item = &'a Vec<(DocId, u64)>>,
+) -> Result<(), String> {
+    if total > KNOWN_DOCS_MAX {
+        return Err(format!("it names {total} documents, more than {KNOWN_DOCS_MAX}"));
+    }
+    for docs in per_device {
+        let mut ids: Vec<DocId> = docs.iter().map(|(doc, _)| *doc).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != docs.len() {
+            return Err("it names the same document twice for one device".into());
+        }
+        if docs.iter().any(|(_, count)| *count == 0) {
+            return Err("it names a document with no changes held".into());
+        }
+    }
+    Ok(())
 }
 
 fn check_hats(hats: &[Hat]) -> Result<(), String> {

@@ -274,14 +274,18 @@ struct PendingRemoval {
 
 fn removal(op: OpHash, body: &OpBody) -> Option<PendingRemoval> {
     match body {
-        OpBody::RemoveDevice { device } => Some(PendingRemoval {
-            removal: Removal { op, devices: BTreeSet::from([*device]) },
-            member: None,
-        }),
-        OpBody::RemoveMember { member } => Some(PendingRemoval {
-            removal: Removal { op, devices: BTreeSet::new() },
-            member: Some(*member),
-        }),
+        OpBody::RemoveDevice { device } | OpBody::RemoveDeviceKnowing { device, .. } => {
+            Some(PendingRemoval {
+                removal: Removal { op, devices: BTreeSet::from([*device]) },
+                member: None,
+            })
+        }
+        OpBody::RemoveMember { member } | OpBody::RemoveMemberKnowing { member, .. } => {
+            Some(PendingRemoval {
+                removal: Removal { op, devices: BTreeSet::new() },
+                member: Some(*member),
+            })
+        }
         _ => None,
     }
 }

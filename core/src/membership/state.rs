@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::RejectReason;
-use super::op::{Op, OpBody, PREDS_MAX, SignedOp, validate_body};
+use super::op::{KnownChanges, Op, OpBody, PREDS_MAX, SignedOp, validate_body};
 use super::role::{Access, Hat, Right, Role};
 use super::{DEVICES_PER_MEMBER_MAX, MEMBERS_MAX, OPS_PER_MEMBER_MAX};
 use crate::doc_kind::DocKind;
 use crate::identity::DeviceKey;
-use crate::ids::{DeviceId, MemberId, OpHash, TeamId, Timestamp};
+use crate::ids::{DeviceId, DocId, MemberId, OpHash, TeamId, Timestamp};
 
 /// Label given to the device that created the team.
 const FIRST_DEVICE_LABEL: &str = "first device";
@@ -28,7 +28,32 @@ pub struct Membership {
     device_history: BTreeMap<DeviceId, MemberId>,
     /// Accepted ops per authoring member (see [`OPS_PER_MEMBER_MAX`]).
     ops_by_member: BTreeMap<MemberId, usize>,
+    /// What each removal cut off, by removed device (see [`Cut`]).
+    cuts: BTreeMap<DeviceId, Cut>,
+    /// Changes kept aside that were accepted into the record, by document.
+    accepted: BTreeMap<DocId, BTreeSet<[u8; 32]>>,
     heads: Vec<OpHash>,
+}
+
+/// Where a removal cut a device off: its changes the removal's author held are part of
+/// the record, its later ones are kept aside (see
+/// [`KnownChanges`](super::KnownChanges)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Per document, how many of the device's changes the removal's author held.
+    pub known: BTreeMap<DocId, u64>,
+    /// The role of the removal's author: a document of a kind it could not read is not
+    /// cut, since it could not say what it held there.
+    pub by_role: Role,
+}
+
+impl Cut {
+    /// Whether the device's change number `seq` (from 1) of `doc`, a `kind` document,
+    /// is after the cut.
+    pub fn is_after(&self, doc: DocId, kind: &DocKind, seq: u64) -> bool {
+        self.by_role.access(kind) != Access::None
+            && seq > self.known.get(&doc).copied().unwrap_or(0)
+    }
 }
 
 /// A current member of a team.
@@ -130,6 +155,17 @@ impl Membership {
         &self.heads
     }
 
+    /// Where removals cut devices off, by device: empty when no removal named what it
+    /// held (see [`Cut`]).
+    pub fn cuts(&self) -> &BTreeMap<DeviceId, Cut> {
+        &self.cuts
+    }
+
+    /// Whether the change `hash` of `doc`, kept aside, was accepted into the record.
+    pub fn is_accepted(&self, doc: DocId, hash: &[u8; 32]) -> bool {
+        self.accepted.get(&doc).is_some_and(|set| set.contains(hash))
+    }
+
     /// Every current device, with its member.
     pub fn devices(&self) -> impl Iterator<Item = (DeviceId, &Member)> {
         self.members.values().flat_map(|m| m.devices.keys().map(move |d| (*d, m)))
@@ -154,8 +190,25 @@ impl Membership {
             OpBody::AddDevice { member, device, .. } => {
                 self.check_add_device(actor, *member, *device)
             }
-            OpBody::RemoveDevice { device } => self.check_remove_device(actor, *device),
+            OpBody::RemoveDevice { device } | OpBody::RemoveDeviceKnowing { device, .. } => {
+                self.check_remove_device(actor, *device)
+            }
             OpBody::RemoveMember { member } => self.check_remove_member(actor, *member),
+            OpBody::RemoveMemberKnowing { member, known } => {
+                self.check_remove_member(actor, *member)?;
+                let devices = &self.current(*member)?.devices;
+                match known.iter().find(|k| !devices.contains_key(&k.device)) {
+                    Some(k) => Err(conflict(&format!("{} is not a device of {member}", k.device))),
+                    None => Ok(()),
+                }
+            }
+            OpBody::AcceptChanges { .. } => {
+                if self.has_right(actor.id, Right::ManageTeam) {
+                    Ok(())
+                } else {
+                    not_allowed(actor, "accept changes kept aside")
+                }
+            }
             OpBody::ChangeRole { member, role, hats } => {
                 self.check_change_role(actor, *member, *role, hats)
             }
@@ -204,6 +257,8 @@ impl Membership {
             removed: BTreeSet::new(),
             device_history: BTreeMap::from([(author, owner)]),
             ops_by_member: BTreeMap::new(),
+            cuts: BTreeMap::new(),
+            accepted: BTreeMap::new(),
             heads: Vec::new(),
         }
     }
@@ -211,6 +266,7 @@ impl Membership {
     /// Applies an op that [`check`](Self::check) accepted.
     pub(super) fn apply(&mut self, author: DeviceId, at: Timestamp, body: &OpBody) {
         let added_by = self.member_of_device(author).map(|m| m.id);
+        let by_role = self.role_of_device(author).unwrap_or(Role::Relay);
         if let Some(member) = added_by {
             *self.ops_by_member.entry(member).or_default() += 1;
         }
@@ -234,16 +290,28 @@ impl Membership {
                     self.device_history.insert(*device, *member);
                 }
             }
-            OpBody::RemoveDevice { device } => {
-                let member =
-                    self.device_history.get(device).and_then(|id| self.members.get_mut(id));
-                if let Some(m) = member {
-                    m.devices.remove(device);
-                }
-            }
+            OpBody::RemoveDevice { device } => self.remove_device(*device),
             OpBody::RemoveMember { member } => {
                 self.members.remove(member);
                 self.removed.insert(*member);
+            }
+            OpBody::RemoveDeviceKnowing { device, known } => {
+                let known = known.iter().copied().collect();
+                self.cuts.entry(*device).or_insert(Cut { known, by_role });
+                self.remove_device(*device);
+            }
+            OpBody::RemoveMemberKnowing { member, known } => {
+                let devices = self.members.get(member).map(|m| m.devices.keys().copied());
+                for device in devices.into_iter().flatten().collect::<Vec<_>>() {
+                    let held = known.iter().find(|k: &&KnownChanges| k.device == device);
+                    let known = held.map(|k| k.docs.iter().copied().collect()).unwrap_or_default();
+                    self.cuts.entry(device).or_insert(Cut { known, by_role });
+                }
+                self.members.remove(member);
+                self.removed.insert(*member);
+            }
+            OpBody::AcceptChanges { doc, changes } => {
+                self.accepted.entry(*doc).or_default().extend(changes.iter().copied());
             }
             OpBody::ChangeRole { member, role, hats } => {
                 if let Some(m) = self.members.get_mut(member) {
@@ -254,13 +322,20 @@ impl Membership {
         }
     }
 
+    fn remove_device(&mut self, device: DeviceId) {
+        let member = self.device_history.get(&device).and_then(|id| self.members.get_mut(id));
+        if let Some(m) = member {
+            m.devices.remove(&device);
+        }
+    }
+
     /// Sets the heads of the history this membership was replayed from.
     pub(super) fn set_heads(&mut self, heads: Vec<OpHash>) {
         self.heads = heads;
     }
 
     /// The member `device` was ever added to, even if since removed.
-    pub(super) fn member_ever_of_device(&self, device: DeviceId) -> Option<MemberId> {
+    pub fn member_ever_of_device(&self, device: DeviceId) -> Option<MemberId> {
         self.device_history.get(&device).copied()
     }
 
