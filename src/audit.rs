@@ -5,7 +5,7 @@
 //! signature and the author's right verify. Nothing here trusts this device's own
 //! verdicts: every signature and right is checked again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{Automerge, ChangeHash, ObjId};
 use care_core::documents;
@@ -62,6 +62,8 @@ pub struct ChangeAudit {
     /// Whether the author could write this kind of document at the point of the
     /// membership log it signed under.
     pub right: bool,
+    /// Whether the change is kept aside, out of the record (see [`care_core::kept_aside`]).
+    pub kept_aside: bool,
 }
 
 impl ChangeAudit {
@@ -154,7 +156,7 @@ impl Team<'_> {
     }
 
     /// Audits the changes that made `objects` (each with what it is), or every change.
-    fn audit(
+    pub(crate) fn audit(
         &mut self,
         kind: DocKind,
         objects: Option<Vec<(Made, String)>>,
@@ -167,7 +169,17 @@ impl Team<'_> {
             self.home.store.received_times(doc_id)?.into_iter().collect();
         let context =
             Context { team, kind, access: &access, signatures: &signatures, received: &received };
-        let audited = self.read(kind, |doc| {
+        // The whole document: a change kept aside is audited too, and marked.
+        let audited = self.read_whole(kind, |doc| {
+            let aside: HashSet<ChangeHash> =
+                care_core::kept_aside(doc, doc_id, &kind, access.membership())
+                    .map(|aside| aside.changes.iter().map(|change| change.hash).collect())
+                    .unwrap_or_default();
+            let audit = |hash: ChangeHash, what: String| {
+                let mut audit = context.audit(doc, hash, what);
+                audit.kept_aside = aside.contains(&hash);
+                audit
+            };
             Ok(match &objects {
                 Some(objects) => objects
                     .iter()
@@ -176,13 +188,13 @@ impl Team<'_> {
                             Made::Object(obj) => change_of(doc, obj)?,
                             Made::Change(hash) => *hash,
                         };
-                        Some(context.audit(doc, hash, what.clone()))
+                        Some(audit(hash, what.clone()))
                     })
                     .collect(),
                 None => doc
                     .get_changes_meta(&[])
                     .iter()
-                    .map(|meta| context.audit(doc, meta.hash, "a change".into()))
+                    .map(|meta| audit(meta.hash, "a change".into()))
                     .collect::<Vec<_>>(),
             })
         })?;
@@ -192,7 +204,7 @@ impl Team<'_> {
 
 /// What an audited entry was made by: the change that created an object, or a change
 /// found otherwise.
-enum Made {
+pub(crate) enum Made {
     Object(ObjId),
     Change(ChangeHash),
 }
@@ -224,6 +236,7 @@ impl Context<'_> {
             received_at,
             signature: SignatureVerdict::Missing,
             right: false,
+            kept_aside: false,
         };
         if genesis_change(self.team, &self.kind).1 == Some(hash) {
             audit.device = None;

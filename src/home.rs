@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use care_core::documents::{self, Author};
-use care_core::membership::{self, Membership, OpBody, Role, SignedOp};
+use automerge::Automerge;
+use care_core::documents::{self, Author, DocError};
+use care_core::membership::{self, KnownChanges, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoreKey, StoredDoc, keyfile};
 use care_sync::Change;
@@ -125,6 +126,8 @@ pub struct Home {
     /// The bytes of the last document received or sent whole, kept to pass it on to the
     /// next device without reading (and decrypting) it from the store again.
     pub(crate) last_whole: Option<crate::replica::WholeBytes>,
+    /// The records of documents where changes are kept aside.
+    records: crate::record::Records,
 }
 
 impl std::fmt::Debug for Home {
@@ -240,6 +243,7 @@ impl Home {
             verifier: None,
             pending_signatures: Default::default(),
             last_whole: None,
+            records: crate::record::Records::default(),
         }
     }
 
@@ -403,12 +407,61 @@ impl Home {
 
     /// Signs a membership operation with this device's key, if the team's membership
     /// allows it, and stores it.
+    ///
+    /// A removal ([`OpBody::RemoveDevice`] or [`OpBody::RemoveMember`]) is signed as the
+    /// removal that names what this device holds of the removed devices' changes
+    /// ([`OpBody::RemoveDeviceKnowing`], [`OpBody::RemoveMemberKnowing`]): their later
+    /// changes are kept aside on every device (see [`care_core::kept_aside`]).
     pub fn author_op(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
+        let body = self.knowing(team, body)?;
         let membership = self.membership(team)?;
         let op = membership.author_op(&self.key, self.now(), body).map_err(Error::Refused)?;
         self.store_ops(team, std::slice::from_ref(&op))?;
         self.changed.push(Change::Membership { team });
         Ok(op)
+    }
+
+    /// A removal with what this device holds of the removed devices' changes: per
+    /// document it holds, how many changes each wrote. Any other op is returned as it is.
+    fn knowing(&mut self, team: TeamId, body: OpBody) -> Result<OpBody> {
+        let devices: Vec<DeviceId> = match &body {
+            OpBody::RemoveDevice { device } => vec![*device],
+            OpBody::RemoveMember { member } => self
+                .membership(team)?
+                .member(*member)
+                .map(|m| m.devices.keys().copied().collect())
+                .unwrap_or_default(),
+            _ => return Ok(body),
+        };
+        let mut known: Vec<KnownChanges> = devices
+            .iter()
+            .map(|device| KnownChanges { device: *device, docs: Vec::new() })
+            .collect();
+        for summary in self.store.docs(Some(team))? {
+            let Ok(kind) = summary.kind.parse::<DocKind>() else {
+                continue;
+            };
+            let Some(stored) = self.doc(team, kind, Purpose::Read)? else {
+                continue;
+            };
+            for held in &mut known {
+                let count = care_core::kept_aside::changes_by(stored.doc(), held.device);
+                if count > 0 {
+                    held.docs.push((summary.id, count));
+                }
+            }
+        }
+        Ok(match body {
+            OpBody::RemoveDevice { device } => {
+                let docs = known.pop().map(|held| held.docs).unwrap_or_default();
+                OpBody::RemoveDeviceKnowing { device, known: docs }
+            }
+            OpBody::RemoveMember { member } => {
+                known.retain(|held| !held.docs.is_empty());
+                OpBody::RemoveMemberKnowing { member, known }
+            }
+            other => other,
+        })
     }
 
     /// Records an invitation to `team` with `role`, valid until `expires`, and returns its
@@ -621,6 +674,23 @@ impl Home {
             None => return Ok(None),
         };
         Ok(Some(self.docs.insert(id, stored)))
+    }
+
+    /// The record of a document (the document without the changes kept aside: see
+    /// [`care_core::kept_aside`]), loaded for reading; `None` when this home holds no
+    /// such document.
+    pub(crate) fn record(&mut self, team: TeamId, kind: DocKind) -> Result<Option<&Automerge>> {
+        let access = self.team_access(team)?;
+        let id = kind.doc_id(team);
+        if self.doc(team, kind, Purpose::Read)?.is_none() {
+            return Ok(None);
+        }
+        let Home { docs, records, .. } = self;
+        let stored = docs.get_mut(&id).expect("the document was loaded just above");
+        let record = records.of(stored.doc(), id, &kind, access.membership()).map_err(|e| {
+            Error::Document { kind: kind.to_string(), source: Box::new(DocError::Automerge(e)) }
+        })?;
+        Ok(Some(record.unwrap_or(stored.doc())))
     }
 
     /// Loads a document from the store. One received whole and not loaded since is

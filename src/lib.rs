@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod aside;
 pub mod audit;
 mod cache;
 pub mod circle;
@@ -31,12 +32,14 @@ pub mod error;
 pub mod export;
 pub mod home;
 pub mod node;
+mod record;
 mod replica;
 #[cfg(test)]
 mod sim;
 pub mod team;
 mod verify;
 
+pub use aside::AsideEntry;
 pub use audit::{ChangeAudit, SignatureVerdict};
 pub use cache::DOCS_CACHED_MAX;
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};

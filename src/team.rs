@@ -14,6 +14,7 @@ use care_sync::Change;
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose, random_bytes};
+use crate::record::write_on_record;
 use crate::replica::to_stored;
 
 /// Which notes `Team::notes` returns, newest first.
@@ -220,8 +221,20 @@ impl<'h> Team<'h> {
         f: impl FnOnce(&Automerge) -> Result<R, DocError>,
     ) -> Result<Option<R>> {
         self.require(&kind, Access::Read)?;
-        let team = self.id();
-        match self.home.doc(team, kind, Purpose::Read)? {
+        match self.home.record(self.id(), kind)? {
+            Some(record) => f(record).map(Some).map_err(|e| doc_error(&kind, e)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Team::read`] on the whole document, changes kept aside included.
+    pub(crate) fn read_whole<R>(
+        &mut self,
+        kind: DocKind,
+        f: impl FnOnce(&Automerge) -> Result<R, DocError>,
+    ) -> Result<Option<R>> {
+        self.require(&kind, Access::Read)?;
+        match self.home.doc(self.id(), kind, Purpose::Read)? {
             Some(stored) => f(stored.doc()).map(Some).map_err(|e| doc_error(&kind, e)),
             None => Ok(None),
         }
@@ -251,7 +264,7 @@ impl<'h> Team<'h> {
     /// The loaded document of a kind, for export.
     pub(crate) fn load(&mut self, kind: DocKind) -> Result<Option<&Automerge>> {
         self.require(&kind, Access::Read)?;
-        Ok(self.home.doc(self.id(), kind, Purpose::Read)?.map(|stored| stored.doc()))
+        self.home.record(self.id(), kind)
     }
 
     fn write<R>(
@@ -274,7 +287,9 @@ impl<'h> Team<'h> {
         author.at = at;
         let team = self.id();
         // Every change is signed under the membership as this device holds it now.
-        let membership = self.home.team_access(team)?.membership().heads().to_vec();
+        let access = self.home.team_access(team)?;
+        let membership = access.membership().heads().to_vec();
+        let device = self.home.profile().device;
         self.home.doc(team, kind, Purpose::Write)?;
         let Home { store, docs, key, .. } = &mut *self.home;
         let doc_id = kind.doc_id(team);
@@ -286,11 +301,13 @@ impl<'h> Team<'h> {
                 .map(|h| to_stored(&ChangeSig::sign(key, team, doc_id, h.0, &membership)))
                 .collect()
         };
-        let written =
-            store.update_doc_signed(stored, |doc| f(doc, &author), sign).map_err(|e| match e {
-                UpdateError::Store(e) => Error::Store(e),
-                UpdateError::Rejected(e) => doc_error(&kind, e),
-            })?;
+        // Written on the record, never on changes kept aside.
+        let on = (doc_id, &kind, access.membership(), device);
+        let write = |doc: &mut Automerge| write_on_record(doc, on, |record| f(record, &author));
+        let written = store.update_doc_signed(stored, write, sign).map_err(|e| match e {
+            UpdateError::Store(e) => Error::Store(e),
+            UpdateError::Rejected(e) => doc_error(&kind, e),
+        })?;
         self.home.changed.push(Change::Doc { team, doc: kind.doc_id(team), kind });
         Ok(written)
     }

@@ -1,0 +1,297 @@
+//! Changes kept aside, for the members who decide on them: what a removed device wrote
+//! that its removal did not know of, and what was built on it (see
+//! [`care_core::kept_aside`]). Each is listed with its audit (who, in which role, on
+//! which device, when, and whether signature and right verify) and what it writes; a
+//! member who manages the team lets one into the record with a signed
+//! [`OpBody::AcceptChanges`].
+
+use automerge::{Automerge, ChangeHash, PatchAction, Value};
+use care_core::kept_aside::roots_to_accept;
+use care_core::membership::Access;
+use care_core::{DocKind, OpBody, kept_aside};
+use serde::Serialize;
+
+use crate::audit::{ChangeAudit, Made};
+use crate::error::{Error, Result};
+use crate::team::Team;
+
+/// Longest description of what a change kept aside writes, in characters.
+const WHAT_CHARS_MAX: usize = 300;
+
+/// A change kept aside, out of the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AsideEntry {
+    /// The document it is in, such as `notes/2026-11`.
+    pub document: String,
+    /// Whether it was written by a removed device after what its removal knew (else it
+    /// is kept aside for being built on such a change).
+    pub after_removal: bool,
+    /// Who wrote it, when, and whether that verifies; `what` says what it writes.
+    pub audit: ChangeAudit,
+}
+
+impl Team<'_> {
+    /// Every change kept aside in the documents this device may read, by document, oldest
+    /// claimed time first.
+    pub fn kept_aside(&mut self) -> Result<Vec<AsideEntry>> {
+        let team = self.id();
+        let mut out = Vec::new();
+        for summary in self.documents()? {
+            let Ok(kind) = summary.kind.parse::<DocKind>() else {
+                continue;
+            };
+            if self.access(&kind) == Access::None {
+                continue;
+            }
+            let membership = self.home.team_access(team)?;
+            let found = self.read_whole(kind, |doc| {
+                let aside = kept_aside(doc, summary.id, &kind, membership.membership());
+                Ok(aside
+                    .map(|aside| {
+                        aside
+                            .changes
+                            .iter()
+                            .map(|change| {
+                                (change.hash, change.after_removal, what(doc, change.hash))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default())
+            })?;
+            let changes = found.unwrap_or_default();
+            if changes.is_empty() {
+                continue;
+            }
+            let objects = changes.iter().map(|(hash, _, what)| (Made::Change(*hash), what.clone()));
+            let audits = self.audit(kind, Some(objects.collect()))?;
+            for ((_, after_removal, _), audit) in changes.into_iter().zip(audits) {
+                out.push(AsideEntry { document: kind.to_string(), after_removal, audit });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lets changes kept aside into the record, with every change kept aside that they were
+    /// built on, by signing an [`OpBody::AcceptChanges`] per document. Needs the right to
+    /// manage the team. Returns how many changes entered the record.
+    pub fn accept_kept_aside(&mut self, changes: &[ChangeHash]) -> Result<usize> {
+        let team = self.id();
+        let mut left: Vec<ChangeHash> = changes.to_vec();
+        let mut accepted = 0;
+        for summary in self.documents()? {
+            if left.is_empty() {
+                break;
+            }
+            let Ok(kind) = summary.kind.parse::<DocKind>() else {
+                continue;
+            };
+            if self.access(&kind) == Access::None {
+                continue;
+            }
+            let membership = self.home.team_access(team)?;
+            let found = self.read_whole(kind, |doc| {
+                Ok(kept_aside(doc, summary.id, &kind, membership.membership()))
+            })?;
+            let Some(aside) = found.flatten() else {
+                continue;
+            };
+            let here: Vec<ChangeHash> = left
+                .iter()
+                .copied()
+                .filter(|hash| aside.changes.iter().any(|change| change.hash == *hash))
+                .collect();
+            if here.is_empty() {
+                continue;
+            }
+            left.retain(|hash| !here.contains(hash));
+            let roots = roots_to_accept(&aside, &here).unwrap_or_default();
+            let before = aside.changes.len();
+            let body = OpBody::AcceptChanges {
+                doc: summary.id,
+                changes: roots.iter().map(|hash| hash.0).collect(),
+            };
+            self.home.author_op(team, body)?;
+            let membership = self.home.team_access(team)?;
+            let after = self
+                .read_whole(kind, |doc| {
+                    Ok(kept_aside(doc, summary.id, &kind, membership.membership())
+                        .map_or(0, |aside| aside.changes.len()))
+                })?
+                .unwrap_or(0);
+            accepted += before - after;
+        }
+        match left.first() {
+            Some(hash) => Err(Error::NotFound { what: "change kept aside", id: hash.to_string() }),
+            None => Ok(accepted),
+        }
+    }
+}
+
+/// What a change writes, in words: each value it sets and each text it adds, by path.
+fn what(doc: &Automerge, hash: ChangeHash) -> String {
+    let Some(meta) = doc.get_change_meta_by_hash(&hash) else {
+        return "a change".into();
+    };
+    let mut parts = Vec::new();
+    for patch in doc.diff(&meta.deps, &[hash]) {
+        let at: Vec<String> = patch.path.iter().map(|(_, prop)| prop.to_string()).collect();
+        let at = at.join("/");
+        match patch.action {
+            PatchAction::PutMap { key, value: (Value::Scalar(value), _), .. } => {
+                parts.push(format!("{at}/{key} = {value}"));
+            }
+            PatchAction::SpliceText { value, .. } => {
+                parts.push(format!("{at}: \"{}\"", value.make_string()));
+            }
+            _ => {}
+        }
+    }
+    let what = if parts.is_empty() { "a change".to_owned() } else { parts.join(", ") };
+    match what.char_indices().nth(WHAT_CHARS_MAX) {
+        Some((end, _)) => format!("{}…", &what[..end]),
+        None => what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use care_core::membership::Role;
+    use care_core::{MemberId, TeamId};
+    use care_sync::{Effect, Hub, Replica};
+
+    use super::*;
+    use crate::home::Home;
+    use crate::{NewNote, NoteQuery};
+
+    /// Connects two homes and lets their sessions exchange frames until both are quiet.
+    fn sync(a: &mut Home, b: &mut Home) -> Result<()> {
+        let (a_device, b_device) = (a.profile().device, b.profile().device);
+        let (mut a_hub, mut b_hub) = (Hub::new(a_device), Hub::new(b_device));
+        let refused = |e| Error::Invalid(format!("{e:?}"));
+        let a_conn = a_hub.open(a, b_device, a_device, 0).map_err(refused)?;
+        let b_conn = b_hub.open(b, a_device, a_device, 0).map_err(refused)?;
+        loop {
+            let mut moved = false;
+            for effect in a_hub.take_effects() {
+                if let Effect::Send { frame, .. } = effect {
+                    b_hub.frame(b, b_conn, &frame);
+                    moved = true;
+                }
+            }
+            for effect in b_hub.take_effects() {
+                if let Effect::Send { frame, .. } = effect {
+                    a_hub.frame(a, a_conn, &frame);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+
+    fn temp_dirs(n: usize) -> Result<Vec<tempfile::TempDir>> {
+        (0..n).map(|_| tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))).collect()
+    }
+
+    fn join(owner: &mut Home, team: TeamId, home: &Home, name: &str) -> Result<MemberId> {
+        let (member, device) = (home.profile().member, home.profile().device);
+        let role = Role::Worker;
+        owner
+            .author_op(team, OpBody::AddMember { member, name: name.into(), role, hats: vec![] })?;
+        owner.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+        Ok(member)
+    }
+
+    fn write(home: &mut Home, text: &str) -> Result<()> {
+        home.team("")?.add_note(&NewNote { text: text.into(), ..Default::default() }, None)?;
+        Ok(())
+    }
+
+    fn texts(home: &mut Home) -> Result<Vec<String>> {
+        let mut texts: Vec<String> =
+            home.team("")?.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
+        texts.sort();
+        Ok(texts)
+    }
+
+    fn aside(home: &mut Home) -> Result<Vec<(String, bool, Option<String>)>> {
+        let entries = home.team("")?.kept_aside()?;
+        Ok(entries.into_iter().map(|e| (e.audit.change, e.after_removal, e.audit.name)).collect())
+    }
+
+    /// Dan is removed while offline. What he writes after, passed on by Eve (who has not
+    /// heard of the removal, and builds on it), reaches Ada through the protocol's own
+    /// frames and stays out of the record on both devices, listed alike, until Ada
+    /// accepts it.
+    #[test]
+    fn a_removed_workers_later_notes_are_kept_aside_on_every_device_until_accepted() -> Result<()> {
+        let dirs = temp_dirs(3)?;
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut dan = Home::init(dirs[1].path(), "Dan")?;
+        let mut eve = Home::init(dirs[2].path(), "Eve")?;
+        let team = ada.create_team("Rosa's team")?;
+        let dan_id = join(&mut ada, team, &dan, "Dan")?;
+        join(&mut ada, team, &eve, "Eve")?;
+        for home in [&mut dan, &mut eve] {
+            home.add_ops(team, &ada.signed_ops(team)?)?;
+        }
+        write(&mut dan, "Dan: tea at 8.")?;
+        sync(&mut ada, &mut dan)?;
+        ada.author_op(team, OpBody::RemoveMember { member: dan_id })?;
+
+        write(&mut dan, "Dan, after his removal.")?;
+        sync(&mut dan, &mut eve)?;
+        write(&mut eve, "Eve, on top of Dan's.")?;
+        write(&mut ada, "Ada: walk at 3.")?;
+        sync(&mut ada, &mut eve)?;
+
+        let record = ["Ada: walk at 3.", "Dan: tea at 8."];
+        assert_eq!(texts(&mut ada)?, record);
+        assert_eq!(texts(&mut eve)?, record);
+        let listed = aside(&mut ada)?;
+        assert_eq!(listed, aside(&mut eve)?, "kept aside alike on both devices");
+        let who: Vec<(bool, Option<&str>)> =
+            listed.iter().map(|(_, root, name)| (*root, name.as_deref())).collect();
+        assert_eq!(who, [(true, Some("Dan")), (false, Some("Eve"))]);
+        let entries = ada.team("")?.kept_aside()?;
+        assert!(entries[0].audit.what.contains("Dan, after his removal."), "{entries:?}");
+        assert!(entries.iter().all(|e| e.audit.verified() && e.audit.kept_aside));
+
+        // Ada's next note is written on the record, and reaches Eve.
+        write(&mut ada, "Ada: lunch.")?;
+        sync(&mut ada, &mut eve)?;
+        assert!(texts(&mut eve)?.contains(&"Ada: lunch.".to_owned()));
+        assert_eq!(aside(&mut eve)?.len(), 2);
+
+        // Accepting Eve's note brings Dan's, which it was built on.
+        let eves: ChangeHash = listed[1].0.parse().map_err(|_| Error::Invalid("hash".into()))?;
+        assert_eq!(ada.team("")?.accept_kept_aside(&[eves])?, 2);
+        sync(&mut ada, &mut eve)?;
+        for home in [&mut ada, &mut eve] {
+            assert_eq!(texts(home)?.len(), 5);
+            assert_eq!(aside(home)?, []);
+        }
+        Ok(())
+    }
+
+    /// Only a member who manages the team may accept; a change not kept aside is named.
+    #[test]
+    fn only_a_manager_accepts_and_only_what_is_kept_aside() -> Result<()> {
+        let dirs = temp_dirs(2)?;
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut eve = Home::init(dirs[1].path(), "Eve")?;
+        let team = ada.create_team("Rosa's team")?;
+        join(&mut ada, team, &eve, "Eve")?;
+        eve.add_ops(team, &ada.signed_ops(team)?)?;
+        write(&mut ada, "Ada: walk at 3.")?;
+        let unknown = ChangeHash([7; 32]);
+        let err = ada.team("")?.accept_kept_aside(&[unknown]);
+        assert!(matches!(err, Err(Error::NotFound { .. })), "{err:?}");
+        let doc = care_core::DocId::from_bytes([1; 16]);
+        let body = OpBody::AcceptChanges { doc, changes: vec![[7; 32]] };
+        let err = eve.author_op(team, body);
+        assert!(matches!(err, Err(Error::Refused(_))), "{err:?}");
+        Ok(())
+    }
+}
