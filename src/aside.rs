@@ -258,6 +258,20 @@ mod tests {
         assert!(entries[0].audit.what.contains("Dan, after his removal."), "{entries:?}");
         assert!(entries.iter().all(|e| e.audit.verified() && e.audit.kept_aside));
 
+        // An export keeps every change, and its check with no home finds the same two
+        // kept aside; the export people read holds the record.
+        let out = dirs[0].path().join("export");
+        ada.team("")?.export(&out, crate::ExportFormat::Automerge)?;
+        let report = crate::verify_export(&out)?;
+        assert_eq!((report.failure.is_none(), report.kept_aside), (true, 2), "{report:?}");
+        let readable = dirs[0].path().join("json");
+        ada.team("")?.export(&readable, crate::ExportFormat::Json)?;
+        let json = std::fs::read_dir(&readable)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .collect::<String>();
+        assert!(json.contains("Dan: tea at 8.") && !json.contains("after his removal"));
+
         // Ada's next note is written on the record, and reaches Eve.
         write(&mut ada, "Ada: lunch.")?;
         sync(&mut ada, &mut eve)?;

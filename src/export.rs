@@ -72,6 +72,8 @@ pub struct VerifyReport {
     pub documents: usize,
     /// Changes checked, over all documents.
     pub changes: usize,
+    /// Of those, the changes kept aside, out of the record (see [`care_core::kept_aside`]).
+    pub kept_aside: usize,
     /// The first thing that fails, if any.
     pub failure: Option<VerifyFailure>,
 }
@@ -106,11 +108,12 @@ pub(crate) fn export_team(
         if team.access(&kind) == Access::None {
             continue;
         }
-        let Some(doc) = team.load(kind)? else { continue };
         let stem = kind.to_string().replace('/', "-");
         let (path, bytes) = match format {
+            // The whole document, changes kept aside included: `care verify` checks every
+            // change, and works out the record as every device does.
             ExportFormat::Automerge => {
-                let doc = doc.save();
+                let Some(doc) = team.read_whole(kind, |doc| Ok(doc.save()))? else { continue };
                 let team_id = team.id();
                 let signatures = crate::replica::stored_signatures_of(
                     &team.home.store,
@@ -129,7 +132,9 @@ pub(crate) fn export_team(
                 });
                 (out.join(format!("{stem}.automerge")), doc)
             }
+            // The record, as people read it.
             ExportFormat::Json => {
+                let Some(doc) = team.load(kind)? else { continue };
                 let json = serde_json::to_vec_pretty(&automerge::AutoSerde::from(doc))
                     .map_err(|e| Error::Invalid(format!("cannot export {kind} as JSON: {e}")))?;
                 (out.join(format!("{stem}.json")), json)
@@ -170,7 +175,7 @@ pub fn verify_export(dir: &Path) -> Result<VerifyReport> {
         .team
         .parse()
         .map_err(|e| Error::Invalid(format!("{MANIFEST} names no team: {e}")))?;
-    let mut report = VerifyReport { team, documents: 0, changes: 0, failure: None };
+    let mut report = VerifyReport { team, documents: 0, changes: 0, kept_aside: 0, failure: None };
     let fail = |document: &str, change: Option<String>, why: String| {
         Some(VerifyFailure { document: document.to_owned(), change, why })
     };
@@ -192,7 +197,10 @@ pub fn verify_export(dir: &Path) -> Result<VerifyReport> {
         let sig_bytes = read_file(&dir.join(file_name(&entry.signatures)?))?;
         report.documents += 1;
         match verify_document(&access, team, &kind, &bytes, &sig_bytes) {
-            Ok(changes) => report.changes += changes,
+            Ok((changes, kept_aside)) => {
+                report.changes += changes;
+                report.kept_aside += kept_aside;
+            }
             Err((change, why)) => {
                 report.failure = fail(&entry.kind, change, why);
                 return Ok(report);
@@ -202,15 +210,15 @@ pub fn verify_export(dir: &Path) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// Checks one exported document; `Ok` is how many changes it holds, `Err` the change
-/// to blame (if one is) and why.
+/// Checks one exported document; `Ok` is how many changes it holds and how many of them
+/// are kept aside, `Err` the change to blame (if one is) and why.
 fn verify_document(
     access: &TeamAccess,
     team: TeamId,
     kind: &DocKind,
     bytes: &[u8],
     sig_bytes: &[u8],
-) -> std::result::Result<usize, (Option<String>, String)> {
+) -> std::result::Result<(usize, usize), (Option<String>, String)> {
     inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| (None, e.to_string()))?;
     let doc = Automerge::load(bytes).map_err(|e| (None, format!("it does not load: {e}")))?;
     let signatures: Vec<ChangeSig> = postcard::from_bytes(sig_bytes)
@@ -220,7 +228,8 @@ fn verify_document(
         .map_err(|e| (blamed_change(&e), e.to_string()))?;
     care_sync::access::check_document(access, team, kind, &doc, &signatures)
         .map_err(|why| (None, why))?;
-    Ok(doc.get_changes_meta(&[]).len())
+    let kept_aside = care_core::kept_aside(&doc, id, kind, access.membership());
+    Ok((doc.get_changes_meta(&[]).len(), kept_aside.map_or(0, |aside| aside.changes.len())))
 }
 
 /// The change an authorship failure is about.

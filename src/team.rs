@@ -261,7 +261,7 @@ impl<'h> Team<'h> {
         self.membership.access(self.home.profile().device, kind)
     }
 
-    /// The loaded document of a kind, for export.
+    /// The record of a document of a kind (without the changes kept aside), for export.
     pub(crate) fn load(&mut self, kind: DocKind) -> Result<Option<&Automerge>> {
         self.require(&kind, Access::Read)?;
         self.home.record(self.id(), kind)

@@ -90,6 +90,11 @@ pub(crate) enum Command {
         #[arg(long, group = "audited", value_name = "KIND")]
         doc: Option<DocKind>,
     },
+    /// Changes kept aside: what a removed device wrote that its removal did not know of,
+    /// and what was built on it. They stay out of the record until someone who manages
+    /// the team accepts them.
+    #[command(subcommand)]
+    Aside(AsideCommand),
     /// Check an export (`care export --format automerge`) with no home at all: the
     /// membership log, and every change's signature and its author's right. Exits
     /// non-zero at the first failure, naming it.
@@ -330,6 +335,21 @@ pub(crate) enum RotaCommand {
     },
 }
 
+/// `care aside ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AsideCommand {
+    /// List the changes kept aside: who wrote them, in which role, on which device,
+    /// when, and what they write.
+    List,
+    /// Let changes kept aside into the record, with every change kept aside they were
+    /// built on. Needs the right to manage the team.
+    Accept {
+        /// The changes' hashes, as `care aside list` shows them.
+        #[arg(required = true, value_parser = parse_change)]
+        changes: Vec<automerge::ChangeHash>,
+    },
+}
+
 /// `care promise ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum PromiseCommand {
@@ -360,6 +380,12 @@ pub(crate) enum Format {
 }
 
 /// A role a new member may be invited with: any but owner.
+fn parse_change(text: &str) -> Result<automerge::ChangeHash, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a change hash (64 hexadecimal characters)"))
+}
+
 fn parse_invitable_role(text: &str) -> Result<Role, String> {
     let role: Role = text.parse().map_err(|e| format!("{e}"))?;
     if role == Role::Owner {

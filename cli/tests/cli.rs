@@ -267,6 +267,8 @@ fn export_json_and_automerge_and_doctor() {
     let verified = care.json(&["verify", out_dir.to_str().expect("utf-8 path")]);
     assert_eq!(verified["failure"], Value::Null);
     assert!(verified["changes"].as_u64() >= Some(3), "{verified}");
+    assert_eq!(verified["kept_aside"], 0);
+    assert_eq!(care.json(&["aside", "list"])["kept_aside"], serde_json::json!([]));
     let plan_sigs = out_dir.join("plan.signatures");
     let mut bytes = std::fs::read(&plan_sigs).expect("signatures exported");
     let last = bytes.len() - 1;
@@ -319,6 +321,8 @@ fn usage_errors_exit_2_and_change_nothing() {
         &["rota", "add", "--start", "09:00"],
         &["rota", "join", "2026-11.zzzz"],
         &["export", "--out", "x", "--format", "pdf"],
+        &["aside", "accept"],
+        &["aside", "accept", "not-a-hash"],
         &["frobnicate"],
         &["init"],
     ];
@@ -342,6 +346,7 @@ fn runtime_errors_are_one_sentence_and_change_nothing() {
         (&["rota", "add", "--start", "2026-12-01T10:00", "--end", "2026-12-01T09:00"][..], "after"),
         (&["--team", "nobody's team", "note", "list"][..], "no team matches"),
         (&["team", "create", ""][..], "team name"),
+        (&["aside", "accept", &"ab".repeat(32)][..], "no change kept aside"),
     ] {
         let stderr = care.fails(1, args);
         assert!(stderr.to_lowercase().contains(says), "care {args:?}: {stderr}");

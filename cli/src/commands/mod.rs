@@ -18,7 +18,8 @@ use chrono::{Local, TimeZone};
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, Format, NoteCommand, PlanCommand, PromiseCommand, RotaCommand, TeamCommand,
+    AsideCommand, Cli, Command, Format, NoteCommand, PlanCommand, PromiseCommand, RotaCommand,
+    TeamCommand,
 };
 
 /// Runs one command.
@@ -98,13 +99,45 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Aside(AsideCommand::List) => {
+            let entries = open_home(&dir)?.team(&team)?.kept_aside()?;
+            out.print(json!({ "kept_aside": entries }), || {
+                if entries.is_empty() {
+                    return "Nothing is kept aside.".to_owned();
+                }
+                let listed: Vec<String> = entries
+                    .iter()
+                    .map(|e| {
+                        let why = if e.after_removal {
+                            "written after its device's removal"
+                        } else {
+                            "built on a change kept aside"
+                        };
+                        format!("{} ({why})\n{}", e.document, audit_text(&e.audit))
+                    })
+                    .collect();
+                listed.join("\n")
+            });
+        }
+        Command::Aside(AsideCommand::Accept { changes }) => {
+            let accepted = open_home(&dir)?.team(&team)?.accept_kept_aside(&changes)?;
+            out.print(json!({ "accepted": accepted }), || {
+                format!("{accepted} changes entered the record.")
+            });
+        }
         Command::Verify { dir: export } => {
             let report = care::verify_export(&export)?;
             out.print(json!(report), || match &report.failure {
                 None => format!(
                     "Verified: {} changes in {} documents of team {}, every signature and \
-                     every author's right.",
-                    report.changes, report.documents, report.team
+                     every author's right{}.",
+                    report.changes,
+                    report.documents,
+                    report.team,
+                    match report.kept_aside {
+                        0 => String::new(),
+                        n => format!("; {n} of the changes are kept aside, out of the record"),
+                    }
                 ),
                 Some(f) => format!(
                     "FAILED at {}{}: {}",
@@ -165,9 +198,10 @@ fn audit_text(a: &care::ChangeAudit) -> String {
         _ => "unknown",
     };
     let right = if a.right { "held" } else { "NOT HELD" };
+    let aside = if a.kept_aside { "\n  kept aside, out of the record" } else { "" };
     format!(
         "{}\n  change   {}\n  by       {who}, device {device}\n  written  {} (the author's \
-         clock), received here {received}\n  signature {signature}; right to write {right}",
+         clock), received here {received}\n  signature {signature}; right to write {right}{aside}",
         a.what,
         a.change,
         crate::commands::local(a.written_at),
