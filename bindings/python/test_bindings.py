@@ -183,6 +183,11 @@ def test_bad_input_raises_the_typed_error(tmp_path):
             await rosa.note(team, "not-a-note-id")
         with pytest.raises(CareError.NotRunning):
             await rosa.invite(team, Role.WORKER, "Sam", 600)
+        assert await rosa.kept_aside(team) == []
+        with pytest.raises(CareError.InvalidInput):
+            await rosa.accept_kept_aside(team, ["not-a-change"])
+        with pytest.raises(CareError.NotFound):
+            await rosa.accept_kept_aside(team, ["ab" * 32])
 
         await rosa.start(LOOPBACK)
         ticket = await rosa.invite(team, Role.WORKER, "Sam", 600)

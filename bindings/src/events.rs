@@ -36,7 +36,7 @@ pub enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 7] = [
+    pub(crate) const ALL: [Part; 7] = [
         Part::Team,
         Part::Members,
         Part::Plan,
@@ -129,7 +129,13 @@ impl Changes {
     pub(crate) fn announce_sync(&self, event: &SyncEvent) {
         match event {
             SyncEvent::DocChanged { team, kind, .. } => self.announce(*team, Part::of(kind)),
-            SyncEvent::MembershipChanged { team } => self.announce(*team, Part::Members),
+            // A membership op can change any part: what this device may read, and what
+            // is kept aside out of the record (a removal, an acceptance).
+            SyncEvent::MembershipChanged { team } => {
+                for part in Part::ALL {
+                    self.announce(*team, part);
+                }
+            }
             _ => {}
         }
     }

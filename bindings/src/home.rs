@@ -25,7 +25,7 @@ use crate::error::CareError;
 use crate::events::{self, ChangeListener, Changes, Delivery, Part, Subscription};
 use crate::guard;
 use crate::records::{
-    Booking, ChangeAudit, DeviceStatus, Member, NewBooking, NewNote, NodeOptions, Note,
+    AsideEntry, Booking, ChangeAudit, DeviceStatus, Member, NewBooking, NewNote, NodeOptions, Note,
     PlanSection, Promise, Role, TeamSummary, Whoami, timestamp,
 };
 
@@ -452,6 +452,42 @@ impl CareHome {
         guard(async move {
             let id = entry(&id)?;
             self.audit(team, move |team| team.audit_promise(id)).await
+        })
+        .await
+    }
+
+    /// The changes kept aside in the team's documents this device may read: what removed
+    /// devices wrote after what their removal knew, and what was built on it.
+    pub async fn kept_aside(&self, team: String) -> Result<Vec<AsideEntry>, CareError> {
+        guard(self.with_team(&team, |team| {
+            Ok(team.kept_aside()?.into_iter().map(AsideEntry::from).collect())
+        }))
+        .await
+    }
+
+    /// Lets changes kept aside (by hash, as listed) into the record, with what they were
+    /// built on. Needs the right to manage the team. Returns how many entered.
+    pub async fn accept_kept_aside(
+        &self,
+        team: String,
+        changes: Vec<String>,
+    ) -> Result<u32, CareError> {
+        guard(async move {
+            let hashes = changes
+                .iter()
+                .map(|c| {
+                    c.parse::<care::ChangeHash>()
+                        .map_err(|_| CareError::InvalidInput(format!("`{c}` is not a change hash")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (id, accepted) = self
+                .with_team(&team, move |team| Ok((team.id(), team.accept_kept_aside(&hashes)?)))
+                .await?;
+            // What entered may be in any part of the record.
+            for part in Part::ALL {
+                self.changes.announce(id, part);
+            }
+            Ok(u32::try_from(accepted).unwrap_or(u32::MAX))
         })
         .await
     }

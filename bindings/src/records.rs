@@ -294,6 +294,31 @@ pub struct ChangeAudit {
     pub right: bool,
     /// Both the signature and the right hold.
     pub verified: bool,
+    /// The change is kept aside, out of the record: written by a removed device after
+    /// what its removal knew, or built on such a change.
+    pub kept_aside: bool,
+}
+
+/// A change kept aside, for the members who decide whether it enters the record.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AsideEntry {
+    /// The document it is in, such as `notes/2026-11`.
+    pub document: String,
+    /// Written by a removed device after what its removal knew (else built on such a
+    /// change).
+    pub after_removal: bool,
+    /// Who wrote it, when, what it writes, and whether that verifies.
+    pub audit: ChangeAudit,
+}
+
+impl From<care::AsideEntry> for AsideEntry {
+    fn from(entry: care::AsideEntry) -> Self {
+        AsideEntry {
+            document: entry.document,
+            after_removal: entry.after_removal,
+            audit: entry.audit.into(),
+        }
+    }
 }
 
 impl From<care::ChangeAudit> for ChangeAudit {
@@ -317,6 +342,7 @@ impl From<care::ChangeAudit> for ChangeAudit {
             },
             right: audit.right,
             verified,
+            kept_aside: audit.kept_aside,
         }
     }
 }

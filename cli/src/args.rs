@@ -346,7 +346,7 @@ pub(crate) enum AsideCommand {
     Accept {
         /// The changes' hashes, as `care aside list` shows them.
         #[arg(required = true, value_parser = parse_change)]
-        changes: Vec<automerge::ChangeHash>,
+        changes: Vec<care::ChangeHash>,
     },
 }
 
@@ -380,7 +380,7 @@ pub(crate) enum Format {
 }
 
 /// A role a new member may be invited with: any but owner.
-fn parse_change(text: &str) -> Result<automerge::ChangeHash, String> {
+fn parse_change(text: &str) -> Result<care::ChangeHash, String> {
     text.trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a change hash (64 hexadecimal characters)"))
