@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use automerge::{Automerge, AutomergeError, ChangeHash};
-use care_core::{DeviceId, DocId, DocKind, Membership, OpHash, kept_aside};
+use care_core::{DocId, DocKind, Membership, OpHash, kept_aside};
 
 /// Most documents whose record is remembered. A record that is not the whole document
 /// is a second copy of it, and exists only where a removal's device wrote after it.
@@ -54,26 +54,4 @@ impl Records {
         }
         Ok(self.by_doc.get(&id).and_then(|r| r.copy.as_ref()))
     }
-}
-
-/// Runs `write` on the record of `doc` and adds the changes it makes to `doc`, so that
-/// they build on the record and not on changes kept aside. A device whose own changes
-/// are kept aside (it built on a removed device's change before it heard of the removal)
-/// writes on the whole document instead: its next change must follow its last one, so
-/// it is kept aside with it until a manager accepts what it was built on.
-pub(crate) fn write_on_record<R, E: From<AutomergeError>>(
-    doc: &mut Automerge,
-    (id, kind, membership, device): (DocId, &DocKind, &Membership, DeviceId),
-    write: impl FnOnce(&mut Automerge) -> Result<R, E>,
-) -> Result<R, E> {
-    let Some(aside) = kept_aside(doc, id, kind, membership) else {
-        return write(doc);
-    };
-    if aside.changes.iter().any(|change| change.device == Some(device)) {
-        return write(doc);
-    }
-    let mut record = doc.fork_at(&aside.record_heads)?;
-    let value = write(&mut record)?;
-    doc.apply_changes(record.get_changes(&aside.record_heads))?;
-    Ok(value)
 }

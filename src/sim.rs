@@ -85,6 +85,20 @@ impl SimDevice for SimHome {
         }
     }
 
+    fn read_doc<R>(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        f: impl FnOnce(&automerge::Automerge) -> R,
+    ) -> Option<R> {
+        let summary = self.home.store.doc_summary(doc).ok().flatten();
+        let kind = summary.and_then(|s| s.kind.parse::<DocKind>().ok())?;
+        match self.home.doc(team, kind, Purpose::Read) {
+            Ok(Some(stored)) => Some(f(stored.doc())),
+            _ => None,
+        }
+    }
+
     fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
         let summary = self.home.store.doc_summary(doc).ok().flatten();
         let Some(kind) = summary.and_then(|s| s.kind.parse::<DocKind>().ok()) else {

@@ -14,7 +14,6 @@ use care_sync::Change;
 
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose, random_bytes};
-use crate::record::write_on_record;
 use crate::replica::to_stored;
 
 /// Which notes `Team::notes` returns, newest first.
@@ -303,7 +302,9 @@ impl<'h> Team<'h> {
         };
         // Written on the record, never on changes kept aside.
         let on = (doc_id, &kind, access.membership(), device);
-        let write = |doc: &mut Automerge| write_on_record(doc, on, |record| f(record, &author));
+        let write = |doc: &mut Automerge| {
+            care_core::kept_aside::write_on_record(doc, on, |record| f(record, &author))
+        };
         let written = store.update_doc_signed(stored, write, sign).map_err(|e| match e {
             UpdateError::Store(e) => Error::Store(e),
             UpdateError::Rejected(e) => doc_error(&kind, e),

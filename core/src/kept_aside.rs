@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, AutomergeError, ChangeHash};
 
 use crate::doc_kind::DocKind;
 use crate::ids::{DeviceId, DocId};
@@ -123,6 +123,30 @@ pub fn changes_by(doc: &Automerge, device: DeviceId) -> u64 {
         .map(|meta| meta.seq)
         .max()
         .unwrap_or(0)
+}
+
+/// Runs `write` on the record of `doc` (document `id`, a `kind` document, under
+/// `membership`) and adds the changes it makes to `doc`, so that they build on the record
+/// and not on changes kept aside. A `device` whose own changes are kept aside (it built on
+/// a removed device's change before it heard of the removal) writes on the whole document
+/// instead: Automerge numbers a device's changes in one chain, so its next change must
+/// follow its last, and is kept aside with it until a manager accepts what it was built
+/// on.
+pub fn write_on_record<R, E: From<AutomergeError>>(
+    doc: &mut Automerge,
+    (id, kind, membership, device): (DocId, &DocKind, &Membership, DeviceId),
+    write: impl FnOnce(&mut Automerge) -> Result<R, E>,
+) -> Result<R, E> {
+    let Some(aside) = kept_aside(doc, id, kind, membership) else {
+        return write(doc);
+    };
+    if aside.changes.iter().any(|change| change.device == Some(device)) {
+        return write(doc);
+    }
+    let mut record = doc.fork_at(&aside.record_heads)?;
+    let value = write(&mut record)?;
+    doc.apply_changes(record.get_changes(&aside.record_heads))?;
+    Ok(value)
 }
 
 /// The changes kept aside that accepting `wanted` lets in with it: `wanted` and every

@@ -74,20 +74,29 @@ impl MemoryReplica {
     /// Changes the document of `kind` with `f` (creating it from its genesis change when
     /// missing), and signs the changes `f` made with this device's key, under the
     /// team's membership as this replica holds it.
-    pub fn write<T, E>(
+    pub fn write<T, E: From<automerge::AutomergeError>>(
         &mut self,
         team: TeamId,
         kind: DocKind,
         f: impl FnOnce(&mut Automerge) -> Result<T, E>,
     ) -> Result<T, E> {
         let heads = self.doc_mut(team, kind).get_heads();
-        let value = f(self.doc_mut(team, kind))?;
+        let access = TeamAccess::from_ops(team, &self.ops(team).unwrap_or_default()).ok();
+        let device = self.device;
+        let doc = self.doc_mut(team, kind);
+        // On the record, as a device writes, never on changes kept aside.
+        let value = match &access {
+            Some(access) => {
+                let on = (kind.doc_id(team), &kind, access.membership(), device);
+                care_core::kept_aside::write_on_record(doc, on, f)?
+            }
+            None => f(doc)?,
+        };
         let new: Vec<ChangeHash> =
             self.doc_mut(team, kind).get_changes(&heads).iter().map(|c| c.hash()).collect();
         if let Some(key) = &self.key {
-            let membership = TeamAccess::from_ops(team, &self.ops(team).unwrap_or_default())
-                .map(|access| access.membership().heads().to_vec())
-                .unwrap_or_default();
+            let membership =
+                access.map(|access| access.membership().heads().to_vec()).unwrap_or_default();
             let doc = kind.doc_id(team);
             let held = self.signatures.entry(doc).or_default();
             for hash in new {

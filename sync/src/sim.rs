@@ -18,9 +18,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::ChangeHash;
 use care_core::documents::{Author, notes, plan};
+use care_core::kept_aside::changes_by;
 use care_core::{
-    Access, ChangeSig, DeviceId, DeviceKey, DocId, DocKind, EntryId, MemberId, Membership, Month,
-    NoteStream, OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team, team_id,
+    Access, ChangeSig, DeviceId, DeviceKey, DocId, DocKind, EntryId, KnownChanges, MemberId,
+    Membership, Month, NoteStream, OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team,
+    kept_aside, team_id,
 };
 
 use crate::access::TeamAccess;
@@ -57,6 +59,15 @@ pub trait SimDevice: Replica {
     /// Whether the device's copy of `doc`, as it would use it, holds the change `hash`.
     fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool;
 
+    /// Runs `f` on the whole document `doc` (changes kept aside included) as this device
+    /// would use it; `None` when it holds none.
+    fn read_doc<R>(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        f: impl FnOnce(&automerge::Automerge) -> R,
+    ) -> Option<R>;
+
     /// Tells the device the simulated time (a replica with a clock stamps and judges by
     /// it).
     fn set_time(&mut self, _now: Timestamp) {}
@@ -88,6 +99,15 @@ impl SimDevice for MemoryReplica {
 
     fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
         self.doc(team, doc).is_some_and(|d| d.get_change_meta_by_hash(&hash).is_some())
+    }
+
+    fn read_doc<R>(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        f: impl FnOnce(&automerge::Automerge) -> R,
+    ) -> Option<R> {
+        self.doc(team, doc).map(f)
     }
 
     fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
@@ -666,7 +686,21 @@ impl<D: SimDevice> World<D> {
         let owner = &self.peers[0];
         let ops = owner.replica.ops(self.team).expect("the replica answers");
         let (membership, _) = Membership::from_ops(self.team, &ops).expect("valid ops");
-        let body = OpBody::RemoveMember { member: self.peers[target].member };
+        // The removal names what the owner holds of the device's changes: what it writes
+        // after, unknown to the owner, is kept aside on every device.
+        let device = self.peers[target].key.device_id();
+        let held = owner.replica.docs(self.team).expect("the replica answers");
+        let mut docs = Vec::new();
+        for doc in held {
+            let count =
+                self.peers[0].replica.read_doc(self.team, doc.id, |d| changes_by(d, device));
+            if let Some(count @ 1..) = count {
+                docs.push((doc.id, count));
+            }
+        }
+        let known = if docs.is_empty() { vec![] } else { vec![KnownChanges { device, docs }] };
+        let body = OpBody::RemoveMemberKnowing { member: self.peers[target].member, known };
+        let owner = &self.peers[0];
         let op =
             membership.author_op(&owner.key, Timestamp(1), body).expect("the owner may remove");
         self.peers[0]
@@ -727,6 +761,24 @@ impl<D: SimDevice> World<D> {
         }
     }
 
+    /// What `peer` keeps aside of `doc` and the heads of its record, under the membership
+    /// it holds; `None` when nothing is kept aside.
+    fn record(&mut self, peer: usize, doc: DocId, kind: DocKind) -> Option<Record> {
+        let replica = &mut self.peers[peer].replica;
+        let ops = replica.ops(self.team).expect("the replica answers");
+        let (membership, _) = Membership::from_ops(self.team, &ops).expect("valid ops");
+        replica.read_doc(self.team, doc, |d| {
+            let aside = kept_aside(d, doc, &kind, &membership)?;
+            Some((aside.record_heads, aside.changes.iter().map(|c| c.hash).collect()))
+        })?
+    }
+
+    /// How many changes the owner keeps aside, over every document it holds.
+    fn kept_aside_by_owner(&mut self) -> usize {
+        let held = self.peers[0].replica.docs(self.team).expect("the replica answers");
+        held.into_iter().filter_map(|d| self.record(0, d.id, d.kind)).map(|r| r.1.len()).sum()
+    }
+
     /// Whether `peer` is the attacker in this run.
     fn attacker(&self, peer: usize) -> bool {
         self.attacks && peer == ATTACKER
@@ -760,6 +812,11 @@ impl<D: SimDevice> World<D> {
                 .collect();
             let heads: BTreeSet<&Vec<ChangeHash>> = by_peer.values().collect();
             assert_eq!(heads.len(), 1, "members disagree on {kind}: {by_peer:?}");
+            // The same record, and the same changes kept aside, everywhere.
+            let records: BTreeMap<usize, Option<Record>> =
+                by_peer.keys().map(|p| (*p, self.record(*p, id, kind))).collect();
+            let distinct: BTreeSet<&Option<Record>> = records.values().collect();
+            assert_eq!(distinct.len(), 1, "members disagree on {kind}'s record: {records:?}");
             for p in by_peer.keys() {
                 for change in &self.forged {
                     let held = self.peers[*p].replica.holds_change(team, id, *change);
@@ -790,6 +847,9 @@ impl<D: SimDevice> World<D> {
         }
     }
 }
+
+/// A record's heads and the changes kept aside out of it.
+type Record = (Vec<ChangeHash>, Vec<ChangeHash>);
 
 /// The ops creating the team: peer 0 owns it, each other peer is added with a device.
 fn team_ops<D>(peers: &[Peer<D>], seed: u64) -> Vec<SignedOp> {
@@ -853,14 +913,15 @@ pub fn run_seed<D: SimDevice>(seed: u64, make: MakeDevice<'_, D>) {
     if std::env::var("CARE_SIM_STATS").is_ok() {
         let docs: Vec<usize> =
             world.peers.iter().map(|p| p.replica.docs(world.team).map_or(0, |d| d.len())).collect();
+        let aside = world.kept_aside_by_owner();
         eprintln!(
             "seed {seed}: {} peers, docs held {docs:?}, conns made {}, restarts {}, refusals {:?}, \
-             removed {:?}",
+             removed {:?}, kept aside by the owner {aside}",
             world.peers.len(),
             world.next_conn,
             world.restarts,
             world.refusals,
-            world.removed.as_ref().map(|r| r.0)
+            world.removed.as_ref().map(|r| r.0),
         );
     }
     world.assert_converged();
