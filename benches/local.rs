@@ -1,8 +1,9 @@
 //! Local benchmark of a care home on disk (release mode: `cargo bench --bench local`).
 //! Prints median and p95 of a durable `note add`, of opening a home with 1,000
 //! documents and listing them, of loading the latest 50 of 10,000 notes after
-//! compaction, the bytes on disk per note against Automerge's own `save()`, and what
-//! signing every change costs: time to sign and verify, bytes on disk and on the wire.
+//! compaction, the bytes on disk per note against Automerge's own `save()`, what
+//! signing every change costs: time to sign and verify, bytes on disk and on the wire,
+//! and what a removal, and changes kept aside after it, cost the notes written and read.
 
 #[path = "common/clock.rs"]
 mod clock;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use care::{DocKind, Home, NewBooking, NewNote, NoteQuery, Timestamp};
+use care_sync::{Effect, Hub};
 use clock::SteppingClock;
 
 /// Teams in the home with 1,000 documents, and bookings (one month each) per team.
@@ -41,7 +43,112 @@ fn main() -> Result<()> {
     signing(if full { 10_000 } else { 100 });
     notes_team(&dir.path().join("notes"), size.notes)?;
     thousand_documents(&dir.path().join("many"), size.teams)?;
+    after_a_removal(&dir.path().join("aside"), if full { 720 } else { 20 })?;
     Ok(())
+}
+
+/// A month's notes (`notes` of them) written by Ada, who then removes Dan. Writing a note
+/// and reading the latest 50, timed three times: before the removal; after it, with
+/// nothing kept aside (every read and write now checks for changes kept aside); and once
+/// a note Dan wrote after it reached Ada through Eve (each write then goes on a copy of
+/// the record).
+fn after_a_removal(dir: &Path, notes: usize) -> Result<()> {
+    let mut homes = Vec::new();
+    for name in ["Ada", "Dan", "Eve"] {
+        let mut home = Home::init(&dir.join(name), name)?;
+        home.set_clock(SteppingClock::new(START_MS, 60_000));
+        homes.push(home);
+    }
+    let [mut ada, mut dan, mut eve] = <[Home; 3]>::try_from(homes).expect("three homes");
+    let team = ada.create_team("Rosa's team")?;
+    for home in [&dan, &eve] {
+        let (member, device) = (home.profile().member, home.profile().device);
+        let name = home.profile().name.clone();
+        let role = care::Role::Worker;
+        ada.author_op(team, care::OpBody::AddMember { member, name, role, hats: vec![] })?;
+        let label = "phone".to_owned();
+        ada.author_op(team, care::OpBody::AddDevice { member, device, label })?;
+    }
+    let ops = care_sync::Replica::ops(&ada, team)?;
+    for home in [&mut dan, &mut eve] {
+        care_sync::Replica::add_ops(home, team, &ops)?;
+    }
+    write_notes(&mut ada, notes)?;
+    sync(&mut ada, &mut dan)?;
+    sync(&mut ada, &mut eve)?;
+    let before = time_notes(&mut ada)?;
+    ada.author_op(team, care::OpBody::RemoveMember { member: dan.profile().member })?;
+    let removed = time_notes(&mut ada)?;
+    write_notes(&mut dan, 1)?;
+    sync(&mut dan, &mut eve)?;
+    sync(&mut eve, &mut ada)?;
+    let aside = ada.team("")?.kept_aside()?.len();
+    assert_eq!(aside, 1, "Dan's note is kept aside");
+    let kept = time_notes(&mut ada)?;
+    for (what, (mut add, mut latest)) in [
+        ("before the removal", before),
+        ("after it, nothing kept aside", removed),
+        ("with a change kept aside in the month", kept),
+    ] {
+        report(&format!("note add in a month of {notes} notes, {what}"), &mut add, "");
+        report(&format!("latest 50 notes, {what}"), &mut latest, "");
+    }
+    Ok(())
+}
+
+fn write_notes(home: &mut Home, notes: usize) -> Result<()> {
+    let mut team = home.team("")?;
+    for i in 0..notes {
+        team.add_note(&NewNote { text: note_text(i), ..NewNote::default() }, None)?;
+    }
+    Ok(())
+}
+
+/// 100 notes written and 30 readings of the latest 50, each timed.
+fn time_notes(home: &mut Home) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut team = home.team("")?;
+    let mut add = Vec::new();
+    for i in 0..100 {
+        let note = NewNote { text: note_text(i), ..NewNote::default() };
+        let started = Instant::now();
+        team.add_note(&note, None)?;
+        add.push(started.elapsed());
+    }
+    let mut latest = Vec::new();
+    for _ in 0..READ_RUNS {
+        let started = Instant::now();
+        let read = team.notes(&NoteQuery { limit: Some(50), since: None })?;
+        latest.push(started.elapsed());
+        assert_eq!(read.len(), 50);
+    }
+    Ok((add, latest))
+}
+
+/// Two homes' sessions, connected in memory by the protocol's own frames, until quiet.
+fn sync(a: &mut Home, b: &mut Home) -> Result<()> {
+    let (a_device, b_device) = (a.profile().device, b.profile().device);
+    let (mut a_hub, mut b_hub) = (Hub::new(a_device), Hub::new(b_device));
+    let turned = |e| anyhow::anyhow!("the session did not open: {e:?}");
+    let a_conn = a_hub.open(a, b_device, a_device, 0).map_err(turned)?;
+    let b_conn = b_hub.open(b, a_device, a_device, 0).map_err(turned)?;
+    loop {
+        let mut moved = false;
+        for effect in a_hub.take_effects() {
+            if let Effect::Send { frame, .. } = effect {
+                b_hub.frame(b, b_conn, &frame);
+                moved = true;
+            }
+        }
+        for effect in b_hub.take_effects() {
+            if let Effect::Send { frame, .. } = effect {
+                a_hub.frame(a, a_conn, &frame);
+                moved = true;
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
 }
 
 /// 2025-11-01T00:00:00Z: a year of history ending around now.

@@ -272,18 +272,29 @@ mod tests {
             .collect::<String>();
         assert!(json.contains("Dan: tea at 8.") && !json.contains("after his removal"));
 
-        // Ada's next note is written on the record, and reaches Eve.
+        // Ada's next notes are written on the record (the second on the record kept from
+        // the first), and reach Eve.
         write(&mut ada, "Ada: lunch.")?;
+        write(&mut ada, "Ada: tea.")?;
         sync(&mut ada, &mut eve)?;
-        assert!(texts(&mut eve)?.contains(&"Ada: lunch.".to_owned()));
+        let eve_reads = texts(&mut eve)?;
+        assert!(["Ada: lunch.", "Ada: tea."].iter().all(|t| eve_reads.contains(&(*t).to_owned())));
+        assert_eq!(texts(&mut ada)?, eve_reads);
         assert_eq!(aside(&mut eve)?.len(), 2);
+        // Eve's own changes of that month form one chain, so her next note follows the
+        // one kept aside, and is kept aside with it.
+        write(&mut eve, "Eve, later.")?;
+        sync(&mut ada, &mut eve)?;
+        assert_eq!(aside(&mut ada)?.len(), 3);
+        assert!(!texts(&mut ada)?.contains(&"Eve, later.".to_owned()));
 
-        // Accepting Eve's note brings Dan's, which it was built on.
+        // Accepting Eve's first note brings Dan's, which it was built on, and her later
+        // one, built on nothing else kept aside.
         let eves: ChangeHash = listed[1].0.parse().map_err(|_| Error::Invalid("hash".into()))?;
-        assert_eq!(ada.team("")?.accept_kept_aside(&[eves])?, 2);
+        assert_eq!(ada.team("")?.accept_kept_aside(&[eves])?, 3);
         sync(&mut ada, &mut eve)?;
         for home in [&mut ada, &mut eve] {
-            assert_eq!(texts(home)?.len(), 5);
+            assert_eq!(texts(home)?.len(), 7);
             assert_eq!(aside(home)?, []);
         }
         Ok(())

@@ -127,7 +127,7 @@ pub struct Home {
     /// next device without reading (and decrypting) it from the store again.
     pub(crate) last_whole: Option<crate::replica::WholeBytes>,
     /// The records of documents where changes are kept aside.
-    records: crate::record::Records,
+    pub(crate) records: crate::record::Records,
 }
 
 impl std::fmt::Debug for Home {

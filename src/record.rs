@@ -3,17 +3,18 @@
 //! changes kept aside stay in the document, so they sync like any other and every device
 //! holds the same set.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use automerge::{Automerge, AutomergeError, ChangeHash};
-use care_core::{DocId, DocKind, Membership, OpHash, kept_aside};
+use care_core::{DeviceId, DocId, DocKind, Membership, OpHash, kept_aside};
 
 /// Most documents whose record is remembered. A record that is not the whole document
-/// is a second copy of it, and exists only where a removal's device wrote after it.
+/// is a second copy of it, and exists only where a removed device wrote after its
+/// removal (until a manager decides on what it wrote).
 pub(crate) const RECORDS_KEPT_MAX: usize = 64;
 
 /// The records computed lately, each for the document heads and membership it was
-/// computed at.
+/// computed at, and kept up to date by the writes made through it.
 #[derive(Default)]
 pub(crate) struct Records {
     by_doc: HashMap<DocId, Record>,
@@ -24,6 +25,8 @@ struct Record {
     membership: Vec<OpHash>,
     /// `None` when the record is the whole document.
     copy: Option<Automerge>,
+    /// The devices with changes kept aside here.
+    aside_by: BTreeSet<DeviceId>,
 }
 
 impl Records {
@@ -39,19 +42,73 @@ impl Records {
         if membership.cuts().is_empty() {
             return Ok(None);
         }
+        Ok(self.fresh(doc, id, kind, membership)?.copy.as_ref())
+    }
+
+    /// Runs `write` on the record of `doc` and adds the changes it makes to `doc`, so
+    /// that they build on the record and never on changes kept aside (the rule of
+    /// [`care_core::kept_aside::write_on_record`], with the record kept between writes).
+    /// A `device` whose own changes are kept aside writes on the whole document: its
+    /// next change must follow its last.
+    pub(crate) fn write<R, E: From<AutomergeError>>(
+        &mut self,
+        doc: &mut Automerge,
+        (id, kind, membership, device): (DocId, &DocKind, &Membership, DeviceId),
+        write: impl FnOnce(&mut Automerge) -> Result<R, E>,
+    ) -> Result<R, E> {
+        if membership.cuts().is_empty() {
+            return write(doc);
+        }
+        let record = self.fresh(doc, id, kind, membership)?;
+        let Some(copy) = record.copy.as_mut().filter(|_| !record.aside_by.contains(&device)) else {
+            // The record is the whole document (and stays so: a change built on it is
+            // not kept aside), or this device writes on the whole document.
+            let whole = record.copy.is_none();
+            let value = write(doc)?;
+            match self.by_doc.get_mut(&id) {
+                Some(record) if whole => record.heads = doc.get_heads(),
+                _ => drop(self.by_doc.remove(&id)),
+            }
+            return Ok(value);
+        };
+        let before = copy.get_heads();
+        let written = write(copy).and_then(|value| {
+            doc.apply_changes(copy.get_changes(&before))?;
+            Ok(value)
+        });
+        match &written {
+            Ok(_) => record.heads = doc.get_heads(),
+            // Whatever the copy holds now is not the record: computed again next time.
+            Err(_) => drop(self.by_doc.remove(&id)),
+        }
+        written
+    }
+
+    /// The record of `doc`, computed again unless the one kept was computed at the
+    /// document's heads under this membership.
+    fn fresh(
+        &mut self,
+        doc: &Automerge,
+        id: DocId,
+        kind: &DocKind,
+        membership: &Membership,
+    ) -> Result<&mut Record, AutomergeError> {
         let heads = doc.get_heads();
-        let known = self.by_doc.get(&id);
-        if !known.is_some_and(|r| r.heads == heads && r.membership == membership.heads()) {
-            let copy = match kept_aside(doc, id, kind, membership) {
-                Some(aside) => Some(doc.fork_at(&aside.record_heads)?),
-                None => None,
+        let kept = self.by_doc.get(&id);
+        if !kept.is_some_and(|r| r.heads == heads && r.membership == membership.heads()) {
+            let (copy, aside_by) = match kept_aside(doc, id, kind, membership) {
+                Some(aside) => (
+                    Some(doc.fork_at(&aside.record_heads)?),
+                    aside.changes.iter().filter_map(|change| change.device).collect(),
+                ),
+                None => (None, BTreeSet::new()),
             };
             if self.by_doc.len() >= RECORDS_KEPT_MAX {
                 self.by_doc.clear();
             }
             let membership = membership.heads().to_vec();
-            self.by_doc.insert(id, Record { heads, membership, copy });
+            self.by_doc.insert(id, Record { heads, membership, copy, aside_by });
         }
-        Ok(self.by_doc.get(&id).and_then(|r| r.copy.as_ref()))
+        Ok(self.by_doc.get_mut(&id).expect("the record was kept just above"))
     }
 }

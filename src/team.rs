@@ -290,7 +290,7 @@ impl<'h> Team<'h> {
         let membership = access.membership().heads().to_vec();
         let device = self.home.profile().device;
         self.home.doc(team, kind, Purpose::Write)?;
-        let Home { store, docs, key, .. } = &mut *self.home;
+        let Home { store, docs, key, records, .. } = &mut *self.home;
         let doc_id = kind.doc_id(team);
         let stored =
             docs.get_mut(&doc_id).expect("the document was loaded into the cache just above");
@@ -302,9 +302,7 @@ impl<'h> Team<'h> {
         };
         // Written on the record, never on changes kept aside.
         let on = (doc_id, &kind, access.membership(), device);
-        let write = |doc: &mut Automerge| {
-            care_core::kept_aside::write_on_record(doc, on, |record| f(record, &author))
-        };
+        let write = |doc: &mut Automerge| records.write(doc, on, |record| f(record, &author));
         let written = store.update_doc_signed(stored, write, sign).map_err(|e| match e {
             UpdateError::Store(e) => Error::Store(e),
             UpdateError::Rejected(e) => doc_error(&kind, e),

@@ -39,7 +39,8 @@ pub struct AsideChange {
 /// A document's changes kept aside, and the heads of its record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeptAside {
-    /// The changes kept aside, oldest claimed time first (ties by hash).
+    /// The changes kept aside, each after those it was built on, and otherwise oldest
+    /// claimed time first (ties by hash).
     pub changes: Vec<AsideChange>,
     /// The heads of the record: the document without the changes kept aside (sorted).
     pub record_heads: Vec<ChangeHash>,
@@ -100,7 +101,7 @@ pub fn kept_aside(
         .filter(|hash| !aside.contains(hash) && !built_on.contains(hash))
         .collect();
     record_heads.sort();
-    let mut changes: Vec<AsideChange> = metas
+    let changes: Vec<AsideChange> = metas
         .iter()
         .filter(|meta| aside.contains(&meta.hash))
         .map(|meta| AsideChange {
@@ -111,8 +112,42 @@ pub fn kept_aside(
             deps: meta.deps.clone(),
         })
         .collect();
-    changes.sort_by(|a, b| a.time.cmp(&b.time).then(a.hash.cmp(&b.hash)));
-    Some(KeptAside { changes, record_heads })
+    Some(KeptAside { changes: in_causal_order(changes), record_heads })
+}
+
+/// `changes` ordered each after those of them it was built on, and otherwise by claimed
+/// time and hash: the same order on every device.
+fn in_causal_order(changes: Vec<AsideChange>) -> Vec<AsideChange> {
+    let held: HashSet<ChangeHash> = changes.iter().map(|change| change.hash).collect();
+    let mut waiting: HashMap<ChangeHash, usize> = HashMap::new();
+    let mut children: HashMap<ChangeHash, Vec<usize>> = HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        let deps: Vec<&ChangeHash> = change.deps.iter().filter(|dep| held.contains(dep)).collect();
+        waiting.insert(change.hash, deps.len());
+        for dep in deps {
+            children.entry(*dep).or_default().push(i);
+        }
+    }
+    let key = |change: &AsideChange| (change.time, change.hash);
+    let mut ready: std::collections::BTreeMap<(i64, ChangeHash), usize> = changes
+        .iter()
+        .enumerate()
+        .filter(|(_, change)| waiting[&change.hash] == 0)
+        .map(|(i, change)| (key(change), i))
+        .collect();
+    let mut order = Vec::with_capacity(changes.len());
+    while let Some((_, i)) = ready.pop_first() {
+        order.push(i);
+        for child in children.get(&changes[i].hash).into_iter().flatten() {
+            let left = waiting.get_mut(&changes[*child].hash).expect("every change waits");
+            *left -= 1;
+            if *left == 0 {
+                ready.insert(key(&changes[*child]), *child);
+            }
+        }
+    }
+    let mut slots: Vec<Option<AsideChange>> = changes.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// How many changes of `doc` are by `device`: the count a removal of it names.
