@@ -1,6 +1,6 @@
 //! Changes kept aside, for the members who decide on them: what a removed device wrote
 //! that its removal did not know of, and what was built on it (see
-//! [`care_core::kept_aside`]). Each is listed with its audit (who, in which role, on
+//! [`mod@care_core::kept_aside`]). Each is listed with its audit (who, in which role, on
 //! which device, when, and whether signature and right verify) and what it writes; a
 //! member who manages the team lets one into the record with a signed
 //! [`OpBody::AcceptChanges`].

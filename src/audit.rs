@@ -62,7 +62,7 @@ pub struct ChangeAudit {
     /// Whether the author could write this kind of document at the point of the
     /// membership log it signed under.
     pub right: bool,
-    /// Whether the change is kept aside, out of the record (see [`care_core::kept_aside`]).
+    /// Whether the change is kept aside, out of the record (see [`mod@care_core::kept_aside`]).
     pub kept_aside: bool,
 }
 

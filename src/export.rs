@@ -72,7 +72,7 @@ pub struct VerifyReport {
     pub documents: usize,
     /// Changes checked, over all documents.
     pub changes: usize,
-    /// Of those, the changes kept aside, out of the record (see [`care_core::kept_aside`]).
+    /// Of those, the changes kept aside, out of the record (see [`mod@care_core::kept_aside`]).
     pub kept_aside: usize,
     /// The first thing that fails, if any.
     pub failure: Option<VerifyFailure>,

@@ -411,7 +411,7 @@ impl Home {
     /// A removal ([`OpBody::RemoveDevice`] or [`OpBody::RemoveMember`]) is signed as the
     /// removal that names what this device holds of the removed devices' changes
     /// ([`OpBody::RemoveDeviceKnowing`], [`OpBody::RemoveMemberKnowing`]): their later
-    /// changes are kept aside on every device (see [`care_core::kept_aside`]).
+    /// changes are kept aside on every device (see [`mod@care_core::kept_aside`]).
     pub fn author_op(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
         let body = self.knowing(team, body)?;
         let membership = self.membership(team)?;
@@ -677,7 +677,7 @@ impl Home {
     }
 
     /// The record of a document (the document without the changes kept aside: see
-    /// [`care_core::kept_aside`]), loaded for reading; `None` when this home holds no
+    /// [`mod@care_core::kept_aside`]), loaded for reading; `None` when this home holds no
     /// such document.
     pub(crate) fn record(&mut self, team: TeamId, kind: DocKind) -> Result<Option<&Automerge>> {
         let access = self.team_access(team)?;

@@ -1,5 +1,5 @@
 //! A document's record: the document without the changes kept aside (see
-//! [`care_core::kept_aside`]). What the team reads, and writes on, is the record; the
+//! [`mod@care_core::kept_aside`]). What the team reads, and writes on, is the record; the
 //! changes kept aside stay in the document, so they sync like any other and every device
 //! holds the same set.
 
