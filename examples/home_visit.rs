@@ -1,8 +1,9 @@
 //! The offline home visit, end to end, with real nodes on loopback: a circle node; Rosa's
 //! team (Rosa, her daughter Fay, workers Wil and Val); Wil's visit with no network; the
 //! same-room sync with Fay; the relay passing it on to Val, who was offline all along; a
-//! new worker joining with a ticket; a removed worker refused. Run with
-//! `cargo run --release --example home_visit`.
+//! new worker joining with a ticket; a removed worker refused, and the note she wrote
+//! after her removal, passed on by Fay who had not heard of it, kept aside on every
+//! device until Rosa accepts it. Run with `cargo run --release --example home_visit`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -181,20 +182,59 @@ async fn main() -> Result<()> {
     if leaked {
         bail!("a removed device's note reached the circle node");
     }
-    println!("Rosa removes Val: the circle node and Rosa refuse her; her new note goes nowhere");
+    println!("Rosa removes Val: the circle node and Rosa refuse her and her new note");
     steps.push(("removed worker disconnected by the circle node and Rosa", refused));
 
+    // 8. Fay, offline since the evening, has not heard of the removal. Val meets her in
+    //    the same room and Fay's phone takes Val's note; when it reaches the circle node it
+    //    passes the note on, but no device that knows of the removal puts it in the
+    //    record: it is kept aside, listed for Rosa with who wrote it and when, until she
+    //    accepts it.
+    let t = Instant::now();
+    let fay = Node::start_with(Home::open(dirs[2].path())?, &room, quiet).await?;
+    let fay_addr = fay.addr();
+    val.connect(&PeerAddr { device: fay_addr.device, addrs: fay_addr.addrs, relay: None }).await?;
+    eventually("Fay has Val's note", || async {
+        Ok(note_texts(&fay, team).await?.iter().any(|t| t == "after removal"))
+    })
+    .await?;
+    fay.shutdown().await;
+    let fay = device(dirs[2].path(), "Fay", &url).await?;
+    eventually("Rosa keeps Val's note aside", || async {
+        Ok(rosa.with_home(move |h| h.team("")?.kept_aside()).await?.len() == 1)
+    })
+    .await?;
+    let aside = rosa.with_home(move |h| h.team("")?.kept_aside()).await?;
+    let entry = &aside[0];
+    println!(
+        "Fay, back online, passes on Val's note: kept aside on Rosa's phone, by {} ({}), {}",
+        entry.audit.name.as_deref().unwrap_or("?"),
+        entry.audit.role.map_or("?", |r| r.as_str()),
+        entry.audit.what
+    );
+    if note_texts(&rosa, team).await?.iter().any(|t| t == "after removal") {
+        bail!("a note kept aside is in Rosa's record");
+    }
+    let change: care::ChangeHash = entry.audit.change.parse()?;
+    rosa.with_home(move |h| h.team("")?.accept_kept_aside(&[change])).await?;
+    eventually("Nia reads Val's accepted note", || async {
+        Ok(note_texts(&nia, team).await?.iter().any(|t| t == "after removal"))
+    })
+    .await?;
+    println!("  Rosa accepts it; Nia's phone now shows it in the record");
+    steps.push(("a removed worker's late note kept aside, then accepted", t.elapsed()));
+
     println!("\nlatest notes as each device sees them:");
-    for (name, node) in [("Rosa", &rosa), ("circle", circle.node()), ("Nia", &nia), ("Val", &val)] {
+    let online =
+        [("Rosa", &rosa), ("circle", circle.node()), ("Nia", &nia), ("Fay", &fay), ("Val", &val)];
+    for (name, node) in online {
         println!("  {name}: {:?}", note_texts(node, team).await?);
     }
-    for (name, dir) in [("Fay", dirs[2].path()), ("Wil", dirs[3].path())] {
-        let mut home = Home::open(dir)?;
-        let mut texts: Vec<String> =
-            home.team("")?.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
-        texts.sort();
-        println!("  {name} (offline now): {texts:?}");
-    }
+    let mut wil = Home::open(dirs[3].path())?;
+    let mut texts: Vec<String> =
+        wil.team("")?.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
+    texts.sort();
+    println!("  Wil (offline now): {texts:?}");
     let traffic = circle.node().traffic();
     println!(
         "\ncircle node: {} devices admitted to its relay, {} refused; {} bytes sent, {} received",
@@ -207,7 +247,7 @@ async fn main() -> Result<()> {
     for (step, took) in &steps {
         println!("  {:>8.1} ms  {step}", took.as_secs_f64() * 1000.0);
     }
-    for node in [rosa, nia, val] {
+    for node in [rosa, nia, fay, val] {
         node.shutdown().await;
     }
     circle.shutdown().await;

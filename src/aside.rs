@@ -36,6 +36,10 @@ impl Team<'_> {
     pub fn kept_aside(&mut self) -> Result<Vec<AsideEntry>> {
         let team = self.id();
         let mut out = Vec::new();
+        // Without a removal that named what it held, nothing is kept aside anywhere.
+        if self.home.team_access(team)?.membership().cuts().is_empty() {
+            return Ok(out);
+        }
         for summary in self.documents()? {
             let Ok(kind) = summary.kind.parse::<DocKind>() else {
                 continue;
@@ -127,7 +131,11 @@ impl Team<'_> {
     }
 }
 
-/// What a change writes, in words: each value it sets and each text it adds, by path.
+/// Fields of an entry that stamp who wrote it and when: the audit shows those, checked.
+const STAMPS: [&str; 3] = ["device", "member", "written_at"];
+
+/// What a change writes, in words: each value it sets (but the author's stamps) and each
+/// text it adds, by path.
 fn what(doc: &Automerge, hash: ChangeHash) -> String {
     let Some(meta) = doc.get_change_meta_by_hash(&hash) else {
         return "a change".into();
@@ -137,7 +145,9 @@ fn what(doc: &Automerge, hash: ChangeHash) -> String {
         let at: Vec<String> = patch.path.iter().map(|(_, prop)| prop.to_string()).collect();
         let at = at.join("/");
         match patch.action {
-            PatchAction::PutMap { key, value: (Value::Scalar(value), _), .. } => {
+            PatchAction::PutMap { key, value: (Value::Scalar(value), _), .. }
+                if !STAMPS.contains(&key.as_str()) =>
+            {
                 parts.push(format!("{at}/{key} = {value}"));
             }
             PatchAction::SpliceText { value, .. } => {
