@@ -8,10 +8,11 @@ use std::collections::{BTreeSet, HashMap};
 use automerge::{Automerge, AutomergeError, ChangeHash};
 use care_core::{DeviceId, DocId, DocKind, Membership, OpHash, kept_aside};
 
-/// Most documents whose record is remembered. A record that is not the whole document
-/// is a second copy of it, and exists only where a removed device wrote after its
-/// removal (until a manager decides on what it wrote).
+/// Most documents whose record is remembered.
 pub(crate) const RECORDS_KEPT_MAX: usize = 64;
+/// Most of them whose record is a copy apart from the document (one where changes are
+/// kept aside): each is a second copy of a document in memory.
+pub(crate) const RECORD_COPIES_MAX: usize = 8;
 
 /// The records computed lately, each for the document heads and membership it was
 /// computed at, and kept up to date by the writes made through it.
@@ -103,12 +104,70 @@ impl Records {
                 ),
                 None => (None, BTreeSet::new()),
             };
+            self.by_doc.remove(&id);
             if self.by_doc.len() >= RECORDS_KEPT_MAX {
                 self.by_doc.clear();
+            }
+            let copies = self.by_doc.values().filter(|r| r.copy.is_some()).count();
+            if copy.is_some() && copies >= RECORD_COPIES_MAX {
+                self.by_doc.retain(|_, r| r.copy.is_none());
             }
             let membership = membership.heads().to_vec();
             self.by_doc.insert(id, Record { heads, membership, copy, aside_by });
         }
         Ok(self.by_doc.get_mut(&id).expect("the record was kept just above"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use care_core::documents::{Author, genesis, notes};
+    use care_core::{
+        DeviceKey, EntryId, MemberId, Month, NoteStream, OpBody, Role, SignedOp, Timestamp,
+        create_team, team_id,
+    };
+
+    use super::*;
+
+    /// Twelve months of notes, each with a note by a device removed before it wrote: every
+    /// record is a copy without that note, and at most `RECORD_COPIES_MAX` are kept.
+    #[test]
+    fn records_apart_from_their_document_are_bounded() -> Result<(), AutomergeError> {
+        let owner = DeviceKey::from_seed([1; 32]);
+        let create = create_team(
+            &owner,
+            Timestamp(1),
+            "Team",
+            MemberId::from_bytes([1; 16]),
+            "Ada",
+            [2; 16],
+        );
+        let team = team_id(&create);
+        let mut ops: Vec<SignedOp> = vec![create];
+        let (member, device) = (MemberId::from_bytes([3; 16]), DeviceId::from_bytes([3; 32]));
+        for body in [
+            OpBody::AddMember { member, name: "Dan".into(), role: Role::Worker, hats: vec![] },
+            OpBody::AddDevice { member, device, label: "phone".into() },
+            OpBody::RemoveMemberKnowing { member, known: vec![] },
+        ] {
+            let membership = Membership::from_ops(team, &ops).expect("replays").0;
+            ops.push(membership.author_op(&owner, Timestamp(2), body).expect("the owner may"));
+        }
+        let membership = Membership::from_ops(team, &ops).expect("replays").0;
+        let mut records = Records::default();
+        for m in 1..=12 {
+            let month = Month::new(2026, m).expect("a month");
+            let kind = DocKind::Notes { stream: NoteStream::Care, month };
+            let mut doc = genesis(team, &kind);
+            let author = Author { member, device, at: month.start() };
+            let note = notes::NewNote { text: format!("month {m}"), ..Default::default() };
+            notes::add_note(&mut doc, &author, EntryId::new(month, [m; 8]), &note).expect("writes");
+            let record = records.of(&doc, kind.doc_id(team), &kind, &membership)?;
+            let record = record.expect("the note is kept aside, so the record is a copy");
+            assert_eq!(notes::notes(record).expect("reads"), vec![]);
+            let copies = records.by_doc.values().filter(|r| r.copy.is_some()).count();
+            assert!(copies <= RECORD_COPIES_MAX, "{copies} copies kept");
+        }
+        Ok(())
     }
 }
