@@ -207,6 +207,7 @@ fn notes_team(dir: &Path, notes: usize) -> Result<()> {
         compacted.after_bytes / 1024
     );
     audit_and_verify(dir)?;
+    removal(dir, notes)?;
     let signature_bytes = signature_disk_bytes(dir, file_bytes)?;
     println!(
         "of which change signatures: {:.1} bytes per note; documents alone {:.1} bytes per note \
@@ -242,6 +243,31 @@ fn audit_and_verify(dir: &Path) -> Result<()> {
         "verify an export with no home: {} changes in {} documents in {:.0} ms  [target < 2 s]",
         verified.changes,
         verified.documents,
+        ms(took)
+    );
+    Ok(())
+}
+
+/// Removing a member from the team, in a freshly opened home: the removal names, per
+/// document, how many of the member's changes this device holds, so it reads every
+/// document of the team.
+fn removal(dir: &Path, notes: usize) -> Result<()> {
+    let mut home = Home::open(dir)?;
+    let team = home.team("")?.id();
+    let member = care::MemberId::from_bytes([9; 16]);
+    let device = care_core::DeviceKey::from_seed([9; 32]).device_id();
+    let (name, role) = ("Dan".to_owned(), care::Role::Worker);
+    home.author_op(team, care::OpBody::AddMember { member, name, role, hats: vec![] })?;
+    home.author_op(team, care::OpBody::AddDevice { member, device, label: "phone".into() })?;
+    drop(home);
+    let mut home = Home::open(dir)?;
+    let started = Instant::now();
+    home.author_op(team, care::OpBody::RemoveMember { member })?;
+    let took = started.elapsed();
+    let documents = home.team("")?.documents()?.len();
+    println!(
+        "remove a member from the team of {notes} notes ({documents} documents \
+         read): {:.0} ms",
         ms(took)
     );
     Ok(())
