@@ -166,7 +166,7 @@ fn what(doc: &Automerge, hash: ChangeHash) -> String {
 #[cfg(test)]
 mod tests {
     use care_core::membership::Role;
-    use care_core::{MemberId, TeamId};
+    use care_core::{MemberId, Op, SignedOp, TeamId};
     use care_sync::{Effect, Hub, Replica};
 
     use super::*;
@@ -306,6 +306,45 @@ mod tests {
         for home in [&mut ada, &mut eve] {
             assert_eq!(texts(home)?.len(), 7);
             assert_eq!(aside(home)?, []);
+        }
+        Ok(())
+    }
+
+    /// A worker who signs an acceptance anyway, past the checks of the local API, and
+    /// sends it in the protocol's own frames, lets nothing in: the receiver does not store
+    /// the op, and on both devices the change stays aside.
+    #[test]
+    fn an_acceptance_forged_by_a_worker_lets_nothing_in() -> Result<()> {
+        let dirs = temp_dirs(3)?;
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut dan = Home::init(dirs[1].path(), "Dan")?;
+        let mut eve = Home::init(dirs[2].path(), "Eve")?;
+        let team = ada.create_team("Rosa's team")?;
+        let dan_id = join(&mut ada, team, &dan, "Dan")?;
+        join(&mut ada, team, &eve, "Eve")?;
+        for home in [&mut dan, &mut eve] {
+            home.add_ops(team, &ada.signed_ops(team)?)?;
+        }
+        ada.author_op(team, OpBody::RemoveMember { member: dan_id })?;
+        write(&mut dan, "Dan, after his removal.")?;
+        sync(&mut dan, &mut eve)?;
+        sync(&mut ada, &mut eve)?;
+        let listed = ada.team("")?.kept_aside()?;
+        assert_eq!(listed.len(), 1);
+        let hash: ChangeHash =
+            listed[0].audit.change.parse().map_err(|_| Error::Invalid("hash".into()))?;
+        let doc = DocKind::Notes { stream: care_core::NoteStream::Care, month: eve.now().month() }
+            .doc_id(team);
+        let preds = eve.membership(team)?.heads().to_vec();
+        let body = OpBody::AcceptChanges { doc, changes: vec![hash.0] };
+        let op = Op { team: Some(team), preds, at: eve.now(), body };
+        let forged = SignedOp::sign(&eve.key, &op);
+        eve.add_ops(team, std::slice::from_ref(&forged))?;
+        sync(&mut ada, &mut eve)?;
+        assert!(!ada.signed_ops(team)?.contains(&forged), "Ada stored the forged acceptance");
+        for home in [&mut ada, &mut eve] {
+            assert_eq!(home.team("")?.kept_aside()?.len(), 1);
+            assert!(!texts(home)?.contains(&"Dan, after his removal.".to_owned()));
         }
         Ok(())
     }
