@@ -1,7 +1,7 @@
 //! The circle's relay node over iroh on loopback: members never online at the same time
 //! converge through it, a restart of it loses nothing, a device of a team that did not
-//! add it gets nothing, and two devices that know no address of each other sync through
-//! its relay server.
+//! add it gets nothing, two devices that know no address of each other sync through
+//! its relay server, and a removed worker's late note passed on through it is kept aside.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -355,6 +355,91 @@ async fn a_removed_device_is_dropped_by_the_relay_server_at_once() -> Result<()>
     .await?;
     a.shutdown().await;
     b.shutdown().await;
+    circle.shutdown().await;
+    Ok(())
+}
+
+/// The hashes of the changes `node` keeps aside in its one team.
+async fn kept_aside(node: &Node) -> Result<Vec<String>> {
+    let listed = node.with_home(|h| h.team("")?.kept_aside()).await?;
+    Ok(listed.into_iter().map(|entry| entry.audit.change).collect())
+}
+
+/// Bea is removed while Cal is away. The note Bea writes after her removal reaches Cal in
+/// the same room, who has not heard of it; when Cal is back online it passes through the
+/// circle node, and neither the circle node, nor Ada, nor Cal once told of the removal
+/// has it in the record: it is kept aside, alike on all three, until Ada accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_workers_late_note_through_the_circle_node_is_kept_aside_until_accepted()
+-> Result<()> {
+    let dirs =
+        [tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?];
+    let circle =
+        start_circle(dirs[2].path(), any_port(), any_port(), NodeOptions::default()).await?;
+    let url = circle.relay_url();
+    let opts = NodeOptions::default();
+    let a = start(dirs[0].path(), "Ada", &url, opts).await?;
+    let b = start(dirs[1].path(), "Bea", &url, opts).await?;
+    let team = team_with_relay(&a, &b, &circle).await?;
+    let c = start(dirs[3].path(), "Cal", &url, opts).await?;
+    let ticket = a.invite(&team.to_string(), Role::Worker, "Cal", Duration::from_secs(600)).await?;
+    c.join(&ticket).await?;
+    b.with_home(move |h| h.team("")?.add_note(&note("Bea: tea at 8"), None)).await?;
+    for node in [&a, &c, circle.node()] {
+        eventually("every device has Bea's note", || async {
+            has_note(node, team, "Bea: tea at 8").await
+        })
+        .await?;
+    }
+    c.shutdown().await;
+
+    let bea = b.addr().device;
+    let member = a
+        .with_home(move |h| {
+            let membership = h.membership(team)?;
+            Ok::<_, anyhow::Error>(membership.member_of_device(bea).context("Bea is in")?.id)
+        })
+        .await?;
+    a.with_home(move |h| h.author_op(team, care::OpBody::RemoveMember { member })).await?;
+    b.with_home(move |h| h.team("")?.add_note(&note("Bea, after her removal"), None)).await?;
+
+    // Same room: Cal's phone, off the network, meets Bea's.
+    let quiet = NodeOptions { dial_known_devices: false };
+    let c = Node::start_with(Home::open(dirs[3].path())?, &NetConfig::loopback(), quiet).await?;
+    let cal = c.addr();
+    b.connect(&PeerAddr { device: cal.device, addrs: cal.addrs, relay: None }).await?;
+    eventually("Cal has Bea's late note", || async {
+        has_note(&c, team, "Bea, after her removal").await
+    })
+    .await?;
+    c.shutdown().await;
+    b.shutdown().await;
+
+    // Cal back online: the note goes on, and stays out of every record.
+    let c = start(dirs[3].path(), "Cal", &url, opts).await?;
+    for node in [&a, &c, circle.node()] {
+        eventually("the late note is kept aside", || async {
+            Ok(kept_aside(node).await?.len() == 1)
+        })
+        .await?;
+        assert!(!has_note(node, team, "Bea, after her removal").await?);
+        assert!(has_note(node, team, "Bea: tea at 8").await?);
+    }
+    let listed = kept_aside(&a).await?;
+    assert_eq!(listed, kept_aside(circle.node()).await?);
+    assert_eq!(listed, kept_aside(&c).await?);
+
+    let change: care::ChangeHash = listed[0].parse()?;
+    a.with_home(move |h| h.team("")?.accept_kept_aside(&[change])).await?;
+    for node in [&c, circle.node()] {
+        eventually("the accepted note is in the record", || async {
+            has_note(node, team, "Bea, after her removal").await
+        })
+        .await?;
+    }
+    for node in [a, c] {
+        node.shutdown().await;
+    }
     circle.shutdown().await;
     Ok(())
 }
