@@ -29,6 +29,12 @@ impl DeviceKey {
         DeviceId::from_bytes(self.0.verifying_key().to_bytes())
     }
 
+    /// The device's X25519 secret, derived from its ed25519 key (the scalar its
+    /// signatures use), to unwrap team keys sent to it: see [`crate::keys`].
+    pub(crate) fn x25519_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.0.to_scalar_bytes())
+    }
+
     /// Signs `message` with this device's key.
     pub fn sign(&self, message: &[u8]) -> Signature {
         Signature(self.0.sign(message).to_bytes())

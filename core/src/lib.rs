@@ -7,6 +7,7 @@ pub mod documents;
 pub mod identity;
 pub mod ids;
 pub mod kept_aside;
+pub mod keys;
 pub mod membership;
 
 pub use change_sig::{ChangeSig, SIGNED_HEADS_MAX, SigDecodeError};
