@@ -167,42 +167,12 @@ fn what(doc: &Automerge, hash: ChangeHash) -> String {
 mod tests {
     use care_core::membership::Role;
     use care_core::{MemberId, Op, SignedOp, TeamId};
-    use care_sync::{Effect, Hub, Replica};
+    use care_sync::Replica;
 
     use super::*;
     use crate::home::Home;
+    use crate::test_support::{sync, temp_dirs};
     use crate::{NewNote, NoteQuery};
-
-    /// Connects two homes and lets their sessions exchange frames until both are quiet.
-    fn sync(a: &mut Home, b: &mut Home) -> Result<()> {
-        let (a_device, b_device) = (a.profile().device, b.profile().device);
-        let (mut a_hub, mut b_hub) = (Hub::new(a_device), Hub::new(b_device));
-        let refused = |e| Error::Invalid(format!("{e:?}"));
-        let a_conn = a_hub.open(a, b_device, a_device, 0).map_err(refused)?;
-        let b_conn = b_hub.open(b, a_device, a_device, 0).map_err(refused)?;
-        loop {
-            let mut moved = false;
-            for effect in a_hub.take_effects() {
-                if let Effect::Send { frame, .. } = effect {
-                    b_hub.frame(b, b_conn, &frame);
-                    moved = true;
-                }
-            }
-            for effect in b_hub.take_effects() {
-                if let Effect::Send { frame, .. } = effect {
-                    a_hub.frame(a, a_conn, &frame);
-                    moved = true;
-                }
-            }
-            if !moved {
-                return Ok(());
-            }
-        }
-    }
-
-    fn temp_dirs(n: usize) -> Result<Vec<tempfile::TempDir>> {
-        (0..n).map(|_| tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))).collect()
-    }
 
     fn join(owner: &mut Home, team: TeamId, home: &Home, name: &str) -> Result<MemberId> {
         let (member, device) = (home.profile().member, home.profile().device);

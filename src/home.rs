@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use automerge::Automerge;
 use care_core::documents::{self, Author, DocError};
+use care_core::keys::{self, KeyId, KeyScope, TeamKey};
 use care_core::membership::{self, KnownChanges, Membership, OpBody, Role, SignedOp};
 use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp};
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoreKey, StoredDoc, keyfile};
@@ -295,6 +296,11 @@ impl Home {
         );
         let team = membership::team_id(&create);
         self.store_ops(team, std::slice::from_ref(&create))?;
+        // The team's first keys, given to this device alone.
+        let me = [self.profile.device];
+        for scope in KeyScope::ALL {
+            self.author_team_keys(team, scope, &TeamKey::from_bytes(random_bytes()), true, &me)?;
+        }
         let mut handle = self.team(&team.to_string())?;
         handle.set_info(&documents::TeamInfo { name: name.to_owned(), circle: None })?;
         for kind in [DocKind::Plan, DocKind::HealthPlan, DocKind::Promises] {
@@ -412,13 +418,128 @@ impl Home {
     /// removal that names what this device holds of the removed devices' changes
     /// ([`OpBody::RemoveDeviceKnowing`], [`OpBody::RemoveMemberKnowing`]): their later
     /// changes are kept aside on every device (see [`mod@care_core::kept_aside`]).
+    ///
+    /// Team keys follow (see [`care_core::keys`]): after adding a device, this device gives
+    /// it (and any other device that lacks them) the keys it holds of the scopes the
+    /// device's role reads; after a removal, it makes a new key of each scope the removed
+    /// devices held and its own role reads, given to every device that reads it.
     pub fn author_op(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
         let body = self.knowing(team, body)?;
+        let op = self.sign_and_store(team, body)?;
+        let body = op.op().map_err(|e| Error::Invalid(e.to_string()))?.body;
+        match body {
+            OpBody::AddDevice { .. } => self.give_team_keys(team)?,
+            OpBody::RemoveDeviceKnowing { device, .. } => self.renew_team_keys(team, &[device])?,
+            OpBody::RemoveMemberKnowing { member, .. } => {
+                let membership = self.membership(team)?;
+                let given = KeyScope::ALL.iter().filter_map(|scope| membership.keys(*scope));
+                let devices: Vec<DeviceId> = given
+                    .flat_map(|keys| keys.wrapped.keys().map(|(_, device)| *device))
+                    .filter(|device| membership.member_ever_of_device(*device) == Some(member))
+                    .collect();
+                self.renew_team_keys(team, &devices)?;
+            }
+            _ => {}
+        }
+        Ok(op)
+    }
+
+    fn sign_and_store(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
         let membership = self.membership(team)?;
         let op = membership.author_op(&self.key, self.now(), body).map_err(Error::Refused)?;
         self.store_ops(team, std::slice::from_ref(&op))?;
         self.changed.push(Change::Membership { team });
         Ok(op)
+    }
+
+    /// The team keys this device can open, by scope, oldest first.
+    pub(crate) fn team_keys(&self, team: TeamId) -> Result<Vec<(KeyScope, KeyId, TeamKey)>> {
+        let membership = self.membership(team)?;
+        let device = self.profile.device;
+        let mut held = Vec::new();
+        for scope in KeyScope::ALL {
+            let Some(keys) = membership.keys(scope) else { continue };
+            for id in &keys.keys {
+                let Some(wrapped) = keys.wrapped.get(&(*id, device)) else { continue };
+                match keys::unwrap(team, scope, id, wrapped, &self.key) {
+                    Ok(key) => held.push((scope, *id, key)),
+                    Err(e) => {
+                        tracing::warn!("a {scope} key of team {team} given to this device: {e}")
+                    }
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// Gives every current device that lacks one of the team keys this device holds, and
+    /// whose role reads its scope, that key.
+    fn give_team_keys(&mut self, team: TeamId) -> Result<()> {
+        let membership = self.membership(team)?;
+        for (scope, id, key) in self.team_keys(team)? {
+            let given = &membership.keys(scope).map(|k| &k.wrapped);
+            let lacking: Vec<DeviceId> = membership
+                .devices()
+                .filter(|(device, member)| {
+                    scope.held_by(member.role)
+                        && !given.is_some_and(|w| w.contains_key(&(id, *device)))
+                })
+                .map(|(device, _)| device)
+                .collect();
+            self.author_team_keys(team, scope, &key, false, &lacking)?;
+        }
+        Ok(())
+    }
+
+    /// Makes a new key of each scope one of `removed` was given a key of and this device's
+    /// role reads, given to every current device whose role reads it: nothing written
+    /// with it can be read by the removed devices.
+    fn renew_team_keys(&mut self, team: TeamId, removed: &[DeviceId]) -> Result<()> {
+        let membership = self.membership(team)?;
+        let Some(role) = membership.role_of_device(self.profile.device) else {
+            return Ok(());
+        };
+        for scope in KeyScope::ALL {
+            let Some(keys) = membership.keys(scope) else { continue };
+            let had = keys.wrapped.keys().any(|(_, device)| removed.contains(device));
+            if !had || !scope.held_by(role) {
+                continue;
+            }
+            let readers: Vec<DeviceId> = membership
+                .devices()
+                .filter(|(_, member)| scope.held_by(member.role))
+                .map(|(device, _)| device)
+                .collect();
+            let key = TeamKey::from_bytes(random_bytes());
+            self.author_team_keys(team, scope, &key, true, &readers)?;
+        }
+        Ok(())
+    }
+
+    /// Signs `key` wrapped for `devices`, in ops of at most `WRAPPED_PER_OP_MAX` devices:
+    /// the first makes it current if `current`.
+    fn author_team_keys(
+        &mut self,
+        team: TeamId,
+        scope: KeyScope,
+        key: &TeamKey,
+        current: bool,
+        devices: &[DeviceId],
+    ) -> Result<()> {
+        let id = key.id(team, scope);
+        let mut wrapped = Vec::with_capacity(devices.len());
+        for device in devices {
+            match keys::wrap(team, scope, key, *device, random_bytes()) {
+                Ok(w) => wrapped.push(w),
+                Err(e) => tracing::warn!("no {scope} key for device {device}: {e}"),
+            }
+        }
+        for (i, chunk) in wrapped.chunks(membership::WRAPPED_PER_OP_MAX).enumerate() {
+            let current = current && i == 0;
+            let body = OpBody::TeamKeys { scope, key: id, current, wrapped: chunk.to_vec() };
+            self.sign_and_store(team, body)?;
+        }
+        Ok(())
     }
 
     /// A removal with what this device holds of the removed devices' changes: per
@@ -850,6 +971,114 @@ mod tests {
         fn now(&self) -> Timestamp {
             Timestamp(self.0.load(Ordering::Relaxed))
         }
+    }
+
+    /// Who holds which team keys: the owner from the start; each device added, the keys
+    /// of the scopes its role reads, history included; a volunteer never the care keys, the
+    /// circle node none; and after a removal, new keys the removed device cannot open.
+    #[test]
+    fn team_keys_follow_roles_additions_and_removals() -> Result<()> {
+        let dirs: Vec<tempfile::TempDir> = (0..5)
+            .map(|_| tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string())))
+            .collect::<Result<_>>()?;
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let team = ada.create_team("Rosa's team")?;
+        let mut homes = Vec::new();
+        for (i, (name, role)) in
+            [("Bea", Role::Worker), ("Vic", Role::Volunteer), ("Circle", Role::Relay)]
+                .into_iter()
+                .enumerate()
+        {
+            let home = Home::init(dirs[i + 1].path(), name)?;
+            let (member, device) = (home.profile().member, home.profile().device);
+            let body = OpBody::AddMember { member, name: name.into(), role, hats: vec![] };
+            ada.author_op(team, body)?;
+            ada.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+            homes.push(home);
+        }
+        let scopes = |home: &mut Home, ops: &[SignedOp]| -> Result<Vec<(KeyScope, KeyId)>> {
+            home.store_ops(team, ops)?;
+            Ok(home.team_keys(team)?.into_iter().map(|(scope, id, _)| (scope, id)).collect())
+        };
+        let ops = ada.signed_ops(team)?;
+        let first = scopes(&mut ada, &[])?;
+        assert_eq!(first.iter().map(|k| k.0).collect::<Vec<_>>(), KeyScope::ALL);
+        let [bea, vic, circle] = &mut homes[..] else { unreachable!("three homes") };
+        assert_eq!(scopes(bea, &ops)?, first);
+        assert_eq!(scopes(vic, &ops)?, [first[1]]);
+        assert_eq!(scopes(circle, &ops)?, []);
+
+        let bea_member = bea.profile().member;
+        ada.author_op(team, OpBody::RemoveMember { member: bea_member })?;
+        let ops = ada.signed_ops(team)?;
+        let renewed = scopes(&mut ada, &[])?;
+        assert_eq!(renewed.len(), 4, "a new key of each scope: {renewed:?}");
+        let membership = ada.membership(team)?;
+        for scope in KeyScope::ALL {
+            let current = membership.keys(scope).and_then(|k| k.current);
+            assert!(current.is_some_and(|id| !first.contains(&(scope, id))), "{scope} renewed");
+        }
+        assert_eq!(scopes(bea, &ops)?, first, "Bea opens none of the new keys");
+        assert_eq!(scopes(vic, &ops)?.len(), 2, "Vic opens both team-scope keys");
+        assert_eq!(scopes(circle, &ops)?, []);
+
+        // A worker who joins later gets every key of both scopes: the history too.
+        let cal = Home::init(dirs[4].path(), "Cal")?;
+        let (member, device) = (cal.profile().member, cal.profile().device);
+        let body =
+            OpBody::AddMember { member, name: "Cal".into(), role: Role::Worker, hats: vec![] };
+        ada.author_op(team, body)?;
+        ada.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+        let mut cal = cal;
+        let ops = ada.signed_ops(team)?;
+        assert_eq!(scopes(&mut cal, &ops)?, renewed);
+        Ok(())
+    }
+
+    /// A worker who gives the care key to a volunteer anyway, signing past the checks of
+    /// the local API and sending the op in the protocol's own frames, gives nothing: no
+    /// other device stores the op, and the volunteer opens no care key.
+    #[test]
+    fn a_care_key_given_to_a_volunteer_is_refused_everywhere() -> Result<()> {
+        use crate::test_support::{sync, temp_dirs};
+        use care_sync::Replica;
+        let dirs = temp_dirs(3)?;
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut bea = Home::init(dirs[1].path(), "Bea")?;
+        let mut vic = Home::init(dirs[2].path(), "Vic")?;
+        let team = ada.create_team("Rosa's team")?;
+        for (home, role) in [(&bea, Role::Worker), (&vic, Role::Volunteer)] {
+            let (member, device) = (home.profile().member, home.profile().device);
+            let name = home.profile().name.clone();
+            ada.author_op(team, OpBody::AddMember { member, name, role, hats: vec![] })?;
+            ada.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+        }
+        for home in [&mut bea, &mut vic] {
+            home.add_ops(team, &ada.signed_ops(team)?)?;
+        }
+        let (scope, id, key) = bea
+            .team_keys(team)?
+            .into_iter()
+            .find(|(scope, ..)| *scope == KeyScope::Care)
+            .ok_or_else(|| Error::Invalid("Bea holds the care key".into()))?;
+        let wrapped = vec![
+            keys::wrap(team, scope, &key, vic.profile().device, [3; 32])
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        ];
+        let body = OpBody::TeamKeys { scope, key: id, current: false, wrapped };
+        let preds = bea.membership(team)?.heads().to_vec();
+        let op = membership::Op { team: Some(team), preds, at: bea.now(), body };
+        let forged = SignedOp::sign(&bea.key, &op);
+        bea.add_ops(team, std::slice::from_ref(&forged))?;
+        sync(&mut bea, &mut ada)?;
+        sync(&mut bea, &mut vic)?;
+        sync(&mut ada, &mut vic)?;
+        for home in [&ada, &vic] {
+            assert!(!home.signed_ops(team)?.contains(&forged), "{} stored it", home.profile().name);
+        }
+        let held: Vec<KeyScope> = vic.team_keys(team)?.into_iter().map(|k| k.0).collect();
+        assert_eq!(held, [KeyScope::Team]);
+        Ok(())
     }
 
     /// Notes in more months than the cache holds: the cache stays within its bound, and

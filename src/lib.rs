@@ -37,6 +37,8 @@ mod replica;
 #[cfg(test)]
 mod sim;
 pub mod team;
+#[cfg(test)]
+mod test_support;
 mod verify;
 
 pub use aside::AsideEntry;

@@ -292,6 +292,12 @@ async fn a_device_ticket_adds_a_device_to_its_issuer_only() -> Result<()> {
     let phone = start(phone_dir.path(), "Bea").await?;
     assert_eq!(phone.join(&ticket).await?, team);
     let phone_id = phone.with_home(move |h| h.profile().device).await;
+    // Ada hears of the phone from Bea's device, which added it.
+    eventually("Ada knows the phone", || async {
+        let membership = a.with_home(move |h| h.membership(team)).await?;
+        Ok(membership.member_of_device(phone_id).is_some())
+    })
+    .await?;
     let (member, role, devices) = a
         .with_home(move |h| {
             let membership = h.membership(team)?;

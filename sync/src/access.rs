@@ -184,7 +184,8 @@ impl TeamAccess {
             | OpBody::RemoveMember { .. }
             | OpBody::RemoveDeviceKnowing { .. }
             | OpBody::RemoveMemberKnowing { .. }
-            | OpBody::AcceptChanges { .. } => {}
+            | OpBody::AcceptChanges { .. }
+            | OpBody::TeamKeys { .. } => {}
         }
     }
 }

@@ -51,10 +51,10 @@ pub use error::{MembershipError, RejectReason, Rejected};
 pub use op::{
     ACCEPTED_PER_OP_MAX, HAT_NAME_BYTES_MAX, HATS_MAX, KNOWN_DOCS_MAX, KnownChanges,
     LABEL_BYTES_MAX, NAME_BYTES_MAX, OP_BYTES_MAX, Op, OpBody, OpError, PREDS_MAX, SignedOp,
-    create_team, team_id,
+    WRAPPED_PER_OP_MAX, create_team, team_id,
 };
 pub use role::{Access, Hat, ParseNameError, Right, Role};
-pub use state::{Cut, DeviceInfo, Member, Membership};
+pub use state::{Cut, DeviceInfo, Member, Membership, ScopeKeys};
 
 /// Most ops a team's membership history may hold. The per-member limits below keep the
 /// ops of everyone but the owner well under it (`MEMBERS_MAX * OPS_PER_MEMBER_MAX`), so no

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::role::{Hat, Role};
 use crate::identity::{BadSignature, DeviceKey, Signature};
 use crate::ids::{DeviceId, DocId, MemberId, OpHash, TeamId, Timestamp};
+use crate::keys::{KeyId, KeyScope, WrappedKey};
 
 /// Largest wire form of a signed op, in bytes.
 pub const OP_BYTES_MAX: usize = 16 * 1024;
@@ -28,6 +29,8 @@ pub const HATS_MAX: usize = 16;
 pub const KNOWN_DOCS_MAX: usize = 256;
 /// Most changes one [`OpBody::AcceptChanges`] may accept.
 pub const ACCEPTED_PER_OP_MAX: usize = 256;
+/// Most devices one [`OpBody::TeamKeys`] wraps its key for (about 130 bytes each).
+pub const WRAPPED_PER_OP_MAX: usize = 100;
 
 /// Version of the encoding of an [`Op`] inside the signed bytes.
 const OP_VERSION: u8 = 1;
@@ -117,6 +120,20 @@ pub enum OpBody {
         doc: DocId,
         /// The hashes of the Automerge changes accepted.
         changes: Vec<[u8; 32]>,
+    },
+    /// Gives devices a team key (see [`crate::keys`]): a new current key of its scope, or
+    /// one already given, for devices that lack it. The author's role and every
+    /// recipient's hold the scope.
+    TeamKeys {
+        /// What the key encrypts.
+        scope: KeyScope,
+        /// The key's id.
+        key: KeyId,
+        /// Whether the key becomes its scope's current key (it is new); else it was given
+        /// before.
+        current: bool,
+        /// The key, wrapped for each device given it.
+        wrapped: Vec<WrappedKey>,
     },
 }
 
@@ -336,6 +353,21 @@ pub(crate) fn validate_body(body: &OpBody) -> Result<(), String> {
             }
             let docs = known.iter().map(|k| k.docs.len()).sum();
             check_known(docs, known.iter().map(|k| &k.docs))
+        }
+        OpBody::TeamKeys { wrapped, .. } => {
+            if wrapped.is_empty() || wrapped.len() > WRAPPED_PER_OP_MAX {
+                let n = wrapped.len();
+                return Err(format!(
+                    "it wraps a key for {n} devices, not 1 to {WRAPPED_PER_OP_MAX}"
+                ));
+            }
+            let mut devices: Vec<DeviceId> = wrapped.iter().map(|w| w.device).collect();
+            devices.sort();
+            devices.dedup();
+            if devices.len() != wrapped.len() {
+                return Err("it wraps a key twice for one device".into());
+            }
+            Ok(())
         }
         OpBody::AcceptChanges { changes, .. } => {
             if changes.is_empty() || changes.len() > ACCEPTED_PER_OP_MAX {

@@ -10,6 +10,7 @@ use super::{DEVICES_PER_MEMBER_MAX, MEMBERS_MAX, OPS_PER_MEMBER_MAX};
 use crate::doc_kind::DocKind;
 use crate::identity::DeviceKey;
 use crate::ids::{DeviceId, DocId, MemberId, OpHash, TeamId, Timestamp};
+use crate::keys::{KeyId, KeyScope, WrappedKey};
 
 /// Label given to the device that created the team.
 const FIRST_DEVICE_LABEL: &str = "first device";
@@ -32,7 +33,20 @@ pub struct Membership {
     cuts: BTreeMap<DeviceId, Cut>,
     /// Changes kept aside that were accepted into the record, by document.
     accepted: BTreeMap<DocId, BTreeSet<[u8; 32]>>,
+    /// The team keys given, by scope.
+    keys: BTreeMap<KeyScope, ScopeKeys>,
     heads: Vec<OpHash>,
+}
+
+/// The keys of one scope given so far (see [`crate::keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopeKeys {
+    /// The key to encrypt with now: the latest made current.
+    pub current: Option<KeyId>,
+    /// Every key of the scope, oldest first.
+    pub keys: Vec<KeyId>,
+    /// Each key as wrapped for each device given it.
+    pub wrapped: BTreeMap<(KeyId, DeviceId), WrappedKey>,
 }
 
 /// Where a removal cut a device off: its changes the removal's author held are part of
@@ -155,6 +169,11 @@ impl Membership {
         &self.heads
     }
 
+    /// The team keys of `scope` given so far.
+    pub fn keys(&self, scope: KeyScope) -> Option<&ScopeKeys> {
+        self.keys.get(&scope)
+    }
+
     /// Where removals cut devices off, by device: empty when no removal named what it
     /// held (see [`Cut`]).
     pub fn cuts(&self) -> &BTreeMap<DeviceId, Cut> {
@@ -201,6 +220,9 @@ impl Membership {
                     Some(k) => Err(conflict(&format!("{} is not a device of {member}", k.device))),
                     None => Ok(()),
                 }
+            }
+            OpBody::TeamKeys { scope, key, current, wrapped } => {
+                self.check_team_keys(actor, *scope, key, *current, wrapped)
             }
             OpBody::AcceptChanges { .. } => {
                 if self.has_right(actor.id, Right::ManageTeam) {
@@ -259,6 +281,7 @@ impl Membership {
             ops_by_member: BTreeMap::new(),
             cuts: BTreeMap::new(),
             accepted: BTreeMap::new(),
+            keys: BTreeMap::new(),
             heads: Vec::new(),
         }
     }
@@ -312,6 +335,18 @@ impl Membership {
             }
             OpBody::AcceptChanges { doc, changes } => {
                 self.accepted.entry(*doc).or_default().extend(changes.iter().copied());
+            }
+            OpBody::TeamKeys { scope, key, current, wrapped } => {
+                let keys = self.keys.entry(*scope).or_default();
+                if !keys.keys.contains(key) {
+                    keys.keys.push(*key);
+                }
+                if *current {
+                    keys.current = Some(*key);
+                }
+                for w in wrapped {
+                    keys.wrapped.entry((*key, w.device)).or_insert_with(|| w.clone());
+                }
             }
             OpBody::ChangeRole { member, role, hats } => {
                 if let Some(m) = self.members.get_mut(member) {
@@ -440,6 +475,38 @@ impl Membership {
         }
         if target.devices.len() >= DEVICES_PER_MEMBER_MAX {
             return Err(over_limit("devices of one member", DEVICES_PER_MEMBER_MAX));
+        }
+        Ok(())
+    }
+
+    /// A member gives a key of a scope their role holds, to current devices whose members'
+    /// roles hold it; a key given again must have been given before.
+    fn check_team_keys(
+        &self,
+        actor: &Member,
+        scope: KeyScope,
+        key: &KeyId,
+        current: bool,
+        wrapped: &[WrappedKey],
+    ) -> Result<(), RejectReason> {
+        if !scope.held_by(actor.role) {
+            return not_allowed(actor, "give keys of a scope their role does not read");
+        }
+        let known = self.keys.get(&scope).is_some_and(|keys| keys.keys.contains(key));
+        if current && known {
+            return Err(conflict("the key was given before: a new current key must be new"));
+        }
+        if !current && !known {
+            return Err(conflict("the key was never given: a new key is given as current"));
+        }
+        for w in wrapped {
+            let holds = self.member_of_device(w.device).is_some_and(|m| scope.held_by(m.role));
+            if !holds {
+                return Err(conflict(&format!(
+                    "device {} is not a current device of a member who reads the {scope} scope",
+                    w.device
+                )));
+            }
         }
         Ok(())
     }

@@ -496,3 +496,57 @@ fn members_and_devices_per_member_are_bounded() {
     );
     assert_eq!(team.state().members().count(), MEMBERS_MAX);
 }
+
+/// A key of a scope goes only to current devices of members whose role reads the whole
+/// scope, from a member whose role does; it is new when made current, and known when
+/// given again; and only the device it is wrapped for opens it.
+#[test]
+fn team_keys_go_only_to_devices_whose_role_reads_their_scope() {
+    use crate::keys::{KeyScope, TeamKey, unwrap, wrap};
+    let mut team = Team::new();
+    team.join(1, 2, Role::Worker, vec![]);
+    team.join(1, 3, Role::Volunteer, vec![Hat::team_admin()]);
+    team.join(1, 4, Role::Relay, vec![]);
+    let team_id = team.id;
+    let care = TeamKey::from_bytes([9; 32]);
+    let id = care.id(team_id, KeyScope::Care);
+    let wrapped = |n: u8, key: &TeamKey, scope| {
+        wrap(team_id, scope, key, dev(n), [n + 40; 32]).expect("wraps")
+    };
+    let give =
+        |scope, key, current, to: Vec<_>| OpBody::TeamKeys { scope, key, current, wrapped: to };
+    let to_owner_and_worker =
+        vec![wrapped(1, &care, KeyScope::Care), wrapped(2, &care, KeyScope::Care)];
+    let first = give(KeyScope::Care, id, true, to_owner_and_worker.clone());
+    assert!(
+        team.author(3, first.clone()).is_err_and(|r| matches!(r, RejectReason::NotAllowed { .. }))
+    );
+    team.ok(1, first.clone());
+    assert!(matches!(team.author(1, first), Err(RejectReason::Conflict(_))), "new means new");
+    for n in [3, 4] {
+        let to = vec![wrapped(n, &care, KeyScope::Care)];
+        let again = give(KeyScope::Care, id, false, to);
+        assert!(matches!(team.author(1, again), Err(RejectReason::Conflict(_))), "device {n}");
+    }
+    let unknown = TeamKey::from_bytes([8; 32]);
+    let shared = give(
+        KeyScope::Care,
+        unknown.id(team.id, KeyScope::Care),
+        false,
+        vec![wrapped(2, &unknown, KeyScope::Care)],
+    );
+    assert!(matches!(team.author(1, shared), Err(RejectReason::Conflict(_))));
+    let everyday = TeamKey::from_bytes([7; 32]);
+    let to_all: Vec<_> = [1, 2, 3].map(|n| wrapped(n, &everyday, KeyScope::Team)).into();
+    team.ok(3, give(KeyScope::Team, everyday.id(team.id, KeyScope::Team), true, to_all));
+
+    let state = team.state();
+    let keys = state.keys(KeyScope::Care).expect("care keys given");
+    assert_eq!((keys.current, keys.keys.clone()), (Some(id), vec![id]));
+    let for_worker = &keys.wrapped[&(id, dev(2))];
+    assert_eq!(unwrap(team.id, KeyScope::Care, &id, for_worker, &key(2)), Ok(care));
+    assert!(unwrap(team.id, KeyScope::Care, &id, for_worker, &key(3)).is_err());
+    assert!(!keys.wrapped.keys().any(|(_, d)| *d == dev(3) || *d == dev(4)));
+    let team_keys = state.keys(KeyScope::Team).expect("team keys given");
+    assert!(team_keys.wrapped.keys().any(|(_, d)| *d == dev(3)));
+}
