@@ -473,8 +473,18 @@ impl Home {
     }
 
     /// Gives every current device that lacks one of the team keys this device holds, and
-    /// whose role reads its scope, that key.
+    /// whose role reads its scope, that key; and renews a scope left with no current key
+    /// (see [`Membership::current_key`]).
     fn give_team_keys(&mut self, team: TeamId) -> Result<()> {
+        let membership = self.membership(team)?;
+        if let Some(role) = membership.role_of_device(self.profile.device) {
+            for scope in KeyScope::ALL {
+                let given = membership.keys(scope).is_some();
+                if given && scope.held_by(role) && membership.current_key(scope).is_none() {
+                    self.make_team_key(team, &membership, scope)?;
+                }
+            }
+        }
         let membership = self.membership(team)?;
         for (scope, id, key) in self.team_keys(team)? {
             let given = &membership.keys(scope).map(|k| &k.wrapped);
@@ -505,15 +515,25 @@ impl Home {
             if !had || !scope.held_by(role) {
                 continue;
             }
-            let readers: Vec<DeviceId> = membership
-                .devices()
-                .filter(|(_, member)| scope.held_by(member.role))
-                .map(|(device, _)| device)
-                .collect();
-            let key = TeamKey::from_bytes(random_bytes());
-            self.author_team_keys(team, scope, &key, true, &readers)?;
+            self.make_team_key(team, &membership, scope)?;
         }
         Ok(())
+    }
+
+    /// Makes a new current key of `scope`, given to every current device that reads it.
+    fn make_team_key(
+        &mut self,
+        team: TeamId,
+        membership: &Membership,
+        scope: KeyScope,
+    ) -> Result<()> {
+        let readers: Vec<DeviceId> = membership
+            .devices()
+            .filter(|(_, member)| scope.held_by(member.role))
+            .map(|(device, _)| device)
+            .collect();
+        let key = TeamKey::from_bytes(random_bytes());
+        self.author_team_keys(team, scope, &key, true, &readers)
     }
 
     /// Signs `key` wrapped for `devices`, in ops of at most `WRAPPED_PER_OP_MAX` devices:
@@ -1015,7 +1035,7 @@ mod tests {
         assert_eq!(renewed.len(), 4, "a new key of each scope: {renewed:?}");
         let membership = ada.membership(team)?;
         for scope in KeyScope::ALL {
-            let current = membership.keys(scope).and_then(|k| k.current);
+            let current = membership.current_key(scope);
             assert!(current.is_some_and(|id| !first.contains(&(scope, id))), "{scope} renewed");
         }
         assert_eq!(scopes(bea, &ops)?, first, "Bea opens none of the new keys");

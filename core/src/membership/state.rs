@@ -41,9 +41,7 @@ pub struct Membership {
 /// The keys of one scope given so far (see [`crate::keys`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScopeKeys {
-    /// The key to encrypt with now: the latest made current.
-    pub current: Option<KeyId>,
-    /// Every key of the scope, oldest first.
+    /// Every key of the scope, in the order they were made (each made current then).
     pub keys: Vec<KeyId>,
     /// Each key as wrapped for each device given it.
     pub wrapped: BTreeMap<(KeyId, DeviceId), WrappedKey>,
@@ -172,6 +170,20 @@ impl Membership {
     /// The team keys of `scope` given so far.
     pub fn keys(&self, scope: KeyScope) -> Option<&ScopeKeys> {
         self.keys.get(&scope)
+    }
+
+    /// The key of `scope` to encrypt with now: the newest given to current devices alone.
+    /// Two removals made apart at the same time can each give its new key to the device
+    /// the other removes; neither key is current then, nor any older one those devices
+    /// hold, so the scope has none until a member renews it.
+    pub fn current_key(&self, scope: KeyScope) -> Option<KeyId> {
+        let keys = self.keys.get(&scope)?;
+        keys.keys.iter().rev().copied().find(|id| {
+            keys.wrapped
+                .range((*id, DeviceId::from_bytes([0; 32]))..)
+                .take_while(|((key, _), _)| key == id)
+                .all(|((_, device), _)| self.member_of_device(*device).is_some())
+        })
     }
 
     /// Where removals cut devices off, by device: empty when no removal named what it
@@ -338,11 +350,8 @@ impl Membership {
             }
             OpBody::TeamKeys { scope, key, current, wrapped } => {
                 let keys = self.keys.entry(*scope).or_default();
-                if !keys.keys.contains(key) {
+                if *current && !keys.keys.contains(key) {
                     keys.keys.push(*key);
-                }
-                if *current {
-                    keys.current = Some(*key);
                 }
                 for w in wrapped {
                     keys.wrapped.entry((*key, w.device)).or_insert_with(|| w.clone());
@@ -480,7 +489,8 @@ impl Membership {
     }
 
     /// A member gives a key of a scope their role holds, to current devices whose members'
-    /// roles hold it; a key given again must have been given before.
+    /// roles hold it (or devices removed meanwhile); a key given again must have been
+    /// given before.
     fn check_team_keys(
         &self,
         actor: &Member,
@@ -500,10 +510,16 @@ impl Membership {
             return Err(conflict("the key was never given: a new key is given as current"));
         }
         for w in wrapped {
-            let holds = self.member_of_device(w.device).is_some_and(|m| scope.held_by(m.role));
-            if !holds {
+            // A device removed meanwhile (by a removal the author had not seen) may be
+            // among those given a new key: the op stands for the others, and the key is
+            // never current (see `current_key`).
+            let allowed = match self.member_of_device(w.device) {
+                Some(member) => scope.held_by(member.role),
+                None => self.device_history.contains_key(&w.device),
+            };
+            if !allowed {
                 return Err(conflict(&format!(
-                    "device {} is not a current device of a member who reads the {scope} scope",
+                    "device {} is not a device of a member who reads the {scope} scope",
                     w.device
                 )));
             }

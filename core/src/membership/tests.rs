@@ -542,11 +542,52 @@ fn team_keys_go_only_to_devices_whose_role_reads_their_scope() {
 
     let state = team.state();
     let keys = state.keys(KeyScope::Care).expect("care keys given");
-    assert_eq!((keys.current, keys.keys.clone()), (Some(id), vec![id]));
+    assert_eq!((state.current_key(KeyScope::Care), keys.keys.clone()), (Some(id), vec![id]));
     let for_worker = &keys.wrapped[&(id, dev(2))];
     assert_eq!(unwrap(team.id, KeyScope::Care, &id, for_worker, &key(2)), Ok(care));
     assert!(unwrap(team.id, KeyScope::Care, &id, for_worker, &key(3)).is_err());
     assert!(!keys.wrapped.keys().any(|(_, d)| *d == dev(3) || *d == dev(4)));
     let team_keys = state.keys(KeyScope::Team).expect("team keys given");
     assert!(team_keys.wrapped.keys().any(|(_, d)| *d == dev(3)));
+}
+
+/// Two removals made apart at the same time, each renewing the care key for the devices
+/// it knows: each new key reaches the device the other removes, so neither is current,
+/// nor the first key; a renewal afterwards is.
+#[test]
+fn keys_given_to_a_device_removed_meanwhile_are_never_current() {
+    use crate::keys::{KeyScope, TeamKey, wrap};
+    let mut team = Team::new();
+    team.join(1, 2, Role::Advocate, vec![Hat::team_admin()]);
+    team.join(1, 3, Role::Worker, vec![]);
+    team.join(1, 4, Role::Worker, vec![]);
+    let team_id = team.id;
+    let give = |n: u8, to: &[u8], current| {
+        let key = TeamKey::from_bytes([n; 32]);
+        let wrapped = to
+            .iter()
+            .map(|d| wrap(team_id, KeyScope::Care, &key, dev(*d), [n + *d; 32]).expect("wraps"))
+            .collect();
+        OpBody::TeamKeys {
+            scope: KeyScope::Care,
+            key: key.id(team_id, KeyScope::Care),
+            current,
+            wrapped,
+        }
+    };
+    team.ok(1, give(50, &[1, 2, 3, 4], true));
+    let heads = team.heads();
+    let first =
+        team.force(1, heads.clone(), OpBody::RemoveMemberKnowing { member: mid(3), known: vec![] });
+    team.force(1, vec![first.hash()], give(60, &[1, 2, 4], true));
+    let second =
+        team.force(2, heads, OpBody::RemoveMemberKnowing { member: mid(4), known: vec![] });
+    team.force(2, vec![second.hash()], give(70, &[1, 2, 3], true));
+    let (state, rejected) = team.replay();
+    assert_eq!(rejected, vec![]);
+    assert_eq!(state.keys(KeyScope::Care).map(|k| k.keys.len()), Some(3));
+    assert_eq!(state.current_key(KeyScope::Care), None);
+    team.ok(1, give(80, &[1, 2], true));
+    let renewed = TeamKey::from_bytes([80; 32]).id(team_id, KeyScope::Care);
+    assert_eq!(team.state().current_key(KeyScope::Care), Some(renewed));
 }
