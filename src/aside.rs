@@ -183,6 +183,21 @@ mod tests {
         Ok(member)
     }
 
+    /// Ada's team, with Dan and Eve as workers, every home holding its log; and Dan's
+    /// member id.
+    fn ada_dan_eve(dirs: &[tempfile::TempDir]) -> Result<(TeamId, MemberId, [Home; 3])> {
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut dan = Home::init(dirs[1].path(), "Dan")?;
+        let mut eve = Home::init(dirs[2].path(), "Eve")?;
+        let team = ada.create_team("Rosa's team")?;
+        let dan_id = join(&mut ada, team, &dan, "Dan")?;
+        join(&mut ada, team, &eve, "Eve")?;
+        for home in [&mut dan, &mut eve] {
+            home.add_ops(team, &ada.signed_ops(team)?)?;
+        }
+        Ok((team, dan_id, [ada, dan, eve]))
+    }
+
     fn write(home: &mut Home, text: &str) -> Result<()> {
         home.team("")?.add_note(&NewNote { text: text.into(), ..Default::default() }, None)?;
         Ok(())
@@ -207,15 +222,7 @@ mod tests {
     #[test]
     fn a_removed_workers_later_notes_are_kept_aside_on_every_device_until_accepted() -> Result<()> {
         let dirs = temp_dirs(3)?;
-        let mut ada = Home::init(dirs[0].path(), "Ada")?;
-        let mut dan = Home::init(dirs[1].path(), "Dan")?;
-        let mut eve = Home::init(dirs[2].path(), "Eve")?;
-        let team = ada.create_team("Rosa's team")?;
-        let dan_id = join(&mut ada, team, &dan, "Dan")?;
-        join(&mut ada, team, &eve, "Eve")?;
-        for home in [&mut dan, &mut eve] {
-            home.add_ops(team, &ada.signed_ops(team)?)?;
-        }
+        let (team, dan_id, [mut ada, mut dan, mut eve]) = ada_dan_eve(&dirs)?;
         write(&mut dan, "Dan: tea at 8.")?;
         sync(&mut ada, &mut dan)?;
         ada.author_op(team, OpBody::RemoveMember { member: dan_id })?;
@@ -286,15 +293,7 @@ mod tests {
     #[test]
     fn an_acceptance_forged_by_a_worker_lets_nothing_in() -> Result<()> {
         let dirs = temp_dirs(3)?;
-        let mut ada = Home::init(dirs[0].path(), "Ada")?;
-        let mut dan = Home::init(dirs[1].path(), "Dan")?;
-        let mut eve = Home::init(dirs[2].path(), "Eve")?;
-        let team = ada.create_team("Rosa's team")?;
-        let dan_id = join(&mut ada, team, &dan, "Dan")?;
-        join(&mut ada, team, &eve, "Eve")?;
-        for home in [&mut dan, &mut eve] {
-            home.add_ops(team, &ada.signed_ops(team)?)?;
-        }
+        let (team, dan_id, [mut ada, mut dan, mut eve]) = ada_dan_eve(&dirs)?;
         ada.author_op(team, OpBody::RemoveMember { member: dan_id })?;
         write(&mut dan, "Dan, after his removal.")?;
         sync(&mut dan, &mut eve)?;

@@ -3,10 +3,11 @@
 //! changes kept aside stay in the document, so they sync like any other and every device
 //! holds the same set.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use automerge::{Automerge, AutomergeError, ChangeHash};
-use care_core::{DeviceId, DocId, DocKind, Membership, OpHash, kept_aside};
+use care_core::kept_aside::Record;
+use care_core::{DeviceId, DocId, DocKind, Membership, OpHash};
 
 /// Most documents whose record is remembered.
 pub(crate) const RECORDS_KEPT_MAX: usize = 64;
@@ -18,16 +19,13 @@ pub(crate) const RECORD_COPIES_MAX: usize = 8;
 /// computed at, and kept up to date by the writes made through it.
 #[derive(Default)]
 pub(crate) struct Records {
-    by_doc: HashMap<DocId, Record>,
+    by_doc: HashMap<DocId, Kept>,
 }
 
-struct Record {
+struct Kept {
     heads: Vec<ChangeHash>,
     membership: Vec<OpHash>,
-    /// `None` when the record is the whole document.
-    copy: Option<Automerge>,
-    /// The devices with changes kept aside here.
-    aside_by: BTreeSet<DeviceId>,
+    record: Record,
 }
 
 impl Records {
@@ -43,14 +41,10 @@ impl Records {
         if membership.cuts().is_empty() {
             return Ok(None);
         }
-        Ok(self.fresh(doc, id, kind, membership)?.copy.as_ref())
+        Ok(self.fresh(doc, id, kind, membership)?.record.copy())
     }
 
-    /// Runs `write` on the record of `doc` and adds the changes it makes to `doc`, so
-    /// that they build on the record and never on changes kept aside (the rule of
-    /// [`care_core::kept_aside::write_on_record`], with the record kept between writes).
-    /// A `device` whose own changes are kept aside writes on the whole document: its
-    /// next change must follow its last.
+    /// [`Record::write`] on the record kept for `doc`, which then stays kept.
     pub(crate) fn write<R, E: From<AutomergeError>>(
         &mut self,
         doc: &mut Automerge,
@@ -60,26 +54,10 @@ impl Records {
         if membership.cuts().is_empty() {
             return write(doc);
         }
-        let record = self.fresh(doc, id, kind, membership)?;
-        let Some(copy) = record.copy.as_mut().filter(|_| !record.aside_by.contains(&device)) else {
-            // The record is the whole document (and stays so: a change built on it is
-            // not kept aside), or this device writes on the whole document.
-            let whole = record.copy.is_none();
-            let value = write(doc)?;
-            match self.by_doc.get_mut(&id) {
-                Some(record) if whole => record.heads = doc.get_heads(),
-                _ => drop(self.by_doc.remove(&id)),
-            }
-            return Ok(value);
-        };
-        let before = copy.get_heads();
-        let written = write(copy).and_then(|value| {
-            doc.apply_changes(copy.get_changes(&before))?;
-            Ok(value)
-        });
+        let kept = self.fresh(doc, id, kind, membership)?;
+        let written = kept.record.write(doc, device, write);
         match &written {
-            Ok(_) => record.heads = doc.get_heads(),
-            // Whatever the copy holds now is not the record: computed again next time.
+            Ok(_) => kept.heads = doc.get_heads(),
             Err(_) => drop(self.by_doc.remove(&id)),
         }
         written
@@ -93,27 +71,21 @@ impl Records {
         id: DocId,
         kind: &DocKind,
         membership: &Membership,
-    ) -> Result<&mut Record, AutomergeError> {
+    ) -> Result<&mut Kept, AutomergeError> {
         let heads = doc.get_heads();
         let kept = self.by_doc.get(&id);
-        if !kept.is_some_and(|r| r.heads == heads && r.membership == membership.heads()) {
-            let (copy, aside_by) = match kept_aside(doc, id, kind, membership) {
-                Some(aside) => (
-                    Some(doc.fork_at(&aside.record_heads)?),
-                    aside.changes.iter().filter_map(|change| change.device).collect(),
-                ),
-                None => (None, BTreeSet::new()),
-            };
+        if !kept.is_some_and(|k| k.heads == heads && k.membership == membership.heads()) {
+            let record = Record::of(doc, id, kind, membership)?;
             self.by_doc.remove(&id);
             if self.by_doc.len() >= RECORDS_KEPT_MAX {
                 self.by_doc.clear();
             }
-            let copies = self.by_doc.values().filter(|r| r.copy.is_some()).count();
-            if copy.is_some() && copies >= RECORD_COPIES_MAX {
-                self.by_doc.retain(|_, r| r.copy.is_none());
+            let copies = self.by_doc.values().filter(|k| k.record.copy().is_some()).count();
+            if record.copy().is_some() && copies >= RECORD_COPIES_MAX {
+                self.by_doc.retain(|_, k| k.record.copy().is_none());
             }
             let membership = membership.heads().to_vec();
-            self.by_doc.insert(id, Record { heads, membership, copy, aside_by });
+            self.by_doc.insert(id, Kept { heads, membership, record });
         }
         Ok(self.by_doc.get_mut(&id).expect("the record was kept just above"))
     }
@@ -165,7 +137,7 @@ mod tests {
             let record = records.of(&doc, kind.doc_id(team), &kind, &membership)?;
             let record = record.expect("the note is kept aside, so the record is a copy");
             assert_eq!(notes::notes(record).expect("reads"), vec![]);
-            let copies = records.by_doc.values().filter(|r| r.copy.is_some()).count();
+            let copies = records.by_doc.values().filter(|k| k.record.copy().is_some()).count();
             assert!(copies <= RECORD_COPIES_MAX, "{copies} copies kept");
         }
         Ok(())

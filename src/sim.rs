@@ -12,7 +12,7 @@ use care_core::documents::Author;
 use care_core::{
     ChangeSig, DeviceId, DeviceKey, DocId, DocKind, MemberId, Month, SignedOp, TeamId, Timestamp,
 };
-use care_sync::sim::{SimDevice, edit_doc, run_seeds, without_genesis};
+use care_sync::sim::{SimDevice, edit_doc, run_seeds};
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess};
 
 use crate::error::{Error, Result};
@@ -74,17 +74,6 @@ impl SimDevice for SimHome {
             .map_err(|e| e.to_string())
     }
 
-    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
-        let summary = self.home.store.doc_summary(doc).ok().flatten();
-        let Some(kind) = summary.and_then(|s| s.kind.parse::<DocKind>().ok()) else {
-            return Vec::new();
-        };
-        match self.home.doc(team, kind, Purpose::Read) {
-            Ok(Some(stored)) => without_genesis(team, &kind, stored.doc().get_heads()),
-            _ => Vec::new(),
-        }
-    }
-
     fn read_doc<R>(
         &mut self,
         team: TeamId,
@@ -96,17 +85,6 @@ impl SimDevice for SimHome {
         match self.home.doc(team, kind, Purpose::Read) {
             Ok(Some(stored)) => Some(f(stored.doc())),
             _ => None,
-        }
-    }
-
-    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
-        let summary = self.home.store.doc_summary(doc).ok().flatten();
-        let Some(kind) = summary.and_then(|s| s.kind.parse::<DocKind>().ok()) else {
-            return false;
-        };
-        match self.home.doc(team, kind, Purpose::Read) {
-            Ok(Some(stored)) => stored.doc().get_change_meta_by_hash(&hash).is_some(),
-            _ => false,
         }
     }
 

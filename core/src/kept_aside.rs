@@ -12,7 +12,7 @@
 //! Everything here is a function of the document's changes and the membership, so every
 //! device that holds both computes the same record and the same changes kept aside.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{Automerge, AutomergeError, ChangeHash};
 
@@ -160,28 +160,73 @@ pub fn changes_by(doc: &Automerge, device: DeviceId) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `write` on the record of `doc` (document `id`, a `kind` document, under
-/// `membership`) and adds the changes it makes to `doc`, so that they build on the record
-/// and not on changes kept aside. A `device` whose own changes are kept aside (it built on
-/// a removed device's change before it heard of the removal) writes on the whole document
-/// instead: Automerge numbers a device's changes in one chain, so its next change must
-/// follow its last, and is kept aside with it until a manager accepts what it was built
-/// on.
+/// A document's record, ready to read and write: the document itself when nothing is kept
+/// aside, else a copy of it at the record's heads, kept up to date by the writes made
+/// through it.
+#[derive(Debug)]
+pub struct Record {
+    /// `None` when the record is the whole document.
+    copy: Option<Automerge>,
+    /// The devices with changes kept aside.
+    aside_by: BTreeSet<DeviceId>,
+}
+
+impl Record {
+    /// The record of `doc` (document `id`, a `kind` document) under `membership`.
+    pub fn of(
+        doc: &Automerge,
+        id: DocId,
+        kind: &DocKind,
+        membership: &Membership,
+    ) -> Result<Record, AutomergeError> {
+        Ok(match kept_aside(doc, id, kind, membership) {
+            Some(aside) => Record {
+                copy: Some(doc.fork_at(&aside.record_heads)?),
+                aside_by: aside.changes.iter().filter_map(|change| change.device).collect(),
+            },
+            None => Record { copy: None, aside_by: BTreeSet::new() },
+        })
+    }
+
+    /// The copy that is the record, or `None` when the record is the whole document.
+    pub fn copy(&self) -> Option<&Automerge> {
+        self.copy.as_ref()
+    }
+
+    /// Runs `write` on the record of `doc` as `device` and adds the changes it makes to
+    /// `doc`, so that they build on the record and never on changes kept aside; the record
+    /// stays the record of `doc` afterwards. A device whose own changes are kept aside (it
+    /// built on a removed device's change before it heard of the removal) writes on the
+    /// whole document instead: Automerge numbers a device's changes in one chain, so its
+    /// next change must follow its last, and is kept aside with it until a manager accepts
+    /// what it was built on. After an error, compute the record again.
+    pub fn write<R, E: From<AutomergeError>>(
+        &mut self,
+        doc: &mut Automerge,
+        device: DeviceId,
+        write: impl FnOnce(&mut Automerge) -> Result<R, E>,
+    ) -> Result<R, E> {
+        match self.copy.as_mut().filter(|_| !self.aside_by.contains(&device)) {
+            // The record is the whole document, and a change built on it is not kept
+            // aside; or the change is kept aside, and the record stays as it is.
+            None => write(doc),
+            Some(copy) => {
+                let before = copy.get_heads();
+                let value = write(copy)?;
+                doc.apply_changes(copy.get_changes(&before))?;
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// [`Record::write`] on a record computed for this one write.
 pub fn write_on_record<R, E: From<AutomergeError>>(
     doc: &mut Automerge,
     (id, kind, membership, device): (DocId, &DocKind, &Membership, DeviceId),
     write: impl FnOnce(&mut Automerge) -> Result<R, E>,
 ) -> Result<R, E> {
-    let Some(aside) = kept_aside(doc, id, kind, membership) else {
-        return write(doc);
-    };
-    if aside.changes.iter().any(|change| change.device == Some(device)) {
-        return write(doc);
-    }
-    let mut record = doc.fork_at(&aside.record_heads)?;
-    let value = write(&mut record)?;
-    doc.apply_changes(record.get_changes(&aside.record_heads))?;
-    Ok(value)
+    Record::of(doc, id, kind, membership)?.write(doc, device, write)
 }
 
 /// The changes kept aside that accepting `wanted` lets in with it: `wanted` and every

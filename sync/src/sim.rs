@@ -54,10 +54,18 @@ pub trait SimDevice: Replica {
 
     /// The heads of `doc` as this device would use it (loaded, and so verified), empty
     /// when it holds none.
-    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash>;
+    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
+        let kind = self.docs(team).ok().and_then(|d| d.into_iter().find(|d| d.id == doc));
+        match (kind, self.read_doc(team, doc, automerge::Automerge::get_heads)) {
+            (Some(held), Some(heads)) => without_genesis(team, &held.kind, heads),
+            _ => Vec::new(),
+        }
+    }
 
     /// Whether the device's copy of `doc`, as it would use it, holds the change `hash`.
-    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool;
+    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
+        self.read_doc(team, doc, |d| d.get_change_meta_by_hash(&hash).is_some()).unwrap_or(false)
+    }
 
     /// Runs `f` on the whole document `doc` (changes kept aside included) as this device
     /// would use it; `None` when it holds none.
@@ -97,10 +105,6 @@ impl SimDevice for MemoryReplica {
             .map_err(|e| e.to_string())
     }
 
-    fn holds_change(&mut self, team: TeamId, doc: DocId, hash: ChangeHash) -> bool {
-        self.doc(team, doc).is_some_and(|d| d.get_change_meta_by_hash(&hash).is_some())
-    }
-
     fn read_doc<R>(
         &mut self,
         team: TeamId,
@@ -108,14 +112,6 @@ impl SimDevice for MemoryReplica {
         f: impl FnOnce(&automerge::Automerge) -> R,
     ) -> Option<R> {
         self.doc(team, doc).map(f)
-    }
-
-    fn used_heads(&mut self, team: TeamId, doc: DocId) -> Vec<ChangeHash> {
-        let kind = self.docs(team).ok().and_then(|d| d.into_iter().find(|d| d.id == doc));
-        match (kind, self.doc(team, doc)) {
-            (Some(held), Some(d)) => without_genesis(team, &held.kind, d.get_heads()),
-            _ => Vec::new(),
-        }
     }
 }
 
@@ -140,7 +136,7 @@ pub fn edit_doc(
 
 /// `heads`, or none when they are the document's deterministic first change alone: a
 /// document holding nothing but its genesis reads the same as one not held at all.
-pub fn without_genesis(team: TeamId, kind: &DocKind, heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
+fn without_genesis(team: TeamId, kind: &DocKind, heads: Vec<ChangeHash>) -> Vec<ChangeHash> {
     let (_, genesis) = crate::access::genesis_change(team, kind);
     if heads.len() == 1 && genesis == heads.first().copied() { Vec::new() } else { heads }
 }
