@@ -425,21 +425,24 @@ impl Home {
     /// devices held and its own role reads, given to every device that reads it.
     pub fn author_op(&mut self, team: TeamId, body: OpBody) -> Result<SignedOp> {
         let body = self.knowing(team, body)?;
-        let op = self.sign_and_store(team, body)?;
-        let body = op.op().map_err(|e| Error::Invalid(e.to_string()))?.body;
-        match body {
-            OpBody::AddDevice { .. } => self.give_team_keys(team)?,
-            OpBody::RemoveDeviceKnowing { device, .. } => self.renew_team_keys(team, &[device])?,
-            OpBody::RemoveMemberKnowing { member, .. } => {
-                let membership = self.membership(team)?;
-                let given = KeyScope::ALL.iter().filter_map(|scope| membership.keys(*scope));
+        let op = self.sign_and_store(team, body.clone())?;
+        // The op stands whatever follows: a key this device fails to give or renew now is
+        // given or renewed at the next device it adds.
+        let keys = match body {
+            OpBody::AddDevice { .. } => self.give_team_keys(team),
+            OpBody::RemoveDeviceKnowing { device, .. } => self.renew_team_keys(team, &[device]),
+            OpBody::RemoveMemberKnowing { member, .. } => self.membership(team).and_then(|m| {
+                let given = KeyScope::ALL.iter().filter_map(|scope| m.keys(*scope));
                 let devices: Vec<DeviceId> = given
                     .flat_map(|keys| keys.wrapped.keys().map(|(_, device)| *device))
-                    .filter(|device| membership.member_ever_of_device(*device) == Some(member))
+                    .filter(|device| m.member_ever_of_device(*device) == Some(member))
                     .collect();
-                self.renew_team_keys(team, &devices)?;
-            }
-            _ => {}
+                self.renew_team_keys(team, &devices)
+            }),
+            _ => Ok(()),
+        };
+        if let Err(e) = keys {
+            tracing::warn!("team keys of team {team} not given or renewed: {e}");
         }
         Ok(op)
     }
@@ -473,14 +476,13 @@ impl Home {
     }
 
     /// Gives every current device that lacks one of the team keys this device holds, and
-    /// whose role reads its scope, that key; and renews a scope left with no current key
-    /// (see [`Membership::current_key`]).
+    /// whose role reads its scope, that key; and makes a key of a scope left without a
+    /// current one (see [`Membership::current_key`]; or a team made before team keys).
     fn give_team_keys(&mut self, team: TeamId) -> Result<()> {
         let membership = self.membership(team)?;
         if let Some(role) = membership.role_of_device(self.profile.device) {
             for scope in KeyScope::ALL {
-                let given = membership.keys(scope).is_some();
-                if given && scope.held_by(role) && membership.current_key(scope).is_none() {
+                if scope.held_by(role) && membership.current_key(scope).is_none() {
                     self.make_team_key(team, &membership, scope)?;
                 }
             }
