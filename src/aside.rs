@@ -31,8 +31,8 @@ pub struct AsideEntry {
 }
 
 impl Team<'_> {
-    /// Every change kept aside in the documents this device may read, by document, oldest
-    /// claimed time first.
+    /// Every change kept aside in the documents this device may read, by document, each
+    /// after what it was built on.
     pub fn kept_aside(&mut self) -> Result<Vec<AsideEntry>> {
         let team = self.id();
         let mut out = Vec::new();
@@ -110,11 +110,10 @@ impl Team<'_> {
             left.retain(|hash| !here.contains(hash));
             let roots = roots_to_accept(&aside, &here).unwrap_or_default();
             let before = aside.changes.len();
-            let body = OpBody::AcceptChanges {
-                doc: summary.id,
-                changes: roots.iter().map(|hash| hash.0).collect(),
-            };
-            self.home.author_op(team, body)?;
+            for chunk in roots.chunks(care_core::membership::ACCEPTED_PER_OP_MAX) {
+                let changes = chunk.iter().map(|hash| hash.0).collect();
+                self.home.author_op(team, OpBody::AcceptChanges { doc: summary.id, changes })?;
+            }
             let membership = self.home.team_access(team)?;
             let after = self
                 .read_whole(kind, |doc| {
