@@ -457,4 +457,108 @@ mod tests {
         let cut = &membership.cuts()[&two];
         assert_eq!((cut.known.get(&doc), cut.by_role), (Some(&3), Role::Owner));
     }
+
+    /// One step of three devices' history: device `who` (1 to 3; 2 is the one removed)
+    /// writes a note on its copy, or copies `from` and `to` merge.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Write { who: usize },
+        Merge { from: usize, to: usize },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..3).prop_map(|who| Step::Write { who }),
+            (0usize..3, 0usize..3).prop_map(|(from, to)| Step::Merge { from, to }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Over any history of three devices' writes and merges, and any cut of the
+        /// removed one: a change is kept aside exactly when it, or a change it was built
+        /// on through any path, is by the removed device past its cut; the record holds
+        /// every other change and nothing more; and merging in another order changes
+        /// nothing.
+        #[test]
+        fn the_record_is_every_change_not_built_on_one_past_the_cut(
+            steps in proptest::collection::vec(step(), 1..40),
+            cut in 0u64..8,
+        ) {
+            let mut team = Team::new([
+                (Role::Worker, vec![]),
+                (Role::Worker, vec![]),
+                (Role::Advocate, vec![]),
+            ]);
+            let kind = care_notes();
+            let id = kind.doc_id(team.id);
+            let mut copies = vec![genesis(team.id, &kind); 3];
+            for (n, step) in steps.iter().enumerate() {
+                match *step {
+                    Step::Write { who } => {
+                        let by = author_at(who as u8 + 2, n as i64);
+                        note(&mut copies[who], &by, n as u8);
+                    }
+                    Step::Merge { from, to } if from != to => {
+                        let mut other = copies[from].clone();
+                        copies[to].merge(&mut other).expect("merges");
+                    }
+                    Step::Merge { .. } => {}
+                }
+            }
+            let removed = DeviceId::from_bytes([2; 32]);
+            let known = if cut == 0 { vec![] } else { vec![(id, cut)] };
+            team.by_owner(OpBody::RemoveDeviceKnowing { device: removed, known });
+            let membership = team.membership();
+            let forward = merged(&[&copies[0], &copies[1], &copies[2]]);
+            let backward = merged(&[&copies[2], &copies[1], &copies[0]]);
+            let aside = kept_aside(&forward, id, &kind, &membership);
+            proptest::prop_assert_eq!(&aside, &kept_aside(&backward, id, &kind, &membership));
+
+            // The definition, checked by walking each change's ancestors.
+            let metas = forward.get_changes_meta(&[]);
+            let deps: HashMap<ChangeHash, Vec<ChangeHash>> =
+                metas.iter().map(|m| (m.hash, m.deps.clone())).collect();
+            let past_cut: HashSet<ChangeHash> = metas
+                .iter()
+                .filter(|m| m.actor.to_bytes() == removed.as_bytes() && m.seq > cut)
+                .map(|m| m.hash)
+                .collect();
+            let expected: HashSet<ChangeHash> = metas
+                .iter()
+                .map(|m| m.hash)
+                .filter(|hash| {
+                    let mut todo = vec![*hash];
+                    let mut seen = HashSet::new();
+                    while let Some(h) = todo.pop() {
+                        if past_cut.contains(&h) {
+                            return true;
+                        }
+                        if seen.insert(h) {
+                            todo.extend(deps[&h].iter().copied());
+                        }
+                    }
+                    false
+                })
+                .collect();
+            let found: HashSet<ChangeHash> = aside
+                .as_ref()
+                .map(|a| a.changes.iter().map(|c| c.hash).collect())
+                .unwrap_or_default();
+            proptest::prop_assert_eq!(&found, &expected);
+            if let Some(aside) = aside {
+                let record = forward.fork_at(&aside.record_heads).expect("heads held");
+                let held: HashSet<ChangeHash> =
+                    record.get_changes_meta(&[]).iter().map(|m| m.hash).collect();
+                let rest: HashSet<ChangeHash> =
+                    metas.iter().map(|m| m.hash).filter(|h| !expected.contains(h)).collect();
+                proptest::prop_assert_eq!(held, rest);
+                // Listed each after what it was built on.
+                for (i, change) in aside.changes.iter().enumerate() {
+                    let later = &aside.changes[i + 1..];
+                    proptest::prop_assert!(change.deps.iter().all(|d| later.iter().all(|c| c.hash != *d)));
+                }
+            }
+        }
+    }
 }
