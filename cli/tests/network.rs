@@ -297,3 +297,50 @@ fn a_circle_node_added_to_a_team_holds_its_documents() {
     let status = relay.terminate(Duration::from_secs(10)).expect("the circle node stops");
     assert!(status.success(), "care relay exited with {status}");
 }
+
+/// Bea is removed while Cal is away. The note Bea writes after it reaches Cal's device,
+/// which has not heard of the removal, and Cal's next sync passes it to Ada: `care aside
+/// list` shows it there, out of `care note list`, until `care aside accept` lets it in.
+#[test]
+fn a_removed_workers_late_note_is_kept_aside_until_accepted() {
+    let ada = with_team("Ada");
+    let mut serve = ada.serve();
+    let mut joined = Vec::new();
+    for name in ["Bea", "Cal"] {
+        let invite = ada.json(&["team", "invite", "--role", "worker", "--name", name]);
+        let ticket = invite["ticket"].as_str().expect("a ticket").to_owned();
+        let care = Care::new(name);
+        care.json(&["team", "join", &ticket, "--listen", "127.0.0.1:0", "--timeout", "30"]);
+        joined.push(care);
+    }
+    let [bea, cal] = <[Care; 2]>::try_from(joined).unwrap_or_else(|_| panic!("two homes"));
+    // Bea learns that Cal joined after her.
+    let knows_cal = |b: &Care| b.json(&["team", "members"]).to_string().contains("\"Cal\"");
+    assert!(sync_until(&bea, &serve.addr, knows_cal));
+    ada.json(&["team", "remove", "Bea"]);
+    bea.json(&["note", "add", "Bea, after her removal"]);
+    assert!(serve.terminate(Duration::from_secs(10)).is_some_and(|s| s.success()));
+
+    // Cal's device, with Ada away, meets Bea's.
+    let mut cal_serve = cal.serve();
+    let late = "Bea, after her removal".to_owned();
+    assert!(sync_until(&bea, &cal_serve.addr, |_| note_texts(&cal).contains(&late)));
+    assert!(cal_serve.terminate(Duration::from_secs(10)).is_some());
+
+    let serve = ada.serve();
+    let aside = |care: &Care| care.json(&["aside", "list"])["kept_aside"].clone();
+    let reached = sync_until(&cal, &serve.addr, |_| {
+        aside(&ada).as_array().is_some_and(|listed| listed.len() == 1)
+    });
+    assert!(reached, "Ada keeps Bea's late note aside: {}", aside(&ada));
+    assert!(!note_texts(&ada).contains(&late));
+    let listed = aside(&ada);
+    assert_eq!(listed[0]["audit"]["name"], "Bea");
+    assert_eq!(listed[0]["after_removal"], true);
+    let text = String::from_utf8_lossy(&ada.run(&["aside", "list"]).stdout).into_owned();
+    assert!(text.contains("written after its device's removal") && text.contains(&late), "{text}");
+    let change = listed[0]["audit"]["change"].as_str().expect("a change hash");
+    assert_eq!(ada.json(&["aside", "accept", change])["accepted"], 1);
+    assert!(note_texts(&ada).contains(&late));
+    assert_eq!(aside(&ada), serde_json::json!([]));
+}
