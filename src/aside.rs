@@ -8,7 +8,7 @@
 use automerge::{Automerge, ChangeHash, PatchAction, Value};
 use care_core::kept_aside::roots_to_accept;
 use care_core::membership::Access;
-use care_core::{DocKind, OpBody, kept_aside};
+use care_core::{DocId, DocKind, KeptAside, OpBody, kept_aside};
 use serde::Serialize;
 
 use crate::audit::{ChangeAudit, Made};
@@ -37,19 +37,13 @@ impl Team<'_> {
         let team = self.id();
         let mut out = Vec::new();
         // Without a removal that named what it held, nothing is kept aside anywhere.
-        if self.home.team_access(team)?.membership().cuts().is_empty() {
+        let membership = self.home.team_access(team)?;
+        if membership.membership().cuts().is_empty() {
             return Ok(out);
         }
-        for summary in self.documents()? {
-            let Ok(kind) = summary.kind.parse::<DocKind>() else {
-                continue;
-            };
-            if self.access(&kind) == Access::None {
-                continue;
-            }
-            let membership = self.home.team_access(team)?;
+        for (id, kind) in self.readable_docs()? {
             let found = self.read_whole(kind, |doc| {
-                let aside = kept_aside(doc, summary.id, &kind, membership.membership());
+                let aside = kept_aside(doc, id, &kind, membership.membership());
                 Ok(aside
                     .map(|aside| {
                         aside
@@ -82,21 +76,11 @@ impl Team<'_> {
         let team = self.id();
         let mut left: Vec<ChangeHash> = changes.to_vec();
         let mut accepted = 0;
-        for summary in self.documents()? {
+        for (id, kind) in self.readable_docs()? {
             if left.is_empty() {
                 break;
             }
-            let Ok(kind) = summary.kind.parse::<DocKind>() else {
-                continue;
-            };
-            if self.access(&kind) == Access::None {
-                continue;
-            }
-            let membership = self.home.team_access(team)?;
-            let found = self.read_whole(kind, |doc| {
-                Ok(kept_aside(doc, summary.id, &kind, membership.membership()))
-            })?;
-            let Some(aside) = found.flatten() else {
+            let Some(aside) = self.aside_in(id, kind)? else {
                 continue;
             };
             let here: Vec<ChangeHash> = left
@@ -112,21 +96,35 @@ impl Team<'_> {
             let before = aside.changes.len();
             for chunk in roots.chunks(care_core::membership::ACCEPTED_PER_OP_MAX) {
                 let changes = chunk.iter().map(|hash| hash.0).collect();
-                self.home.author_op(team, OpBody::AcceptChanges { doc: summary.id, changes })?;
+                self.home.author_op(team, OpBody::AcceptChanges { doc: id, changes })?;
             }
-            let membership = self.home.team_access(team)?;
-            let after = self
-                .read_whole(kind, |doc| {
-                    Ok(kept_aside(doc, summary.id, &kind, membership.membership())
-                        .map_or(0, |aside| aside.changes.len()))
-                })?
-                .unwrap_or(0);
+            let after = self.aside_in(id, kind)?.map_or(0, |aside| aside.changes.len());
             accepted += before - after;
         }
         match left.first() {
             Some(hash) => Err(Error::NotFound { what: "change kept aside", id: hash.to_string() }),
             None => Ok(accepted),
         }
+    }
+}
+
+impl Team<'_> {
+    /// The documents of the team this device holds and may read.
+    fn readable_docs(&self) -> Result<Vec<(DocId, DocKind)>> {
+        Ok(self
+            .documents()?
+            .into_iter()
+            .filter_map(|summary| Some((summary.id, summary.kind.parse::<DocKind>().ok()?)))
+            .filter(|(_, kind)| self.access(kind) != Access::None)
+            .collect())
+    }
+
+    /// What is kept aside of one document, under the membership this home holds now.
+    fn aside_in(&mut self, id: DocId, kind: DocKind) -> Result<Option<KeptAside>> {
+        let membership = self.home.team_access(self.id())?;
+        let found =
+            self.read_whole(kind, |doc| Ok(kept_aside(doc, id, &kind, membership.membership())))?;
+        Ok(found.flatten())
     }
 }
 
