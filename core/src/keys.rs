@@ -239,7 +239,7 @@ fn x25519_public(device: DeviceId) -> Result<MontgomeryPoint, KeyError> {
     Ok(key.to_montgomery())
 }
 
-fn scope_byte(scope: KeyScope) -> u8 {
+pub(crate) fn scope_byte(scope: KeyScope) -> u8 {
     match scope {
         KeyScope::Care => 1,
         KeyScope::Team => 2,

@@ -9,6 +9,7 @@ pub mod ids;
 pub mod kept_aside;
 pub mod keys;
 pub mod membership;
+pub mod sealed;
 
 pub use change_sig::{ChangeSig, SIGNED_HEADS_MAX, SigDecodeError};
 pub use doc_kind::{DocKind, NoteStream, ParseKindError, Section};
@@ -16,6 +17,7 @@ pub use documents::{Author, DocError, SCHEMA_VERSION};
 pub use identity::{BadSignature, DeviceKey, Signature};
 pub use ids::{DeviceId, DocId, EntryId, MemberId, Month, OpHash, ParseIdError, TeamId, Timestamp};
 pub use kept_aside::{AsideChange, KeptAside, kept_aside};
+pub use sealed::{Sealed, SealedChange, SealedForm};
 pub use membership::{
     Access, Cut, DeviceInfo, Hat, KnownChanges, Member, Membership, MembershipError, Op, OpBody,
     OpError, RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
