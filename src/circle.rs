@@ -280,7 +280,8 @@ mod server {
     impl CircleNode {
         /// Starts the relay server and the node on `home`; the relay admits the current
         /// devices of the teams the home holds, kept current as memberships change.
-        pub async fn start(home: Home, config: &CircleConfig) -> Result<CircleNode> {
+        pub async fn start(mut home: Home, config: &CircleConfig) -> Result<CircleNode> {
+            home.forget_documents_in_clear()?;
             let admitted = Arc::new(Admitted::default());
             admitted.set(home.team_devices()?);
             let relay = RelayServer::spawn(config.relay_listen, Arc::clone(&admitted)).await?;

@@ -129,6 +129,8 @@ pub struct Home {
     pub(crate) last_whole: Option<crate::replica::WholeBytes>,
     /// The records of documents where changes are kept aside.
     pub(crate) records: crate::record::Records,
+    /// The team keys this device has opened, kept while the home is open.
+    pub(crate) opened_keys: HashMap<care_core::keys::KeyId, care_core::keys::TeamKey>,
 }
 
 impl std::fmt::Debug for Home {
@@ -245,6 +247,7 @@ impl Home {
             pending_signatures: Default::default(),
             last_whole: None,
             records: crate::record::Records::default(),
+            opened_keys: HashMap::new(),
         }
     }
 

@@ -34,6 +34,7 @@ pub mod home;
 pub mod node;
 mod record;
 mod replica;
+mod sealed;
 #[cfg(test)]
 mod sim;
 pub mod team;
@@ -47,6 +48,7 @@ pub use audit::{ChangeAudit, SignatureVerdict};
 pub use automerge::ChangeHash;
 pub use cache::DOCS_CACHED_MAX;
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};
+pub use care_store::SealedDocSummary;
 pub use care_sync::circle::CircleTicket;
 pub use care_sync::ticket::{JoinTicket, TicketError};
 pub use care_sync::{CloseReason, Refusal, SyncEvent};
@@ -58,6 +60,7 @@ pub use export::{ExportFormat, ExportReport, VerifyFailure, VerifyReport, verify
 pub use home::{Clock, Home, ListenAddrs, Profile, SystemClock, TeamSummary};
 pub use node::{Node, NodeOptions};
 pub use replica::WHOLE_BYTES_KEPT_MAX;
+pub use sealed::SEALED_ROWS_BEFORE_WHOLE;
 pub use team::{NoteQuery, Team};
 
 pub use care_core::documents::{

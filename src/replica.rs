@@ -5,7 +5,7 @@
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 use care_core::membership::{Access, OpBody, Role};
-use care_core::{ChangeSig, DeviceId, DocId, DocKind, SignedOp, TeamId};
+use care_core::{ChangeSig, DeviceId, DocId, DocKind, Sealed, SealedForm, SignedOp, TeamId};
 use care_store::{DocMeta, Imported, StoredSignature, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
@@ -43,16 +43,20 @@ impl Replica for Home {
     }
 
     fn heads(&self, team: TeamId, doc: DocId) -> Result<Option<Vec<ChangeHash>>> {
-        let summary = self.store.doc_summary(doc)?;
-        Ok(summary.filter(|s| s.team == team).map(|s| s.heads))
+        if let Some(summary) = self.store.doc_summary(doc)? {
+            return Ok((summary.team == team).then_some(summary.heads));
+        }
+        // A circle node holds its teams' documents sealed.
+        let sealed = self.store.sealed_doc(doc)?;
+        Ok(sealed.filter(|s| s.team == team).map(|s| s.heads))
     }
 
     fn docs(&self, team: TeamId) -> Result<Vec<HeldDoc>> {
-        Ok(self
-            .store
-            .docs(Some(team))?
-            .into_iter()
-            .filter_map(|d| Some(HeldDoc { id: d.id, kind: d.kind.parse().ok()?, heads: d.heads }))
+        let clear = self.store.docs(Some(team))?.into_iter().map(|d| (d.id, d.kind, d.heads));
+        let sealed = self.store.sealed_docs(team)?.into_iter().map(|d| (d.id, d.kind, d.heads));
+        Ok(clear
+            .chain(sealed)
+            .filter_map(|(id, kind, heads)| Some(HeldDoc { id, kind: kind.parse().ok()?, heads }))
             .collect())
     }
 
@@ -144,11 +148,13 @@ impl Replica for Home {
     }
 
     fn doc_count(&self, team: TeamId) -> Result<usize> {
-        Ok(self.store.doc_count(team)?)
+        Ok(self.store.doc_count(team)? + self.store.sealed_docs(team)?.len())
     }
 
     fn holds(&self, _team: TeamId, doc: DocId) -> Result<bool> {
-        Ok(self.docs.contains_key(&doc) || self.store.doc_summary(doc)?.is_some())
+        Ok(self.docs.contains_key(&doc)
+            || self.store.doc_summary(doc)?.is_some()
+            || self.store.sealed_doc(doc)?.is_some())
     }
 
     /// A document received whole and never loaded here (a circle node passes most on
@@ -239,6 +245,78 @@ impl Replica for Home {
             Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
             Err(UpdateError::Store(e)) => Err(Error::Store(e)),
         }
+    }
+
+    fn receive_changes(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        signatures: &[ChangeSig],
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.doc(team, kind, Purpose::Write)?;
+        let Home { store, docs, pending_signatures, .. } = self;
+        let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
+        let before = stored.doc().get_heads();
+        let received = store.update_doc_signed(
+            stored,
+            |am| am.load_incremental(bytes).map(|_| ()),
+            |new| pending_signatures.take_for(new, signatures).iter().map(to_stored).collect(),
+        );
+        if received.is_ok() {
+            let applied = |h: &ChangeHash| stored.doc().get_change_meta_by_hash(h).is_some();
+            pending_signatures.keep_unapplied(signatures, applied);
+        }
+        match received {
+            Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
+            Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
+            Err(UpdateError::Store(e)) => Err(Error::Store(e)),
+        }
+    }
+
+    fn seal(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        since: &[ChangeHash],
+        form: SealedForm,
+    ) -> Result<Option<Sealed>> {
+        self.seal_doc(team, doc, kind, since, form)
+    }
+
+    fn open_sealed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        sealed: &Sealed,
+    ) -> Result<std::result::Result<Vec<u8>, Refusal>> {
+        self.open_sealed_doc(team, doc, sealed)
+    }
+
+    fn store_sealed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        sealed: &Sealed,
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.store_sealed_doc(team, doc, kind, sealed)
+    }
+
+    fn sealed_after(
+        &mut self,
+        _team: TeamId,
+        doc: DocId,
+        theirs: &[ChangeHash],
+        bytes_max: usize,
+    ) -> Result<Vec<Sealed>> {
+        self.sealed_docs_after(doc, theirs, bytes_max)
+    }
+
+    fn wants_whole(&self, _team: TeamId, doc: DocId) -> Result<bool> {
+        self.wants_whole_doc(doc)
     }
 
     fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {

@@ -196,6 +196,55 @@ impl Replica for SimHome {
     ) -> Result<std::result::Result<bool, Refusal>> {
         self.home.merge_snapshot(team, doc, kind, loaded, signatures)
     }
+    fn receive_changes(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        signatures: &[ChangeSig],
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.home.receive_changes(team, doc, kind, bytes, signatures)
+    }
+    fn seal(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        since: &[automerge::ChangeHash],
+        form: care_core::SealedForm,
+    ) -> Result<Option<care_core::Sealed>> {
+        self.home.seal(team, doc, kind, since, form)
+    }
+    fn open_sealed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        sealed: &care_core::Sealed,
+    ) -> Result<std::result::Result<Vec<u8>, Refusal>> {
+        self.home.open_sealed(team, doc, sealed)
+    }
+    fn store_sealed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        sealed: &care_core::Sealed,
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.home.store_sealed(team, doc, kind, sealed)
+    }
+    fn sealed_after(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        theirs: &[automerge::ChangeHash],
+        bytes_max: usize,
+    ) -> Result<Vec<care_core::Sealed>> {
+        self.home.sealed_after(team, doc, theirs, bytes_max)
+    }
+    fn wants_whole(&self, team: TeamId, doc: DocId) -> Result<bool> {
+        self.home.wants_whole(team, doc)
+    }
     fn set_sync_state(&mut self, peer: DeviceId, doc: DocId, state: State) {
         self.home.set_sync_state(peer, doc, state);
     }

@@ -1,34 +1,88 @@
 //! What the crate's tests share: homes in temporary directories, and two homes' sessions
 //! exchanging the protocol's own frames in memory.
 
-use care_sync::{Effect, Hub};
+use care_sync::{Effect, Frame, Hub, PeerEvent, Refusal, SyncEvent};
 
 use crate::error::{Error, Result};
 use crate::home::Home;
 
 /// Connects two homes and lets their sessions exchange frames until both are quiet.
 pub(crate) fn sync(a: &mut Home, b: &mut Home) -> Result<()> {
+    exchange(a, b).map(|_| ())
+}
+
+/// What two homes' sessions exchanged: every frame each side sent, and what each
+/// reported.
+#[derive(Debug, Default)]
+pub(crate) struct Exchanged {
+    /// The frames `a` sent, then `b`.
+    pub(crate) frames: [Vec<Vec<u8>>; 2],
+    /// What `a` reported, then `b`.
+    pub(crate) events: [Vec<SyncEvent>; 2],
+}
+
+impl Exchanged {
+    /// The refusals side `side` (0: `a`, 1: `b`) reported.
+    pub(crate) fn refusals(&self, side: usize) -> Vec<&Refusal> {
+        self.events[side]
+            .iter()
+            .filter_map(|e| match e {
+                SyncEvent::Refused { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// [`sync`], keeping what was exchanged.
+pub(crate) fn exchange(a: &mut Home, b: &mut Home) -> Result<Exchanged> {
+    exchange_edited(a, b, Some)
+}
+
+/// [`exchange`], with every frame `a` sends passed through `edit` (an attacker's hand on
+/// the wire): what it returns is sent instead, if anything.
+pub(crate) fn exchange_edited(
+    a: &mut Home,
+    b: &mut Home,
+    mut edit: impl FnMut(Frame) -> Option<Frame>,
+) -> Result<Exchanged> {
     let (a_device, b_device) = (a.profile().device, b.profile().device);
     let (mut a_hub, mut b_hub) = (Hub::new(a_device), Hub::new(b_device));
     let refused = |e| Error::Invalid(format!("{e:?}"));
     let a_conn = a_hub.open(a, b_device, a_device, 0).map_err(refused)?;
     let b_conn = b_hub.open(b, a_device, a_device, 0).map_err(refused)?;
+    let mut seen = Exchanged::default();
     loop {
         let mut moved = false;
         for effect in a_hub.take_effects() {
-            if let Effect::Send { frame, .. } = effect {
-                b_hub.frame(b, b_conn, &frame);
-                moved = true;
+            match effect {
+                Effect::Send { frame, .. } => {
+                    moved = true;
+                    let edited = match Frame::decode(&frame) {
+                        Ok(decoded) => edit(decoded).map(|f| f.encode()),
+                        Err(_) => Some(frame),
+                    };
+                    let Some(frame) = edited else { continue };
+                    b_hub.frame(b, b_conn, &frame);
+                    seen.frames[0].push(frame);
+                }
+                Effect::Event(PeerEvent::Sync { event, .. }) => seen.events[0].push(event),
+                _ => {}
             }
         }
         for effect in b_hub.take_effects() {
-            if let Effect::Send { frame, .. } = effect {
-                a_hub.frame(a, a_conn, &frame);
-                moved = true;
+            match effect {
+                Effect::Send { frame, .. } => {
+                    a_hub.frame(a, a_conn, &frame);
+                    seen.frames[1].push(frame);
+                    moved = true;
+                }
+                Effect::Event(PeerEvent::Sync { event, .. }) => seen.events[1].push(event),
+                _ => {}
             }
         }
         if !moved {
-            return Ok(());
+            return Ok(seen);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! converge through it, a restart of it loses nothing, a device of a team that did not
 //! add it gets nothing, two devices that know no address of each other sync through
 //! its relay server, and a removed worker's late note passed on through it is kept aside.
+//! The circle node holds every team's documents sealed, and reads none of them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -55,6 +56,15 @@ async fn has_note(node: &Node, team: TeamId, text: &str) -> Result<bool> {
     Ok(note_texts(node, team).await?.iter().any(|t| t == text))
 }
 
+/// Whether the circle node holds, sealed, every document `member` holds of `team`, at
+/// the same heads: it cannot read them, only tell that it holds the same changes.
+async fn circle_holds(circle: &CircleNode, member: &Node, team: TeamId) -> Result<bool> {
+    let theirs = member.with_home(move |h| h.team(&team.to_string())?.documents()).await?;
+    let sealed = circle.node().with_home(move |h| h.sealed_documents(team)).await?;
+    Ok(!theirs.is_empty()
+        && theirs.iter().all(|doc| sealed.iter().any(|s| s.id == doc.id && s.heads == doc.heads)))
+}
+
 /// A team owned by `a`, with `b` joined as a worker and the circle node added.
 async fn team_with_relay(a: &Node, b: &Node, circle: &CircleNode) -> Result<TeamId> {
     let team = a.with_home(move |h| h.create_team("Rosa's team")).await?;
@@ -67,8 +77,7 @@ async fn team_with_relay(a: &Node, b: &Node, circle: &CircleNode) -> Result<Team
     })
     .await?;
     eventually("the circle node holds the team's documents", || async {
-        Ok(circle.node().with_home(move |h| h.team(&team.to_string())?.documents()).await?.len()
-            >= 3)
+        Ok(circle.node().with_home(move |h| h.sealed_documents(team)).await?.len() >= 3)
     })
     .await?;
     Ok(team)
@@ -89,7 +98,7 @@ async fn members_never_online_together_converge_through_the_circle_node() -> Res
     // Day: Ada writes while Bea is away, then goes offline herself.
     a.with_home(move |h| h.team("")?.add_note(&note("day: lunch and a walk"), None)).await?;
     eventually("the circle node has the day note", || async {
-        has_note(circle.node(), team, "day: lunch and a walk").await
+        circle_holds(&circle, &a, team).await
     })
     .await?;
     a.shutdown().await;
@@ -102,7 +111,7 @@ async fn members_never_online_together_converge_through_the_circle_node() -> Res
     .await?;
     b.with_home(move |h| h.team("")?.add_note(&note("night: slept well"), None)).await?;
     eventually("the circle node has the night note", || async {
-        has_note(circle.node(), team, "night: slept well").await
+        circle_holds(&circle, &b, team).await
     })
     .await?;
     b.shutdown().await;
@@ -113,9 +122,21 @@ async fn members_never_online_together_converge_through_the_circle_node() -> Res
         has_note(&a, team, "night: slept well").await
     })
     .await?;
-    assert_eq!(note_texts(&a, team).await?, note_texts(circle.node(), team).await?);
+    assert!(circle_holds(&circle, &a, team).await?);
     a.shutdown().await;
     circle.shutdown().await;
+
+    // The circle node holds what it passed on sealed only: nothing in clear, and no
+    // note's words in what it stores, read through its store's own key.
+    let home = Home::open(dirs[2].path())?;
+    assert!(home.store().docs(Some(team))?.is_empty(), "the circle node holds a document");
+    let stored = home.sealed_bytes(team)?;
+    assert!(!stored.is_empty());
+    for text in ["day: lunch and a walk", "night: slept well"] {
+        let found = stored.iter().any(|b| b.windows(text.len()).any(|w| w == text.as_bytes()));
+        assert!(!found, "the circle node stores {text}");
+    }
+    drop(home);
 
     // Every home's store is encrypted at rest: no file of any device, nor of the circle
     // node, holds a note's words.
@@ -165,7 +186,7 @@ async fn a_circle_node_restart_loses_nothing() -> Result<()> {
 
     a.with_home(move |h| h.team("")?.add_note(&note("before the restart"), None)).await?;
     eventually("the circle node has the first note", || async {
-        has_note(circle.node(), team, "before the restart").await
+        circle_holds(&circle, &a, team).await
     })
     .await?;
     circle.shutdown().await;
@@ -174,7 +195,7 @@ async fn a_circle_node_restart_loses_nothing() -> Result<()> {
 
     let circle = start_circle(dirs[2].path(), relay_listen, listen, NodeOptions::default()).await?;
     eventually("the restarted circle node has both notes", || async {
-        Ok(note_texts(circle.node(), team).await?.len() == 2)
+        Ok(note_texts(&a, team).await?.len() == 2 && circle_holds(&circle, &a, team).await?)
     })
     .await?;
     a.shutdown().await;
@@ -201,10 +222,8 @@ async fn a_device_of_a_team_that_did_not_add_the_circle_gets_nothing() -> Result
     let ticket = circle.invite(care::CIRCLE_TICKET_VALID_MS).await?;
     a.add_relay(&team.to_string(), &ticket).await?;
     a.with_home(move |h| h.team("")?.add_note(&note("private"), None)).await?;
-    eventually("the circle node has the note", || async {
-        has_note(circle.node(), team, "private").await
-    })
-    .await?;
+    eventually("the circle node has the note", || async { circle_holds(&circle, &a, team).await })
+        .await?;
 
     // A device of another team, using the same relay server, connects to the circle node.
     let x = start(dirs[1].path(), "Xan", &url, opts).await?;
@@ -367,8 +386,9 @@ async fn kept_aside(node: &Node) -> Result<Vec<String>> {
 
 /// Bea is removed while Cal is away. The note Bea writes after her removal reaches Cal in
 /// the same room, who has not heard of it; when Cal is back online it passes through the
-/// circle node, and neither the circle node, nor Ada, nor Cal once told of the removal
-/// has it in the record: it is kept aside, alike on all three, until Ada accepts it.
+/// circle node, which holds it sealed and cannot read it, and neither Ada nor Cal once
+/// told of the removal has it in the record: it is kept aside, alike on both, until Ada
+/// accepts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_workers_late_note_through_the_circle_node_is_kept_aside_until_accepted()
 -> Result<()> {
@@ -385,12 +405,16 @@ async fn a_removed_workers_late_note_through_the_circle_node_is_kept_aside_until
     let ticket = a.invite(&team.to_string(), Role::Worker, "Cal", Duration::from_secs(600)).await?;
     c.join(&ticket).await?;
     b.with_home(move |h| h.team("")?.add_note(&note("Bea: tea at 8"), None)).await?;
-    for node in [&a, &c, circle.node()] {
+    for node in [&a, &c] {
         eventually("every device has Bea's note", || async {
             has_note(node, team, "Bea: tea at 8").await
         })
         .await?;
     }
+    eventually("the circle node has Bea's note", || async {
+        circle_holds(&circle, &b, team).await
+    })
+    .await?;
     c.shutdown().await;
 
     let bea = b.addr().device;
@@ -417,7 +441,7 @@ async fn a_removed_workers_late_note_through_the_circle_node_is_kept_aside_until
 
     // Cal back online: the note goes on, and stays out of every record.
     let c = start(dirs[3].path(), "Cal", &url, opts).await?;
-    for node in [&a, &c, circle.node()] {
+    for node in [&a, &c] {
         eventually("the late note is kept aside", || async {
             Ok(kept_aside(node).await?.len() == 1)
         })
@@ -426,12 +450,15 @@ async fn a_removed_workers_late_note_through_the_circle_node_is_kept_aside_until
         assert!(has_note(node, team, "Bea: tea at 8").await?);
     }
     let listed = kept_aside(&a).await?;
-    assert_eq!(listed, kept_aside(circle.node()).await?);
     assert_eq!(listed, kept_aside(&c).await?);
+    eventually("the circle node holds the late note, sealed", || async {
+        circle_holds(&circle, &a, team).await
+    })
+    .await?;
 
     let change: care::ChangeHash = listed[0].parse()?;
     a.with_home(move |h| h.team("")?.accept_kept_aside(&[change])).await?;
-    for node in [&c, circle.node()] {
+    for node in [&c] {
         eventually("the accepted note is in the record", || async {
             has_note(node, team, "Bea, after her removal").await
         })

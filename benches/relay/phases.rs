@@ -226,8 +226,11 @@ async fn circle_holds(
                 }
             }
         }
-        let docs: HashMap<DocId, Vec<ChangeHash>> =
-            circle.store().docs(None)?.into_iter().map(|d| (d.id, d.heads)).collect();
+        // The circle node holds the teams' documents sealed.
+        let mut docs: HashMap<DocId, Vec<ChangeHash>> = HashMap::new();
+        for team in circle.store().teams()? {
+            docs.extend(circle.sealed_documents(team)?.into_iter().map(|d| (d.id, d.heads)));
+        }
         waiting.retain(|index, target| {
             let holds = target.iter().all(|(doc, heads)| docs.get(doc) == Some(heads));
             if holds {

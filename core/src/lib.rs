@@ -17,8 +17,8 @@ pub use documents::{Author, DocError, SCHEMA_VERSION};
 pub use identity::{BadSignature, DeviceKey, Signature};
 pub use ids::{DeviceId, DocId, EntryId, MemberId, Month, OpHash, ParseIdError, TeamId, Timestamp};
 pub use kept_aside::{AsideChange, KeptAside, kept_aside};
-pub use sealed::{Sealed, SealedChange, SealedForm};
 pub use membership::{
     Access, Cut, DeviceInfo, Hat, KnownChanges, Member, Membership, MembershipError, Op, OpBody,
     OpError, RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
 };
+pub use sealed::{Sealed, SealedChange, SealedForm};

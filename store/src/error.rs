@@ -120,7 +120,7 @@ impl StoreError {
     }
 
     /// A damaged document.
-    pub(crate) fn corrupt(doc: DocId, detail: impl Into<String>) -> StoreError {
+    pub fn corrupt(doc: DocId, detail: impl Into<String>) -> StoreError {
         StoreError::Corrupt { doc, detail: detail.into() }
     }
 }

@@ -48,8 +48,10 @@ mod error;
 mod invites;
 pub mod keyfile;
 mod schema;
+mod sealed;
 mod store;
 mod transfer;
+pub use sealed::{NewSealed, SealedDocSummary, SealedRow};
 pub use transfer::Imported;
 
 pub use doc::{DocMeta, DocSummary, StoredDoc, StoredSignature};

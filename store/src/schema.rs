@@ -74,6 +74,22 @@ const MIGRATIONS: &[&str] = &[
         signature BLOB NOT NULL, received_at_ms INTEGER NOT NULL, PRIMARY KEY (doc, hash)
     ) STRICT, WITHOUT ROWID;
     ",
+    // 7: on a circle node, documents held sealed (it holds no team key): per document its
+    // heads, and each sealed document as received with what it lists in clear, in the
+    // order stored.
+    "
+    CREATE TABLE sealed_docs (
+        id BLOB PRIMARY KEY NOT NULL, team BLOB NOT NULL, kind TEXT NOT NULL,
+        heads BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX sealed_docs_by_team ON sealed_docs (team);
+    CREATE TABLE sealed (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, doc BLOB NOT NULL, whole INTEGER NOT NULL,
+        listing BLOB NOT NULL, listing_sum BLOB NOT NULL, bytes BLOB NOT NULL,
+        bytes_sum BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX sealed_by_doc ON sealed (doc, seq);
+    ",
 ];
 
 /// The newest schema this build knows.

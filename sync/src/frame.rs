@@ -6,15 +6,16 @@
 //! checks the size before anything is allocated and every count after decoding, so a
 //! peer's bytes can never panic the process or make it hold more than [`FRAME_BYTES_MAX`].
 
-use care_core::{ChangeSig, DocId, DocKind, Month, SIGNED_HEADS_MAX, TeamId};
+use care_core::{ChangeSig, DocId, DocKind, Month, SIGNED_HEADS_MAX, Sealed, TeamId};
 use serde::{Deserialize, Serialize};
 
 /// The ALPN of the sync protocol; the trailing number is [`PROTOCOL_VERSION`].
-pub const ALPN: &[u8] = b"care/sync/2";
+pub const ALPN: &[u8] = b"care/sync/3";
 /// The version of the sync protocol, announced in [`Frame::Hello`]. Version 2 signs every
 /// change: [`Frame::Sync`], [`Frame::Snapshot`] and [`Frame::SnapshotPart`] carry the
-/// signatures of the changes they hold.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// signatures of the changes they hold. Version 3 hands a team's circle node its
+/// documents sealed ([`Frame::Sealed`], [`Frame::SealedHeads`]), never in clear.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest encoded frame, in bytes (the length prefix not counted).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// The first byte of every encoded frame: the version of this encoding.
@@ -39,6 +40,8 @@ pub const SNAPSHOT_PART_BYTES: usize = if cfg!(test) { 4 << 10 } else { 16 << 20
 pub const SNAPSHOT_BYTES_MAX: usize = 128 << 20;
 /// Most parts of one document.
 pub const SNAPSHOT_PARTS_MAX: usize = SNAPSHOT_BYTES_MAX.div_ceil(SNAPSHOT_PART_BYTES);
+/// Most sealed documents sent together for one document ([`Frame::Sealed`]).
+pub const SEALED_PER_TRANSFER_MAX: u32 = 4096;
 /// Longest reason in a [`Frame::Close`], in bytes.
 pub const CLOSE_REASON_BYTES_MAX: usize = 1024;
 /// Length of the big-endian length prefix before each frame on a stream, in bytes.
@@ -116,6 +119,39 @@ pub enum Frame {
         /// A share of the signatures of the document's changes (all parts together carry
         /// them all).
         signatures: Vec<ChangeSig>,
+    },
+    /// A sealed document, to or from the team's circle node, which holds no team key: one
+    /// of `total` sent together for one document, numbered from 0.
+    Sealed {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+        /// This one's number, from 0.
+        index: u32,
+        /// How many are sent together.
+        total: u32,
+        /// The heads of the document the sender holds, sorted.
+        heads: Vec<[u8; 32]>,
+        /// The sealed document.
+        sealed: Box<Sealed>,
+    },
+    /// The heads of one document the sender holds, after it took in sealed documents, or
+    /// when the remote's are not known to it.
+    SealedHeads {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+        /// Its heads, sorted.
+        heads: Vec<[u8; 32]>,
+        /// The circle node asks for the whole document sealed, to replace the many sealed
+        /// documents it holds of it.
+        whole_wanted: bool,
     },
     /// The sender ends the session, and says why.
     Close {
@@ -207,6 +243,8 @@ impl Frame {
             Frame::Sync { .. } => "Sync",
             Frame::Snapshot { .. } => "Snapshot",
             Frame::SnapshotPart { .. } => "SnapshotPart",
+            Frame::Sealed { .. } => "Sealed",
+            Frame::SealedHeads { .. } => "SealedHeads",
             Frame::Close { .. } => "Close",
         }
     }
@@ -237,6 +275,24 @@ impl Frame {
                 if *total < 2 || index >= total {
                     return Err(format!("part {index} of {total}"));
                 }
+                check_doc(*team, *doc, kind)
+            }
+            Frame::Sealed { team, doc, kind, index, total, heads, sealed } => {
+                bound(
+                    "sealed documents sent together",
+                    *total as usize,
+                    SEALED_PER_TRANSFER_MAX as usize,
+                )?;
+                if *total == 0 || index >= total {
+                    return Err(format!("sealed document {index} of {total}"));
+                }
+                bound("heads of a document", heads.len(), HEADS_PER_DOC_MAX)?;
+                sealed.check_bounds().map_err(|e| e.to_string())?;
+                check_signatures(&sealed.signatures)?;
+                check_doc(*team, *doc, kind)
+            }
+            Frame::SealedHeads { team, doc, kind, heads, .. } => {
+                bound("heads of a document", heads.len(), HEADS_PER_DOC_MAX)?;
                 check_doc(*team, *doc, kind)
             }
             Frame::Close { reason } => {

@@ -251,6 +251,28 @@ impl Replica for MemoryReplica {
         Ok(self.docs.get(&(team, doc)).map(|(_, d)| d.save()))
     }
 
+    fn receive_changes(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        signatures: &[ChangeSig],
+    ) -> Result<Result<bool, Refusal>, MemoryError> {
+        let automerge = self.doc_mut(team, kind);
+        let before = automerge.get_heads();
+        let kept = automerge.clone();
+        if let Err(e) = automerge.load_incremental(bytes) {
+            *automerge = kept;
+            return Ok(Err(Refusal::DoesNotApply(e.to_string())));
+        }
+        let new: Vec<ChangeHash> =
+            automerge.get_changes(&before).iter().map(|c| c.hash()).collect();
+        let taken = self.pending.take_for(&new, signatures);
+        self.keep_signatures(doc, &new, &taken);
+        Ok(Ok(!new.is_empty()))
+    }
+
     fn merge_snapshot(
         &mut self,
         team: TeamId,

@@ -2,6 +2,8 @@
 //! application with [`SyncEvent::Refused`](crate::SyncEvent::Refused), while the session
 //! goes on for everything else.
 
+use care_core::keys::KeyScope;
+use care_core::sealed::SealError;
 use care_core::{DeviceId, DocKind, TeamId};
 
 /// Why a frame, or part of one, from a remote device was not applied.
@@ -62,6 +64,44 @@ pub enum Refusal {
         count: usize,
         /// Why the first of them was rejected.
         first: String,
+    },
+    /// A document sent in clear between a device and the team's circle node, which are
+    /// given documents sealed only.
+    #[error("a {kind} document in clear, to or from the team's circle node")]
+    InClear {
+        /// The kind of document sent.
+        kind: DocKind,
+    },
+    /// A sealed document that is not valid: past a bound, its sealer's signature does
+    /// not verify, or it does not decrypt under the key it names.
+    #[error("a document sealed by device {sealer}: {why}")]
+    Sealed {
+        /// The device that sealed it.
+        sealer: DeviceId,
+        /// What is wrong with it.
+        why: SealError,
+    },
+    /// A sealed document whose sealer may not seal it: not the device that sent it, not
+    /// a current device, a role that holds no key of its scope, or a key of another
+    /// scope than the document's.
+    #[error("a document sealed by device {sealer}, which may not seal it: {why}")]
+    MayNotSeal {
+        /// The device that sealed it.
+        sealer: DeviceId,
+        /// Why not.
+        why: String,
+    },
+    /// A sealed document that decrypts but does not hold the changes it lists.
+    #[error("a document sealed by device {sealer} that holds other changes than it lists")]
+    NotAsListed {
+        /// The device that sealed it.
+        sealer: DeviceId,
+    },
+    /// A sealed document under a team key this device was not given.
+    #[error("a document sealed under a {scope} key this device was not given")]
+    NoKey {
+        /// The key's scope.
+        scope: KeyScope,
     },
     /// This device cannot read the team's membership log (damaged or over its limits):
     /// the team is left out of every session until it is repaired.

@@ -4,7 +4,10 @@
 
 use automerge::sync::{Message, State};
 use automerge::{Automerge, ChangeHash};
-use care_core::{ChangeSig, DeviceId, DocId, DocKind, MembershipError, Month, SignedOp, TeamId};
+use care_core::{
+    ChangeSig, DeviceId, DocId, DocKind, MembershipError, Month, Sealed, SealedForm, SignedOp,
+    TeamId,
+};
 
 use crate::access::TeamAccess;
 use crate::hub::Change;
@@ -159,6 +162,85 @@ pub trait Replica {
         loaded: Automerge,
         signatures: &[ChangeSig],
     ) -> Result<Result<bool, Refusal>, Self::Error>;
+
+    /// Applies changes received sealed (Automerge change chunks, opened and checked by the
+    /// session) to `doc`, which this device holds, durably, storing the `signatures` of
+    /// the changes it applied in the same write. Returns whether the heads changed, or the
+    /// refusal when they do not apply, with the document left as it was.
+    fn receive_changes(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        bytes: &[u8],
+        signatures: &[ChangeSig],
+    ) -> Result<Result<bool, Refusal>, Self::Error>;
+
+    /// Seals `doc` for the team's circle node, which holds no team key: the changes not
+    /// among `since` and their ancestors (hashes this device lacks are passed over), or the
+    /// whole document (`form`), encrypted under the current key of the document's scope
+    /// and signed by this device. `None` when there is nothing to seal, or this device
+    /// holds no current key of that scope. By default a replica seals nothing.
+    fn seal(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        since: &[ChangeHash],
+        form: SealedForm,
+    ) -> Result<Option<Sealed>, Self::Error> {
+        let _ = (team, doc, kind, since, form);
+        Ok(None)
+    }
+
+    /// Opens a sealed document from the circle node with the team key it names: its
+    /// Automerge bytes, or the refusal (no such key was given to this device, or it does
+    /// not open).
+    fn open_sealed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        sealed: &Sealed,
+    ) -> Result<Result<Vec<u8>, Refusal>, Self::Error> {
+        let _ = (team, doc);
+        Ok(Err(Refusal::NoKey { scope: sealed.scope }))
+    }
+
+    /// On a circle node: stores a sealed document whose sealer and listed authorship the
+    /// session has checked. Returns whether the document's heads changed, or the refusal
+    /// (it follows changes not held here). A whole document that holds every change held
+    /// replaces the sealed documents held before. By default a replica holds none.
+    fn store_sealed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        sealed: &Sealed,
+    ) -> Result<Result<bool, Refusal>, Self::Error> {
+        let _ = (team, doc, sealed);
+        Ok(Err(Refusal::InClear { kind }))
+    }
+
+    /// On a circle node: the sealed documents of `doc` that hold a change not among
+    /// `theirs` and their ancestors, in the order stored (which follows dependencies),
+    /// stopping before they pass `bytes_max` in all (at least one is returned).
+    fn sealed_after(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        theirs: &[ChangeHash],
+        bytes_max: usize,
+    ) -> Result<Vec<Sealed>, Self::Error> {
+        let _ = (team, doc, theirs, bytes_max);
+        Ok(Vec::new())
+    }
+
+    /// On a circle node: whether it holds so many sealed documents of `doc` that it asks
+    /// for the whole document, to replace them.
+    fn wants_whole(&self, team: TeamId, doc: DocId) -> Result<bool, Self::Error> {
+        let _ = (team, doc);
+        Ok(false)
+    }
 
     /// Replaces the sync state kept for `peer` and `doc` (after a whole document was sent
     /// or received outside Automerge's sync protocol).

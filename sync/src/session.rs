@@ -25,6 +25,10 @@ use crate::message::check_sync_message;
 use crate::refusal::Refusal;
 use crate::replica::{Import, Replica};
 
+#[path = "session_sealed.rs"]
+mod sealed_exchange;
+use sealed_exchange::{PartialSealed, SealedFrame};
+
 /// Most documents of one team a peer can make this device hold: a team has a handful of
 /// documents plus three a month (notes, general notes, rota), about 400 in ten years.
 pub const DOCS_PER_TEAM_MAX: usize = 2048;
@@ -109,6 +113,8 @@ pub struct Session {
     rules: BTreeMap<DocId, ReceivedRules>,
     /// A whole document arriving in parts, until its last part.
     partial: Option<PartialSnapshot>,
+    /// Sealed documents of one document arriving together, until the last.
+    partial_sealed: Option<PartialSealed>,
 }
 
 /// The parts of a whole document received so far.
@@ -161,6 +167,9 @@ struct Progress {
     /// Documents the remote sent whole that the replica is still checking: not in sync
     /// until the verdict (a local change of the document) is in.
     checking: BTreeSet<DocId>,
+    /// Per document, what was last sent sealed: for the remote's heads, at ours, whole
+    /// wanted or not; the same request is answered once.
+    sealed_sent: BTreeMap<DocId, (Vec<ChangeHash>, Vec<ChangeHash>, bool)>,
 }
 
 /// Our heads and the remote's of one document, as last known; empty when unknown or not
@@ -222,6 +231,7 @@ impl Session {
             progress: BTreeMap::new(),
             rules: BTreeMap::new(),
             partial: None,
+            partial_sealed: None,
         }
     }
 
@@ -299,7 +309,12 @@ impl Session {
             if checked {
                 s.on_checked(r, team, doc, kind, out)?;
             }
-            if s.phase == Phase::Live && s.both_read(team, &kind) {
+            if s.phase == Phase::Live && s.both_read(team, &kind) && s.sealed(team) {
+                let theirs = s.progress.get(&team).and_then(|p| p.heads.get(&doc));
+                let theirs = theirs.map(|known| known.theirs.clone()).unwrap_or_default();
+                s.send_sealed(r, team, doc, kind, &theirs, false, out)?;
+                s.settle(team, out);
+            } else if s.phase == Phase::Live && s.both_read(team, &kind) {
                 // A document the remote has none of (one this device just received whole,
                 // say) goes whole, as in a catch-up: the remote stores it without loading
                 // it, instead of rebuilding it change by change.
@@ -358,6 +373,7 @@ impl Session {
         self.shared.clear();
         self.progress.clear();
         self.partial = None;
+        self.partial_sealed = None;
         replica.reset_sync_state(self.remote);
         out.push(Output::Close { reason });
     }
@@ -406,11 +422,22 @@ impl Session {
                 self.on_sync(r, team, doc, kind, &message, &signatures, out)
             }
             Frame::Snapshot { team, doc, kind, bytes, signatures } => {
+                if let Err(reason) = self.check_clear(team, &kind) {
+                    self.refuse(team, Some(doc), reason, out);
+                    return Ok(());
+                }
                 self.on_snapshot(r, team, doc, kind, &bytes, &signatures, out)
             }
             Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures } => {
                 let part = Part { team, doc, kind, index, total };
                 self.on_snapshot_part(r, part, bytes, signatures, out)
+            }
+            Frame::Sealed { team, doc, kind, index, total, heads, sealed } => {
+                let frame = SealedFrame { team, doc, kind, index, total, heads };
+                self.on_sealed(r, frame, *sealed, out)
+            }
+            Frame::SealedHeads { team, doc, kind, heads, whole_wanted } => {
+                self.on_sealed_heads(r, team, doc, kind, heads, whole_wanted, out)
             }
         }
     }
@@ -630,14 +657,24 @@ impl Session {
         };
         let ours = self.readable_docs(replica, team, access)?;
         let their_ids: BTreeSet<DocId> = theirs.iter().map(|d| d.id).collect();
+        let sealed = self.sealed(team);
         for d in theirs {
             let differs = ours.get(&d.id).is_some_and(|(_, heads)| heads_bytes(heads) != d.heads);
             if differs && self.both_read(team, &d.kind) {
-                self.send_sync(replica, team, d.id, d.kind, out)?;
+                if sealed {
+                    let their_heads = sorted(d.heads.iter().map(|h| ChangeHash(*h)).collect());
+                    self.send_sealed(replica, team, d.id, d.kind, &their_heads, false, out)?;
+                } else {
+                    self.send_sync(replica, team, d.id, d.kind, out)?;
+                }
             }
         }
         for (id, (kind, _)) in ours.iter().filter(|(id, _)| !their_ids.contains(id)) {
-            self.send_snapshot(replica, team, *id, *kind, out)?;
+            if sealed {
+                self.send_sealed(replica, team, *id, *kind, &[], false, out)?;
+            } else {
+                self.send_snapshot(replica, team, *id, *kind, out)?;
+            }
         }
         self.note_described(team, ours, theirs);
         self.settle(team, out);
@@ -662,7 +699,7 @@ impl Session {
         out: &mut Vec<Output>,
     ) -> Step {
         // The sender's right first: nothing is parsed for a team or kind it may not send.
-        if let Err(reason) = self.check_sender(team, &kind) {
+        if let Err(reason) = self.check_clear(team, &kind) {
             self.refuse(team, Some(doc), reason, out);
             return Ok(());
         }
@@ -819,14 +856,17 @@ impl Session {
             out.push(Output::Event(SyncEvent::DocChanged { team, doc, kind }));
         }
         // Tell the remote that this device now holds its heads, as Automerge's sync
-        // protocol would, and keep the sync state that message leaves behind.
-        let (state, message) = answer_to_snapshot(&whole.heads);
-        replica.set_sync_state(self.remote, doc, state);
-        let message = message.encode();
-        out.push(Output::Send(
-            Frame::Sync { team, doc, kind, message, signatures: Vec::new() }.encode(),
-        ));
-        self.progress.entry(team).or_default().told.insert(doc, whole.heads.clone());
+        // protocol would, and keep the sync state that message leaves behind (the
+        // circle node is told in a sealed exchange's own answer).
+        if !self.sealed(team) {
+            let (state, message) = answer_to_snapshot(&whole.heads);
+            replica.set_sync_state(self.remote, doc, state);
+            let message = message.encode();
+            out.push(Output::Send(
+                Frame::Sync { team, doc, kind, message, signatures: Vec::new() }.encode(),
+            ));
+            self.progress.entry(team).or_default().told.insert(doc, whole.heads.clone());
+        }
         // A document that arrived whole while the team was in sync (passed on live) is
         // a change like any other: the team comes into sync again with it.
         if let Some(progress) = self.progress.get_mut(&team) {
@@ -865,6 +905,9 @@ impl Session {
                 self.note_heads(team, doc, Some(Vec::new()), None);
             }
         }
+        if self.sealed(team) {
+            self.tell_sealed_heads(replica, team, doc, kind, false, out)?;
+        }
         Ok(())
     }
 
@@ -880,7 +923,7 @@ impl Session {
         out: &mut Vec<Output>,
     ) -> Step {
         let Part { team, doc, kind, index, total } = part;
-        if let Err(reason) = self.check_sender(team, &kind) {
+        if let Err(reason) = self.check_clear(team, &kind) {
             self.partial = None;
             self.refuse(team, Some(doc), reason, out);
             return Ok(());
@@ -980,8 +1023,11 @@ impl Session {
             }
         }
         // A sync message in reply tells the remote our heads, so that it knows too when
-        // the document agrees.
-        let ours = self.send_sync(replica, team, doc, kind, out)?;
+        // the document agrees (the circle node is told in a sealed exchange's answer).
+        let ours = match self.sealed(team) {
+            true => None,
+            false => self.send_sync(replica, team, doc, kind, out)?,
+        };
         self.note_heads(team, doc, ours, Some(theirs));
         self.settle(team, out);
         Ok(())
@@ -1010,6 +1056,17 @@ impl Session {
         }
         if !self.both_read(team, kind) {
             return Err(Refusal::MayNotRead { kind: *kind });
+        }
+        Ok(())
+    }
+
+    /// Whether the remote may send a document of `kind` of `team` in clear: as
+    /// [`Self::check_sender`], and neither device is the team's circle node, which is
+    /// given documents sealed only.
+    fn check_clear(&self, team: TeamId, kind: &DocKind) -> Result<(), Refusal> {
+        self.check_sender(team, kind)?;
+        if self.sealed(team) {
+            return Err(Refusal::InClear { kind: *kind });
         }
         Ok(())
     }
