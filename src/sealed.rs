@@ -102,6 +102,12 @@ impl Home {
             return Ok(None);
         };
         let am = stored.doc();
+        // A whole document goes only when it holds every change the circle node does:
+        // one that lacks some would not replace what it holds there.
+        let form = match since.iter().all(|h| am.get_change_meta_by_hash(h).is_some()) {
+            true => form,
+            false => SealedForm::Changes,
+        };
         let (plaintext, changes): (Vec<u8>, Vec<SealedChange>) = match form {
             SealedForm::Whole => {
                 let changes = am
@@ -191,8 +197,15 @@ impl Home {
             return Ok(Err(Refusal::Malformed(why.into())));
         }
         let new = listed.iter().filter(|h| !held.contains(*h)).count();
-        let replaces_all =
-            sealed.form == SealedForm::Whole && held.iter().all(|h| listed.contains(h));
+        let whole = sealed.form == SealedForm::Whole;
+        // A whole document replaces every piece held, so it must hold every change they
+        // do (then a document's pieces always start with its one whole document, if any).
+        // One that lacks some was sealed apart from another device's upload: its sender
+        // is told the heads held here, and sends the changes after them instead.
+        if whole && !held.iter().all(|h| listed.contains(h)) {
+            return Ok(Ok(false));
+        }
+        let replaces_all = whole;
         if new == 0 && !(replaces_all && rows.len() > 1) {
             return Ok(Ok(false));
         }

@@ -111,6 +111,10 @@ impl SimDevice for SimHome {
         self.home = home;
         true
     }
+
+    fn can_hold_sealed() -> bool {
+        true
+    }
 }
 
 /// The replica is the home's, unchanged.

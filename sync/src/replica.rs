@@ -178,8 +178,9 @@ pub trait Replica {
 
     /// Seals `doc` for the team's circle node, which holds no team key: the changes not
     /// among `since` and their ancestors (hashes this device lacks are passed over), or the
-    /// whole document (`form`), encrypted under the current key of the document's scope
-    /// and signed by this device. `None` when there is nothing to seal, or this device
+    /// whole document (`form`; only when this device holds every change of `since`, else
+    /// the changes), encrypted under the current key of the document's scope and signed
+    /// by this device. `None` when there is nothing to seal, or this device
     /// holds no current key of that scope. By default a replica seals nothing.
     fn seal(
         &mut self,
@@ -208,8 +209,9 @@ pub trait Replica {
 
     /// On a circle node: stores a sealed document whose sealer and listed authorship the
     /// session has checked. Returns whether the document's heads changed, or the refusal
-    /// (it follows changes not held here). A whole document that holds every change held
-    /// replaces the sealed documents held before. By default a replica holds none.
+    /// (it follows changes not held here). A whole document replaces the sealed documents
+    /// held before, and is stored only when it holds every change they do. By default a
+    /// replica holds none.
     fn store_sealed(
         &mut self,
         team: TeamId,

@@ -86,12 +86,12 @@ impl Session {
         let ours = sorted(replica.heads(team, doc).map_err(store)?.unwrap_or_default());
         self.note_heads(team, doc, Some(ours.clone()), None);
         if ours.is_empty() || (ours == theirs && !whole_wanted) {
-            return Ok(());
+            return self.tell_if_changed(team, doc, kind, &ours, out);
         }
         let request = (theirs.to_vec(), ours.clone(), whole_wanted);
         let progress = self.progress.entry(team).or_default();
         if progress.sealed_sent.get(&doc) == Some(&request) {
-            return Ok(());
+            return self.tell_if_changed(team, doc, kind, &ours, out);
         }
         progress.sealed_sent.insert(doc, request);
         let sealed = if self.local_is_relay(team) {
@@ -103,6 +103,9 @@ impl Session {
             };
             replica.seal(team, doc, kind, theirs, form).map_err(store)?.into_iter().collect()
         };
+        if sealed.is_empty() {
+            return self.tell_if_changed(team, doc, kind, &ours, out);
+        }
         let mut frames = Vec::new();
         let total = sealed.len().min(SEALED_PER_TRANSFER_MAX as usize) as u32;
         for (index, sealed) in sealed.into_iter().take(total as usize).enumerate() {
@@ -410,6 +413,31 @@ impl Session {
         self.note_heads(team, doc, None, Some(theirs.clone()));
         self.send_sealed(replica, team, doc, kind, &theirs, whole_wanted, out)?;
         self.settle(team, out);
+        Ok(())
+    }
+
+    /// Tells the remote `ours`, this device's heads of `doc`, when it was last told other
+    /// ones (none told reads as empty) and nothing else will tell it: a document
+    /// discarded after its check, say, or one the remote holds more of.
+    fn tell_if_changed(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        ours: &[ChangeHash],
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let progress = self.progress.entry(team).or_default();
+        let told = progress.told.get(&doc).map_or(&[][..], Vec::as_slice);
+        if told == ours {
+            return Ok(());
+        }
+        progress.told.insert(doc, ours.to_vec());
+        let heads = heads_bytes(ours);
+        let whole_wanted = false;
+        out.push(Output::Send(
+            Frame::SealedHeads { team, doc, kind, heads, whole_wanted }.encode(),
+        ));
         Ok(())
     }
 

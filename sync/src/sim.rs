@@ -5,7 +5,10 @@
 //!
 //! The replica is any [`SimDevice`]: the [`MemoryReplica`] here (`cargo test -p care-sync
 //! sim`), and the product's SQLite home in the `care` crate, whose devices also restart
-//! from their directory now and then, as after a crash between two steps. A failure
+//! from their directory now and then, as after a crash between two steps. With homes, a
+//! world of five members or more has the team's circle node among them: it is handed
+//! every document sealed, never in clear, and must end holding every document at the
+//! heads the members agree on, and in sync with each. A failure
 //! prints its seed; `CARE_SIM_SEED=N` replays it, and `CARE_SIM_SEEDS=FROM..TO` runs more.
 //!
 //! One member, the advocate, is an attacker: besides what its session sends, some of
@@ -19,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::ChangeHash;
 use care_core::documents::{Author, notes, plan};
 use care_core::kept_aside::changes_by;
+use care_core::keys::{KeyScope, TeamKey, wrap};
 use care_core::{
     Access, ChangeSig, DeviceId, DeviceKey, DocId, DocKind, EntryId, KnownChanges, MemberId,
     Membership, Month, NoteStream, OpBody, Role, Section, SignedOp, TeamId, Timestamp, create_team,
@@ -90,6 +94,12 @@ pub trait SimDevice: Replica {
     /// that checks a document received whole on its first use does so now, and one that
     /// fails is discarded and fetched again ([`Replica::take_changes`]).
     fn use_all(&mut self, _team: TeamId) {}
+
+    /// Whether such a replica can be the team's circle node, which holds the documents
+    /// sealed ([`Replica::store_sealed`]): a world of them then has one.
+    fn can_hold_sealed() -> bool {
+        false
+    }
 }
 
 impl SimDevice for MemoryReplica {
@@ -152,6 +162,8 @@ const USES_MAX: usize = 8;
 const DELAY_TICKS_MAX: u64 = 20;
 /// The attacking member: the advocate, present in every seed.
 const ATTACKER: usize = 2;
+/// The circle node, in a world that has one.
+const CIRCLE: usize = 3;
 /// Percent of the attacker's frames that it tampers with or follows with one of its own.
 const ATTACK_PERCENT: u64 = 10;
 
@@ -208,6 +220,8 @@ struct World<D> {
     team: TeamId,
     month: Month,
     peers: Vec<Peer<D>>,
+    /// The team's circle node, when the world has one.
+    circle: Option<usize>,
     /// The device outside the team (the last peer).
     outsider: usize,
     conns: BTreeMap<u64, Conn>,
@@ -239,10 +253,14 @@ impl<D: SimDevice> World<D> {
     fn new(seed: u64, make: MakeDevice<'_, D>) -> World<D> {
         let mut rng = Rng(seed);
         let members = 3 + rng.below(5) as usize;
+        // With five members or more, the fourth is the circle node, where replicas can
+        // be one (never the last, who is removed).
+        let circle = (D::can_hold_sealed() && members >= 5).then_some(CIRCLE);
         let roles = |i: usize| match i {
             0 => Role::Owner,
             1 => Role::Volunteer,
             2 => Role::Advocate,
+            _ if Some(i) == circle => Role::Relay,
             _ => Role::Worker,
         };
         let mut peers: Vec<Peer<D>> = (0..=members)
@@ -269,6 +287,7 @@ impl<D: SimDevice> World<D> {
             team,
             month,
             peers,
+            circle,
             outsider: members,
             conns: BTreeMap::new(),
             by_hub_id: BTreeMap::new(),
@@ -680,8 +699,8 @@ impl<D: SimDevice> World<D> {
     fn remove_last_member(&mut self) {
         let target = self.outsider - 1;
         let owner = &self.peers[0];
-        let ops = owner.replica.ops(self.team).expect("the replica answers");
-        let (membership, _) = Membership::from_ops(self.team, &ops).expect("valid ops");
+        let owner_ops = owner.replica.ops(self.team).expect("the replica answers");
+        let (membership, _) = Membership::from_ops(self.team, &owner_ops).expect("valid ops");
         // The removal names what the owner holds of the device's changes: what it writes
         // after, unknown to the owner, is kept aside on every device.
         let device = self.peers[target].key.device_id();
@@ -699,10 +718,16 @@ impl<D: SimDevice> World<D> {
         let owner = &self.peers[0];
         let op =
             membership.author_op(&owner.key, Timestamp(1), body).expect("the owner may remove");
-        self.peers[0]
-            .replica
-            .add_ops(self.team, std::slice::from_ref(&op))
-            .expect("the replica answers");
+        // The owner renews the team keys the removed device held, as a home does.
+        let mut ops = vec![op.clone()];
+        for scope in KeyScope::ALL {
+            let (membership, _) =
+                Membership::from_ops(self.team, &ops_with(&owner_ops, &ops)).expect("valid ops");
+            let holders = key_holders(&membership, scope);
+            let secret: [u8; 32] = std::array::from_fn(|_| self.rng.next() as u8);
+            ops.push(keys_op(&membership, &owner.key, scope, secret, &holders, &mut self.rng));
+        }
+        self.peers[0].replica.add_ops(self.team, &ops).expect("the replica answers");
         self.removed = Some((target, op));
         let Peer { hub, replica, .. } = &mut self.peers[0];
         hub.local_change(replica, Change::Membership { team: self.team });
@@ -719,6 +744,20 @@ impl<D: SimDevice> World<D> {
         if to == self.outsider || knows_removal {
             assert!(reveals_nothing(&frame), "peer {from} sent {frame:?} to a non-member {to}");
         }
+        // The circle node is handed documents sealed, never in clear; two devices that
+        // hold the team's keys never seal for each other.
+        let with_circle = [from, to].iter().any(|p| Some(*p) == self.circle);
+        let in_clear = matches!(
+            frame,
+            Frame::Sync { .. } | Frame::Snapshot { .. } | Frame::SnapshotPart { .. }
+        );
+        let sealed = matches!(frame, Frame::Sealed { .. } | Frame::SealedHeads { .. });
+        assert!(
+            !(with_circle && in_clear),
+            "peer {from} sent {} to peer {to} in clear",
+            frame.name()
+        );
+        assert!(with_circle || !sealed, "peer {from} sealed for peer {to}");
         if self.peers[to].role == Role::Volunteer {
             for kind in kinds_in(&frame) {
                 assert!(
@@ -748,7 +787,10 @@ impl<D: SimDevice> World<D> {
                     session.shared_teams().any(|t| t == self.team),
                     "peer {a} does not sync the team with peer {b}"
                 );
-                assert!(session.in_sync(self.team), "peer {a} is not in sync with peer {b}");
+                assert!(
+                    session.in_sync(self.team),
+                    "peer {a} is not in sync with peer {b}: {session:#?}"
+                );
                 assert!(
                     self.in_sync_events.get(&(*id, a)).is_some_and(|n| *n > 0),
                     "peer {a} never reported TeamInSync with peer {b}"
@@ -784,9 +826,10 @@ impl<D: SimDevice> World<D> {
     /// and no member holds a team but the one it belongs to.
     fn assert_converged(&mut self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
-        let members: Vec<usize> =
-            (0..self.outsider).filter(|p| Some(*p) != removed && !self.attacker(*p)).collect();
-        for p in &members {
+        let members: Vec<usize> = (0..self.outsider)
+            .filter(|p| Some(*p) != removed && !self.attacker(*p) && Some(*p) != self.circle)
+            .collect();
+        for p in members.iter().chain(&self.circle) {
             let teams = self.peers[*p].replica.teams().expect("the replica answers");
             assert_eq!(teams, vec![self.team], "peer {p} holds a team it never joined");
         }
@@ -808,6 +851,14 @@ impl<D: SimDevice> World<D> {
                 .collect();
             let heads: BTreeSet<&Vec<ChangeHash>> = by_peer.values().collect();
             assert_eq!(heads.len(), 1, "members disagree on {kind}: {by_peer:?}");
+            // The circle node holds every document sealed, at the heads the members hold.
+            if let (Some(circle), Some(agreed)) = (self.circle, heads.first()) {
+                let held = self.peers[circle].replica.heads(team, id).expect("the replica answers");
+                let held = without_genesis(team, &kind, held.unwrap_or_default());
+                assert_eq!(&&held, agreed, "the circle node holds other heads of {kind}");
+                let in_clear = self.peers[circle].replica.read_doc(team, id, |_| ());
+                assert!(in_clear.is_none(), "the circle node holds {kind} in clear");
+            }
             // The same record, and the same changes kept aside, everywhere.
             let records: BTreeMap<usize, Option<Record>> =
                 by_peer.keys().map(|p| (*p, self.record(*p, id, kind))).collect();
@@ -873,7 +924,51 @@ fn team_ops<D>(peers: &[Peer<D>], seed: u64) -> Vec<SignedOp> {
             ops.push(membership.author_op(&owner.key, Timestamp(1), body).expect("the owner may"));
         }
     }
+    // The team keys, given to every device whose role reads their scope.
+    let mut rng = Rng(seed ^ 0x6b65_7973);
+    for scope in KeyScope::ALL {
+        let (membership, _) = Membership::from_ops(team, &ops).expect("valid ops");
+        let holders = key_holders(&membership, scope);
+        let secret: [u8; 32] = std::array::from_fn(|_| rng.next() as u8);
+        ops.push(keys_op(&membership, &owner.key, scope, secret, &holders, &mut rng));
+    }
     ops
+}
+
+/// `a` and then `b`.
+fn ops_with(a: &[SignedOp], b: &[SignedOp]) -> Vec<SignedOp> {
+    a.iter().chain(b).cloned().collect()
+}
+
+/// The current devices whose roles hold keys of `scope`.
+fn key_holders(membership: &Membership, scope: KeyScope) -> Vec<DeviceId> {
+    membership
+        .devices()
+        .filter(|(_, member)| scope.held_by(member.role))
+        .map(|(device, _)| device)
+        .collect()
+}
+
+/// The owner's op giving a new current key of `scope` (its bytes `secret`) to `holders`.
+fn keys_op(
+    membership: &Membership,
+    owner: &DeviceKey,
+    scope: KeyScope,
+    secret: [u8; 32],
+    holders: &[DeviceId],
+    rng: &mut Rng,
+) -> SignedOp {
+    let team = membership.team();
+    let key = TeamKey::from_bytes(secret);
+    let wrapped = holders
+        .iter()
+        .map(|device| {
+            let ephemeral: [u8; 32] = std::array::from_fn(|_| rng.next() as u8);
+            wrap(team, scope, &key, *device, ephemeral).expect("a device key takes a wrapped key")
+        })
+        .collect();
+    let body = OpBody::TeamKeys { scope, key: key.id(team, scope), current: true, wrapped };
+    membership.author_op(owner, Timestamp(1), body).expect("the owner gives keys")
 }
 
 fn nonce(seed: u64) -> [u8; 16] {
@@ -911,9 +1006,10 @@ pub fn run_seed<D: SimDevice>(seed: u64, make: MakeDevice<'_, D>) {
             world.peers.iter().map(|p| p.replica.docs(world.team).map_or(0, |d| d.len())).collect();
         let aside = world.kept_aside_by_owner();
         eprintln!(
-            "seed {seed}: {} peers, docs held {docs:?}, conns made {}, restarts {}, refusals {:?}, \
-             removed {:?}, kept aside by the owner {aside}",
+            "seed {seed}: {} peers, circle node {:?}, docs held {docs:?}, conns made {}, \
+             restarts {}, refusals {:?}, removed {:?}, kept aside by the owner {aside}",
             world.peers.len(),
+            world.circle,
             world.next_conn,
             world.restarts,
             world.refusals,
