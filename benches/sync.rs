@@ -89,13 +89,28 @@ fn main() -> Result<()> {
         floor.reconnect_messages as f64 / size.docs as f64
     );
     let samod = samod_tcp::run(&size)?;
-    let (care, reads) = care_iroh::run(&size)?;
+    let (care, reads, circle) = care_iroh::run(&size)?;
     println!(
         "care extras: documents received whole are stored unloaded, checked by workers beside \
          the owner and kept as they loaded them; after catching up, reading the latest 50 notes \
          takes {:.1} ms, then all {} notes {:.1} ms; so the device shows every note {:.1} ms after \
          it connects (the floor's catch-up alone: {:.1} ms)",
         reads.latest_ms, size.notes, reads.all_ms, reads.shown_ms, floor.figures.catch_up_ms
+    );
+    println!(
+        "care through the circle node alone (it holds the team sealed, {} KiB): the owner \
+         hands it the team in {:.1} ms (once); a fresh device catches up from it alone in \
+         {:.1} ms ({} KiB; {} direct catch-up's {:.1} ms, {} samod's {:.1} ms) and shows \
+         every note {:.1} ms after it connects",
+        circle.stored_bytes / 1024,
+        circle.upload_ms,
+        circle.catch_up_ms,
+        circle.catch_up_bytes / 1024,
+        ratio(circle.catch_up_ms, care.catch_up_ms),
+        care.catch_up_ms,
+        ratio(circle.catch_up_ms, samod.catch_up_ms),
+        samod.catch_up_ms,
+        circle.shown_ms
     );
     let checks = care_iroh::checks(&size)?;
     println!(

@@ -38,6 +38,23 @@ pub(crate) struct FirstReads {
     pub shown_ms: f64,
 }
 
+/// The catch-up of a device that meets only the team's circle node, which holds the
+/// team sealed: it cannot read the documents, so everything the device gets was sealed
+/// by the owner, and the device opens and checks it all.
+pub(crate) struct ThroughCircle {
+    /// The owner hands the circle node the team, sealed, until both are in sync (once,
+    /// not timed with the catch-up).
+    pub upload_ms: f64,
+    /// A fresh device catches up from the circle node alone (median).
+    pub catch_up_ms: f64,
+    /// Bytes both ways in that catch-up (median).
+    pub catch_up_bytes: usize,
+    /// From connecting until it has read every note (median).
+    pub shown_ms: f64,
+    /// What the circle node stores of the team, in bytes.
+    pub stored_bytes: usize,
+}
+
 /// What the checks on peer input cost, over every notes document of the catch-up team:
 /// work a device does besides the catch-up figure (which stores documents unloaded).
 pub(crate) struct Checks {
@@ -96,7 +113,7 @@ pub(crate) fn checks(size: &Size) -> Result<Checks> {
 }
 
 /// Runs the three scenarios and returns this engine's figures.
-pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads)> {
+pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads, ThroughCircle)> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
@@ -104,6 +121,7 @@ pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads)> {
         let fresh = prepare(&root.path().join("catch-up"), size.notes, VISIT_STEP_MS, 1).await?;
         let (catch_up_ms, catch_up_bytes, first_reads) =
             catch_up(&fresh, &root.path().join("runs"), size.runs).await?;
+        let circle = through_circle(&fresh, &root.path().join("circle"), size.runs).await?;
         let step = MONTH_MS / size.doc_notes as i64;
         let many =
             prepare(&root.path().join("reconnect"), size.docs * size.doc_notes, step, 1).await?;
@@ -120,7 +138,7 @@ pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads)> {
             live_p50_ms,
             live_p90_ms,
         };
-        Ok((figures, first_reads))
+        Ok((figures, first_reads, circle))
     })
 }
 
@@ -234,6 +252,88 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         shown_ms: median(&mut shown),
     };
     Ok((median(&mut times), median_count(&mut bytes) as usize, reads))
+}
+
+/// The owner adds a circle node and hands it the team (sealed); then, with the owner
+/// offline, a fresh worker catches up from the circle node alone, `runs` times.
+async fn through_circle(pair: &Pair, dir: &Path, runs: usize) -> Result<ThroughCircle> {
+    let (owner_dir, worker_dir, circle_dir) =
+        (dir.join("owner"), dir.join("worker"), dir.join("circle"));
+    copy_dir(&pair.owner, &owner_dir)?;
+    copy_dir(&pair.worker, &worker_dir)?;
+    {
+        // As the circle handshake would: the circle node joins with the role relay and
+        // takes the team's log; the worker learns of it.
+        let mut owner = Home::open(&owner_dir)?;
+        owner.set_clock(SteppingClock::new(pair.last_ms, 0));
+        let mut circle = Home::init(&circle_dir, "Circle")?;
+        let (member, device) = (circle.profile().member, circle.profile().device);
+        let name = "Circle".to_owned();
+        owner.author_op(
+            pair.team,
+            OpBody::AddMember { member, name, role: Role::Relay, hats: Vec::new() },
+        )?;
+        owner.author_op(pair.team, OpBody::AddDevice { member, device, label: "relay".into() })?;
+        let ops = owner.ops(pair.team)?;
+        circle.add_ops(pair.team, &ops)?;
+        Home::open(&worker_dir)?.add_ops(pair.team, &ops)?;
+    }
+    let target = {
+        let owner = Home::open(&owner_dir)?;
+        owner.store().docs(None)?.into_iter().map(|d| (d.id, d.heads)).collect::<BTreeMap<_, _>>()
+    };
+    let owner = node_at(&owner_dir, pair).await?;
+    let circle = node_at(&circle_dir, pair).await?;
+    let mut events = owner.events();
+    let started = Instant::now();
+    owner.connect(&circle.addr()).await?;
+    wait_in_sync(&mut events, pair.team).await?;
+    let upload_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let team = pair.team;
+    let stored_bytes: usize =
+        circle.with_home(move |h| h.sealed_bytes(team)).await?.iter().map(Vec::len).sum();
+    owner.shutdown().await;
+    circle.shutdown().await;
+
+    let (mut times, mut bytes, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let run_dir = dir.join(format!("run-{run}"));
+        copy_dir(&circle_dir, &run_dir.join("circle"))?;
+        copy_dir(&worker_dir, &run_dir.join("worker"))?;
+        let circle = node_at(&run_dir.join("circle"), pair).await?;
+        let worker = node_at(&run_dir.join("worker"), pair).await?;
+        let mut events = worker.events();
+        let started = Instant::now();
+        worker.connect(&circle.addr()).await?;
+        wait_in_sync(&mut events, pair.team).await?;
+        let elapsed = started.elapsed();
+        if heads(&worker).await? != target {
+            bail!("the worker reported the team in sync without the owner's heads");
+        }
+        let traffic = worker.traffic();
+        let query = NoteQuery { since: None, limit: None };
+        let team = pair.team.to_string();
+        let notes = worker.with_home(move |h| h.team(&team)?.notes(&query)).await?;
+        if notes.len() != pair.notes {
+            bail!(
+                "the worker reads {} notes through the circle node, not {}",
+                notes.len(),
+                pair.notes
+            );
+        }
+        shown.push(started.elapsed());
+        times.push(elapsed);
+        bytes.push(traffic.bytes_sent + traffic.bytes_received);
+        worker.shutdown().await;
+        circle.shutdown().await;
+    }
+    Ok(ThroughCircle {
+        upload_ms,
+        catch_up_ms: median(&mut times),
+        catch_up_bytes: median_count(&mut bytes) as usize,
+        shown_ms: median(&mut shown),
+        stored_bytes,
+    })
 }
 
 async fn sync_fully(pair: &Pair) -> Result<()> {
