@@ -395,6 +395,60 @@ mod tests {
         Ok(())
     }
 
+    /// A volunteer meets only the circle node: it gets the general notes, sealed under the
+    /// team's key, and nothing of the care record, whose key it never holds.
+    #[test]
+    fn a_volunteer_gets_through_the_circle_node_only_what_its_role_reads() -> Result<()> {
+        let dirs = temp_dirs(4)?;
+        let (team, [mut ada, mut circle, _bea]) = ada_circle_bea(&dirs)?;
+        let mut vic = Home::init(dirs[3].path(), "Vic")?;
+        add(&mut ada, team, &vic, Role::Volunteer)?;
+        vic.add_ops(team, &ada.signed_ops(team)?)?;
+        circle.add_ops(team, &ada.signed_ops(team)?)?;
+        write(&mut ada, "Care: the new tablets at eight")?;
+        let general =
+            NewNote { text: "General: the garden gate sticks".into(), ..Default::default() };
+        ada.team("")?.add_note(&general, Some(NoteStream::General))?;
+        exchange(&mut ada, &mut circle)?;
+        let down = exchange(&mut circle, &mut vic)?;
+        assert!(down.refusals(1).is_empty(), "{down:?}");
+        let kinds: Vec<DocKind> = down.frames[0]
+            .iter()
+            .filter_map(|f| match Frame::decode(f) {
+                Ok(Frame::Sealed { kind, .. }) => Some(kind),
+                _ => None,
+            })
+            .collect();
+        assert!(!kinds.is_empty());
+        assert!(kinds.iter().all(|k| KeyScope::of(k) == KeyScope::Team), "{kinds:?}");
+        assert_eq!(texts(&mut vic)?, vec!["General: the garden gate sticks".to_owned()]);
+        assert!(!vic.holds(team, care_notes(&vic, team))?);
+        Ok(())
+    }
+
+    /// A circle node that held a team in clear (before documents were handed it sealed
+    /// only) drops it when it starts, and is handed it again, sealed.
+    #[test]
+    fn a_circle_node_drops_what_it_held_in_clear() -> Result<()> {
+        let dirs = temp_dirs(3)?;
+        let (team, [mut ada, mut circle, _bea]) = ada_circle_bea(&dirs)?;
+        let words = "Held in clear by an older circle node";
+        write(&mut ada, words)?;
+        let doc = care_notes(&ada, team);
+        let bytes = ada.snapshot(team, doc)?.ok_or(Error::Invalid("no document".into()))?;
+        let heads = ada.heads(team, doc)?.unwrap_or_default();
+        let signatures = ada.signatures(team, doc, None)?;
+        circle.import_snapshot(team, doc, care_kind(&ada), &bytes, &heads, &signatures)?;
+        assert_eq!(circle.store.docs(Some(team))?.len(), 1);
+        assert_eq!(circle.forget_documents_in_clear()?, 1);
+        assert!(circle.store.docs(Some(team))?.is_empty());
+        let up = exchange(&mut ada, &mut circle)?;
+        assert!(up.refusals(1).is_empty(), "{up:?}");
+        assert!(circle.holds(team, doc)? && circle.store.docs(Some(team))?.is_empty());
+        assert!(stored(&circle, team)?.iter().all(|s| !holds(s, words)));
+        Ok(())
+    }
+
     /// Many notes sealed one at a time: the circle node asks for the whole document and
     /// keeps few sealed pieces of it, and a device that joins late gets every note.
     #[test]

@@ -57,6 +57,12 @@ impl<'h> Team<'h> {
         Ok(self.home.store.docs(Some(self.id()))?)
     }
 
+    /// The documents of this team held here sealed (on the team's circle node, which
+    /// holds them so and reads none).
+    pub fn sealed_documents(&self) -> Result<Vec<care_store::SealedDocSummary>> {
+        self.home.sealed_documents(self.id())
+    }
+
     /// The team's name and circle.
     pub fn info(&mut self) -> Result<TeamInfo> {
         let info = self.read(DocKind::Team, documents::team_doc::team_info)?.flatten();

@@ -294,6 +294,14 @@ fn a_circle_node_added_to_a_team_holds_its_documents() {
     let roles: Vec<&str> =
         members.as_array().expect("members").iter().filter_map(|m| m["role"].as_str()).collect();
     assert!(roles.contains(&"relay"), "{members}");
+    // The circle node holds the team sealed: documents it can pass on, none it can read.
+    let shown = circle.json(&["team", "show"]);
+    assert_eq!(shown["documents"].as_array().map(Vec::len), Some(0), "{shown}");
+    let sealed = shown["sealed_documents"].as_array().map_or(0, Vec::len);
+    assert!(sealed >= 3, "{shown}");
+    let text = circle.run(&["team", "show"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("sealed documents"), "{text}");
     let status = relay.terminate(Duration::from_secs(10)).expect("the circle node stops");
     assert!(status.success(), "care relay exited with {status}");
 }

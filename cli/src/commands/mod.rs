@@ -297,6 +297,7 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
             let mut team = home.team(which)?;
             let info = team.info()?;
             let docs = team.documents()?;
+            let sealed = team.sealed_documents()?;
             let m = team.membership();
             let owner = m.member(m.owner()).map(|o| o.name.clone()).unwrap_or_default();
             let role = team.my_role().map(|r| r.to_string());
@@ -305,6 +306,9 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
                 "owner": owner, "my_role": role, "members": m.members().count(),
                 "documents": docs.iter().map(|d| json!({
                     "id": d.id.to_string(), "kind": d.kind, "changes_bytes": d.snapshot_bytes + d.incremental_bytes,
+                })).collect::<Vec<_>>(),
+                "sealed_documents": sealed.iter().map(|d| json!({
+                    "id": d.id.to_string(), "kind": d.kind, "pieces": d.rows,
                 })).collect::<Vec<_>>(),
             });
             out.print(value, || {
@@ -322,6 +326,15 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
                         d.kind,
                         d.snapshot_bytes + d.incremental_bytes
                     ));
+                }
+                if !sealed.is_empty() {
+                    text.push_str(&format!(
+                        "\nsealed documents (held for the team, not readable here): {}",
+                        sealed.len()
+                    ));
+                    for d in &sealed {
+                        text.push_str(&format!("\n  {:<24} {} pieces", d.kind, d.rows));
+                    }
                 }
                 text
             });
