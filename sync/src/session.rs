@@ -658,6 +658,11 @@ impl Session {
         let ours = self.readable_docs(replica, team, access)?;
         let their_ids: BTreeSet<DocId> = theirs.iter().map(|d| d.id).collect();
         let sealed = self.sealed(team);
+        // A new description of the remote's documents: what was sealed for it before (and
+        // perhaps refused, under a membership it did not hold yet) may be sent again.
+        if let Some(progress) = self.progress.get_mut(&team) {
+            progress.sealed_sent.clear();
+        }
         for d in theirs {
             let differs = ours.get(&d.id).is_some_and(|(_, heads)| heads_bytes(heads) != d.heads);
             if differs && self.both_read(team, &d.kind) {
