@@ -91,6 +91,10 @@ impl Home {
         since: &[ChangeHash],
         form: SealedForm,
     ) -> Result<Option<Sealed>> {
+        if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
+            // Nothing is said of a document received whole until it is checked.
+            return Ok(None);
+        }
         let scope = KeyScope::of(&kind);
         let Some(id) = self.team_access(team)?.membership().current_key(scope) else {
             return Ok(None);

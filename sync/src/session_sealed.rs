@@ -93,7 +93,6 @@ impl Session {
         if progress.sealed_sent.get(&doc) == Some(&request) {
             return self.tell_if_changed(team, doc, kind, &ours, out);
         }
-        progress.sealed_sent.insert(doc, request);
         let sealed = if self.local_is_relay(team) {
             replica.sealed_after(team, doc, theirs, SNAPSHOT_BYTES_MAX).map_err(store)?
         } else {
@@ -106,6 +105,7 @@ impl Session {
         if sealed.is_empty() {
             return self.tell_if_changed(team, doc, kind, &ours, out);
         }
+        self.progress.entry(team).or_default().sealed_sent.insert(doc, request);
         let mut frames = Vec::new();
         let total = sealed.len().min(SEALED_PER_TRANSFER_MAX as usize) as u32;
         for (index, sealed) in sealed.into_iter().take(total as usize).enumerate() {
