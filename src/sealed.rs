@@ -373,9 +373,14 @@ mod tests {
         let words = "Rosa took her evening tablets at eight";
         write(&mut ada, words)?;
 
+        assert!(!ada.unshared_docs(team)?.is_empty());
         let up = exchange(&mut ada, &mut circle)?;
         assert!(up.refusals(0).is_empty() && up.refusals(1).is_empty(), "{up:?}");
         assert!(up.frames.iter().flatten().all(|f| !holds(f, words)), "a frame in clear");
+        // The session ends: Ada counts her documents as shared with the circle node.
+        ada.reset_sync_state(circle.profile().device);
+        let unshared = ada.unshared_docs(team)?;
+        assert!(unshared.is_empty(), "{unshared:?}");
         assert!(in_sync(&up, 0) && in_sync(&up, 1), "{:?}", up.events);
         assert!(circle.store.docs(Some(team))?.is_empty(), "the circle node holds a document");
         let sealed = stored(&circle, team)?;

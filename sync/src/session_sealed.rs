@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 
+use automerge::sync::State;
 use automerge::{ActorId, ChangeHash};
 use care_core::keys::KeyScope;
 use care_core::membership::Role;
@@ -223,6 +224,7 @@ impl Session {
         self.tell_sealed_heads(replica, team, doc, kind, whole_wanted, out)?;
         self.note_heads(team, doc, None, Some(theirs.clone()));
         self.send_sealed(replica, team, doc, kind, &theirs, false, out)?;
+        self.keep_agreement(replica, team, doc);
         self.settle(team, out);
         Ok(())
     }
@@ -328,6 +330,7 @@ impl Session {
         }
         self.tell_sealed_heads(replica, team, doc, kind, false, out)?;
         self.note_heads(team, doc, None, Some(theirs));
+        self.keep_agreement(replica, team, doc);
         self.settle(team, out);
         Ok(())
     }
@@ -412,8 +415,20 @@ impl Session {
         let whole_wanted = whole_wanted && !self.local_is_relay(team);
         self.note_heads(team, doc, None, Some(theirs.clone()));
         self.send_sealed(replica, team, doc, kind, &theirs, whole_wanted, out)?;
+        self.keep_agreement(replica, team, doc);
         self.settle(team, out);
         Ok(())
+    }
+
+    /// Keeps, as the sync state with the remote, that both hold the same heads of `doc`
+    /// when that is known: a sealed exchange uses no Automerge sync state, but what a
+    /// device has shared with others (`Home::unshared_docs`) is read from those states.
+    fn keep_agreement<R: Replica>(&mut self, replica: &mut R, team: TeamId, doc: DocId) {
+        let known = self.progress.get(&team).and_then(|p| p.heads.get(&doc));
+        if let Some(known) = known.filter(|k| !k.ours.is_empty() && k.ours == k.theirs) {
+            let state = State { shared_heads: known.ours.clone(), ..State::default() };
+            replica.set_sync_state(self.remote, doc, state);
+        }
     }
 
     /// Tells the remote `ours`, this device's heads of `doc`, when it was last told other

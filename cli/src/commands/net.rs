@@ -319,7 +319,8 @@ pub(super) fn add_relay(
         added?;
         let relay = ticket.relay.clone();
         out.print(json!({"team": team.to_string(), "relay": relay, "in_sync": in_sync}), || {
-            let held = if in_sync { "holds the team's documents" } else { "is still catching up" };
+            let held =
+                if in_sync { "holds the team's documents, sealed" } else { "is still catching up" };
             format!("Added the circle node {} to the team; it {held}", ticket.device.short())
         });
         Ok(())
