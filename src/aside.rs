@@ -168,17 +168,7 @@ mod tests {
 
     use super::*;
     use crate::home::Home;
-    use crate::test_support::{sync, temp_dirs};
-    use crate::{NewNote, NoteQuery};
-
-    fn join(owner: &mut Home, team: TeamId, home: &Home, name: &str) -> Result<MemberId> {
-        let (member, device) = (home.profile().member, home.profile().device);
-        let role = Role::Worker;
-        owner
-            .author_op(team, OpBody::AddMember { member, name: name.into(), role, hats: vec![] })?;
-        owner.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
-        Ok(member)
-    }
+    use crate::test_support::{add_member, sync, temp_dirs};
 
     /// Ada's team, with Dan and Eve as workers, every home holding its log; and Dan's
     /// member id.
@@ -187,25 +177,15 @@ mod tests {
         let mut dan = Home::init(dirs[1].path(), "Dan")?;
         let mut eve = Home::init(dirs[2].path(), "Eve")?;
         let team = ada.create_team("Rosa's team")?;
-        let dan_id = join(&mut ada, team, &dan, "Dan")?;
-        join(&mut ada, team, &eve, "Eve")?;
+        let dan_id = add_member(&mut ada, team, &dan, Role::Worker)?;
+        add_member(&mut ada, team, &eve, Role::Worker)?;
         for home in [&mut dan, &mut eve] {
             home.add_ops(team, &ada.signed_ops(team)?)?;
         }
         Ok((team, dan_id, [ada, dan, eve]))
     }
 
-    fn write(home: &mut Home, text: &str) -> Result<()> {
-        home.team("")?.add_note(&NewNote { text: text.into(), ..Default::default() }, None)?;
-        Ok(())
-    }
-
-    fn texts(home: &mut Home) -> Result<Vec<String>> {
-        let mut texts: Vec<String> =
-            home.team("")?.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
-        texts.sort();
-        Ok(texts)
-    }
+    use crate::test_support::{note_texts as texts, write_note as write};
 
     fn aside(home: &mut Home) -> Result<Vec<(String, bool, Option<String>)>> {
         let entries = home.team("")?.kept_aside()?;
@@ -322,7 +302,7 @@ mod tests {
         let mut ada = Home::init(dirs[0].path(), "Ada")?;
         let mut eve = Home::init(dirs[1].path(), "Eve")?;
         let team = ada.create_team("Rosa's team")?;
-        join(&mut ada, team, &eve, "Eve")?;
+        add_member(&mut ada, team, &eve, Role::Worker)?;
         eve.add_ops(team, &ada.signed_ops(team)?)?;
         write(&mut ada, "Ada: walk at 3.")?;
         let unknown = ChangeHash([7; 32]);

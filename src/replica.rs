@@ -230,21 +230,7 @@ impl Replica for Home {
         mut loaded: Automerge,
         signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
-        self.doc(team, kind, Purpose::Write)?;
-        let Home { store, docs, pending_signatures, .. } = self;
-        let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
-        let before = stored.doc().get_heads();
-        // Changes held back in the document for what they depend on may enter with it.
-        let merged = store.update_doc_signed(
-            stored,
-            |am| am.merge(&mut loaded).map(|_| ()),
-            |new| pending_signatures.take_for(new, signatures).iter().map(to_stored).collect(),
-        );
-        match merged {
-            Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
-            Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
-            Err(UpdateError::Store(e)) => Err(Error::Store(e)),
-        }
+        self.apply_received(team, doc, kind, signatures, |am| am.merge(&mut loaded).map(|_| ()))
     }
 
     fn receive_changes(
@@ -255,24 +241,9 @@ impl Replica for Home {
         bytes: &[u8],
         signatures: &[ChangeSig],
     ) -> Result<std::result::Result<bool, Refusal>> {
-        self.doc(team, kind, Purpose::Write)?;
-        let Home { store, docs, pending_signatures, .. } = self;
-        let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
-        let before = stored.doc().get_heads();
-        let received = store.update_doc_signed(
-            stored,
-            |am| am.load_incremental(bytes).map(|_| ()),
-            |new| pending_signatures.take_for(new, signatures).iter().map(to_stored).collect(),
-        );
-        if received.is_ok() {
-            let applied = |h: &ChangeHash| stored.doc().get_change_meta_by_hash(h).is_some();
-            pending_signatures.keep_unapplied(signatures, applied);
-        }
-        match received {
-            Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
-            Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
-            Err(UpdateError::Store(e)) => Err(Error::Store(e)),
-        }
+        self.apply_received(team, doc, kind, signatures, |am| {
+            am.load_incremental(bytes).map(|_| ())
+        })
     }
 
     fn seal(
@@ -416,6 +387,36 @@ impl Home {
     /// After a panic in a session step: forget the loaded documents (each is reloaded
     /// from the store, where every write is a committed transaction) and the in-flight
     /// sync states of `peer`.
+    /// Applies received changes to `doc` (`apply`, on the document loaded for writing) in
+    /// one durable write, storing the signatures of the changes that entered it; those
+    /// held back for what they depend on keep theirs until then. Returns whether the heads
+    /// moved, or the refusal when the changes do not apply, the document left as it was.
+    fn apply_received(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        signatures: &[ChangeSig],
+        apply: impl FnOnce(&mut Automerge) -> std::result::Result<(), automerge::AutomergeError>,
+    ) -> Result<std::result::Result<bool, Refusal>> {
+        self.doc(team, kind, Purpose::Write)?;
+        let Home { store, docs, pending_signatures, .. } = self;
+        let stored = docs.get_mut(&doc).expect("the document was loaded into the cache just above");
+        let before = stored.doc().get_heads();
+        let applied = store.update_doc_signed(stored, apply, |new| {
+            pending_signatures.take_for(new, signatures).iter().map(to_stored).collect()
+        });
+        if applied.is_ok() {
+            let held = |h: &ChangeHash| stored.doc().get_change_meta_by_hash(h).is_some();
+            pending_signatures.keep_unapplied(signatures, held);
+        }
+        match applied {
+            Ok(()) => Ok(Ok(stored.doc().get_heads() != before)),
+            Err(UpdateError::Rejected(e)) => Ok(Err(Refusal::DoesNotApply(e.to_string()))),
+            Err(UpdateError::Store(e)) => Err(Error::Store(e)),
+        }
+    }
+
     fn forget_unsaved(&mut self, peer: DeviceId) {
         self.docs.clear();
         self.sync_states.retain(|(p, _), _| *p != peer);

@@ -305,21 +305,15 @@ impl Home {
 
 #[cfg(test)]
 mod tests {
+    use care_core::NoteStream;
     use care_core::membership::{OpBody, Role};
-    use care_core::{MemberId, NoteStream};
     use care_sync::{Frame, Replica};
 
     use super::*;
+    use crate::NewNote;
     use crate::test_support::{Exchanged, exchange, exchange_edited, temp_dirs};
-    use crate::{NewNote, NoteQuery};
 
-    fn add(owner: &mut Home, team: TeamId, home: &Home, role: Role) -> Result<MemberId> {
-        let (member, device) = (home.profile().member, home.profile().device);
-        let name = home.profile().name.clone();
-        owner.author_op(team, OpBody::AddMember { member, name, role, hats: vec![] })?;
-        owner.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
-        Ok(member)
-    }
+    use crate::test_support::add_member as add;
 
     /// Ada's team with its circle node and Bea, a worker, every home holding its log.
     fn ada_circle_bea(dirs: &[tempfile::TempDir]) -> Result<(TeamId, [Home; 3])> {
@@ -335,17 +329,7 @@ mod tests {
         Ok((team, [ada, circle, bea]))
     }
 
-    fn write(home: &mut Home, text: &str) -> Result<()> {
-        home.team("")?.add_note(&NewNote { text: text.into(), ..Default::default() }, None)?;
-        Ok(())
-    }
-
-    fn texts(home: &mut Home) -> Result<Vec<String>> {
-        let mut texts: Vec<String> =
-            home.team("")?.notes(&NoteQuery::default())?.into_iter().map(|n| n.text).collect();
-        texts.sort();
-        Ok(texts)
-    }
+    use crate::test_support::{note_texts as texts, write_note as write};
 
     fn holds(bytes: &[u8], words: &str) -> bool {
         bytes.windows(words.len()).any(|w| w == words.as_bytes())

@@ -91,3 +91,34 @@ pub(crate) fn exchange_edited(
 pub(crate) fn temp_dirs(n: usize) -> Result<Vec<tempfile::TempDir>> {
     (0..n).map(|_| tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()))).collect()
 }
+
+/// `owner` adds `home`'s person to `team` with `role`, and its device; returns the
+/// member id.
+pub(crate) fn add_member(
+    owner: &mut Home,
+    team: care_core::TeamId,
+    home: &Home,
+    role: care_core::Role,
+) -> Result<care_core::MemberId> {
+    use care_core::OpBody;
+    let (member, device) = (home.profile().member, home.profile().device);
+    let name = home.profile().name.clone();
+    owner.author_op(team, OpBody::AddMember { member, name, role, hats: vec![] })?;
+    owner.author_op(team, OpBody::AddDevice { member, device, label: "phone".into() })?;
+    Ok(member)
+}
+
+/// Writes a care note in the home's one team.
+pub(crate) fn write_note(home: &mut Home, text: &str) -> Result<()> {
+    let note = crate::NewNote { text: text.into(), ..Default::default() };
+    home.team("")?.add_note(&note, None)?;
+    Ok(())
+}
+
+/// The texts of every note the home reads in its one team, sorted.
+pub(crate) fn note_texts(home: &mut Home) -> Result<Vec<String>> {
+    let notes = home.team("")?.notes(&crate::NoteQuery::default())?;
+    let mut texts: Vec<String> = notes.into_iter().map(|n| n.text).collect();
+    texts.sort();
+    Ok(texts)
+}

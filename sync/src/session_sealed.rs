@@ -62,6 +62,17 @@ impl Session {
         })
     }
 
+    /// Whether the remote may send anything sealed about a `kind` document of `team`: as
+    /// [`Session::check_sender`], and one of the two devices is the team's circle node.
+    fn check_sealed_sender(&self, team: TeamId, kind: &DocKind) -> Result<(), Refusal> {
+        self.check_sender(team, kind)?;
+        if !self.sealed(team) {
+            let why = "sealed documents between two devices that hold the team's keys";
+            return Err(Refusal::Malformed(why.into()));
+        }
+        Ok(())
+    }
+
     /// Whether this device is the team's circle node.
     fn local_is_relay(&self, team: TeamId) -> bool {
         self.shared
@@ -136,14 +147,9 @@ impl Session {
         out: &mut Vec<Output>,
     ) -> Step {
         let SealedFrame { team, doc, kind, index, total, heads } = frame;
-        if let Err(reason) = self.check_sender(team, &kind) {
+        if let Err(reason) = self.check_sealed_sender(team, &kind) {
             self.partial_sealed = None;
             self.refuse(team, Some(doc), reason, out);
-            return Ok(());
-        }
-        if !self.sealed(team) {
-            let why = "a sealed document between two devices that hold the team's keys";
-            self.refuse(team, Some(doc), Refusal::Malformed(why.into()), out);
             return Ok(());
         }
         let theirs = sorted(heads.into_iter().map(ChangeHash).collect());
@@ -401,13 +407,8 @@ impl Session {
         whole_wanted: bool,
         out: &mut Vec<Output>,
     ) -> Step {
-        if let Err(reason) = self.check_sender(team, &kind) {
+        if let Err(reason) = self.check_sealed_sender(team, &kind) {
             self.refuse(team, Some(doc), reason, out);
-            return Ok(());
-        }
-        if !self.sealed(team) {
-            let why = "sealed heads between two devices that hold the team's keys";
-            self.refuse(team, Some(doc), Refusal::Malformed(why.into()), out);
             return Ok(());
         }
         let theirs = sorted(heads.into_iter().map(ChangeHash).collect());
