@@ -305,8 +305,10 @@ impl Home {
 
 #[cfg(test)]
 mod tests {
-    use care_core::NoteStream;
+    use std::path::Path;
+
     use care_core::membership::{OpBody, Role};
+    use care_core::{DeviceId, NoteStream};
     use care_sync::{Frame, Replica};
 
     use super::*;
@@ -385,6 +387,81 @@ mod tests {
         assert!(back.refusals(1).is_empty(), "{back:?}");
         assert_eq!(texts(&mut ada)?, vec![reply.to_owned(), words.to_owned()]);
         assert!(stored(&circle, team)?.iter().all(|s| !holds(s, reply)));
+        Ok(())
+    }
+
+    /// Every frame of a real exchange through the circle node, with one byte changed here
+    /// and there, fed to a live session of the device it was for: none panics it, none
+    /// makes the circle node store what its sender did not seal, and the honest exchange
+    /// still goes through after.
+    #[test]
+    fn changed_bytes_in_sealed_frames_never_panic_a_session_nor_get_in() -> Result<()> {
+        let dirs = temp_dirs(3)?;
+        let (team, [mut ada, mut circle, mut bea]) = ada_circle_bea(&dirs)?;
+        write(&mut ada, "Rosa: a walk to the park")?;
+        write(&mut ada, "Rosa: soup for lunch")?;
+        // The frames each device sent, recorded from real exchanges on copies of the homes.
+        let copies = temp_dirs(2)?;
+        let copy = |from: &Path, to: &Path| -> Result<Home> {
+            for entry in std::fs::read_dir(from).map_err(|e| Error::Invalid(e.to_string()))? {
+                let entry = entry.map_err(|e| Error::Invalid(e.to_string()))?;
+                std::fs::copy(entry.path(), to.join(entry.file_name()))
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+            }
+            Home::open(to)
+        };
+        let (mut circle_copy, mut bea_copy) =
+            (copy(dirs[1].path(), copies[0].path())?, copy(dirs[2].path(), copies[1].path())?);
+        let up = exchange(&mut ada, &mut circle_copy)?.frames[0].clone();
+        let down = exchange(&mut circle_copy, &mut bea_copy)?.frames[0].clone();
+        drop((circle_copy, bea_copy));
+
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (ada_device, circle_device) = (ada.profile().device, circle.profile().device);
+        let cases: [(&mut Home, DeviceId, &Vec<Vec<u8>>); 2] =
+            [(&mut circle, ada_device, &up), (&mut bea, circle_device, &down)];
+        let mut tried = 0;
+        for (target, sender, frames) in cases {
+            let sealed: Vec<usize> = (0..frames.len())
+                .filter(|i| {
+                    matches!(
+                        Frame::decode(&frames[*i]),
+                        Ok(Frame::Sealed { .. } | Frame::SealedHeads { .. })
+                    )
+                })
+                .collect();
+            assert!(!sealed.is_empty());
+            for _ in 0..48 {
+                let i = sealed[(next() % sealed.len() as u64) as usize];
+                let mut changed = frames[i].clone();
+                let at = (next() % changed.len() as u64) as usize;
+                changed[at] ^= (next() as u8).max(1);
+                let mut session = care_sync::Session::new(target.profile().device, sender);
+                session.start(target);
+                for (j, frame) in frames.iter().enumerate() {
+                    let frame = if j == i { &changed } else { frame };
+                    session.handle_frame(target, frame);
+                }
+                tried += 1;
+            }
+        }
+        assert_eq!(tried, 96);
+        // The replays reached the circle node's store (the frames left intact did).
+        assert!(!circle.sealed_documents(team)?.is_empty());
+        // Nothing stored at the circle node but what Ada sealed, and the honest exchange
+        // still reaches Bea.
+        exchange(&mut ada, &mut circle)?;
+        for doc in circle.sealed_documents(team)? {
+            assert_eq!(Some(doc.heads), ada.heads(team, doc.id)?, "{}", doc.kind);
+        }
+        exchange(&mut circle, &mut bea)?;
+        assert_eq!(texts(&mut bea)?.len(), 2);
         Ok(())
     }
 
