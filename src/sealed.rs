@@ -657,6 +657,86 @@ mod tests {
         Ok(())
     }
 
+    /// The rest of who may seal what, each attacked with a frame of the protocol: a member
+    /// sealing for another member, under a key of another scope, under a key it was never
+    /// given, or sending the circle node more than one sealed document at a time.
+    #[test]
+    fn sealed_frames_out_of_their_place_are_refused() -> Result<()> {
+        let dirs = temp_dirs(3)?;
+        let (team, [mut ada, mut circle, mut bea]) = ada_circle_bea(&dirs)?;
+        write(&mut bea, "Bea: a note")?;
+        let doc = care_notes(&bea, team);
+        let kind = care_kind(&bea);
+        let sealed = bea.seal_doc(team, doc, kind, &[], SealedForm::Whole)?;
+        let sealed = sealed.ok_or(Error::Invalid("nothing sealed".into()))?;
+        let access = bea.team_access(team)?;
+        let team_key_id = access.membership().current_key(KeyScope::Team);
+        let team_key_id = team_key_id.ok_or(Error::Invalid("no key".into()))?;
+        let team_key = bea.team_key(team, KeyScope::Team, team_key_id)?;
+        let team_key = team_key.ok_or(Error::Invalid("no key".into()))?;
+        let bea_key = bea.key.clone();
+        let reseal = |sealed: &Sealed, scope: KeyScope, key: &TeamKey| {
+            Sealed::seal(ToSeal {
+                team,
+                doc,
+                form: sealed.form,
+                scope,
+                key,
+                changes: sealed.changes.clone(),
+                signatures: sealed.signatures.clone(),
+                plaintext: Vec::new(),
+                nonce: [5; 32],
+                sealer: &bea_key,
+            })
+        };
+        let heads = Vec::new();
+        let frame = |sealed: Sealed, total: u32| Frame::Sealed {
+            team,
+            doc,
+            kind,
+            index: 0,
+            total,
+            heads: heads.clone(),
+            sealed: Box::new(sealed),
+        };
+        // Each replaces Bea's first sealed frame to the circle node.
+        type Expected = fn(&Refusal) -> bool;
+        let attacks: Vec<(Frame, Expected)> = vec![
+            (
+                frame(reseal(&sealed, KeyScope::Team, &team_key), 1),
+                |r| matches!(r, Refusal::MayNotSeal { why, .. } if why.contains("team key for a")),
+            ),
+            (
+                frame(reseal(&sealed, KeyScope::Care, &TeamKey::from_bytes([9; 32])), 1),
+                |r| matches!(r, Refusal::MayNotSeal { why, .. } if why.contains("not given")),
+            ),
+            (
+                frame(sealed.clone(), 2),
+                |r| matches!(r, Refusal::Malformed(why) if why.contains("one sealed document")),
+            ),
+        ];
+        for (attack, expected) in attacks {
+            let mut attack = Some(attack);
+            let seen = exchange_edited(&mut bea, &mut circle, |frame| match frame {
+                Frame::Sealed { .. } => attack.take(),
+                other => Some(other),
+            })?;
+            let refused = seen.refusals(1);
+            assert!(refused.iter().any(|r| expected(r)), "{refused:?}");
+            assert!(!circle.holds(team, doc)?);
+        }
+        // Between two members, who hold the keys and sync in clear, nothing goes sealed.
+        let mut between = Some(frame(sealed, 1));
+        let seen = exchange_edited(&mut bea, &mut ada, |frame| match frame {
+            Frame::Heads { .. } => between.take().or(Some(frame)),
+            other => Some(other),
+        })?;
+        let refused = seen.refusals(1);
+        let between_members = |r: &&Refusal| matches!(r, Refusal::Malformed(why) if why.contains("hold the team's keys"));
+        assert!(refused.iter().any(between_members), "{refused:?}");
+        Ok(())
+    }
+
     /// A member seals other changes than it lists: the circle node cannot tell, but the
     /// device that opens it refuses it, naming the sealer, and takes nothing of it.
     #[test]
