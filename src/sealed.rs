@@ -189,7 +189,7 @@ impl Home {
     ) -> Result<std::result::Result<bool, Refusal>> {
         let rows = self.sealed_listings(doc)?;
         let held: HashSet<[u8; 32]> =
-            rows.iter().flat_map(|(_, _, listing)| listing.iter().map(|(h, _)| *h)).collect();
+            rows.iter().flat_map(|(_, listing)| listing.iter().map(|(h, _)| *h)).collect();
         let listed: HashSet<[u8; 32]> = sealed.changes.iter().map(|c| c.hash).collect();
         let follows_unknown = sealed
             .changes
@@ -214,13 +214,13 @@ impl Home {
             return Ok(Ok(false));
         }
         let replaces: Vec<i64> = match replaces_all {
-            true => rows.iter().map(|(seq, _, _)| *seq).collect(),
+            true => rows.iter().map(|(seq, _)| *seq).collect(),
             false => Vec::new(),
         };
         let listing: Listing = sealed.changes.iter().map(|c| (c.hash, c.deps.clone())).collect();
         let mut all: Vec<&([u8; 32], Vec<[u8; 32]>)> = listing.iter().collect();
         if !replaces_all {
-            all.extend(rows.iter().flat_map(|(_, _, listing)| listing.iter()));
+            all.extend(rows.iter().flat_map(|(_, listing)| listing.iter()));
         }
         let followed: HashSet<&[u8; 32]> = all.iter().flat_map(|(_, deps)| deps.iter()).collect();
         let mut heads: Vec<ChangeHash> =
@@ -233,7 +233,6 @@ impl Home {
             doc,
             team,
             kind: &kind.to_string(),
-            whole: sealed.form == SealedForm::Whole,
             listing: &listing,
             bytes: &bytes,
             heads: &heads,
@@ -252,7 +251,7 @@ impl Home {
         let rows = self.sealed_listings(doc)?;
         let follows: HashMap<[u8; 32], &Vec<[u8; 32]>> = rows
             .iter()
-            .flat_map(|(_, _, listing)| listing.iter().map(|(h, deps)| (*h, deps)))
+            .flat_map(|(_, listing)| listing.iter().map(|(h, deps)| (*h, deps)))
             .collect();
         // What the device holds: its heads known here, and all they follow.
         let mut known: HashSet<[u8; 32]> = HashSet::new();
@@ -265,8 +264,8 @@ impl Home {
         }
         let wanted: Vec<i64> = rows
             .iter()
-            .filter(|(_, _, listing)| listing.iter().any(|(h, _)| !known.contains(h)))
-            .map(|(seq, _, _)| *seq)
+            .filter(|(_, listing)| listing.iter().any(|(h, _)| !known.contains(h)))
+            .map(|(seq, _)| *seq)
             .collect();
         let mut out = Vec::new();
         let mut size = 0;
@@ -289,7 +288,7 @@ impl Home {
     }
 
     /// The sealed rows of `doc` with their listings decoded.
-    fn sealed_listings(&self, doc: DocId) -> Result<Vec<(i64, bool, Listing)>> {
+    fn sealed_listings(&self, doc: DocId) -> Result<Vec<(i64, Listing)>> {
         self.store
             .sealed_rows(doc)?
             .into_iter()
@@ -297,7 +296,7 @@ impl Home {
                 let listing: Listing = postcard::from_bytes(&row.listing).map_err(|e| {
                     Error::Store(care_store::StoreError::corrupt(doc, e.to_string()))
                 })?;
-                Ok((row.seq, row.whole, listing))
+                Ok((row.seq, listing))
             })
             .collect()
     }

@@ -84,9 +84,8 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX sealed_docs_by_team ON sealed_docs (team);
     CREATE TABLE sealed (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT, doc BLOB NOT NULL, whole INTEGER NOT NULL,
-        listing BLOB NOT NULL, listing_sum BLOB NOT NULL, bytes BLOB NOT NULL,
-        bytes_sum BLOB NOT NULL
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, doc BLOB NOT NULL, listing BLOB NOT NULL,
+        listing_sum BLOB NOT NULL, bytes BLOB NOT NULL, bytes_sum BLOB NOT NULL
     ) STRICT;
     CREATE INDEX sealed_by_doc ON sealed (doc, seq);
     ",

@@ -19,8 +19,6 @@ use crate::store::Store;
 pub struct SealedRow {
     /// Its number: rows of a document are read in this order.
     pub seq: i64,
-    /// Whether it is a whole document.
-    pub whole: bool,
     /// What it lists in clear, as the caller encoded it.
     pub listing: Vec<u8>,
 }
@@ -49,8 +47,6 @@ pub struct NewSealed<'a> {
     pub team: TeamId,
     /// Its kind, as text.
     pub kind: &'a str,
-    /// Whether it is a whole document.
-    pub whole: bool,
     /// What it lists in clear, encoded.
     pub listing: &'a [u8],
     /// The sealed document, encoded.
@@ -112,20 +108,20 @@ impl Store {
         let mut stmt = self
             .conn()
             .prepare_cached(
-                "SELECT seq, whole, listing, listing_sum FROM sealed WHERE doc = ?1 ORDER BY seq",
+                "SELECT seq, listing, listing_sum FROM sealed WHERE doc = ?1 ORDER BY seq",
             )
             .doing(doing)?;
         let rows = stmt
             .query_map(params![id.as_bytes()], |row| {
-                Ok((row.get(0)?, row.get::<_, i64>(1)?, row.get(2)?, row.get::<_, Vec<u8>>(3)?))
+                Ok((row.get(0)?, row.get(1)?, row.get::<_, Vec<u8>>(2)?))
             })
             .doing(doing)?
-            .collect::<Result<Vec<(i64, i64, Vec<u8>, Vec<u8>)>, _>>()
+            .collect::<Result<Vec<(i64, Vec<u8>, Vec<u8>)>, _>>()
             .doing(doing)?;
         rows.into_iter()
-            .map(|(seq, whole, listing, sum)| {
+            .map(|(seq, listing, sum)| {
                 check_sum(id, &listing, &sum)?;
-                Ok(SealedRow { seq, whole: whole != 0, listing })
+                Ok(SealedRow { seq, listing })
             })
             .collect()
     }
@@ -168,11 +164,10 @@ impl Store {
             .doing(doing)?;
         }
         tx.execute(
-            "INSERT INTO sealed (doc, whole, listing, listing_sum, bytes, bytes_sum)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO sealed (doc, listing, listing_sum, bytes, bytes_sum)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 new.doc.as_bytes(),
-                i64::from(new.whole),
                 new.listing,
                 blake3::hash(new.listing).as_bytes().as_slice(),
                 new.bytes,
