@@ -60,7 +60,8 @@ pub use invites::{Invite, InviteRefusal};
 pub use keyfile::KeyFileError;
 pub use schema::SCHEMA_VERSION;
 pub use store::{
-    BUSY_TIMEOUT_MS, COMPACT_MIN_BYTES, CompactReport, IntegrityReport, Problem, Store, StoreKey,
+    BUSY_TIMEOUT_MS, CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_NUDGE_PAGES, COMPACT_MIN_BYTES,
+    CompactReport, IntegrityReport, Problem, Store, StoreKey,
 };
 
 #[cfg(test)]

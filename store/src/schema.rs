@@ -89,6 +89,11 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX sealed_by_doc ON sealed (doc, seq);
     ",
+    // 8: documents received whole that are being written piece by piece (their chunks
+    // are stored before their row in `docs`), with the bytes written so far.
+    "
+    CREATE TABLE arriving (doc BLOB PRIMARY KEY NOT NULL, bytes INTEGER NOT NULL) STRICT;
+    ",
 ];
 
 /// The newest schema this build knows.

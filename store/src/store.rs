@@ -18,6 +18,13 @@ pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Incremental chunks are folded into a snapshot once they exceed both the snapshot's size
 /// and this many bytes, so a young document is not re-snapshotted on every write.
 pub const COMPACT_MIN_BYTES: u64 = 4_096;
+/// Pages of write-ahead log past which a connection that leaves checkpoints to another
+/// ([`Store::leave_checkpoints`]) copies the log itself: 64 MiB, against SQLite's 1,000
+/// pages (4 MiB) by default.
+pub const CHECKPOINT_BACKSTOP_PAGES: i64 = 16_384;
+/// Pages of write-ahead log from which a connection that leaves checkpoints to another
+/// asks it for one after each write: 1 MiB.
+pub const CHECKPOINT_NUDGE_PAGES: i64 = 256;
 
 /// An open store. One SQLite connection; several `Store`s (threads or processes) may share
 /// a file: writes are serialised by SQLite's write lock.
@@ -143,6 +150,40 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL").doing("setting synchronous writes")?;
         schema::migrate(&mut conn, path)?;
         Ok(Store { conn, path: path.to_path_buf(), key: key.cloned() })
+    }
+
+    /// Leaves copying the write-ahead log into the database file to another connection
+    /// ([`Store::checkpoint`], on a thread of its own), so that a write here never waits
+    /// for it: after a write that leaves [`CHECKPOINT_NUDGE_PAGES`] pages or more in the
+    /// log, `nudge` is called (it should be quick: it runs inside the write). This
+    /// connection copies the log itself only past [`CHECKPOINT_BACKSTOP_PAGES`], should
+    /// the other fall behind.
+    pub fn leave_checkpoints(
+        &mut self,
+        nudge: impl Fn() + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+                let pages = i64::from(pages);
+                if pages >= CHECKPOINT_BACKSTOP_PAGES {
+                    // A passive checkpoint: one that cannot copy everything leaves the
+                    // rest, and the write stands either way.
+                    let _ = wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE);
+                } else if pages >= CHECKPOINT_NUDGE_PAGES {
+                    nudge();
+                }
+                Ok(())
+            }))
+            .doing("leaving checkpoints to another connection")
+    }
+
+    /// Copies what it can of the write-ahead log into the database file, without waiting
+    /// for, or holding up, a write on another connection (a passive checkpoint). Returns
+    /// the pages in the log and how many of them are copied.
+    pub fn checkpoint(&self) -> Result<(i64, i64), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(1)?, row.get(2)?)))
+            .doing("copying the log into the database")
     }
 
     /// The key this store's file is encrypted with, if it is (for opening it again, from
@@ -275,6 +316,8 @@ impl Store {
             check_same_meta(meta, &stored)?;
         } else {
             let snapshot = validated_snapshot(meta.id, genesis)?;
+            // Pieces of the same document arriving whole give way to it.
+            crate::transfer::drop_pieces(&tx, meta.id)?;
             let summary = DocSummary {
                 id: meta.id,
                 team: meta.team,
@@ -624,7 +667,8 @@ fn orphan_chunk_problems(conn: &Connection) -> Result<Vec<Problem>, StoreError> 
     let doing = "checking document chunks";
     let orphans: i64 = conn
         .query_row(
-            "SELECT count(*) FROM chunks WHERE doc NOT IN (SELECT id FROM docs)",
+            "SELECT count(*) FROM chunks WHERE doc NOT IN (SELECT id FROM docs)
+             AND doc NOT IN (SELECT doc FROM arriving)",
             [],
             |row| row.get(0),
         )

@@ -359,3 +359,76 @@ fn an_encrypted_store_holds_no_plaintext_and_opens_only_with_its_key() -> Result
     }
     Ok(())
 }
+
+/// Many notes, saved: a document as a peer would send it whole.
+fn saved_notes(notes: usize) -> (Vec<u8>, Vec<automerge::ChangeHash>) {
+    let mut doc = genesis();
+    for n in 0..notes {
+        let text = format!("Visit {n}: breakfast, medication at 9, a walk to the shop.");
+        doc.transact(|tx| tx.put(ROOT, format!("note {n}"), text)).unwrap();
+    }
+    (doc.save(), doc.get_heads())
+}
+
+#[test]
+fn a_document_written_in_pieces_is_stored_only_once_all_are() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("care.db");
+    let mut store = Store::open(&path)?;
+    let (bytes, heads) = saved_notes(200);
+    let pieces: Vec<&[u8]> = bytes.chunks(bytes.len() / 3 + 1).collect();
+    assert_eq!(pieces.len(), 3);
+    for piece in &pieces[..2] {
+        assert!(store.add_piece(meta(1).id, piece)?);
+    }
+    // Written but not yet stored: no document, and nothing the store counts as damaged.
+    assert!(store.doc_summary(meta(1).id)?.is_none());
+    assert!(store.check()?.problems.is_empty(), "{:?}", store.check()?.problems);
+    // Not every piece: nothing is stored, and what was written goes.
+    let len = bytes.len() as u64;
+    assert_eq!(store.import_pieces(&meta(1), len, &heads, &[])?, crate::Imported::PiecesMissing);
+    assert!(store.doc_summary(meta(1).id)?.is_none());
+    for piece in &pieces {
+        assert!(store.add_piece(meta(1).id, piece)?);
+    }
+    assert_eq!(store.import_pieces(&meta(1), len, &heads, &[])?, crate::Imported::Stored);
+    assert_eq!(store.doc_bytes(meta(1).id)?, Some(bytes.clone()));
+    let loaded = store.load_doc(meta(1).id)?.ok_or("stored")?;
+    assert_eq!(loaded.doc().get_heads(), heads);
+    // A stored document takes no more pieces.
+    assert!(!store.add_piece(meta(1).id, pieces[0])?);
+    assert_eq!(store.doc_bytes(meta(1).id)?, Some(bytes));
+    Ok(())
+}
+
+#[test]
+fn pieces_give_way_to_the_document_written_meanwhile_and_to_a_restart() -> Result {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("care.db");
+    let mut store = Store::open(&path)?;
+    let (bytes, heads) = saved_notes(50);
+    // A note written here creates the document while it arrives whole from a peer: its
+    // pieces are dropped, never read as part of it.
+    store.add_piece(meta(2).id, &bytes[..bytes.len() / 2])?;
+    let mut doc = store.create_doc(&meta(2), &genesis())?;
+    add_note(&mut store, &mut doc, "written here")?;
+    let len = bytes.len() as u64;
+    assert_eq!(store.import_pieces(&meta(2), len, &heads, &[])?, crate::Imported::AlreadyHeld);
+    let reloaded = store.load_doc(meta(2).id)?.ok_or("stored")?;
+    assert_eq!(reloaded.doc().get_heads(), doc.doc().get_heads());
+    // A device that stops while writing pieces drops them when it starts again.
+    store.add_piece(meta(3).id, &bytes[..bytes.len() / 2])?;
+    drop(store);
+    let mut store = Store::open(&path)?;
+    assert_eq!(store.drop_unfinished_pieces()?, 1);
+    assert_eq!(store.drop_unfinished_pieces()?, 0);
+    let orphans: i64 = store.conn().query_row(
+        "SELECT count(*) FROM chunks WHERE doc = ?1",
+        [meta(3).id.as_bytes()],
+        |r| r.get(0),
+    )?;
+    assert_eq!(orphans, 0);
+    assert_eq!(store.import_pieces(&meta(3), len, &heads, &[])?, crate::Imported::PiecesMissing);
+    assert!(store.check()?.problems.is_empty());
+    Ok(())
+}

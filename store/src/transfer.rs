@@ -23,6 +23,41 @@ pub enum Imported {
     /// A document with this id is already stored: nothing was written, and the received
     /// bytes are for the caller to merge into it.
     AlreadyHeld,
+    /// Not every piece of the document is written ([`Store::import_pieces`]): nothing is
+    /// stored, and the pieces that were are dropped.
+    PiecesMissing,
+}
+
+/// The row of a document received whole, stored unverified: `len` bytes in `chunks`.
+fn received(meta: &DocMeta, heads: &[ChangeHash], len: u64, chunks: u64) -> DocSummary {
+    let mut heads = heads.to_vec();
+    heads.sort();
+    DocSummary {
+        id: meta.id,
+        team: meta.team,
+        kind: meta.kind.clone(),
+        heads,
+        snapshot_bytes: len,
+        incremental_bytes: 0,
+        chunks,
+        updated_at_ms: now_ms(),
+        verified: false,
+    }
+}
+
+/// Drops the pieces written of `id`, a document received whole, if it is not stored.
+pub(crate) fn drop_pieces(conn: &rusqlite::Connection, id: DocId) -> Result<(), StoreError> {
+    let doing = "dropping the pieces of a received document";
+    let arriving =
+        conn.execute("DELETE FROM arriving WHERE doc = ?1", params![id.as_bytes()]).doing(doing)?;
+    if arriving > 0 {
+        conn.execute(
+            "DELETE FROM chunks WHERE doc = ?1 AND doc NOT IN (SELECT id FROM docs)",
+            params![id.as_bytes()],
+        )
+        .doing(doing)?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -78,24 +113,113 @@ impl Store {
             check_same_meta(meta, &stored)?;
             return Ok(Imported::AlreadyHeld);
         }
-        let mut heads = heads.to_vec();
-        heads.sort();
-        let summary = DocSummary {
-            id: meta.id,
-            team: meta.team,
-            kind: meta.kind.clone(),
-            heads,
-            snapshot_bytes: bytes.len() as u64,
-            incremental_bytes: 0,
-            chunks: 1,
-            updated_at_ms: now_ms(),
-            verified: false,
-        };
-        doc::insert_summary(&tx, &summary)?;
+        drop_pieces(&tx, meta.id)?;
+        doc::insert_summary(&tx, &received(meta, heads, bytes.len() as u64, 1))?;
         doc::append_chunk(&tx, meta.id, true, bytes)?;
         doc::insert_signatures(&tx, meta.id, signatures)?;
         tx.commit().doing(doing)?;
         Ok(Imported::Stored)
+    }
+
+    /// Writes the next piece of a document received whole, for
+    /// [`Store::import_pieces`] to store once every piece is written: a large document
+    /// goes in one short transaction per piece, so that other writes are not held up
+    /// behind it. Until then the pieces are no part of any document, and they are
+    /// dropped when another write first stores the document, or by
+    /// [`Store::drop_unfinished_pieces`]. Returns `false`, writing nothing, when the
+    /// document is held already.
+    pub fn add_piece(&mut self, id: DocId, piece: &[u8]) -> Result<bool, StoreError> {
+        let doing = "storing a piece of a received document";
+        let tx = self.write_tx(doing)?;
+        if doc::read_summary(&tx, id)?.is_some() {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO arriving (doc, bytes) VALUES (?1, ?2)
+             ON CONFLICT (doc) DO UPDATE SET bytes = bytes + excluded.bytes",
+        )
+        .and_then(|mut stmt| stmt.execute(params![id.as_bytes(), piece.len() as i64]))
+        .doing(doing)?;
+        doc::append_chunk(&tx, id, true, piece)?;
+        tx.commit().doing(doing)?;
+        Ok(true)
+    }
+
+    /// Stores a document whose bytes ([`Store::add_piece`]) are all written, as
+    /// [`Store::import_doc`] does: `len` is how many bytes it has. Returns
+    /// [`Imported::AlreadyHeld`] if the document was stored meanwhile (its pieces are then
+    /// gone), and [`Imported::PiecesMissing`] if fewer than `len` bytes are written (a
+    /// write stored it and then dropped it, say), with what was written dropped.
+    pub fn import_pieces(
+        &mut self,
+        meta: &DocMeta,
+        len: u64,
+        heads: &[ChangeHash],
+        signatures: &[StoredSignature],
+    ) -> Result<Imported, StoreError> {
+        let doing = "storing a received document";
+        let tx = self.write_tx(doing)?;
+        if let Some(stored) = doc::read_summary(&tx, meta.id)? {
+            check_same_meta(meta, &stored)?;
+            return Ok(Imported::AlreadyHeld);
+        }
+        let (written, chunks): (i64, i64) = tx
+            .query_row(
+                "SELECT coalesce((SELECT bytes FROM arriving WHERE doc = ?1), 0),
+                 (SELECT count(*) FROM chunks WHERE doc = ?1)",
+                params![meta.id.as_bytes()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .doing(doing)?;
+        if u64::try_from(written).ok() != Some(len) {
+            drop_pieces(&tx, meta.id)?;
+            tx.commit().doing(doing)?;
+            return Ok(Imported::PiecesMissing);
+        }
+        let chunks = u64::try_from(chunks).unwrap_or(0);
+        doc::insert_summary(&tx, &received(meta, heads, len, chunks))?;
+        doc::insert_signatures(&tx, meta.id, signatures)?;
+        tx.execute("DELETE FROM arriving WHERE doc = ?1", params![meta.id.as_bytes()])
+            .doing(doing)?;
+        tx.commit().doing(doing)?;
+        Ok(Imported::Stored)
+    }
+
+    /// Drops the pieces written of a document received whole (none if it is stored).
+    pub fn drop_pieces(&mut self, id: DocId) -> Result<(), StoreError> {
+        let doing = "dropping the pieces of a received document";
+        let tx = self.write_tx(doing)?;
+        drop_pieces(&tx, id)?;
+        tx.commit().doing(doing)
+    }
+
+    /// Drops the pieces of every document received whole and not yet stored: a device
+    /// that stopped while writing one fetches it again. Returns how many there were.
+    pub fn drop_unfinished_pieces(&mut self) -> Result<usize, StoreError> {
+        let doing = "dropping the pieces of documents received whole";
+        let none: bool = self
+            .conn()
+            .query_row("SELECT NOT EXISTS (SELECT 1 FROM arriving)", [], |row| row.get(0))
+            .doing(doing)?;
+        if none {
+            return Ok(0);
+        }
+        let tx = self.write_tx(doing)?;
+        let docs: Vec<Vec<u8>> = {
+            let mut stmt = tx.prepare("SELECT doc FROM arriving").doing(doing)?;
+            let rows = stmt.query_map([], |row| row.get(0)).doing(doing)?;
+            rows.collect::<Result<_, _>>().doing(doing)?
+        };
+        for doc in &docs {
+            tx.execute(
+                "DELETE FROM chunks WHERE doc = ?1 AND doc NOT IN (SELECT id FROM docs)",
+                params![doc],
+            )
+            .doing(doing)?;
+        }
+        tx.execute("DELETE FROM arriving", []).doing(doing)?;
+        tx.commit().doing(doing)?;
+        Ok(docs.len())
     }
 
     /// Records that a received document has been loaded and its authors checked.
