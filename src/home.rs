@@ -131,7 +131,16 @@ pub struct Home {
     pub(crate) records: crate::record::Records,
     /// The team keys this device has opened, kept while the home is open.
     pub(crate) opened_keys: HashMap<care_core::keys::KeyId, care_core::keys::TeamKey>,
+    /// Large documents received whole, being written a piece at a time.
+    pub(crate) arriving: crate::arriving::Arriving,
+    /// How this home asks the node running it for a turn, once one does.
+    pub(crate) waker: Option<Waker>,
+    /// The thread copying the store's log into its file, once a node runs this home.
+    pub(crate) checkpointer: Option<crate::checkpoint::Checkpointer>,
 }
+
+/// What a node gives a home to ask it for a turn ([`care_sync::Replica::set_waker`]).
+pub(crate) type Waker = std::sync::Arc<std::sync::Mutex<Box<dyn Fn() + Send>>>;
 
 impl std::fmt::Debug for Home {
     /// The directory and whose home it is; never the key.
@@ -217,10 +226,12 @@ impl Home {
             return Err(Error::NotInitialised { dir: dir.to_owned() });
         }
         let key = DeviceKey::from_seed(keyfile::read(&key_path)?);
-        let store = match store_key {
+        let mut store = match store_key {
             Some(store_key) => Store::open_encrypted(&dir.join(STORE_FILE), store_key)?,
             None => Store::open(&dir.join(STORE_FILE))?,
         };
+        // A document this device stopped while writing is fetched again.
+        store.drop_unfinished_pieces()?;
         let json =
             store.meta_get(PROFILE_KEY)?.ok_or_else(|| Error::Profile("it is missing".into()))?;
         let profile: Profile =
@@ -248,6 +259,9 @@ impl Home {
             last_whole: None,
             records: crate::record::Records::default(),
             opened_keys: HashMap::new(),
+            arriving: Default::default(),
+            waker: None,
+            checkpointer: None,
         }
     }
 

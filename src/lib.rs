@@ -24,9 +24,11 @@
 //! # }
 //! ```
 
+mod arriving;
 pub mod aside;
 pub mod audit;
 mod cache;
+mod checkpoint;
 pub mod circle;
 pub mod error;
 pub mod export;

@@ -10,7 +10,9 @@ use care_store::{DocMeta, Imported, StoredSignature, UpdateError};
 use care_sync::join::{Invites, JoinRequest};
 use care_sync::ticket::secret_hash;
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
+use std::sync::{Arc, Mutex};
 
+use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
 use crate::verify::{Job, Loaded, Outcome, Verdict, Verifier};
@@ -187,7 +189,7 @@ impl Replica for Home {
         }
         let bytes = self.store.doc_bytes(doc)?;
         if let Some(bytes) = &bytes {
-            self.keep_whole(doc, &summary.heads, bytes);
+            self.keep_whole(doc, &summary.heads, bytes.clone());
         }
         Ok(bytes)
     }
@@ -197,29 +199,27 @@ impl Replica for Home {
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         heads: &[ChangeHash],
         signatures: &[ChangeSig],
     ) -> Result<Import> {
-        let meta = DocMeta { id: doc, team, kind: kind.to_string() };
+        if self.store.doc_summary(doc)?.is_some() {
+            return Ok(Import::Held(bytes));
+        }
         let signatures: Vec<StoredSignature> = signatures.iter().map(to_stored).collect();
-        if self.store.import_doc(&meta, bytes, heads, &signatures)? == Imported::AlreadyHeld {
-            return Ok(Import::Held);
+        // A large document is written a piece at a time, between other work.
+        let (bytes, signatures) =
+            match self.take_arriving(team, doc, kind, bytes, heads, signatures) {
+                Ok(import) => return Ok(import),
+                Err(given_back) => given_back,
+            };
+        let meta = DocMeta { id: doc, team, kind: kind.to_string() };
+        if self.store.import_doc(&meta, &bytes, heads, &signatures)? == Imported::AlreadyHeld {
+            return Ok(Import::Held(bytes));
         }
         // Stored as received, as its only chunk: these are its stored bytes.
         self.keep_whole(doc, heads, bytes);
-        if self.verifier.is_none() {
-            return Ok(Import::Stored);
-        }
-        let access = self.team_access(team)?;
-        // A circle node passes documents on and never shows them: it keeps none loaded.
-        let membership = access.membership();
-        let keep_loaded = membership.access(self.device(), &kind) != Access::None
-            && membership.role_of_device(self.device()) != Some(Role::Relay);
-        let heads = heads.to_vec();
-        let job = Job { team, doc, kind, heads, access, keep_loaded };
-        let queued = self.verifier.as_mut().is_some_and(|verifier| verifier.submit(job));
-        Ok(if queued { Import::Checking } else { Import::Stored })
+        self.check_received(team, doc, kind, heads.to_vec())
     }
 
     fn merge_snapshot(
@@ -307,7 +307,18 @@ impl Replica for Home {
     }
 
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send>) {
-        match Verifier::start(self.store.path(), self.store.key().cloned(), waker) {
+        let waker = Arc::new(Mutex::new(waker));
+        self.waker = Some(Arc::clone(&waker));
+        // Writes here leave copying the log to a thread of its own.
+        match Checkpointer::start(self.store.path(), self.store.key()) {
+            Ok(checkpointer) => match self.store.leave_checkpoints(checkpointer.asker()) {
+                Ok(()) => self.checkpointer = Some(checkpointer),
+                Err(e) => tracing::warn!("cannot leave checkpoints to a thread: {e}"),
+            },
+            Err(e) => tracing::warn!("cannot start the thread copying the store's log: {e}"),
+        }
+        let wake = Box::new(move || (crate::verify::lock(&waker))());
+        match Verifier::start(self.store.path(), self.store.key().cloned(), wake) {
             Ok(verifier) => self.verifier = Some(verifier),
             // Without the worker, documents are checked when first loaded.
             Err(e) => tracing::warn!("cannot start the thread checking received documents: {e}"),
@@ -325,6 +336,7 @@ impl Replica for Home {
                 tracing::warn!("cannot record the check of a received document: {e}");
             }
         }
+        self.write_arriving_piece();
     }
 
     fn reset_sync_state(&mut self, peer: DeviceId) {
@@ -548,13 +560,36 @@ impl Home {
         }
     }
 
+    /// Starts the check of a document just stored as received whole (unless no worker
+    /// runs: it is then checked when first loaded). Returns [`Import::Checking`] if
+    /// started, [`Import::Stored`] if not.
+    pub(crate) fn check_received(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        heads: Vec<ChangeHash>,
+    ) -> Result<Import> {
+        if self.verifier.is_none() {
+            return Ok(Import::Stored);
+        }
+        let access = self.team_access(team)?;
+        // A circle node passes documents on and never shows them: it keeps none loaded.
+        let membership = access.membership();
+        let keep_loaded = membership.access(self.device(), &kind) != Access::None
+            && membership.role_of_device(self.device()) != Some(Role::Relay);
+        let job = Job { team, doc, kind, heads, access, keep_loaded };
+        let queued = self.verifier.as_mut().is_some_and(|verifier| verifier.submit(job));
+        Ok(if queued { Import::Checking } else { Import::Stored })
+    }
+
     /// Keeps the stored bytes of a document (at `heads`) for the next device it goes to
     /// whole, in place of the last kept, if they are at most [`WHOLE_BYTES_KEPT_MAX`].
-    fn keep_whole(&mut self, doc: DocId, heads: &[ChangeHash], bytes: &[u8]) {
+    pub(crate) fn keep_whole(&mut self, doc: DocId, heads: &[ChangeHash], bytes: Vec<u8>) {
         self.last_whole = (bytes.len() <= WHOLE_BYTES_KEPT_MAX).then(|| {
             let mut heads = heads.to_vec();
             heads.sort();
-            WholeBytes { doc, heads, bytes: bytes.to_vec(), kept_at: std::time::Instant::now() }
+            WholeBytes { doc, heads, bytes, kept_at: std::time::Instant::now() }
         });
     }
 
@@ -651,7 +686,7 @@ mod tests {
             let (bytes, heads) = received(team, &kinds[i], actor);
             let sigs = signed_by(&home, signers[i], team, &kinds[i], &bytes)?;
             assert_eq!(
-                home.import_snapshot(team, ids[i], kinds[i], &bytes, &heads, &sigs)?,
+                home.import_snapshot(team, ids[i], kinds[i], bytes.clone(), &heads, &sigs)?,
                 Import::Checking
             );
             sent.push(bytes);
@@ -711,7 +746,8 @@ mod tests {
             home.set_waker(Box::new(move || {
                 let _ = woken.send(());
             }));
-            let imported = home.import_snapshot(team, doc, kind, &bytes, &heads, &signatures)?;
+            let imported =
+                home.import_snapshot(team, doc, kind, bytes.clone(), &heads, &signatures)?;
             assert_eq!(imported, Import::Checking);
             wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
             home.poll_background();
@@ -752,7 +788,7 @@ mod tests {
         let (bytes, mut heads) = (received.save(), received.get_heads());
         heads.sort();
         let signatures = signed_by(&home, &home.key.clone(), team, &kind, &bytes)?;
-        let imported = home.import_snapshot(team, doc, kind, &bytes, &heads, &signatures)?;
+        let imported = home.import_snapshot(team, doc, kind, bytes.clone(), &heads, &signatures)?;
         assert_eq!(imported, Import::Checking);
         let log = dir.path().join(format!("{}-wal", crate::home::STORE_FILE));
         assert!(log.exists(), "the home's write-ahead log, while it is open");
@@ -857,7 +893,7 @@ mod tests {
         let id = kinds[0].doc_id(team);
         let sigs = signed_by(&home, &home.key, team, &kinds[0], &bytes)?;
         assert_eq!(
-            home.import_snapshot(team, id, kinds[0], &bytes, &heads, &sigs)?,
+            home.import_snapshot(team, id, kinds[0], bytes.clone(), &heads, &sigs)?,
             Import::Stored
         );
         assert!(home.store().is_unverified(id)?);
@@ -870,7 +906,10 @@ mod tests {
         let genesis_actor = ActorId::from(kinds[1].doc_id(team).as_bytes());
         let (bytes, heads) = received(team, &kinds[1], genesis_actor);
         let id = kinds[1].doc_id(team);
-        assert_eq!(home.import_snapshot(team, id, kinds[1], &bytes, &heads, &[])?, Import::Stored);
+        assert_eq!(
+            home.import_snapshot(team, id, kinds[1], bytes.clone(), &heads, &[])?,
+            Import::Stored
+        );
         assert!(home.doc(team, kinds[1], Purpose::Read)?.is_none());
         assert!(home.store().doc_summary(id)?.is_none(), "the forged document is gone");
 
@@ -881,7 +920,7 @@ mod tests {
         let wrong = vec![ChangeHash([7; 32])];
         let sigs = signed_by(&home, &home.key, team, &kinds[2], &bytes)?;
         assert_eq!(
-            home.import_snapshot(team, id, kinds[2], &bytes, &wrong, &sigs)?,
+            home.import_snapshot(team, id, kinds[2], bytes.clone(), &wrong, &sigs)?,
             Import::Stored
         );
         let peer = care_core::DeviceKey::from_seed([3; 32]).device_id();
@@ -896,8 +935,15 @@ mod tests {
         // A document already held is never replaced by an import.
         let (bytes, heads) = received(team, &kinds[0], ActorId::from(own.as_bytes()));
         assert_eq!(
-            home.import_snapshot(team, kinds[0].doc_id(team), kinds[0], &bytes, &heads, &[])?,
-            Import::Held
+            home.import_snapshot(
+                team,
+                kinds[0].doc_id(team),
+                kinds[0],
+                bytes.clone(),
+                &heads,
+                &[]
+            )?,
+            Import::Held(bytes)
         );
         Ok(())
     }
@@ -915,7 +961,7 @@ mod tests {
         let id = kind.doc_id(team);
         let (bytes, heads) = received(team, &kind, ActorId::from(own.as_bytes()));
         let sigs = signed_by(&home, &home.key, team, &kind, &bytes)?;
-        home.import_snapshot(team, id, kind, &bytes, &heads, &sigs)?;
+        home.import_snapshot(team, id, kind, bytes.clone(), &heads, &sigs)?;
         // Passed on as received, and again to the next device from what was kept.
         assert_eq!(home.snapshot(team, id)?.as_deref(), Some(bytes.as_slice()));
         assert_eq!(home.snapshot(team, id)?.as_deref(), Some(bytes.as_slice()));
@@ -992,10 +1038,10 @@ mod tests {
         };
         let (bytes, heads) = received(team, &honest, ActorId::from(own.as_bytes()));
         let sigs = signed_by(&home, &home.key, team, &honest, &bytes)?;
-        home.import_snapshot(team, honest.doc_id(team), honest, &bytes, &heads, &sigs)?;
+        home.import_snapshot(team, honest.doc_id(team), honest, bytes.clone(), &heads, &sigs)?;
         let genesis_actor = ActorId::from(forged.doc_id(team).as_bytes());
         let (bad, bad_heads) = received(team, &forged, genesis_actor);
-        home.import_snapshot(team, forged.doc_id(team), forged, &bad, &bad_heads, &[])?;
+        home.import_snapshot(team, forged.doc_id(team), forged, bad.clone(), &bad_heads, &[])?;
 
         assert_eq!(home.snapshot(team, honest.doc_id(team))?, Some(bytes));
         assert!(!home.store().is_unverified(honest.doc_id(team))?);

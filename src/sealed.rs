@@ -507,7 +507,7 @@ mod tests {
         let bytes = ada.snapshot(team, doc)?.ok_or(Error::Invalid("no document".into()))?;
         let heads = ada.heads(team, doc)?.unwrap_or_default();
         let signatures = ada.signatures(team, doc, None)?;
-        circle.import_snapshot(team, doc, care_kind(&ada), &bytes, &heads, &signatures)?;
+        circle.import_snapshot(team, doc, care_kind(&ada), bytes, &heads, &signatures)?;
         assert_eq!(circle.store.docs(Some(team))?.len(), 1);
         assert_eq!(circle.forget_documents_in_clear()?, 1);
         assert!(circle.store.docs(Some(team))?.is_empty());

@@ -184,7 +184,7 @@ impl Replica for SimHome {
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         heads: &[ChangeHash],
         signatures: &[ChangeSig],
     ) -> Result<Import> {

@@ -33,8 +33,10 @@ pub const HEADS_PER_DOC_MAX: usize = 4096;
 pub const SIGNATURES_PER_FRAME_MAX: usize = 65_536;
 /// Bytes of each part of a whole document sent in parts ([`Frame::SnapshotPart`]): a
 /// document larger than this is sent in parts, so that no document is ever too large to
-/// transfer. Small under test, so that tests and the simulation send parts.
-pub const SNAPSHOT_PART_BYTES: usize = if cfg!(test) { 4 << 10 } else { 16 << 20 };
+/// transfer, and so that a device taking in a part (copying it, keeping it) does so
+/// between live edits in a few milliseconds. Small under test, so that tests and the
+/// simulation send parts.
+pub const SNAPSHOT_PART_BYTES: usize = if cfg!(test) { 4 << 10 } else { 4 << 20 };
 /// Largest whole document sent in parts, in bytes: what one connection may make the
 /// receiver hold before the document is complete.
 pub const SNAPSHOT_BYTES_MAX: usize = 128 << 20;

@@ -311,14 +311,14 @@ impl Replica for MemoryReplica {
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         heads: &[ChangeHash],
         signatures: &[ChangeSig],
     ) -> Result<Import, MemoryError> {
         if self.docs.contains_key(&(team, doc)) {
-            return Ok(Import::Held);
+            return Ok(Import::Held(bytes));
         }
-        let loaded = Automerge::load(bytes)?;
+        let loaded = Automerge::load(&bytes)?;
         let mut loaded_heads = loaded.get_heads();
         loaded_heads.sort();
         if loaded_heads != heads {

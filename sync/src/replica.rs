@@ -25,7 +25,7 @@ pub struct HeldDoc {
 }
 
 /// What [`Replica::import_snapshot`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Import {
     /// The document is stored, to be verified when first loaded.
     Stored,
@@ -34,8 +34,9 @@ pub enum Import {
     /// then held if it passed and gone if not), it is neither used nor passed on, and a
     /// session does not count it in sync.
     Checking,
-    /// The document was held already; nothing was stored.
-    Held,
+    /// The document was held already; nothing was stored. The bytes come back, for the
+    /// session to merge.
+    Held(Vec<u8>),
 }
 
 /// One device's teams, membership ops and documents, with its per-peer sync states.
@@ -140,12 +141,14 @@ pub trait Replica {
     /// [`check_document`](crate::access::check_document), before it first uses it,
     /// discarding it if that fails. Returns [`Import::Held`] and stores nothing when the
     /// document turns out to be held (written meanwhile by another program on this device).
+    /// A replica may go on storing the bytes after it returns ([`Import::Checking`]),
+    /// which is why it takes them.
     fn import_snapshot(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         heads: &[ChangeHash],
         signatures: &[ChangeSig],
     ) -> Result<Import, Self::Error>;

@@ -426,7 +426,7 @@ impl Session {
                     self.refuse(team, Some(doc), reason, out);
                     return Ok(());
                 }
-                self.on_snapshot(r, team, doc, kind, &bytes, &signatures, out)
+                self.on_snapshot(r, team, doc, kind, bytes, &signatures, out)
             }
             Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures } => {
                 let part = Part { team, doc, kind, index, total };
@@ -821,7 +821,7 @@ impl Session {
         team: TeamId,
         doc: DocId,
         kind: DocKind,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         signatures: &[ChangeSig],
         out: &mut Vec<Output>,
     ) -> Step {
@@ -830,9 +830,9 @@ impl Session {
             return Ok(());
         }
         if replica.holds(team, doc).map_err(store)? {
-            return self.merge_snapshot(replica, team, doc, kind, bytes, signatures, out);
+            return self.merge_snapshot(replica, team, doc, kind, &bytes, signatures, out);
         }
-        let whole = match whole_doc(bytes) {
+        let whole = match whole_doc(&bytes) {
             Ok(whole) => whole,
             Err(why) => {
                 let reason = Refusal::Malformed(format!("a snapshot that does not read: {why}"));
@@ -853,8 +853,8 @@ impl Session {
         let checking = match imported {
             Import::Stored => false,
             Import::Checking => true,
-            Import::Held => {
-                return self.merge_snapshot(replica, team, doc, kind, bytes, signatures, out);
+            Import::Held(bytes) => {
+                return self.merge_snapshot(replica, team, doc, kind, &bytes, signatures, out);
             }
         };
         if !checking {
@@ -977,7 +977,7 @@ impl Session {
             return Ok(());
         }
         let PartialSnapshot { team, doc, kind, bytes, signatures, .. } = partial;
-        self.on_snapshot(replica, team, doc, kind, &bytes, &signatures, out)
+        self.on_snapshot(replica, team, doc, kind, bytes, &signatures, out)
     }
 
     #[allow(clippy::too_many_arguments)]

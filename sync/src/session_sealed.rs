@@ -330,7 +330,7 @@ impl Session {
         }
         if whole {
             // The whole document and the changes after it: one document received whole.
-            self.on_snapshot(replica, team, doc, kind, &bytes, &signatures, out)?;
+            self.on_snapshot(replica, team, doc, kind, bytes, &signatures, out)?;
         } else if !self.take_changes(replica, team, doc, kind, &theirs, &bytes, &signatures, out)? {
             return Ok(());
         }
