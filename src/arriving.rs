@@ -134,8 +134,8 @@ impl Home {
         let stored = self.store.import_pieces(&meta, bytes.len() as u64, &heads, &signatures);
         match stored {
             Ok(Imported::Stored) => {
-                self.keep_whole(doc, &heads, bytes);
-                if self.check_received(team, doc, kind, heads)? == Import::Stored {
+                let bytes = self.keep_whole(doc, &heads, bytes);
+                if self.check_received(team, doc, kind, heads, bytes)? == Import::Stored {
                     // No worker to check it: it is checked on first load, and usable now.
                     self.changed.push(Change::Doc { team, doc, kind });
                 }

@@ -5,7 +5,8 @@
 //! would now and then wait 15 to 100 ms for it. Once a node runs a home, its connection
 //! leaves checkpoints to this thread ([`care_store::Store::leave_checkpoints`]): a write
 //! that leaves a MiB or more in the log asks for one, and this thread copies what it
-//! can, beside the writes (a passive checkpoint never holds one up).
+//! can, beside the writes (a passive checkpoint never holds one up), behind live work as
+//! the checking workers run.
 //!
 //! As the checking workers' connections (`crate::verify`), this thread's connection is
 //! closed with the home: after that the thread never touches the store.
@@ -43,6 +44,8 @@ impl Checkpointer {
         let (asks, asked) = mpsc::sync_channel::<()>(1);
         let held = Arc::clone(&connection);
         std::thread::Builder::new().name("care-checkpoint".into()).spawn(move || {
+            // Copying the log is bulk disk work: live edits go first.
+            crate::verify::run_behind_live_work();
             loop {
                 match asked.recv_timeout(CHECKPOINT_AT_LEAST_EVERY) {
                     Ok(()) | Err(RecvTimeoutError::Timeout) => {}

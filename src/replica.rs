@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
-use crate::verify::{Job, Loaded, Outcome, Verdict, Verifier};
+use crate::verify::{Job, Loaded, Outcome, Stored, Verdict, Verifier};
 
 impl Replica for Home {
     type Error = Error;
@@ -185,11 +185,11 @@ impl Replica for Home {
             self.last_whole.as_mut().filter(|k| k.doc == doc && k.heads == summary.heads)
         {
             kept.kept_at = std::time::Instant::now();
-            return Ok(Some(kept.bytes.clone()));
+            return Ok(Some(kept.bytes.to_vec()));
         }
         let bytes = self.store.doc_bytes(doc)?;
         if let Some(bytes) = &bytes {
-            self.keep_whole(doc, &summary.heads, bytes.clone());
+            let _ = self.keep_whole(doc, &summary.heads, bytes.clone());
         }
         Ok(bytes)
     }
@@ -218,8 +218,8 @@ impl Replica for Home {
             return Ok(Import::Held(bytes));
         }
         // Stored as received, as its only chunk: these are its stored bytes.
-        self.keep_whole(doc, heads, bytes);
-        self.check_received(team, doc, kind, heads.to_vec())
+        let bytes = self.keep_whole(doc, heads, bytes);
+        self.check_received(team, doc, kind, heads.to_vec(), bytes)
     }
 
     fn merge_snapshot(
@@ -382,7 +382,7 @@ const WHOLE_BYTES_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs
 pub(crate) struct WholeBytes {
     doc: DocId,
     heads: Vec<ChangeHash>,
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     kept_at: std::time::Instant,
 }
 
@@ -560,37 +560,49 @@ impl Home {
         }
     }
 
-    /// Starts the check of a document just stored as received whole (unless no worker
-    /// runs: it is then checked when first loaded). Returns [`Import::Checking`] if
-    /// started, [`Import::Stored`] if not.
+    /// Starts the check of a document just stored as received whole, as `bytes` (unless
+    /// no worker runs: it is then checked when first loaded). Returns
+    /// [`Import::Checking`] if started, [`Import::Stored`] if not.
     pub(crate) fn check_received(
         &mut self,
         team: TeamId,
         doc: DocId,
         kind: DocKind,
         heads: Vec<ChangeHash>,
+        bytes: Arc<Vec<u8>>,
     ) -> Result<Import> {
         if self.verifier.is_none() {
             return Ok(Import::Stored);
         }
+        // The worker checks the bytes as received, without reading them back.
+        let stored = self.store.last_chunk(doc)?.map(|last_chunk| Stored { bytes, last_chunk });
         let access = self.team_access(team)?;
         // A circle node passes documents on and never shows them: it keeps none loaded.
         let membership = access.membership();
         let keep_loaded = membership.access(self.device(), &kind) != Access::None
             && membership.role_of_device(self.device()) != Some(Role::Relay);
-        let job = Job { team, doc, kind, heads, access, keep_loaded };
+        let job = Job { team, doc, kind, heads, access, keep_loaded, stored };
         let queued = self.verifier.as_mut().is_some_and(|verifier| verifier.submit(job));
         Ok(if queued { Import::Checking } else { Import::Stored })
     }
 
     /// Keeps the stored bytes of a document (at `heads`) for the next device it goes to
     /// whole, in place of the last kept, if they are at most [`WHOLE_BYTES_KEPT_MAX`].
-    pub(crate) fn keep_whole(&mut self, doc: DocId, heads: &[ChangeHash], bytes: Vec<u8>) {
+    /// Returns them, shared.
+    pub(crate) fn keep_whole(
+        &mut self,
+        doc: DocId,
+        heads: &[ChangeHash],
+        bytes: Vec<u8>,
+    ) -> Arc<Vec<u8>> {
+        let bytes = Arc::new(bytes);
         self.last_whole = (bytes.len() <= WHOLE_BYTES_KEPT_MAX).then(|| {
             let mut heads = heads.to_vec();
             heads.sort();
+            let bytes = Arc::clone(&bytes);
             WholeBytes { doc, heads, bytes, kept_at: std::time::Instant::now() }
         });
+        bytes
     }
 
     fn stored_heads_if_unloaded(&self, doc: DocId) -> Result<Option<Vec<ChangeHash>>> {

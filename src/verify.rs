@@ -23,7 +23,7 @@
 //!
 //! [`Replica::set_waker`]: care_sync::Replica::set_waker
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -34,8 +34,9 @@ use care_sync::TeamAccess;
 use care_sync::access::check_document;
 use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
 
-/// A document to check, with what it is checked against. The bytes stay in the store
-/// until a worker reads them, so what waits in the queue is small whatever peers send.
+/// A document to check, with what it is checked against: its bytes as the home just
+/// stored them (shared with the home, which keeps them to pass the document on), or else
+/// read back from the store by the worker.
 pub(crate) struct Job {
     pub(crate) team: TeamId,
     pub(crate) doc: DocId,
@@ -46,6 +47,14 @@ pub(crate) struct Job {
     /// the home to keep loaded: on a device that reads the document, which a device that
     /// has just received it is likely to show soon.
     pub(crate) keep_loaded: bool,
+    /// The document's stored bytes, if the home has them at hand.
+    pub(crate) stored: Option<Stored>,
+}
+
+/// A document's stored bytes, up to chunk `last_chunk`.
+pub(crate) struct Stored {
+    pub(crate) bytes: Arc<Vec<u8>>,
+    pub(crate) last_chunk: i64,
 }
 
 /// What the check found.
@@ -80,6 +89,10 @@ pub(crate) struct Loaded {
 /// a month or a year of notes, not a document the home would rather load when used.
 pub(crate) const LOADED_KEPT_BYTES_MAX: usize = 8 << 20;
 
+/// Most bytes of documents the jobs waiting for a worker hold in memory (shared with the
+/// home, which keeps the last one to pass it on): the bytes of more are read back.
+const JOB_BYTES_MAX: usize = 256 << 20;
+
 /// Most threads checking documents at once: one per core, at most this many.
 const WORKERS_MAX: usize = 4;
 
@@ -92,7 +105,7 @@ const WORKER_NICENESS: i32 = 10;
 /// per thread, so the rest of the process keeps its own. A failure leaves the thread as
 /// it was: it only matters for how soon other work runs.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn run_behind_live_work() {
+pub(crate) fn run_behind_live_work() {
     use rustix::process::{getpriority_process, setpriority_process};
     let me = Some(rustix::thread::gettid());
     if let Ok(now) = getpriority_process(me) {
@@ -101,7 +114,7 @@ fn run_behind_live_work() {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn run_behind_live_work() {}
+pub(crate) fn run_behind_live_work() {}
 
 /// The waker, callable from every worker.
 struct Wake(Mutex<Box<dyn Fn() + Send>>);
@@ -116,7 +129,8 @@ impl Wake {
 pub(crate) struct Verifier {
     jobs: mpsc::Sender<Job>,
     verdicts: mpsc::Receiver<Verdict>,
-    pending: HashSet<DocId>,
+    /// Documents whose verdict is to come, with the bytes their jobs hold.
+    pending: HashMap<DocId, usize>,
     /// Each worker's connection to the store, taken (and closed) when the verifier is
     /// dropped: a worker reads only while it holds its connection's lock, so once the
     /// verifier is gone no worker touches the store, even one still checking bytes.
@@ -181,23 +195,31 @@ impl Verifier {
                 }
             })?;
         }
-        Ok(Verifier { jobs, verdicts, pending: HashSet::new(), connections })
+        Ok(Verifier { jobs, verdicts, pending: HashMap::new(), connections })
     }
 
     /// Queues a document for checking; `false` when the workers are gone (the document
     /// is then checked on its first load).
-    pub(crate) fn submit(&mut self, job: Job) -> bool {
+    /// A job holding its document's bytes is given none (the worker reads them back)
+    /// past [`JOB_BYTES_MAX`] held by the jobs waiting.
+    pub(crate) fn submit(&mut self, mut job: Job) -> bool {
         let doc = job.doc;
+        let held: usize = self.pending.values().sum();
+        let mut bytes = job.stored.as_ref().map_or(0, |s| s.bytes.len());
+        if held + bytes > JOB_BYTES_MAX {
+            job.stored = None;
+            bytes = 0;
+        }
         let queued = self.jobs.send(job).is_ok();
         if queued {
-            self.pending.insert(doc);
+            self.pending.insert(doc, bytes);
         }
         queued
     }
 
     /// Whether a document's verdict is still to come.
     pub(crate) fn is_pending(&self, doc: DocId) -> bool {
-        self.pending.contains(&doc)
+        self.pending.contains_key(&doc)
     }
 
     /// The verdicts in so far.
@@ -228,7 +250,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A document's stored bytes, the newest chunk among them, and the signatures of its
 /// changes, read back for checking.
 struct ReadBack {
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     last_chunk: i64,
     signatures: Vec<ChangeSig>,
 }
@@ -238,7 +260,11 @@ struct ReadBack {
 fn read(connection: &Mutex<Option<Store>>, job: &Job) -> Option<Result<ReadBack, Outcome>> {
     let connection = lock(connection);
     let store = connection.as_ref()?;
-    let (bytes, last_chunk) = match store.doc_bytes_with_chunk(job.doc) {
+    let read = match &job.stored {
+        Some(Stored { bytes, last_chunk }) => Ok(Some((Arc::clone(bytes), *last_chunk))),
+        None => store.doc_bytes_with_chunk(job.doc).map(|r| r.map(|(b, c)| (Arc::new(b), c))),
+    };
+    let (bytes, last_chunk) = match read {
         Ok(Some(read)) => read,
         Ok(None) => return Some(Err(Outcome::Unchecked("it is no longer stored".into()))),
         Err(e) => return Some(Err(Outcome::Unchecked(format!("it cannot be read back: {e}")))),

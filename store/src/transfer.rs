@@ -79,6 +79,21 @@ impl Store {
         Ok(Some((bytes, last_chunk.unwrap_or(0))))
     }
 
+    /// The newest chunk of a stored document (what [`Store::adopt_loaded`] takes with a
+    /// copy loaded from its chunks up to it), or `None` when not stored.
+    pub fn last_chunk(&self, id: DocId) -> Result<Option<i64>, StoreError> {
+        let doing = "reading a document's newest chunk";
+        let tx = self.conn().unchecked_transaction().doing(doing)?;
+        if doc::read_summary(&tx, id)?.is_none() {
+            return Ok(None);
+        }
+        tx.query_row("SELECT max(id) FROM chunks WHERE doc = ?1", params![id.as_bytes()], |row| {
+            row.get::<_, Option<i64>>(0)
+        })
+        .map(|last| Some(last.unwrap_or(0)))
+        .doing(doing)
+    }
+
     /// Takes a copy of document `id` loaded elsewhere (by a thread checking it) from the
     /// bytes [`Store::doc_bytes_with_chunk`] read up to chunk `last_chunk`, as a loaded
     /// copy of this store's: chunks written since are applied, and its heads checked
