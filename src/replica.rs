@@ -162,7 +162,7 @@ impl Replica for Home {
     /// A document received whole and never loaded here (a circle node passes most on
     /// without using them) is verified before it is passed on: one that fails is
     /// discarded and never reaches another device.
-    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Arc<Vec<u8>>>> {
         if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
             // Passed on once its check is done.
             return Ok(None);
@@ -185,13 +185,10 @@ impl Replica for Home {
             self.last_whole.as_mut().filter(|k| k.doc == doc && k.heads == summary.heads)
         {
             kept.kept_at = std::time::Instant::now();
-            return Ok(Some(kept.bytes.to_vec()));
+            return Ok(Some(Arc::clone(&kept.bytes)));
         }
         let bytes = self.store.doc_bytes(doc)?;
-        if let Some(bytes) = &bytes {
-            let _ = self.keep_whole(doc, &summary.heads, bytes.clone());
-        }
-        Ok(bytes)
+        Ok(bytes.map(|bytes| self.keep_whole(doc, &summary.heads, bytes)))
     }
 
     fn import_snapshot(
@@ -706,7 +703,7 @@ mod tests {
         // Until their verdicts are taken in, neither is passed on nor spoken of.
         let peer = care_core::DeviceKey::from_seed([3; 32]).device_id();
         for (i, id) in ids.iter().enumerate() {
-            assert_eq!(home.snapshot(team, *id)?, None);
+            assert_eq!(home.snapshot(team, *id)?.map(|b| b.to_vec()), None);
             assert!(home.generate_sync_message(peer, team, *id, kinds[i])?.is_none());
         }
         for _ in 0..3 {
@@ -716,7 +713,11 @@ mod tests {
         home.poll_background();
         assert!(!home.store().is_unverified(ids[0])?, "the honest document is verified");
         assert!(home.docs.contains_key(&ids[0]), "and kept as the worker loaded it");
-        assert_eq!(home.snapshot(team, ids[0])?, Some(sent.remove(0)), "and passed on");
+        assert_eq!(
+            home.snapshot(team, ids[0])?.map(|b| b.to_vec()),
+            Some(sent.remove(0)),
+            "and passed on"
+        );
         assert_eq!(home.signatures(team, ids[0], None)?.len(), 1, "with its signature");
         for forged in &ids[1..] {
             assert!(home.store().doc_summary(*forged)?.is_none(), "a forged one is discarded");
@@ -975,8 +976,8 @@ mod tests {
         let sigs = signed_by(&home, &home.key, team, &kind, &bytes)?;
         home.import_snapshot(team, id, kind, bytes.clone(), &heads, &sigs)?;
         // Passed on as received, and again to the next device from what was kept.
-        assert_eq!(home.snapshot(team, id)?.as_deref(), Some(bytes.as_slice()));
-        assert_eq!(home.snapshot(team, id)?.as_deref(), Some(bytes.as_slice()));
+        assert_eq!(home.snapshot(team, id)?.map(|b| b.to_vec()).as_deref(), Some(bytes.as_slice()));
+        assert_eq!(home.snapshot(team, id)?.map(|b| b.to_vec()).as_deref(), Some(bytes.as_slice()));
 
         // The document moves on: what is passed on is what is stored now.
         let mut newer = Automerge::load(&bytes).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -987,7 +988,7 @@ mod tests {
         let newer_bytes = newer.save();
         let sigs = signed_by(&home, &home.key, team, &kind, &newer_bytes)?;
         assert_eq!(home.merge_snapshot(team, id, kind, newer, &sigs)?, Ok(true));
-        let passed = home.snapshot(team, id)?.expect("held");
+        let passed = home.snapshot(team, id)?.map(|b| b.to_vec()).expect("held");
         let stored = home.store().doc_bytes(id)?.expect("held");
         assert_eq!(passed, stored);
         let mut passed_heads =
@@ -1055,9 +1056,13 @@ mod tests {
         let (bad, bad_heads) = received(team, &forged, genesis_actor);
         home.import_snapshot(team, forged.doc_id(team), forged, bad.clone(), &bad_heads, &[])?;
 
-        assert_eq!(home.snapshot(team, honest.doc_id(team))?, Some(bytes));
+        assert_eq!(home.snapshot(team, honest.doc_id(team))?.map(|b| b.to_vec()), Some(bytes));
         assert!(!home.store().is_unverified(honest.doc_id(team))?);
-        assert_eq!(home.snapshot(team, forged.doc_id(team))?, None, "never forwarded");
+        assert_eq!(
+            home.snapshot(team, forged.doc_id(team))?.map(|b| b.to_vec()),
+            None,
+            "never forwarded"
+        );
         assert!(home.store().doc_summary(forged.doc_id(team))?.is_none(), "discarded");
         Ok(())
     }

@@ -504,7 +504,10 @@ mod tests {
         let words = "Held in clear by an older circle node";
         write(&mut ada, words)?;
         let doc = care_notes(&ada, team);
-        let bytes = ada.snapshot(team, doc)?.ok_or(Error::Invalid("no document".into()))?;
+        let bytes = ada
+            .snapshot(team, doc)?
+            .map(|b| b.to_vec())
+            .ok_or(Error::Invalid("no document".into()))?;
         let heads = ada.heads(team, doc)?.unwrap_or_default();
         let signatures = ada.signatures(team, doc, None)?;
         circle.import_snapshot(team, doc, care_kind(&ada), bytes, &heads, &signatures)?;
@@ -586,7 +589,10 @@ mod tests {
         let ada_device = ada.profile().device;
         write(&mut bea, "Bea: a note")?;
         let doc = care_notes(&bea, team);
-        let clear = bea.snapshot(team, doc)?.ok_or(Error::Invalid("no document".into()))?;
+        let clear = bea
+            .snapshot(team, doc)?
+            .map(|b| b.to_vec())
+            .ok_or(Error::Invalid("no document".into()))?;
 
         let in_clear = exchange_edited(&mut bea, &mut circle, |frame| match frame {
             Frame::Sealed { team, doc, kind, sealed, .. } => {

@@ -176,7 +176,7 @@ impl Replica for SimHome {
     fn holds(&self, team: TeamId, doc: DocId) -> Result<bool> {
         self.home.holds(team, doc)
     }
-    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<std::sync::Arc<Vec<u8>>>> {
         self.home.snapshot(team, doc)
     }
     fn import_snapshot(

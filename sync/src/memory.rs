@@ -247,8 +247,12 @@ impl Replica for MemoryReplica {
         Ok(self.docs.contains_key(&(team, doc)))
     }
 
-    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, MemoryError> {
-        Ok(self.docs.get(&(team, doc)).map(|(_, d)| d.save()))
+    fn snapshot(
+        &mut self,
+        team: TeamId,
+        doc: DocId,
+    ) -> Result<Option<std::sync::Arc<Vec<u8>>>, MemoryError> {
+        Ok(self.docs.get(&(team, doc)).map(|(_, d)| std::sync::Arc::new(d.save())))
     }
 
     fn receive_changes(

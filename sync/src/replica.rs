@@ -2,6 +2,8 @@
 //! from the device's store. The product implements it over SQLite; the simulation over
 //! memory ([`MemoryReplica`](crate::MemoryReplica)).
 
+use std::sync::Arc;
+
 use automerge::sync::{Message, State};
 use automerge::{Automerge, ChangeHash};
 use care_core::{
@@ -131,8 +133,10 @@ pub trait Replica {
     fn holds(&self, team: TeamId, doc: DocId) -> Result<bool, Self::Error>;
 
     /// The whole document as stored (a valid input to `Automerge::load`: a document
-    /// chunk, then change chunks), or `None` when not held.
-    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// chunk, then change chunks), or `None` when not held. Shared, so that a replica
+    /// keeping a large document's bytes to pass it on to several devices hands them out
+    /// without copying them.
+    fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Arc<Vec<u8>>>, Self::Error>;
 
     /// Stores a document this device does not hold, received whole, without loading it,
     /// with the `signatures` that came with it: `heads` are the heads its bytes list, and

@@ -18,7 +18,7 @@ use crate::chunks::{
 use crate::close::CloseReason;
 use crate::frame::{
     CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
-    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, SIGNATURES_PER_FRAME_MAX,
+    HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, PartRef, SIGNATURES_PER_FRAME_MAX,
     SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_BYTES, TEAMS_PER_HELLO_MAX, TeamSummary,
 };
 use crate::message::check_sync_message;
@@ -1289,6 +1289,7 @@ impl Session {
         }
         if bytes.len() <= SNAPSHOT_PART_BYTES && shares.len() == 1 {
             let signatures = shares.pop().unwrap_or_default();
+            let bytes = bytes.to_vec();
             let frame = Frame::Snapshot { team, doc, kind, bytes, signatures };
             out.push(Output::Send(frame.encode()));
             return Ok(Whole::Sent(heads));
@@ -1300,10 +1301,9 @@ impl Session {
         for index in 0..total {
             let start = (index as usize * SNAPSHOT_PART_BYTES).min(bytes.len());
             let end = (start + SNAPSHOT_PART_BYTES).min(bytes.len());
-            let bytes = bytes[start..end].to_vec();
             let signatures = shares.next().unwrap_or_default();
-            let frame = Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures };
-            out.push(Output::Send(frame.encode()));
+            let part = PartRef { team, doc, kind, index, total, bytes: &bytes[start..end] };
+            out.push(Output::Send(part.encode(&signatures)));
         }
         Ok(Whole::Sent(heads))
     }
