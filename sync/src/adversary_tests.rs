@@ -605,6 +605,50 @@ fn a_document_larger_than_a_part_is_sent_in_parts() {
     assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
 }
 
+/// A general note written on `side` by the owner, numbered `n`.
+fn write_general_note(team: &Team, side: &mut Side, n: u8) -> DocKind {
+    let month = Month::new(2026, 11).expect("a month");
+    let kind = DocKind::Notes { stream: care_core::NoteStream::General, month };
+    let note = care_core::documents::NewNote { text: format!("note {n}"), ..Default::default() };
+    let id = care_core::EntryId::new(month, [n; 8]);
+    let author = team.author_of(OWNER, 5_000);
+    side.replica
+        .write(team.id, kind, |doc| care_core::documents::notes::add_note(doc, &author, id, &note))
+        .expect("writes");
+    kind
+}
+
+/// A live edit of one document that a connection's writer sends ahead of another
+/// document's remaining parts (`care-net`'s lanes) is taken in between them, and the
+/// document in parts still arrives whole.
+#[test]
+fn a_live_edit_between_two_parts_of_another_document_is_taken_in() {
+    let team = Team::new();
+    let mut a = team.side(OWNER, ADVOCATE);
+    let mut b = team.side(ADVOCATE, OWNER);
+    let general = write_general_note(&team, &mut a, 1);
+    connect(&team, &mut a, &mut b);
+    let kind = write_notes(&team, &mut a, 60);
+    let outputs = a.session.local_change(&mut a.replica, team.id, kind.doc_id(team.id), kind);
+    let mut to_b = a.take(outputs);
+    let is_part = |f: &Vec<u8>| matches!(Frame::decode(f), Ok(Frame::SnapshotPart { .. }));
+    assert!(to_b.len() >= 3 && to_b.iter().all(is_part), "{} frames", to_b.len());
+    write_general_note(&team, &mut a, 2);
+    let doc = general.doc_id(team.id);
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, general);
+    let edit = a.take(outputs);
+    assert!(matches!(Frame::decode(&edit[0]), Ok(Frame::Sync { .. })), "a sync message");
+    // Sent after the parts; delivered after the first.
+    to_b.splice(1..1, edit);
+    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
+    assert!(a.refusals().is_empty() && b.refusals().is_empty(), "{:?}", b.refusals());
+    for doc in [kind.doc_id(team.id), doc] {
+        let heads = |s: &Side| s.replica.doc(team.id, doc).map(|d| d.get_heads());
+        assert_eq!(heads(&b), heads(&a));
+    }
+    assert!(a.session.in_sync(team.id) && b.session.in_sync(team.id));
+}
+
 /// Connects two sides and runs them until quiet, returning every frame sent.
 fn record_connect(team: &Team, a: &mut Side, b: &mut Side) -> Vec<Vec<u8>> {
     let (mut to_b, mut to_a) = (a.start(), b.start());

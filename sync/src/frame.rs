@@ -36,7 +36,7 @@ pub const SIGNATURES_PER_FRAME_MAX: usize = 65_536;
 /// transfer, and so that a device taking in a part (copying it, keeping it) does so
 /// between live edits in a few milliseconds. Small under test, so that tests and the
 /// simulation send parts.
-pub const SNAPSHOT_PART_BYTES: usize = if cfg!(test) { 4 << 10 } else { 4 << 20 };
+pub const SNAPSHOT_PART_BYTES: usize = if cfg!(test) { 4 << 10 } else { 1 << 20 };
 /// Largest whole document sent in parts, in bytes: what one connection may make the
 /// receiver hold before the document is complete.
 pub const SNAPSHOT_BYTES_MAX: usize = 128 << 20;
@@ -358,6 +358,35 @@ impl PartRef<'_> {
 
 /// The index of [`Frame::SnapshotPart`] among the frame's variants.
 const SNAPSHOT_PART_VARIANT: u32 = 5;
+/// The index of [`Frame::Sync`] among the frame's variants.
+const SYNC_VARIANT: u32 = 3;
+
+/// What a connection's writer may reorder, read from an encoded frame's first bytes
+/// without decoding the rest (see [`Lane::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A part of a whole document ([`Frame::SnapshotPart`]).
+    Part(DocId),
+    /// A sync message of one document ([`Frame::Sync`]): a live edit, which may go
+    /// ahead of parts of other documents.
+    Sync(DocId),
+    /// Any other frame: kept in its place.
+    Other,
+}
+
+impl Lane {
+    /// The lane of an encoded frame (as [`Frame::encode`] gives it); a frame it cannot
+    /// read is [`Lane::Other`].
+    pub fn of(frame: &[u8]) -> Lane {
+        let Some((&FORMAT_VERSION, rest)) = frame.split_first() else { return Lane::Other };
+        // Both variants begin with the team, then the document.
+        match postcard::take_from_bytes::<(u32, TeamId, DocId)>(rest) {
+            Ok(((SNAPSHOT_PART_VARIANT, _, doc), _)) => Lane::Part(doc),
+            Ok(((SYNC_VARIANT, _, doc), _)) => Lane::Sync(doc),
+            _ => Lane::Other,
+        }
+    }
+}
 
 /// Returns an error when `len` is larger than [`FRAME_BYTES_MAX`].
 pub fn length_prefix(len: usize) -> Result<[u8; LENGTH_PREFIX_BYTES], FrameError> {
@@ -522,6 +551,17 @@ mod tests {
         #[test]
         fn frames_round_trip(frame in frame_strategy()) {
             prop_assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
+        }
+
+        /// A frame's lane, read from its first bytes, is its kind and document.
+        #[test]
+        fn a_frame_lane_names_its_kind_and_document(frame in frame_strategy()) {
+            let expected = match &frame {
+                Frame::SnapshotPart { doc, .. } => Lane::Part(*doc),
+                Frame::Sync { doc, .. } => Lane::Sync(*doc),
+                _ => Lane::Other,
+            };
+            prop_assert_eq!(Lane::of(&frame.encode()), expected);
         }
 
         /// A part encoded from the whole document's bytes is the frame of that part, byte

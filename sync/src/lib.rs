@@ -96,8 +96,8 @@ pub use access::TeamAccess;
 pub use authorship::AuthorshipError;
 pub use close::CloseReason;
 pub use frame::{
-    ALPN, DocHeads, FRAME_BYTES_MAX, Frame, FrameError, PROTOCOL_VERSION, PartRef, TeamSummary,
-    length_prefix, read_length_prefix,
+    ALPN, DocHeads, FRAME_BYTES_MAX, Frame, FrameError, Lane, PROTOCOL_VERSION, PartRef,
+    TeamSummary, length_prefix, read_length_prefix,
 };
 pub use hub::{Change, ConnId, Effect, Hub, PeerEvent};
 pub use memory::{MemoryError, MemoryReplica};

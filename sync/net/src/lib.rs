@@ -5,6 +5,7 @@ pub mod circle;
 pub mod endpoint;
 pub mod framing;
 pub mod handshake;
+mod lanes;
 pub mod owner;
 #[cfg(feature = "relay-server")]
 pub mod relay;

@@ -75,7 +75,7 @@ enum Command<R> {
 }
 
 /// What a connection's writer is given.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outgoing {
     /// Write a frame.
     Frame(Vec<u8>),

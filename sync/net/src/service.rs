@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use crate::endpoint::remote_device;
 use crate::framing::{ReadFrameError, read_frame_max, write_frame};
 use crate::handshake;
+use crate::lanes::Lanes;
 use crate::owner::{FRAMES_AHEAD_MAX, Link, Outgoing, Owner};
 use care_sync::CloseReason;
 use care_sync::HELLO_FRAME_BYTES_MAX;
@@ -291,8 +292,9 @@ async fn read_frames<R: Replica + 'static>(
     }
 }
 
-/// Writes what the owner queues for a connection, in order; at a close, finishes the
-/// stream and closes the connection with its reason, which it returns.
+/// Writes what the owner queues for a connection, in order but for live edits, which go
+/// ahead of parts of other documents (`crate::lanes`); at a close, finishes the stream
+/// and closes the connection with its reason, which it returns.
 async fn write_frames(
     conn: Connection,
     mut send: SendStream,
@@ -300,7 +302,16 @@ async fn write_frames(
     queued: Arc<AtomicU64>,
     counters: Arc<Counters>,
 ) -> Option<String> {
-    while let Some(next) = outgoing.recv().await {
+    let mut lanes = Lanes::default();
+    loop {
+        if lanes.is_empty() {
+            lanes.push(outgoing.recv().await?);
+        }
+        // Everything queued meanwhile, so that a live edit can go ahead of parts.
+        while let Ok(more) = outgoing.try_recv() {
+            lanes.push(more);
+        }
+        let Some(next) = lanes.next() else { continue };
         match next {
             Outgoing::Frame(frame) => {
                 let len = 4 + frame.len() as u64;
@@ -320,7 +331,6 @@ async fn write_frames(
             }
         }
     }
-    None
 }
 
 /// Asks the device at `addr` to redeem a ticket's secret for this device.
