@@ -273,6 +273,37 @@ mod tests {
     }
 
     #[test]
+    fn a_note_written_here_while_the_document_arrives_takes_its_place_and_loses_nothing()
+    -> crate::error::Result<()> {
+        let dirs = temp_dirs(2)?;
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut bea = Home::init(dirs[1].path(), "Bea")?;
+        let Sent { team, doc, kind, bytes, heads, signatures } =
+            ada_sends_a_month(&mut ada, &mut bea)?;
+        let asked = with_turns(&mut bea);
+        bea.import_snapshot(team, doc, kind, bytes, &heads, &signatures)?;
+        asked
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| crate::Error::Invalid("the home stopped asking for turns".into()))?;
+        bea.poll_background();
+        // Bea writes a note of the same month: the document is hers now, and the pieces
+        // written of Ada's give way.
+        write_note(&mut bea, "Bea's note, written as Ada's month arrives")?;
+        bea.changed.clear();
+        bea.poll_background();
+        assert!(bea.arriving.is_empty(), "gave up writing it");
+        assert!(bea.changed.contains(&Change::Doc { team, doc, kind }), "its session looks again");
+        assert!(bea.store().check()?.problems.is_empty());
+        assert_eq!(note_texts(&mut bea)?, vec!["Bea's note, written as Ada's month arrives"]);
+        // The next exchange brings both together, on both devices.
+        sync(&mut ada, &mut bea)?;
+        let texts = note_texts(&mut bea)?;
+        assert_eq!(texts.len(), 241);
+        assert_eq!(note_texts(&mut ada)?, texts);
+        Ok(())
+    }
+
+    #[test]
     fn a_device_stopped_while_writing_pieces_fetches_the_document_again() -> crate::error::Result<()>
     {
         let dirs = temp_dirs(2)?;
