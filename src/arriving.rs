@@ -76,7 +76,7 @@ impl Arriving {
 impl Home {
     /// Takes a document received whole to write in pieces, if it is large enough for
     /// that, there is room, and a node runs this home (it gives the home its turns);
-    /// gives the bytes back otherwise. `Some(Import::Checking)` once taken.
+    /// gives the bytes (and signatures) back otherwise. `Ok(Import::Checking)` once taken.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn take_arriving(
         &mut self,
@@ -135,10 +135,13 @@ impl Home {
         match stored {
             Ok(Imported::Stored) => {
                 let bytes = self.keep_whole(doc, &heads, bytes);
-                if self.check_received(team, doc, kind, heads, bytes)? == Import::Stored {
-                    // No worker to check it: it is checked on first load, and usable now.
+                let checking = self.check_received(team, doc, kind, heads, bytes);
+                if !matches!(checking, Ok(Import::Checking)) {
+                    // Not checked on a worker: it is checked on first load, and its
+                    // session looks at it now.
                     self.changed.push(Change::Doc { team, doc, kind });
                 }
+                checking?;
             }
             Ok(Imported::AlreadyHeld | Imported::PiecesMissing) => {
                 self.changed.push(Change::Doc { team, doc, kind });
