@@ -226,6 +226,13 @@ mod tests {
         Ok(Sent { team, doc, kind, bytes, heads, signatures })
     }
 
+    /// Waits until the home asks for its next turn.
+    fn next_turn(asked: &mpsc::Receiver<()>) -> crate::error::Result<()> {
+        asked
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| crate::Error::Invalid("the home stopped asking for turns".into()))
+    }
+
     /// Bea's home as a node runs it: each call of the waker is a turn.
     fn with_turns(bea: &mut Home) -> mpsc::Receiver<()> {
         let (turns, asked) = mpsc::channel();
@@ -253,9 +260,7 @@ mod tests {
         let mut turns = 0;
         bea.changed.clear();
         while !bea.changed.contains(&Change::Doc { team, doc, kind }) {
-            asked
-                .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| crate::Error::Invalid("the home stopped asking for turns".into()))?;
+            next_turn(&asked)?;
             // Until every piece is written and the check is done, it is not used.
             assert!(
                 !bea.holds(team, doc)? || bea.verifier.as_ref().is_some_and(|v| v.is_pending(doc))
@@ -285,9 +290,7 @@ mod tests {
             ada_sends_a_month(&mut ada, &mut bea)?;
         let asked = with_turns(&mut bea);
         bea.import_snapshot(team, doc, kind, bytes, &heads, &signatures)?;
-        asked
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| crate::Error::Invalid("the home stopped asking for turns".into()))?;
+        next_turn(&asked)?;
         bea.poll_background();
         // Bea writes a note of the same month: the document is hers now, and the pieces
         // written of Ada's give way.
@@ -317,9 +320,7 @@ mod tests {
         let asked = with_turns(&mut bea);
         bea.import_snapshot(team, doc, kind, bytes, &heads, &signatures)?;
         for _ in 0..2 {
-            asked
-                .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| crate::Error::Invalid("the home stopped asking for turns".into()))?;
+            next_turn(&asked)?;
             bea.poll_background();
         }
         // Stopped between two pieces: what was written goes, and nothing is held.
