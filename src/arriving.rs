@@ -14,7 +14,7 @@
 //! ([`care_store::Store::add_piece`]); a write that stores the document meanwhile (a note
 //! written here, the same document from another peer) drops them, and so does the next
 //! start of a home that stopped while writing them, the document then being fetched
-//! again. At most [`ARRIVING_BYTES_MAX`] bytes wait to be written: past that a document
+//! again. At most [`ARRIVING_BYTES_MAX`] bytes are held while written: past that a document
 //! is written at once, in one transaction, as a small one is.
 //!
 //! [`Replica::poll_background`]: care_sync::Replica::poll_background
@@ -33,8 +33,8 @@ use crate::home::Home;
 /// edit arriving while a large document is written waits for one piece at most.
 pub(crate) const PIECE_BYTES: usize = 128 << 10;
 
-/// Most bytes of documents received whole waiting to be written: bounds the memory they
-/// hold when peers send many at once.
+/// Most bytes of documents received whole held while they are written: bounds the memory
+/// they hold when peers send many at once.
 pub(crate) const ARRIVING_BYTES_MAX: usize = 256 << 20;
 
 /// A document received whole, being written.
@@ -62,9 +62,9 @@ impl Arriving {
         self.documents.iter().any(|d| d.doc == doc)
     }
 
-    /// Bytes waiting to be written.
-    fn waiting_bytes(&self) -> usize {
-        self.documents.iter().map(|d| d.bytes.len() - d.written).sum()
+    /// Bytes held in memory: every document being written, whole, until it is stored.
+    fn held_bytes(&self) -> usize {
+        self.documents.iter().map(|d| d.bytes.len()).sum()
     }
 
     /// Whether nothing waits to be written.
@@ -92,7 +92,7 @@ impl Home {
         if self.arriving.holds(doc) {
             return Ok(Import::Checking);
         }
-        let room = self.arriving.waiting_bytes() + bytes.len() <= ARRIVING_BYTES_MAX;
+        let room = self.arriving.held_bytes() + bytes.len() <= ARRIVING_BYTES_MAX;
         if bytes.len() <= PIECE_BYTES || !room || self.waker.is_none() || self.verifier.is_none() {
             return Err((bytes, signatures));
         }
