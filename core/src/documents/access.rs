@@ -169,6 +169,9 @@ impl<'a, R: ReadDoc + ?Sized> Obj<'a, R> {
 
     /// Every element of this list, each of which must be a map, in one pass.
     pub(crate) fn items(&self) -> Result<Vec<Self>, DocError> {
+        if self.doc.length(&self.id) == 0 {
+            return Ok(Vec::new());
+        }
         let found: Vec<(bool, ObjId)> = self
             .doc
             .list_range(&self.id, ..)
