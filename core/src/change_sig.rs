@@ -71,8 +71,9 @@ impl ChangeSig {
     }
 
     /// Checks that each signature is its device's signature of its change of `doc` in
-    /// `team`, all at once (one ed25519 batch equation, see [`verify_batch`]). Returns the
-    /// position of the first that fails.
+    /// `team`, all at once: one cofactored ed25519 batch equation, in which each signer's
+    /// key enters once (per core, for a large set). Returns the position of the first that
+    /// fails.
     ///
     /// Every signature, one or many, is checked this one way (the cofactored batch
     /// equation, keys of low order refused), so that every device reaches the same verdict
