@@ -2,12 +2,13 @@
 //!
 //! A month of notes with photos can be tens of MiB. Written in one transaction it holds
 //! the owner thread, and the store's only write lock, for as long as the disk takes
-//! (half a second for 50 MiB on the machine measured), and every live edit from every other peer waits
-//! behind it. So a document larger than [`PIECE_BYTES`] is written in pieces of that size,
-//! one per turn of the owner thread ([`Replica::poll_background`]), each in a transaction
-//! of its own, with whatever else is queued for the owner taken in between. Once every
-//! piece is written, one small transaction stores the document's row and signatures, and
-//! its check starts as for any document received whole (`crate::verify`).
+//! (half a second for 50 MiB on the machine measured), and every live edit from every
+//! other peer waits behind it. So a document larger than [`PIECE_BYTES`] is written in
+//! pieces of that size, one per turn of the owner thread ([`Replica::poll_background`]),
+//! each in a transaction of its own, with whatever else is queued for the owner taken in
+//! between. Once every piece is written, one small transaction stores the document's row
+//! and signatures, and its check starts as for any document received whole
+//! (`crate::verify`).
 //!
 //! Until then the document is neither held nor passed on: the session that received it
 //! counts it as being checked. The pieces written are no part of any document

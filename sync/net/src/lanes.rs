@@ -1,7 +1,7 @@
 //! The order a connection's writer sends what the owner queued for it.
 //!
-//! A device passing a large document on sends it as parts of a few MiB each, queued all
-//! at once; a live edit queued behind them would wait until every part is written, which
+//! A device passing a large document on sends it as parts of 1 MiB each
+//! (`care_sync::frame::SNAPSHOT_PART_BYTES`), queued all at once; a live edit queued behind them would wait until every part is written, which
 //! on a phone's uplink is seconds. So a sync message of another document (a live edit)
 //! goes ahead of parts still queued, and waits for one part at most. Nothing else moves:
 //! a sync message of the document whose parts are queued, and every other frame (ops,
