@@ -1,14 +1,15 @@
 //! The order a connection's writer sends what the owner queued for it.
 //!
 //! A device passing a large document on sends it as parts of 1 MiB each
-//! (`care_sync::frame::SNAPSHOT_PART_BYTES`), queued all at once; a live edit queued behind them would wait until every part is written, which
-//! on a phone's uplink is seconds. So a sync message of another document (a live edit)
-//! goes ahead of parts still queued, and waits for one part at most. Nothing else moves:
-//! a sync message of the document whose parts are queued, and every other frame (ops,
-//! heads, a close), keep their place, so the remote receives each document's parts, and
-//! everything but live edits, in the order the session sent them. The remote's session
-//! holds a document's parts apart from other frames (`Session::on_snapshot_part`), so a
-//! live edit between two parts is handled as any other.
+//! (`care_sync::frame::SNAPSHOT_PART_BYTES`), queued all at once; a live edit queued
+//! behind them would wait until every part is written, which on a phone's uplink is
+//! seconds. So a sync message of another document (a live edit) goes ahead of parts
+//! still queued, and waits for one part at most. Nothing else moves: a sync message of
+//! the document whose parts are queued, and every other frame (ops, heads, a close), keep
+//! their place, so the remote receives each document's parts, and everything but live
+//! edits, in the order the session sent them. The remote's session holds a document's
+//! parts apart from other frames (`Session::on_snapshot_part`), so a live edit between
+//! two parts is handled as any other.
 
 use std::collections::VecDeque;
 
