@@ -135,13 +135,13 @@ fn sync(a: &mut Home, b: &mut Home) -> Result<()> {
         let mut moved = false;
         for effect in a_hub.take_effects() {
             if let Effect::Send { frame, .. } = effect {
-                b_hub.frame(b, b_conn, &frame);
+                b_hub.frame(b, b_conn, &frame.to_vec());
                 moved = true;
             }
         }
         for effect in b_hub.take_effects() {
             if let Effect::Send { frame, .. } = effect {
-                a_hub.frame(a, a_conn, &frame);
+                a_hub.frame(a, a_conn, &frame.to_vec());
                 moved = true;
             }
         }

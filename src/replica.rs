@@ -822,7 +822,7 @@ mod tests {
                     if let care_sync::Effect::Send { frame, .. } = effect {
                         moved = true;
                         let (hub, home, conn) = &mut sides[1 - from];
-                        hub.frame(home, *conn, &frame);
+                        hub.frame(home, *conn, &frame.to_vec());
                     }
                 }
             }

@@ -58,6 +58,7 @@ pub(crate) fn exchange_edited(
             match effect {
                 Effect::Send { frame, .. } => {
                     moved = true;
+                    let frame = frame.to_vec();
                     let edited = match Frame::decode(&frame) {
                         Ok(decoded) => edit(decoded).map(|f| f.encode()),
                         Err(_) => Some(frame),
@@ -73,6 +74,7 @@ pub(crate) fn exchange_edited(
         for effect in b_hub.take_effects() {
             match effect {
                 Effect::Send { frame, .. } => {
+                    let frame = frame.to_vec();
                     a_hub.frame(a, a_conn, &frame);
                     seen.frames[1].push(frame);
                     moved = true;

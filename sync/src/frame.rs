@@ -6,6 +6,7 @@
 //! checks the size before anything is allocated and every count after decoding, so a
 //! peer's bytes can never panic the process or make it hold more than [`FRAME_BYTES_MAX`].
 
+use bytes::Bytes;
 use care_core::{ChangeSig, DocId, DocKind, Month, SIGNED_HEADS_MAX, Sealed, TeamId};
 use serde::{Deserialize, Serialize};
 
@@ -304,14 +305,58 @@ impl Frame {
     }
 }
 
-/// The length prefix of a frame of `len` bytes: a 4-byte big-endian u32.
-///
-/// A [`Frame::SnapshotPart`] with its bytes borrowed from the whole document: encoded
-/// as that frame is, without copying the part out of the document first (a device
-/// passing a large document on to several others copies it once per device, into the
-/// frames).
-#[derive(Debug, Clone, Copy)]
-pub struct PartRef<'a> {
+/// An encoded frame, ready to write behind its length prefix: the bytes [`Frame::encode`]
+/// gives, in one or more pieces. A part of a whole document ([`PartRef`]) is three: its
+/// fields, its share of the document's bytes (shared with every other part, and with
+/// every connection the document goes to), and its signatures; so a device passing a
+/// large document on to several others copies none of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encoded {
+    pieces: Vec<Bytes>,
+}
+
+impl Encoded {
+    /// Its length in bytes (the length prefix not counted).
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its pieces, to write one after the other.
+    pub fn into_pieces(self) -> Vec<Bytes> {
+        self.pieces
+    }
+
+    /// Its bytes in one piece (a copy, when there are several).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.len());
+        for piece in &self.pieces {
+            bytes.extend_from_slice(piece);
+        }
+        bytes
+    }
+
+    /// Its [`Lane`], read from its first piece (which holds at least the frame's variant,
+    /// team and document).
+    pub fn lane(&self) -> Lane {
+        self.pieces.first().map_or(Lane::Other, |first| Lane::of(first))
+    }
+}
+
+impl From<Vec<u8>> for Encoded {
+    fn from(bytes: Vec<u8>) -> Encoded {
+        Encoded { pieces: vec![Bytes::from(bytes)] }
+    }
+}
+
+/// A [`Frame::SnapshotPart`] whose bytes are a slice of the whole document, shared:
+/// encoded as that frame is, without copying the part out of the document.
+#[derive(Debug, Clone)]
+pub struct PartRef {
     /// The team.
     pub team: TeamId,
     /// The document.
@@ -323,36 +368,23 @@ pub struct PartRef<'a> {
     /// How many parts the document is sent in.
     pub total: u32,
     /// The part's bytes.
-    pub bytes: &'a [u8],
+    pub bytes: Bytes,
 }
 
-impl PartRef<'_> {
-    /// The frame's bytes, as [`Frame::encode`] gives them for the same
-    /// [`Frame::SnapshotPart`] with `signatures`.
-    pub fn encode(&self, signatures: &[ChangeSig]) -> Vec<u8> {
-        /// The fields of [`Frame::SnapshotPart`], in its order, borrowed.
-        #[derive(Serialize)]
-        struct Fields<'a> {
-            team: TeamId,
-            doc: DocId,
-            kind: DocKind,
-            index: u32,
-            total: u32,
-            #[serde(with = "serde_bytes")]
-            bytes: &'a [u8],
-            signatures: &'a [ChangeSig],
-        }
-        let PartRef { team, doc, kind, index, total, bytes } = *self;
-        // Postcard writes an enum variant as its index then its fields: the same as this
-        // pair.
-        let frame =
-            (SNAPSHOT_PART_VARIANT, Fields { team, doc, kind, index, total, bytes, signatures });
-        let len =
-            postcard::experimental::serialized_size(&frame).expect("every field type serialises");
-        let mut out = Vec::with_capacity(1 + len);
-        out.push(FORMAT_VERSION);
-        postcard::to_io(&frame, &mut out).expect("encoding a frame into a Vec cannot fail");
-        out
+impl PartRef {
+    /// The frame, as [`Frame::encode`] gives it for the same [`Frame::SnapshotPart`] with
+    /// `signatures`, in three pieces: the fields up to the part's bytes, those bytes
+    /// (shared, not copied), and the signatures.
+    pub fn encode(&self, signatures: &[ChangeSig]) -> Encoded {
+        let PartRef { team, doc, kind, index, total, ref bytes } = *self;
+        // Postcard writes an enum variant as its index then its fields, a struct as its
+        // fields one after the other, and a byte field (`serde_bytes`) as its length
+        // then its bytes.
+        let fields = (SNAPSHOT_PART_VARIANT, team, doc, kind, index, total, bytes.len());
+        let mut head = vec![FORMAT_VERSION];
+        postcard::to_io(&fields, &mut head).expect("encoding into a Vec cannot fail");
+        let tail = postcard::to_allocvec(signatures).expect("every field type serialises");
+        Encoded { pieces: vec![Bytes::from(head), bytes.clone(), Bytes::from(tail)] }
     }
 }
 
@@ -574,9 +606,12 @@ mod tests {
             };
             let mut whole = vec![7; pad];
             whole.extend_from_slice(&bytes);
-            let part = PartRef { team, doc, kind, index, total, bytes: &whole[pad..] };
+            let shared = Bytes::from(whole).slice(pad..);
+            let part = PartRef { team, doc, kind, index, total, bytes: shared };
             let owned = Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures };
-            prop_assert_eq!(part.encode(owned_signatures(&owned)), owned.encode());
+            let encoded = part.encode(owned_signatures(&owned));
+            prop_assert_eq!(encoded.lane(), Lane::Part(doc));
+            prop_assert_eq!(encoded.to_vec(), owned.encode());
         }
 
         #[test]

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use care_core::{DeviceId, DocId, DocKind, TeamId};
 
 use crate::close::CloseReason;
+use crate::frame::Encoded;
 use crate::replica::Replica;
 use crate::session::{Output, Session, SyncEvent};
 
@@ -86,7 +87,7 @@ pub enum Effect {
         /// The connection.
         conn: ConnId,
         /// The frame, without its length prefix.
-        frame: Vec<u8>,
+        frame: Encoded,
     },
     /// The connection's Hello showed a shared team: read whole frames from it from now
     /// on (until then, nothing past the Hello is read).

@@ -69,7 +69,7 @@
 //! assert_eq!(plan::section(b.doc(team, id).expect("synced"), Section::Routines)?, "Tea at 8.");
 //!
 //! fn sends(outputs: Vec<Output>) -> Vec<Vec<u8>> {
-//!     outputs.into_iter().filter_map(|o| match o { Output::Send(f) => Some(f), _ => None }).collect()
+//!     outputs.into_iter().filter_map(|o| match o { Output::Send(f) => Some(f.to_vec()), _ => None }).collect()
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -96,7 +96,7 @@ pub use access::TeamAccess;
 pub use authorship::AuthorshipError;
 pub use close::CloseReason;
 pub use frame::{
-    ALPN, DocHeads, FRAME_BYTES_MAX, Frame, FrameError, Lane, PROTOCOL_VERSION, PartRef,
+    ALPN, DocHeads, Encoded, FRAME_BYTES_MAX, Frame, FrameError, Lane, PROTOCOL_VERSION, PartRef,
     TeamSummary, length_prefix, read_length_prefix,
 };
 pub use hub::{Change, ConnId, Effect, Hub, PeerEvent};

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::sync::Message;
 use automerge::{ActorId, Automerge, ChangeHash};
+use bytes::Bytes;
 use care_core::documents::ReceivedRules;
 use care_core::membership::OPS_MAX;
 use care_core::{ChangeSig, DeviceId, DocId, DocKind, SignedOp, TeamId};
@@ -17,7 +18,7 @@ use crate::chunks::{
 };
 use crate::close::CloseReason;
 use crate::frame::{
-    CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, FRAME_BYTES_MAX, Frame,
+    CLOSE_REASON_BYTES_MAX, DOCS_PER_FRAME_MAX, DocHeads, Encoded, FRAME_BYTES_MAX, Frame,
     HEADS_PER_DOC_MAX, OPS_PER_FRAME_MAX, PROTOCOL_VERSION, PartRef, SIGNATURES_PER_FRAME_MAX,
     SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_BYTES, TEAMS_PER_HELLO_MAX, TeamSummary,
 };
@@ -44,7 +45,7 @@ pub const HELLO_FRAME_BYTES_MAX: usize = 64 + TEAMS_PER_HELLO_MAX * 48;
 pub enum Output {
     /// Write this encoded frame to the connection (behind a length prefix, see
     /// [`length_prefix`](crate::frame::length_prefix)).
-    Send(Vec<u8>),
+    Send(Encoded),
     /// Close the connection after writing what came before; the session is over.
     Close {
         /// Why.
@@ -208,6 +209,15 @@ enum Whole {
     NotHeld,
 }
 
+/// A whole document's bytes as the replica keeps them, shared by the frames of its parts.
+struct SharedBytes(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
 /// What a [`Frame::SnapshotPart`] says of itself.
 struct Part {
     team: TeamId,
@@ -362,7 +372,7 @@ impl Session {
         if let Err(reason) = step(self, replica, &mut out) {
             let mut short = reason.to_string();
             truncate_utf8(&mut short, CLOSE_REASON_BYTES_MAX);
-            out.push(Output::Send(Frame::Close { reason: short }.encode()));
+            out.push(Output::Send(Frame::Close { reason: short }.encode().into()));
             self.end(replica, reason, &mut out);
         }
         out
@@ -399,7 +409,7 @@ impl Session {
         for summary in &teams {
             self.progress.entry(summary.team).or_default().ops_announced = Some(summary.ops_hash);
         }
-        out.push(Output::Send(Frame::Hello { version: PROTOCOL_VERSION, teams }.encode()));
+        out.push(Output::Send(Frame::Hello { version: PROTOCOL_VERSION, teams }.encode().into()));
         self.phase = Phase::HelloSent;
         Ok(())
     }
@@ -807,7 +817,7 @@ impl Session {
         let (_, message) = answer_to_snapshot(theirs);
         let message = message.encode();
         let frame = Frame::Sync { team, doc, kind, message, signatures: Vec::new() };
-        out.push(Output::Send(frame.encode()));
+        out.push(Output::Send(frame.encode().into()));
         self.progress.entry(team).or_default().told.insert(doc, theirs.to_vec());
         Ok(())
     }
@@ -868,7 +878,7 @@ impl Session {
             replica.set_sync_state(self.remote, doc, state);
             let message = message.encode();
             out.push(Output::Send(
-                Frame::Sync { team, doc, kind, message, signatures: Vec::new() }.encode(),
+                Frame::Sync { team, doc, kind, message, signatures: Vec::new() }.encode().into(),
             ));
             self.progress.entry(team).or_default().told.insert(doc, whole.heads.clone());
         }
@@ -1142,7 +1152,7 @@ impl Session {
         self.progress.entry(team).or_default().ops_announced = Some(ops_hash(&ops));
         for batch in ops.chunks(OPS_PER_FRAME_MAX) {
             let ops = batch.iter().map(SignedOp::to_bytes).collect();
-            out.push(Output::Send(Frame::Ops { team, ops }.encode()));
+            out.push(Output::Send(Frame::Ops { team, ops }.encode().into()));
         }
         Ok(())
     }
@@ -1179,7 +1189,7 @@ impl Session {
                 DocHeads { id, kind, heads }
             })
             .collect();
-        out.push(Output::Send(Frame::Heads { team, docs }.encode()));
+        out.push(Output::Send(Frame::Heads { team, docs }.encode().into()));
         Ok(())
     }
 
@@ -1215,7 +1225,7 @@ impl Session {
         let message = message.encode();
         let frame = Frame::Sync { team, doc, kind, message, signatures }.encode();
         if frame.len() <= SYNC_FRAME_BYTES_MAX {
-            out.push(Output::Send(frame));
+            out.push(Output::Send(frame.into()));
             return Ok(Some(heads));
         }
         // The changes of a long time apart, too many for one frame: the whole document
@@ -1291,18 +1301,19 @@ impl Session {
             let signatures = shares.pop().unwrap_or_default();
             let bytes = bytes.to_vec();
             let frame = Frame::Snapshot { team, doc, kind, bytes, signatures };
-            out.push(Output::Send(frame.encode()));
+            out.push(Output::Send(frame.encode().into()));
             return Ok(Whole::Sent(heads));
         }
         // In parts: each with a share of the bytes and of the signatures.
         let parts = bytes.len().div_ceil(SNAPSHOT_PART_BYTES).max(shares.len()).max(2);
         let total = u32::try_from(parts).expect("at most SNAPSHOT_PARTS_MAX parts");
         let mut shares = shares.into_iter();
+        let whole = Bytes::from_owner(SharedBytes(bytes));
         for index in 0..total {
-            let start = (index as usize * SNAPSHOT_PART_BYTES).min(bytes.len());
-            let end = (start + SNAPSHOT_PART_BYTES).min(bytes.len());
+            let start = (index as usize * SNAPSHOT_PART_BYTES).min(whole.len());
+            let end = (start + SNAPSHOT_PART_BYTES).min(whole.len());
             let signatures = shares.next().unwrap_or_default();
-            let part = PartRef { team, doc, kind, index, total, bytes: &bytes[start..end] };
+            let part = PartRef { team, doc, kind, index, total, bytes: whole.slice(start..end) };
             out.push(Output::Send(part.encode(&signatures)));
         }
         Ok(Whole::Sent(heads))

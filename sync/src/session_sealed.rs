@@ -132,7 +132,7 @@ impl Session {
             }
             frames.push(frame);
         }
-        out.extend(frames.into_iter().map(Output::Send));
+        out.extend(frames.into_iter().map(|frame| Output::Send(frame.into())));
         self.progress.entry(team).or_default().told.insert(doc, ours);
         Ok(())
     }
@@ -452,7 +452,7 @@ impl Session {
         let heads = heads_bytes(ours);
         let whole_wanted = false;
         out.push(Output::Send(
-            Frame::SealedHeads { team, doc, kind, heads, whole_wanted }.encode(),
+            Frame::SealedHeads { team, doc, kind, heads, whole_wanted }.encode().into(),
         ));
         Ok(())
     }
@@ -470,7 +470,7 @@ impl Session {
         let ours = sorted(replica.heads(team, doc).map_err(store)?.unwrap_or_default());
         let heads = heads_bytes(&ours);
         out.push(Output::Send(
-            Frame::SealedHeads { team, doc, kind, heads, whole_wanted }.encode(),
+            Frame::SealedHeads { team, doc, kind, heads, whole_wanted }.encode().into(),
         ));
         let progress = self.progress.entry(team).or_default();
         progress.told.insert(doc, ours.clone());

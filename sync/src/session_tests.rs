@@ -103,7 +103,7 @@ impl Side {
         let mut frames = Vec::new();
         for output in outputs {
             match output {
-                Output::Send(frame) => frames.push(frame),
+                Output::Send(frame) => frames.push(frame.to_vec()),
                 Output::Close { reason } => self.closed = Some(reason),
                 Output::Event(event) => self.events.push(event),
             }

@@ -473,7 +473,7 @@ impl<D: SimDevice> World<D> {
                     Effect::Send { conn, frame } => {
                         if let Some(&id) = self.by_hub_id.get(&(peer, conn)) {
                             let end = usize::from(self.conns[&id].ends[1] == peer);
-                            self.send(id, end, frame);
+                            self.send(id, end, frame.to_vec());
                         }
                     }
                     Effect::Close { conn, .. } => {

@@ -1,8 +1,10 @@
 //! Frames on a QUIC stream: a 4-byte big-endian length, then that many bytes. The length
 //! is checked against [`FRAME_BYTES_MAX`] before anything is allocated.
 
+use bytes::Bytes;
 use iroh::endpoint::{ReadExactError, RecvStream, SendStream, WriteError};
 
+use care_sync::Encoded;
 use care_sync::frame::FRAME_BYTES_MAX;
 
 /// Why a frame could not be read.
@@ -31,6 +33,15 @@ pub async fn write_frame(send: &mut SendStream, frame: &[u8]) -> Result<(), Writ
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(frame);
     send.write_all(&buf).await
+}
+
+/// Writes one encoded frame without copying its pieces: the stream keeps each (a part of
+/// a document shares the document's bytes) until it is sent.
+pub async fn write_encoded(send: &mut SendStream, frame: Encoded) -> Result<(), WriteError> {
+    let len = u32::try_from(frame.len()).expect("frames are smaller than FRAME_BYTES_MAX");
+    let mut chunks = vec![Bytes::copy_from_slice(&len.to_be_bytes())];
+    chunks.extend(frame.into_pieces());
+    send.write_all_chunks(&mut chunks).await
 }
 
 /// Reads one sync frame, of at most [`FRAME_BYTES_MAX`].

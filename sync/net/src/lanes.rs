@@ -28,7 +28,7 @@ impl Lanes {
     /// Queues what the owner sent, after everything queued before.
     pub(crate) fn push(&mut self, outgoing: Outgoing) {
         let lane = match &outgoing {
-            Outgoing::Frame(frame) => Lane::of(frame),
+            Outgoing::Frame(frame) => frame.lane(),
             Outgoing::Close(_) => Lane::Other,
         };
         self.queued.push_back((outgoing, lane));
@@ -65,6 +65,7 @@ impl Lanes {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use care_core::{DocKind, TeamId};
     use care_sync::{Frame, PartRef};
 
@@ -76,7 +77,8 @@ mod tests {
 
     fn part(kind: DocKind, index: u32) -> Outgoing {
         let doc = kind.doc_id(team());
-        let part = PartRef { team: team(), doc, kind, index, total: 3, bytes: &[index as u8; 8] };
+        let bytes = Bytes::from(vec![index as u8; 8]);
+        let part = PartRef { team: team(), doc, kind, index, total: 3, bytes };
         Outgoing::Frame(part.encode(&[]))
     }
 
@@ -84,12 +86,12 @@ mod tests {
         let doc = kind.doc_id(team());
         let message = vec![n];
         Outgoing::Frame(
-            Frame::Sync { team: team(), doc, kind, message, signatures: vec![] }.encode(),
+            Frame::Sync { team: team(), doc, kind, message, signatures: vec![] }.encode().into(),
         )
     }
 
     fn heads() -> Outgoing {
-        Outgoing::Frame(Frame::Heads { team: team(), docs: vec![] }.encode())
+        Outgoing::Frame(Frame::Heads { team: team(), docs: vec![] }.encode().into())
     }
 
     fn written(lanes: &mut Lanes) -> Vec<Outgoing> {

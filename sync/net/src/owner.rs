@@ -20,9 +20,9 @@ use care_core::{DeviceId, TeamId};
 use iroh::endpoint::{Connection, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
 
-use care_sync::CloseReason;
 use care_sync::Replica;
 use care_sync::hub::{ConnId, Effect, Hub, PeerEvent, Turned};
+use care_sync::{CloseReason, Encoded};
 
 /// Commands waiting for the owner thread. A reader waits for room, so a busy owner slows
 /// the peers feeding it rather than holding their frames.
@@ -78,7 +78,7 @@ enum Command<R> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outgoing {
     /// Write a frame.
-    Frame(Vec<u8>),
+    Frame(Encoded),
     /// Close the connection with this reason once what came before is written.
     Close(String),
 }
@@ -361,7 +361,7 @@ impl<R: Replica> Thread<R> {
 
     /// Queues a frame for a connection's writer, or drops a connection that has fallen
     /// too far behind.
-    fn send(&mut self, conn: ConnId, frame: Vec<u8>) {
+    fn send(&mut self, conn: ConnId, frame: Encoded) {
         let Some(link) = self.links.get(&conn) else { return };
         let len = frame.len() as u64 + 4;
         let queued = link.queued.fetch_add(len, Ordering::Relaxed) + len;

@@ -14,7 +14,7 @@ use iroh::{Endpoint, EndpointAddr};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 
 use crate::endpoint::remote_device;
-use crate::framing::{ReadFrameError, read_frame_max, write_frame};
+use crate::framing::{ReadFrameError, read_frame_max, write_encoded};
 use crate::handshake;
 use crate::lanes::Lanes;
 use crate::owner::{FRAMES_AHEAD_MAX, Link, Outgoing, Owner};
@@ -315,7 +315,7 @@ async fn write_frames(
         match next {
             Outgoing::Frame(frame) => {
                 let len = 4 + frame.len() as u64;
-                let written = write_frame(&mut send, &frame).await;
+                let written = write_encoded(&mut send, frame).await;
                 queued.fetch_sub(len, Ordering::Relaxed);
                 if written.is_err() {
                     // The connection is lost; the reader tells the owner.
