@@ -381,6 +381,8 @@ fn a_document_written_in_pieces_is_stored_only_once_all_are() -> Result {
     for piece in &pieces[..2] {
         assert!(store.add_piece(meta(1).id, piece)?);
     }
+    // A piece is not synced on its own; every other write still is.
+    assert_eq!(synchronous(&store)?, FULL);
     // Written but not yet stored: no document, and nothing the store counts as damaged.
     assert!(store.doc_summary(meta(1).id)?.is_none());
     assert!(store.check()?.problems.is_empty(), "{:?}", store.check()?.problems);
@@ -397,9 +399,18 @@ fn a_document_written_in_pieces_is_stored_only_once_all_are() -> Result {
     assert_eq!(loaded.doc().get_heads(), heads);
     // A stored document takes no more pieces.
     assert!(!store.add_piece(meta(1).id, pieces[0])?);
+    assert_eq!(synchronous(&store)?, FULL);
     assert_eq!(store.doc_bytes(meta(1).id)?, Some(bytes));
     Ok(())
 }
+
+/// `PRAGMA synchronous` of a store's connection.
+fn synchronous(store: &Store) -> std::result::Result<i64, rusqlite::Error> {
+    store.conn().query_row("PRAGMA synchronous", [], |r| r.get(0))
+}
+
+/// `synchronous=FULL`, as `PRAGMA synchronous` reads it.
+const FULL: i64 = 2;
 
 #[test]
 fn pieces_give_way_to_the_document_written_meanwhile_and_to_a_restart() -> Result {
