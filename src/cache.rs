@@ -34,6 +34,11 @@ impl DocCache {
         })
     }
 
+    /// The document, if loaded, not marked used.
+    pub(crate) fn peek(&self, id: &DocId) -> Option<&StoredDoc> {
+        self.docs.get(id).map(|(doc, _)| doc)
+    }
+
     /// Whether the document is loaded.
     pub(crate) fn contains_key(&self, id: &DocId) -> bool {
         self.docs.contains_key(id)

@@ -75,6 +75,12 @@ pub struct ListenAddrs {
     pub relay: Option<String>,
 }
 
+/// Most documents [`Home::read_records`] loads before reading them together: a quarter
+/// of those kept loaded, so none of them is dropped before it is read.
+const READ_TOGETHER_MAX: usize = crate::cache::DOCS_CACHED_MAX / 4;
+/// Most threads [`Home::read_records`] reads on.
+const READERS_MAX: usize = 4;
+
 /// Why a document is being loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -853,6 +859,65 @@ impl Home {
         Ok(Some(record.unwrap_or(stored.doc())))
     }
 
+    /// `read` on the record of each of `kinds` held here (`None` for one not held), on
+    /// several threads: a device that has just caught up lists a year of notes from
+    /// seventy-odd month documents, and reading them is work for every core. Documents
+    /// are loaded, and their records computed, here, [`READ_TOGETHER_MAX`] at a time.
+    pub(crate) fn read_records<R: Send>(
+        &mut self,
+        team: TeamId,
+        kinds: &[DocKind],
+        read: impl Fn(&DocKind, &Automerge) -> R + Sync,
+    ) -> Result<Vec<Option<R>>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(READERS_MAX);
+        let mut out = Vec::with_capacity(kinds.len());
+        for batch in kinds.chunks(READ_TOGETHER_MAX) {
+            let mut held = Vec::with_capacity(batch.len());
+            for kind in batch {
+                held.push(self.record(team, *kind)?.is_some());
+            }
+            let access = self.team_access(team)?;
+            let Home { docs, records, .. } = &*self;
+            // A record is dropped from those kept only when more are computed than are
+            // kept; one computed just above and dropped since is read again alone below.
+            let found: Vec<Option<&Automerge>> = batch
+                .iter()
+                .zip(&held)
+                .map(|(kind, held)| {
+                    let id = kind.doc_id(team);
+                    let stored = docs.peek(&id).filter(|_| *held)?;
+                    records.kept(stored.doc(), id, access.membership())
+                })
+                .collect();
+            let mut results: Vec<Option<R>> = Vec::with_capacity(batch.len());
+            let share = found.len().div_ceil(threads).max(1);
+            std::thread::scope(|scope| {
+                let readers: Vec<_> = batch
+                    .chunks(share)
+                    .zip(found.chunks(share))
+                    .map(|(kinds, found)| {
+                        let read = &read;
+                        scope.spawn(move || {
+                            kinds.iter().zip(found).map(|(k, r)| r.map(|r| read(k, r))).collect()
+                        })
+                    })
+                    .collect();
+                for reader in readers {
+                    let read: Vec<Option<R>> =
+                        reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    results.extend(read);
+                }
+            });
+            for ((kind, held), result) in batch.iter().zip(held).zip(&mut results) {
+                if held && result.is_none() {
+                    *result = self.record(team, *kind)?.map(|record| read(kind, record));
+                }
+            }
+            out.extend(results);
+        }
+        Ok(out)
+    }
+
     /// Loads a document from the store. One received whole and not loaded since is
     /// verified first: it must load to the heads it was stored with, and every change must
     /// be by a device that may have written it. One that fails is discarded, as if it had
@@ -1001,7 +1066,7 @@ mod tests {
 
     use super::*;
     use crate::cache::DOCS_CACHED_MAX;
-    use crate::{NewNote, NoteQuery};
+    use crate::{NewNote, NoteQuery, NoteStream};
 
     /// A clock the test moves by hand.
     struct HandClock(Arc<AtomicI64>);
@@ -1145,6 +1210,41 @@ mod tests {
         home.team(&team)?.amend_note(first, "and a walk")?;
         let amended = home.team(&team)?.note(first)?;
         assert_eq!(amended.amendments.len(), 1);
+        Ok(())
+    }
+
+    /// Every note, read from the month documents together on several threads, comes in
+    /// the order the newest notes are read one month at a time: newest month first, and
+    /// within a month, of both streams, newest first.
+    #[test]
+    fn all_notes_read_together_come_as_read_month_by_month() -> Result<()> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let start = care_core::Month::new(2023, 1).expect("a month").start();
+        let now = Arc::new(AtomicI64::new(start.0));
+        home.set_clock(HandClock(Arc::clone(&now)));
+        let team = home.create_team("Ada's team")?.to_string();
+        // More month documents than are read together at once, of both streams.
+        let months = READ_TOGETHER_MAX + 5;
+        for month in 0..months {
+            now.fetch_add(31 * 24 * 3_600_000, Ordering::Relaxed);
+            for n in 0..3 {
+                // Two notes of a month share their time: their ids order them.
+                now.fetch_add(if n == 1 { 60_000 } else { 0 }, Ordering::Relaxed);
+                let stream = [NoteStream::Care, NoteStream::General][(month + n) % 2];
+                let note = NewNote { text: format!("{month}.{n}"), ..NewNote::default() };
+                home.team(&team)?.add_note(&note, Some(stream))?;
+            }
+        }
+        let every = |since| NoteQuery { since, limit: None };
+        let month_by_month = |since| NoteQuery { since, limit: Some(usize::MAX) };
+        let together = home.team(&team)?.notes(&every(None))?;
+        assert_eq!(together.len(), months * 3);
+        assert_eq!(together, home.team(&team)?.notes(&month_by_month(None))?);
+        let since = Some(Timestamp(now.load(Ordering::Relaxed) - 100 * 24 * 3_600_000));
+        let recent = home.team(&team)?.notes(&every(since))?;
+        assert!(!recent.is_empty() && recent.len() < together.len());
+        assert_eq!(recent, home.team(&team)?.notes(&month_by_month(since))?);
         Ok(())
     }
 

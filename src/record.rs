@@ -44,6 +44,23 @@ impl Records {
         Ok(self.fresh(doc, id, kind, membership)?.record.copy())
     }
 
+    /// The record of `doc` as [`Records::of`] last computed it, without computing it:
+    /// the document itself or its copy; `None` unless it was computed at the document's
+    /// heads under this membership.
+    pub(crate) fn kept<'a>(
+        &'a self,
+        doc: &'a Automerge,
+        id: DocId,
+        membership: &Membership,
+    ) -> Option<&'a Automerge> {
+        if membership.cuts().is_empty() {
+            return Some(doc);
+        }
+        let kept = self.by_doc.get(&id)?;
+        let current = kept.heads == doc.get_heads() && kept.membership == membership.heads();
+        current.then(|| kept.record.copy().unwrap_or(doc))
+    }
+
     /// [`Record::write`] on the record kept for `doc`, which then stays kept.
     pub(crate) fn write<R, E: From<AutomergeError>>(
         &mut self,

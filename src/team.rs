@@ -133,7 +133,9 @@ impl<'h> Team<'h> {
     /// The newest notes first. Only the months needed are loaded, so this does not
     /// grow with the team's whole history.
     pub fn notes(&mut self, query: &NoteQuery) -> Result<Vec<ShiftNote>> {
-        let limit = query.limit.unwrap_or(usize::MAX);
+        let Some(limit) = query.limit else {
+            return self.all_notes(query.since);
+        };
         let since_month = query.since.map(Timestamp::month);
         let mut out = Vec::new();
         for month in self.months_with(|kind| matches!(kind, DocKind::Notes { .. }))? {
@@ -155,6 +157,38 @@ impl<'h> Team<'h> {
             out.extend(batch);
         }
         out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Every note since `since` (or ever), newest first: the month documents read
+    /// together, on several threads ([`Home::read_records`]).
+    fn all_notes(&mut self, since: Option<Timestamp>) -> Result<Vec<ShiftNote>> {
+        let since_month = since.map(Timestamp::month);
+        let mut kinds = Vec::new();
+        for month in self.months_with(|kind| matches!(kind, DocKind::Notes { .. }))? {
+            if since_month.is_some_and(|since| month < since) {
+                break;
+            }
+            for stream in [NoteStream::Care, NoteStream::General] {
+                let kind = DocKind::Notes { stream, month };
+                if self.access(&kind) != Access::None {
+                    kinds.push(kind);
+                }
+            }
+        }
+        let read = |_: &DocKind, doc: &Automerge| documents::notes::latest(doc, since, usize::MAX);
+        let read = self.home.read_records(self.id(), &kinds, read)?;
+        let mut out: Vec<ShiftNote> = Vec::new();
+        let mut month_started = 0;
+        for (at, (kind, notes)) in kinds.iter().zip(read).enumerate() {
+            out.extend(notes.transpose().map_err(|e| doc_error(kind, e))?.unwrap_or_default());
+            // Each month's notes, of both streams, newest first.
+            if kinds.get(at + 1).is_none_or(|next| next.month() != kind.month()) {
+                out[month_started..]
+                    .sort_by(|a, b| b.written_at.cmp(&a.written_at).then(b.id.cmp(&a.id)));
+                month_started = out.len();
+            }
+        }
         Ok(out)
     }
 
