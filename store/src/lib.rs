@@ -1,6 +1,8 @@
 //! The store of a care home on one device: the only crate that knows SQLite.
 //!
-//! A [`Store`] is one SQLite file (WAL, `synchronous=FULL`) holding:
+//! A [`Store`] is one SQLite file (WAL, `synchronous=FULL`; a piece of a document
+//! received whole, no part of any document yet, is the one write not synced on its own:
+//! see [`Store::add_piece`]) holding:
 //! - the team's signed membership ops, as opaque bytes keyed by their hash;
 //! - its documents, each an opaque Automerge document with a `kind`, kept as a snapshot
 //!   chunk plus one incremental chunk per saved change, each with a BLAKE3 checksum;
