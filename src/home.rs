@@ -867,7 +867,7 @@ impl Home {
         &mut self,
         team: TeamId,
         kinds: &[DocKind],
-        read: impl Fn(&DocKind, &Automerge) -> R + Sync,
+        read: impl Fn(&Automerge) -> R + Sync,
     ) -> Result<Vec<Option<R>>> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(READERS_MAX);
         let mut out = Vec::with_capacity(kinds.len());
@@ -892,15 +892,10 @@ impl Home {
             let mut results: Vec<Option<R>> = Vec::with_capacity(batch.len());
             let share = found.len().div_ceil(threads).max(1);
             std::thread::scope(|scope| {
-                let readers: Vec<_> = batch
+                let read = &read;
+                let readers: Vec<_> = found
                     .chunks(share)
-                    .zip(found.chunks(share))
-                    .map(|(kinds, found)| {
-                        let read = &read;
-                        scope.spawn(move || {
-                            kinds.iter().zip(found).map(|(k, r)| r.map(|r| read(k, r))).collect()
-                        })
-                    })
+                    .map(|found| scope.spawn(move || found.iter().map(|r| r.map(read)).collect()))
                     .collect();
                 for reader in readers {
                     let read: Vec<Option<R>> =
@@ -910,7 +905,7 @@ impl Home {
             });
             for ((kind, held), result) in batch.iter().zip(held).zip(&mut results) {
                 if held && result.is_none() {
-                    *result = self.record(team, *kind)?.map(|record| read(kind, record));
+                    *result = self.record(team, *kind)?.map(&read);
                 }
             }
             out.extend(results);

@@ -176,7 +176,7 @@ impl<'h> Team<'h> {
                 }
             }
         }
-        let read = |_: &DocKind, doc: &Automerge| documents::notes::latest(doc, since, usize::MAX);
+        let read = |doc: &Automerge| documents::notes::latest(doc, since, usize::MAX);
         let read = self.home.read_records(self.id(), &kinds, read)?;
         let mut out: Vec<ShiftNote> = Vec::new();
         let mut month_started = 0;

@@ -149,7 +149,7 @@ impl Store {
     /// until [`Store::import_pieces`] stores the document, and that transaction's sync
     /// carries every piece written before it; a piece lost to a power cut is found
     /// missing there, or dropped at the next start. So a 50 MiB document costs the disk
-    /// one sync, not hundreds, and a live edit stored meanwhile waits for none of them.
+    /// one sync, not hundreds (a write synced meanwhile carries the pieces before it).
     pub fn add_piece(&mut self, id: DocId, piece: &[u8]) -> Result<bool, StoreError> {
         let doing = "storing a piece of a received document";
         self.conn().pragma_update(None, "synchronous", "NORMAL").doing(doing)?;
