@@ -1180,16 +1180,23 @@ mod tests {
         Ok(())
     }
 
+    /// Ada's home in a temporary directory, on a clock the test moves (from January of
+    /// `year`), with a team of her own.
+    fn ada_from(year: i32) -> Result<(tempfile::TempDir, Home, Arc<AtomicI64>, String)> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut home = Home::init(dir.path(), "Ada")?;
+        let start = care_core::Month::new(year, 1).expect("a month").start();
+        let now = Arc::new(AtomicI64::new(start.0));
+        home.set_clock(HandClock(Arc::clone(&now)));
+        let team = home.create_team("Ada's team")?.to_string();
+        Ok((dir, home, now, team))
+    }
+
     /// Notes in more months than the cache holds: the cache stays within its bound, and
     /// every note, in documents dropped and loaded again, still reads and takes writes.
     #[test]
     fn loaded_documents_stay_within_the_cache_bound() -> Result<()> {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut home = Home::init(dir.path(), "Ada")?;
-        let start = care_core::Month::new(2024, 1).expect("a month").start();
-        let now = Arc::new(AtomicI64::new(start.0));
-        home.set_clock(HandClock(Arc::clone(&now)));
-        let team = home.create_team("Ada's team")?.to_string();
+        let (_dir, mut home, now, team) = ada_from(2024)?;
         let months = DOCS_CACHED_MAX + 8;
         for month in 0..months {
             now.fetch_add(31 * 24 * 3_600_000, Ordering::Relaxed);
@@ -1213,12 +1220,7 @@ mod tests {
     /// within a month, of both streams, newest first.
     #[test]
     fn all_notes_read_together_come_as_read_month_by_month() -> Result<()> {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut home = Home::init(dir.path(), "Ada")?;
-        let start = care_core::Month::new(2023, 1).expect("a month").start();
-        let now = Arc::new(AtomicI64::new(start.0));
-        home.set_clock(HandClock(Arc::clone(&now)));
-        let team = home.create_team("Ada's team")?.to_string();
+        let (_dir, mut home, now, team) = ada_from(2023)?;
         // More month documents than are read together at once, of both streams.
         let months = READ_TOGETHER_MAX + 5;
         for month in 0..months {
