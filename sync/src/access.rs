@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use automerge::{ActorId, Automerge, ChangeHash};
-use care_core::documents::{ReceivedRules, genesis};
+use care_core::documents::ReceivedRules;
 use care_core::{
     Access, ChangeSig, DeviceId, DocKind, MemberId, Membership, MembershipError, OpBody, OpHash,
     RejectReason, Right, Role, SignedOp, TeamId,
@@ -257,8 +257,8 @@ fn short_actor(actor: &ActorId) -> String {
 
 /// The actor and hash of the deterministic first change of a document.
 pub fn genesis_change(team: TeamId, kind: &DocKind) -> (ActorId, Option<ChangeHash>) {
-    let doc = genesis(team, kind);
-    (ActorId::from(kind.doc_id(team).as_bytes()), doc.get_heads().first().copied())
+    let first = care_core::documents::first_change(team, kind);
+    (first.actor.clone(), Some(first.hash))
 }
 
 /// BLAKE3 over the sorted op hashes, truncated to 16 bytes.

@@ -37,10 +37,12 @@ pub mod rota;
 pub mod team_doc;
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{ActorId, Automerge, ObjType, ROOT};
+use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use crate::doc_kind::{DocKind, Section};
-use crate::ids::{DeviceId, MemberId, Timestamp};
+use crate::ids::{DeviceId, MemberId, TeamId, Timestamp};
 use access::Obj;
 
 pub use error::DocError;
@@ -77,6 +79,73 @@ pub fn genesis(team: crate::ids::TeamId, kind: &DocKind) -> Automerge {
     doc.transact_with(|_| CommitOptions::default().with_time(0), |tx| write_genesis(tx, kind))
         .expect("genesis writes a fixed set of keys into an empty document");
     doc
+}
+
+/// What a received change is checked against of a document's deterministic first change
+/// ([`genesis`]): its actor (the document id), its hash, and the operation that made the
+/// kind's root container, if the kind has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirstChange {
+    /// The first change's actor: the document id's bytes.
+    pub actor: ActorId,
+    /// The first change's hash.
+    pub hash: ChangeHash,
+    /// The operation of the first change that made the kind's root container.
+    pub container: Option<automerge::legacy::OpId>,
+}
+
+/// Most first changes kept by [`first_change`]: a device checks the documents of a few
+/// teams, a circle node those of many; past this many the kept ones are dropped and made
+/// again as they are needed.
+const FIRST_CHANGES_KEPT_MAX: usize = 4096;
+
+/// The first changes made so far, by team and kind.
+static FIRST_CHANGES: Mutex<BTreeMap<(TeamId, DocKind), Arc<FirstChange>>> =
+    Mutex::new(BTreeMap::new());
+
+/// The deterministic first change of the `kind` document of `team`, as every check of a
+/// received change needs it. Making it takes an Automerge document and a commit (more than
+/// checking the signature of a change), and every document a device receives is checked
+/// against it several times: it is made once per team and kind, and kept (at most
+/// [`FIRST_CHANGES_KEPT_MAX`]).
+pub fn first_change(team: TeamId, kind: &DocKind) -> Arc<FirstChange> {
+    let kept = |map: &BTreeMap<_, Arc<FirstChange>>| map.get(&(team, *kind)).cloned();
+    if let Some(first) = kept(&first_changes()) {
+        return first;
+    }
+    let doc = genesis(team, kind);
+    let change =
+        doc.get_changes(&[]).into_iter().next().expect("the first change writes the schema");
+    let container = container(kind).and_then(|name| {
+        let expanded = change.decode();
+        let index = expanded.operations.iter().position(|op| {
+            op.obj == automerge::legacy::ObjectId::Root
+                && op.key == automerge::legacy::Key::Map(name.into())
+                && matches!(op.action, automerge::legacy::OpType::Make(_))
+        })?;
+        Some(automerge::legacy::OpId(
+            expanded.start_op.get() + index as u64,
+            expanded.actor_id.clone(),
+        ))
+    });
+    let first = Arc::new(FirstChange {
+        actor: ActorId::from(kind.doc_id(team).as_bytes()),
+        hash: change.hash(),
+        container,
+    });
+    let mut map = first_changes();
+    if map.len() >= FIRST_CHANGES_KEPT_MAX {
+        map.clear();
+    }
+    map.insert((team, *kind), Arc::clone(&first));
+    first
+}
+
+/// The kept first changes, even if a thread panicked holding them (they are only ever
+/// whole entries).
+fn first_changes() -> std::sync::MutexGuard<'static, BTreeMap<(TeamId, DocKind), Arc<FirstChange>>>
+{
+    FIRST_CHANGES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Checks that `doc` is a document of `kind` with a schema this code understands and every
@@ -214,6 +283,28 @@ mod tests {
         }
         let other = genesis(other_team(), &DocKind::Plan);
         assert_ne!(other.get_heads(), genesis(team(), &DocKind::Plan).get_heads());
+    }
+
+    /// The kept first change is the one `genesis` makes, for each team and kind, and its
+    /// container is the root operation that made the kind's container.
+    #[test]
+    fn the_first_change_kept_is_the_genesis_change() {
+        for team in [team(), other_team()] {
+            for kind in all_kinds() {
+                let doc = genesis(team, &kind);
+                for _ in 0..2 {
+                    let first = first_change(team, &kind);
+                    assert_eq!(doc.get_heads(), vec![first.hash], "{kind}");
+                    assert_eq!(first.actor, ActorId::from(kind.doc_id(team).as_bytes()), "{kind}");
+                    let made = container(&kind).map(|name| {
+                        let (_, id) = doc.get(ROOT, name).expect("reads").expect("a container");
+                        id.to_string()
+                    });
+                    let kept = first.container.as_ref().map(|op| format!("{}@{}", op.0, op.1));
+                    assert_eq!(kept, made, "{kind}");
+                }
+            }
+        }
     }
 
     #[test]

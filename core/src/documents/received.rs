@@ -13,7 +13,7 @@
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
 use automerge::{Change, ChangeHash, ObjType};
 
-use super::{container, genesis};
+use super::first_change;
 use crate::doc_kind::DocKind;
 use crate::ids::{EntryId, TeamId};
 
@@ -25,7 +25,7 @@ const TEAM_ROOT_KEYS: [&str; 2] = ["name", "circle"];
 pub struct ReceivedRules {
     kind: DocKind,
     /// The hash of the document's deterministic first change.
-    genesis: Option<ChangeHash>,
+    genesis: ChangeHash,
     /// The operation that created the kind's root container in the first change.
     container: Option<OpId>,
 }
@@ -33,24 +33,13 @@ pub struct ReceivedRules {
 impl ReceivedRules {
     /// The rules for the `kind` document of `team`.
     pub fn new(team: TeamId, kind: &DocKind) -> ReceivedRules {
-        let first = genesis(team, kind);
-        let change = first.get_changes(&[]).into_iter().next();
-        let container_op = change.as_ref().and_then(|change| {
-            let name = container(kind)?;
-            let expanded = change.decode();
-            let index = expanded.operations.iter().position(|op| {
-                op.obj == ObjectId::Root
-                    && op.key == Key::Map(name.into())
-                    && matches!(op.action, OpType::Make(_))
-            })?;
-            Some(OpId(expanded.start_op.get() + index as u64, expanded.actor_id.clone()))
-        });
-        ReceivedRules { kind: *kind, genesis: change.map(|c| c.hash()), container: container_op }
+        let first = first_change(team, kind);
+        ReceivedRules { kind: *kind, genesis: first.hash, container: first.container.clone() }
     }
 
     /// Whether `change` keeps the document's rules; the reason when it does not.
     pub fn check(&self, change: &Change) -> Result<(), String> {
-        if Some(change.hash()) == self.genesis {
+        if change.hash() == self.genesis {
             return Ok(());
         }
         // Automerge parses a change without checking that each op's actor indices are in
@@ -114,7 +103,7 @@ mod tests {
     use automerge::{ActorId, Automerge, ROOT, ReadDoc};
 
     use super::*;
-    use crate::documents::{Author, notes, plan, promises, rota, team_doc};
+    use crate::documents::{Author, genesis, notes, plan, promises, rota, team_doc};
     use crate::ids::{DeviceId, MemberId, Month, Timestamp};
     use crate::{NoteStream, Section};
 
