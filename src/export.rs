@@ -13,7 +13,7 @@ use automerge::Automerge;
 use care_core::membership::Access;
 use care_core::{ChangeSig, DocKind, SignedOp, TeamId};
 use care_sync::TeamAccess;
-use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
+use care_sync::chunks::{INFLATED_BYTES_MAX, check_inflated_len};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -219,7 +219,7 @@ fn verify_document(
     bytes: &[u8],
     sig_bytes: &[u8],
 ) -> std::result::Result<(usize, usize), (Option<String>, String)> {
-    inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| (None, e.to_string()))?;
+    check_inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| (None, e.to_string()))?;
     let doc = Automerge::load(bytes).map_err(|e| (None, format!("it does not load: {e}")))?;
     let signatures: Vec<ChangeSig> = postcard::from_bytes(sig_bytes)
         .map_err(|e| (None, format!("its signatures do not read: {e}")))?;

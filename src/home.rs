@@ -16,7 +16,7 @@ use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoreKey, StoredDo
 use care_sync::Change;
 use care_sync::TeamAccess;
 use care_sync::access::check_document;
-use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
+use care_sync::chunks::{INFLATED_BYTES_MAX, check_inflated_len};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::DocCache;
@@ -949,7 +949,7 @@ impl Home {
         let Some(bytes) = self.store.doc_bytes(id)? else {
             return Ok(None);
         };
-        Ok(inflated_len(&bytes, INFLATED_BYTES_MAX).err().map(|e| e.to_string()))
+        Ok(check_inflated_len(&bytes, INFLATED_BYTES_MAX).err().map(|e| e.to_string()))
     }
 
     /// Loads a document; one not verified yet is checked (authors) and marked verified.

@@ -32,7 +32,7 @@ use care_core::{ChangeSig, DocId, DocKind, TeamId};
 use care_store::{Store, StoreKey};
 use care_sync::TeamAccess;
 use care_sync::access::check_document;
-use care_sync::chunks::{INFLATED_BYTES_MAX, inflated_len};
+use care_sync::chunks::{INFLATED_BYTES_MAX, check_inflated_len};
 
 /// A document to check, with what it is checked against: its bytes as the home just
 /// stored them (shared with the home, which keeps them to pass the document on), or else
@@ -277,7 +277,7 @@ fn read(connection: &Mutex<Option<Store>>, job: &Job) -> Option<Result<ReadBack,
 
 /// Checks a document's bytes against what it claimed when it arrived; returns it loaded.
 fn check_bytes(bytes: &[u8], signatures: &[ChangeSig], job: &Job) -> Result<Automerge, String> {
-    inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
+    check_inflated_len(bytes, INFLATED_BYTES_MAX).map_err(|e| e.to_string())?;
     let doc = Automerge::load(bytes).map_err(|e| format!("it does not load: {e}"))?;
     let mut heads = doc.get_heads();
     heads.sort();

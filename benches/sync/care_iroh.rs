@@ -58,7 +58,8 @@ pub(crate) struct ThroughCircle {
 /// What the checks on peer input cost, over every notes document of the catch-up team:
 /// work a device does besides the catch-up figure (which stores documents unloaded).
 pub(crate) struct Checks {
-    /// Measuring what the documents inflate to, before their first load.
+    /// Checking what the documents inflate to, before their first load (read, not
+    /// inflated, where they are too small to pass the bound at deflate's greatest ratio).
     pub inflate_ms: f64,
     /// The documents' rules over every change, in that first load (and on every change
     /// that arrives in a sync message).
@@ -82,7 +83,7 @@ pub(crate) fn checks(size: &Size) -> Result<Checks> {
         let Ok(kind) = summary.kind.parse::<care_core::DocKind>() else { continue };
         let bytes = home.store().doc_bytes(summary.id)?.context("a stored document")?;
         let started = Instant::now();
-        care_sync::chunks::inflated_len(&bytes, care_sync::chunks::INFLATED_BYTES_MAX)
+        care_sync::chunks::check_inflated_len(&bytes, care_sync::chunks::INFLATED_BYTES_MAX)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         figures.inflate_ms += started.elapsed().as_secs_f64() * 1000.0;
         let doc = automerge::Automerge::load(&bytes)?;

@@ -86,14 +86,41 @@ pub fn checked_changes_in(
 /// to, and a document its uncompressed columns plus what its compressed columns inflate
 /// to. Nothing is kept: the streams are inflated into a small buffer and counted.
 pub fn inflated_len(bytes: &[u8], budget: usize) -> Result<usize, InflateError> {
+    measure(bytes, budget, inflate_len)
+}
+
+/// Most bytes one byte of a deflate stream can inflate to: the longest match (258 bytes)
+/// in a code of two bits, the bound zlib's documentation gives ("1032:1").
+pub const DEFLATE_RATIO_MAX: usize = 1032;
+
+/// Whether `bytes`, a concatenation of chunks, take at most `budget` once inflated, as
+/// [`inflated_len`] measures them. Bytes too few to pass the budget at deflate's greatest
+/// ratio ([`DEFLATE_RATIO_MAX`]) are read for their structure only, as `inflated_len`
+/// reads it, and not inflated: Automerge inflates them once more as it loads them.
+pub fn check_inflated_len(bytes: &[u8], budget: usize) -> Result<(), InflateError> {
+    // A document counts its own bytes beside what its columns inflate to.
+    if bytes.len().saturating_mul(DEFLATE_RATIO_MAX + 1) <= budget {
+        measure(bytes, budget, |deflated, _| Ok(deflated.len() * DEFLATE_RATIO_MAX)).map(drop)
+    } else {
+        inflated_len(bytes, budget).map(drop)
+    }
+}
+
+/// Walks the chunks of `bytes` as [`inflated_len`] describes, counting each deflate
+/// stream with `inflated` (given the stream and the budget left).
+fn measure(
+    bytes: &[u8],
+    budget: usize,
+    inflated: impl Fn(&[u8], usize) -> Result<usize, InflateError>,
+) -> Result<usize, InflateError> {
     let mut total = 0usize;
     for_each_chunk(bytes, |chunk_type, chunk, _| {
         let left = budget.saturating_sub(total);
         let data = chunk_data(chunk)?;
         total += match chunk_type {
             CHUNK_CHANGE => data.len(),
-            CHUNK_COMPRESSED => inflate_len(data, left)?,
-            CHUNK_DOCUMENT => document_inflated_len(data, left)?,
+            CHUNK_COMPRESSED => inflated(data, left)?,
+            CHUNK_DOCUMENT => document_inflated_len(data, left, &inflated)?,
             other => return Err(format!("an Automerge chunk of unexpected type {other}").into()),
         };
         if total > budget {
@@ -148,7 +175,11 @@ fn inflate_len(deflated: &[u8], budget: usize) -> Result<usize, InflateError> {
 /// What a document chunk's data takes once its compressed columns are inflated: its
 /// actors, heads, then two sections of column metadata (specification, length), then
 /// the columns' bytes in the same order.
-fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, InflateError> {
+fn document_inflated_len(
+    data: &[u8],
+    budget: usize,
+    inflated: impl Fn(&[u8], usize) -> Result<usize, InflateError>,
+) -> Result<usize, InflateError> {
     let truncated = || "a truncated Automerge document chunk".to_owned();
     let mut cursor = Cursor(data);
     let actor_count = cursor.count().ok_or_else(truncated)?;
@@ -177,7 +208,7 @@ fn document_inflated_len(data: &[u8], budget: usize) -> Result<usize, InflateErr
     for (deflated, len) in columns {
         let bytes = cursor.take(len).ok_or_else(truncated)?;
         if deflated {
-            total += inflate_len(bytes, budget.saturating_sub(total))?;
+            total += inflated(bytes, budget.saturating_sub(total))?;
         }
         if total > budget {
             return Err(InflateError::TooLarge { max: budget });
@@ -429,6 +460,69 @@ mod tests {
                 return out;
             }
             out.push(byte | 0x80);
+        }
+    }
+
+    /// The ratio `check_inflated_len` relies on holds for the most compressible input
+    /// there is, compressed as tightly as zlib can, and is nearly reached by it.
+    #[test]
+    fn deflate_never_inflates_past_its_greatest_ratio() {
+        use std::io::Write;
+        let zeros = vec![0u8; 16 << 20];
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&zeros).expect("compresses");
+        let deflated = encoder.finish().expect("compresses");
+        let inflated = inflate_len(&deflated, usize::MAX).expect("inflates");
+        assert_eq!(inflated, zeros.len());
+        assert!(
+            inflated <= deflated.len() * DEFLATE_RATIO_MAX,
+            "{inflated} from {}",
+            deflated.len()
+        );
+        assert!(inflated > deflated.len() * 1000, "{inflated} from {}", deflated.len());
+    }
+
+    /// Bytes too few to pass the budget are read for their structure and not inflated:
+    /// a chunk cut short is still refused, bytes that pass still pass, and bytes that
+    /// could pass the budget are measured as `inflated_len` measures them.
+    #[test]
+    fn a_check_without_inflating_still_reads_the_structure() {
+        let saved = doc_with(7, 40).save();
+        let measured = inflated_len(&saved, INFLATED_BYTES_MAX).expect("within");
+        assert!(saved.len() * (DEFLATE_RATIO_MAX + 1) <= INFLATED_BYTES_MAX);
+        check_inflated_len(&saved, INFLATED_BYTES_MAX).expect("within, unmeasured");
+        let cut = &saved[..saved.len() - 10];
+        assert!(inflated_len(cut, INFLATED_BYTES_MAX).is_err());
+        assert!(matches!(
+            check_inflated_len(cut, INFLATED_BYTES_MAX),
+            Err(InflateError::Malformed(_))
+        ));
+        // A budget the bytes could pass at deflate's ratio: measured, and refused.
+        assert!(matches!(
+            check_inflated_len(&saved, measured - 1),
+            Err(InflateError::TooLarge { .. })
+        ));
+        check_inflated_len(&saved, measured).expect("exactly within");
+    }
+
+    proptest! {
+        /// Whatever the bytes, what `check_inflated_len` refuses `inflated_len` refuses
+        /// too: reading without inflating only ever passes bytes Automerge's own load
+        /// then refuses (a deflate stream that does not inflate).
+        #[test]
+        fn a_check_without_inflating_is_never_stricter(
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in 0usize..64,
+        ) {
+            let mut saved = doc_with(3, 12).save();
+            let i = at.index(saved.len());
+            saved[i] = byte;
+            saved.truncate(saved.len() - cut.min(saved.len()));
+            if inflated_len(&saved, INFLATED_BYTES_MAX).is_ok() {
+                prop_assert!(check_inflated_len(&saved, INFLATED_BYTES_MAX).is_ok());
+            }
         }
     }
 
