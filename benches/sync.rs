@@ -115,8 +115,8 @@ fn main() -> Result<()> {
     let checks = care_iroh::checks(&size)?;
     println!(
         "care checks of peer input, over the same notes' {} changes (outside the catch-up \
-         figure): inflate bound {:.1} ms and document rules {:.1} ms (at a received document's \
-         first load, included in the read of all notes above); bounds of one sync message \
+         figure): inflate bound {:.1} ms and document rules {:.1} ms (as the workers check a \
+         document received whole, on the operations it holds); bounds of one sync message \
          carrying them all {:.1} ms",
         checks.changes, checks.inflate_ms, checks.rules_ms, checks.message_ms
     );

@@ -226,7 +226,7 @@ fn verify_document(
     let id = kind.doc_id(team);
     care_sync::authorship::check_signed_document(access, team, id, kind, &doc, &signatures)
         .map_err(|e| (blamed_change(&e), e.to_string()))?;
-    care_sync::access::check_document(access, team, kind, &doc, &signatures)
+    care_sync::access::check_saved_document(access, team, kind, &doc, bytes, &signatures)
         .map_err(|why| (None, why))?;
     let kept_aside = care_core::kept_aside(&doc, id, kind, access.membership());
     Ok((doc.get_changes_meta(&[]).len(), kept_aside.map_or(0, |aside| aside.changes.len())))

@@ -651,6 +651,17 @@ mod tests {
 
     /// A notes document of a team: its genesis, then one change by `actor`.
     fn received(team: TeamId, kind: &DocKind, actor: ActorId) -> (Vec<u8>, Vec<ChangeHash>) {
+        received_with(team, kind, actor, false)
+    }
+
+    /// [`received`], with a second change by `actor` that rewrites the note (which notes'
+    /// rules forbid) if `rewritten`.
+    fn received_with(
+        team: TeamId,
+        kind: &DocKind,
+        actor: ActorId,
+        rewritten: bool,
+    ) -> (Vec<u8>, Vec<ChangeHash>) {
         let mut doc = genesis(team, kind).with_actor(actor);
         let month = kind.month().expect("a notes document has a month");
         let entry = care_core::EntryId::new(month, [1; 8]).to_string();
@@ -661,6 +672,16 @@ mod tests {
         })
         .map_err(|f| f.error)
         .expect("a change to a fresh document");
+        if rewritten {
+            let entry = care_core::EntryId::new(month, [1; 8]).to_string();
+            doc.transact(|tx| {
+                let notes = tx.get(ROOT, "notes")?.expect("genesis made the container").1;
+                let note = tx.get(&notes, entry)?.expect("the note").1;
+                tx.put(&note, "written_by", "someone else")
+            })
+            .map_err(|f| f.error)
+            .expect("a second change");
+        }
         let mut heads = doc.get_heads();
         heads.sort();
         (doc.save(), heads)
@@ -677,22 +698,24 @@ mod tests {
             let _ = woken.send(());
         }));
         let own = home.profile().device;
-        let kinds: Vec<DocKind> = [9, 10, 11]
+        let kinds: Vec<DocKind> = [9, 10, 11, 12]
             .map(|m| DocKind::Notes {
                 stream: NoteStream::Care,
                 month: Month::new(2026, m).expect("a month"),
             })
             .to_vec();
         // One by a device of the team, signed; one under the first change's actor
-        // (forged); one under this device's actor, signed by another key (forged).
+        // (forged); one under this device's actor, signed by another key (forged); one
+        // by this device, signed, that rewrites its note (against the notes' rules).
         let genesis_actor = ActorId::from(kinds[1].doc_id(team).as_bytes());
         let ids = kinds.iter().map(|k| k.doc_id(team)).collect::<Vec<_>>();
         let other = care_core::DeviceKey::from_seed([66; 32]);
-        let signers = [&home.key.clone(), &home.key.clone(), &other];
-        let actors = [ActorId::from(own.as_bytes()), genesis_actor, ActorId::from(own.as_bytes())];
+        let signers = [&home.key.clone(), &home.key.clone(), &other, &home.key.clone()];
+        let own_actor = ActorId::from(own.as_bytes());
+        let actors = [own_actor.clone(), genesis_actor, own_actor.clone(), own_actor];
         let mut sent = Vec::new();
         for (i, actor) in actors.into_iter().enumerate() {
-            let (bytes, heads) = received(team, &kinds[i], actor);
+            let (bytes, heads) = received_with(team, &kinds[i], actor, i == 3);
             let sigs = signed_by(&home, signers[i], team, &kinds[i], &bytes)?;
             assert_eq!(
                 home.import_snapshot(team, ids[i], kinds[i], bytes.clone(), &heads, &sigs)?,
@@ -706,7 +729,7 @@ mod tests {
             assert_eq!(home.snapshot(team, *id)?.map(|b| b.to_vec()), None);
             assert!(home.generate_sync_message(peer, team, *id, kinds[i])?.is_none());
         }
-        for _ in 0..3 {
+        for _ in 0..kinds.len() {
             wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
         }
         home.changed.clear();
@@ -725,7 +748,7 @@ mod tests {
             assert!(home.signatures(team, *forged, None)?.is_empty(), "with its signatures");
         }
         // The verdicts come from one worker per core, in any order.
-        assert_eq!(home.changed.len(), 3);
+        assert_eq!(home.changed.len(), kinds.len());
         for (id, kind) in ids.iter().zip(&kinds) {
             let change = Change::Doc { team, doc: *id, kind: *kind };
             assert!(home.changed.contains(&change), "the sessions look at {kind} again");

@@ -31,7 +31,7 @@ use automerge::{Automerge, ChangeHash};
 use care_core::{ChangeSig, DocId, DocKind, TeamId};
 use care_store::{Store, StoreKey};
 use care_sync::TeamAccess;
-use care_sync::access::check_document;
+use care_sync::access::check_saved_document;
 use care_sync::chunks::{INFLATED_BYTES_MAX, check_inflated_len};
 
 /// A document to check, with what it is checked against: its bytes as the home just
@@ -286,6 +286,6 @@ fn check_bytes(bytes: &[u8], signatures: &[ChangeSig], job: &Job) -> Result<Auto
     if heads != claimed {
         return Err("its changes do not add up to the heads it was sent with".into());
     }
-    check_document(&job.access, job.team, &job.kind, &doc, signatures)?;
+    check_saved_document(&job.access, job.team, &job.kind, &doc, bytes, signatures)?;
     Ok(doc)
 }

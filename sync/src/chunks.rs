@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 
 use automerge::{ActorId, Automerge, Change, ChangeHash};
+use care_core::documents::{ReceivedRules, StoredOp};
 
 use crate::frame::HEADS_PER_DOC_MAX;
 
@@ -333,6 +334,227 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Checks the changes saved in `bytes` (a document chunk, then change chunks, as a
+/// document is stored) against `rules`: the document chunk by the operations its columns
+/// hold ([`ReceivedRules::check_stored`]), without rebuilding each change from them;
+/// each change after it as it is. `ops_max` bounds the operations read (the loaded
+/// document's count). A second document chunk is loaded and its changes checked.
+pub fn check_saved_rules(rules: &ReceivedRules, bytes: &[u8], ops_max: u64) -> Result<(), String> {
+    for_each_chunk(bytes, |chunk_type, chunk, index| match chunk_type {
+        CHUNK_DOCUMENT if index == 0 => stored_ops(chunk, ops_max, |op| rules.check_stored(op)),
+        CHUNK_DOCUMENT => {
+            let doc = Automerge::load(chunk).map_err(|e| e.to_string())?;
+            doc.get_changes(&[]).iter().try_for_each(|change| rules.check(change))
+        }
+        CHUNK_CHANGE | CHUNK_COMPRESSED => {
+            rules.check(&Change::try_from(chunk).map_err(|e| e.to_string())?)
+        }
+        other => Err(format!("an Automerge chunk of unexpected type {other}")),
+    })
+}
+
+/// Column specifications (without the deflate bit) of the operation columns read.
+const OBJ_ACTOR: u64 = 0x01;
+const OBJ_COUNTER: u64 = 0x02;
+const KEY_STRING: u64 = 0x15;
+const ID_ACTOR: u64 = 0x21;
+const ACTION: u64 = 0x42;
+const SUCCESSORS: u64 = 0x80;
+
+/// Calls `f` with each operation a document chunk (`chunk`, header included) holds, at
+/// most `ops_max` of them.
+fn stored_ops(
+    chunk: &[u8],
+    ops_max: u64,
+    mut f: impl FnMut(&StoredOp<'_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let truncated = || "a truncated Automerge document chunk".to_owned();
+    let (actors, _) = document_prefix(chunk)?;
+    let mut cursor = Cursor(chunk_data(chunk)?);
+    let actor_count = cursor.count().ok_or_else(truncated)?;
+    for _ in 0..actor_count {
+        let len = cursor.count().ok_or_else(truncated)?;
+        cursor.take(len).ok_or_else(truncated)?;
+    }
+    let head_count = cursor.count().ok_or_else(truncated)?;
+    cursor.take(head_count.checked_mul(HASH_BYTES).ok_or_else(truncated)?).ok_or_else(truncated)?;
+    let mut sections: [Vec<(u64, usize)>; 2] = [Vec::new(), Vec::new()];
+    for section in &mut sections {
+        let count = cursor.leb().ok_or_else(truncated)?;
+        if count > COLUMNS_PER_SECTION_MAX {
+            return Err(format!(
+                "a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns"
+            ));
+        }
+        for _ in 0..count {
+            let spec = cursor.leb().ok_or_else(truncated)?;
+            let len =
+                usize::try_from(cursor.leb().ok_or_else(truncated)?).map_err(|_| truncated())?;
+            section.push((spec, len));
+        }
+    }
+    for (_, len) in &sections[0] {
+        cursor.take(*len).ok_or_else(truncated)?;
+    }
+    let wanted = [OBJ_ACTOR, OBJ_COUNTER, KEY_STRING, ID_ACTOR, ACTION, SUCCESSORS];
+    let mut columns: [std::borrow::Cow<'_, [u8]>; 6] = Default::default();
+    for (spec, len) in &sections[1] {
+        let bytes = cursor.take(*len).ok_or_else(truncated)?;
+        let Some(at) = wanted.iter().position(|w| *w == spec & !COLUMN_DEFLATE_BIT) else {
+            continue;
+        };
+        columns[at] = if spec & COLUMN_DEFLATE_BIT != 0 {
+            std::borrow::Cow::Owned(inflate(bytes)?)
+        } else {
+            std::borrow::Cow::Borrowed(bytes)
+        };
+    }
+    let [obj_actor, obj_counter, key, id_actor, action, successors] = &columns;
+    let mut obj_actor = Rle::new(obj_actor, read_uint);
+    let mut obj_counter = Rle::new(obj_counter, read_uint);
+    let mut key = Rle::new(key, read_str);
+    let mut id_actor = Rle::new(id_actor, read_uint);
+    let mut action = Rle::new(action, read_uint);
+    let mut successors = Rle::new(successors, read_uint);
+    let actor = |index: u64| {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| actors.get(i))
+            .ok_or_else(|| "an operation naming an actor the document does not list".to_owned())
+    };
+    let mut read = 0u64;
+    while !action.ended() {
+        read += 1;
+        if read > ops_max {
+            return Err(format!("a document chunk holding more than its {ops_max} operations"));
+        }
+        let (obj, obj_counter, key) = (obj_actor.next()?, obj_counter.next()?, key.next()?);
+        let by = id_actor.next()?.ok_or_else(|| "an operation with no actor".to_owned())?;
+        let op = StoredOp {
+            id_actor: actor(by)?,
+            obj: obj.map(|a| actor(a).map(|a| (a, obj_counter.unwrap_or(0)))).transpose()?,
+            key,
+            action: action.next()?.ok_or_else(|| "an operation with no action".to_owned())?,
+            successors: successors.next()?.unwrap_or(0),
+        };
+        f(&op)?;
+    }
+    Ok(())
+}
+
+/// The bytes a deflated column inflates to (at most [`INFLATED_BYTES_MAX`]).
+fn inflate(deflated: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::bufread::DeflateDecoder::new(deflated)
+        .take(INFLATED_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("a compressed column that does not inflate: {e}"))?;
+    if out.len() > INFLATED_BYTES_MAX {
+        return Err(format!("a column that inflates to more than {INFLATED_BYTES_MAX} bytes"));
+    }
+    Ok(out)
+}
+
+/// A run-length encoded column, as Automerge writes them: runs of a signed LEB128 count
+/// `n` then, for `n > 0`, one value repeated `n` times; for `n < 0`, `-n` values; for
+/// `n == 0`, an unsigned count of nulls. Past its end a column reads as nulls.
+struct Rle<'a, T> {
+    bytes: &'a [u8],
+    run: Run<T>,
+    value: fn(&mut &'a [u8]) -> Option<T>,
+}
+
+/// Where a column's reader is within a run, and how many rows of it are left.
+enum Run<T> {
+    Repeat(T, u64),
+    Literal(u64),
+    Nulls(u64),
+}
+
+impl<'a, T: Copy> Rle<'a, T> {
+    fn new(bytes: &'a [u8], value: fn(&mut &'a [u8]) -> Option<T>) -> Self {
+        Rle { bytes, run: Run::Nulls(0), value }
+    }
+
+    /// Whether every row of the column has been read.
+    fn ended(&self) -> bool {
+        let left = match self.run {
+            Run::Repeat(_, left) | Run::Literal(left) | Run::Nulls(left) => left,
+        };
+        left == 0 && self.bytes.is_empty()
+    }
+
+    /// The next row's value, `None` for a null.
+    fn next(&mut self) -> Result<Option<T>, String> {
+        let malformed = || "a malformed column of operations".to_owned();
+        loop {
+            match &mut self.run {
+                Run::Repeat(value, left) if *left > 0 => {
+                    *left -= 1;
+                    return Ok(Some(*value));
+                }
+                Run::Literal(left) if *left > 0 => {
+                    *left -= 1;
+                    return (self.value)(&mut self.bytes).map(Some).ok_or_else(malformed);
+                }
+                Run::Nulls(left) if *left > 0 => {
+                    *left -= 1;
+                    return Ok(None);
+                }
+                _ => {}
+            }
+            if self.bytes.is_empty() {
+                return Ok(None);
+            }
+            let (n, len) = read_sleb128(self.bytes).ok_or_else(malformed)?;
+            self.bytes = &self.bytes[len..];
+            self.run = match n {
+                1.. => Run::Repeat(
+                    (self.value)(&mut self.bytes).ok_or_else(malformed)?,
+                    n.unsigned_abs(),
+                ),
+                ..0 => Run::Literal(n.unsigned_abs()),
+                0 => Run::Nulls(read_uint(&mut self.bytes).ok_or_else(malformed)?),
+            };
+        }
+    }
+}
+
+/// An unsigned LEB128 value from the front of `bytes`.
+fn read_uint(bytes: &mut &[u8]) -> Option<u64> {
+    let (n, len) = read_leb128(bytes)?;
+    *bytes = &bytes[len..];
+    Some(n)
+}
+
+/// A string (its length in bytes, then UTF-8) from the front of `bytes`.
+fn read_str<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+    let len = usize::try_from(read_uint(bytes)?).ok()?;
+    if len > bytes.len() {
+        return None;
+    }
+    let (text, rest) = bytes.split_at(len);
+    *bytes = rest;
+    std::str::from_utf8(text).ok()
+}
+
+/// A signed LEB128 number and its length in bytes.
+fn read_sleb128(bytes: &[u8]) -> Option<(i64, usize)> {
+    let mut value = 0i64;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        let shift = 7 * i as u32;
+        value |= i64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            if shift + 7 < 64 && byte & 0x40 != 0 {
+                value |= -1i64 << (shift + 7);
+            }
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
 /// The (actor, hash) of every change of a loaded document.
 pub fn changes_of(doc: &Automerge) -> Vec<(ActorId, ChangeHash)> {
     doc.get_changes_meta(&[]).into_iter().map(|meta| (meta.actor.into_owned(), meta.hash)).collect()
@@ -523,6 +745,214 @@ mod tests {
             if inflated_len(&saved, INFLATED_BYTES_MAX).is_ok() {
                 prop_assert!(check_inflated_len(&saved, INFLATED_BYTES_MAX).is_ok());
             }
+        }
+    }
+
+    /// One write in a document of the rules' equivalence test, by actor 0 or 1.
+    #[derive(Clone, Debug)]
+    enum Write {
+        /// A value, or a map, at one of a few root keys.
+        Root {
+            key: usize,
+            map: bool,
+        },
+        RootDelete {
+            key: usize,
+        },
+        /// A value, or a map, under one of a few keys of the kind's container.
+        Entry {
+            key: usize,
+            map: bool,
+        },
+        EntryDelete {
+            key: usize,
+        },
+        /// A field of one of the entries (or plan sections) there is, set or deleted.
+        Field {
+            entry: usize,
+            delete: bool,
+        },
+        /// Text in one of the entries or sections there is.
+        Text {
+            entry: usize,
+        },
+        /// The two actors' copies merge.
+        Merge,
+    }
+
+    /// Any write.
+    fn write() -> impl Strategy<Value = (usize, Write)> {
+        let write = prop_oneof![
+            (0..6usize, any::<bool>()).prop_map(|(key, map)| Write::Root { key, map }),
+            (0..6usize).prop_map(|key| Write::RootDelete { key }),
+            (0..10usize, any::<bool>()).prop_map(|(key, map)| Write::Entry { key, map }),
+            (0..10usize).prop_map(|key| Write::EntryDelete { key }),
+            (0..4usize, any::<bool>()).prop_map(|(entry, delete)| Write::Field { entry, delete }),
+            (0..4usize).prop_map(|entry| Write::Text { entry }),
+            Just(Write::Merge),
+        ];
+        (0..2usize, write)
+    }
+
+    /// Writes below the root, mostly allowed (an entry made twice and a field of a note
+    /// written twice are not).
+    fn allowed_write() -> impl Strategy<Value = (usize, Write)> {
+        let write = prop_oneof![
+            (0..8usize).prop_map(|key| Write::Entry { key, map: true }),
+            (0..4usize).prop_map(|entry| Write::Field { entry, delete: false }),
+            (0..4usize).prop_map(|entry| Write::Text { entry }),
+            Just(Write::Merge),
+        ];
+        (0..2usize, write)
+    }
+
+    /// Applies `writes` to two copies of the first change of `kind`, one per actor, and
+    /// merges them.
+    fn written(kind: &care_core::DocKind, writes: &[(usize, Write)]) -> Automerge {
+        use automerge::ReadDoc;
+        let team = care_core::TeamId::from_bytes([9; 16]);
+        let month = kind.month().unwrap_or(care_core::Month::new(2026, 5).expect("a month"));
+        // Eight entry ids of the document's month, one of another month, one not an id.
+        let mut entry_keys: Vec<String> =
+            (0..8).map(|n| care_core::EntryId::new(month, [n; 8]).to_string()).collect();
+        let other_month = care_core::Month::new(2020, 1).expect("a month");
+        entry_keys.push(care_core::EntryId::new(other_month, [9; 8]).to_string());
+        entry_keys.push("not-an-entry".to_owned());
+        let container = match kind {
+            care_core::DocKind::Team => None,
+            care_core::DocKind::Plan | care_core::DocKind::HealthPlan => Some("sections"),
+            care_core::DocKind::Notes { .. } => Some("notes"),
+            care_core::DocKind::Rota { .. } => Some("bookings"),
+            care_core::DocKind::Promises => Some("promises"),
+        };
+        let root_keys = ["name", "circle", "kind", "schema", "x", container.unwrap_or("notes")];
+        let genesis = care_core::documents::genesis(team, kind);
+        let mut copies = [0u8, 1].map(|n| genesis.fork().with_actor(ActorId::from([n + 1; 32])));
+        for (actor, write) in writes {
+            if let Write::Merge = write {
+                let [a, b] = &mut copies;
+                a.merge(b).expect("merges");
+                b.merge(a).expect("merges");
+                continue;
+            }
+            let doc = &mut copies[*actor];
+            let holder = container.and_then(|name| match doc.get(automerge::ROOT, name) {
+                Ok(Some((automerge::Value::Object(_), id))) => Some(id),
+                _ => None,
+            });
+            let entries: Vec<automerge::ObjId> = holder
+                .as_ref()
+                .map(|holder| {
+                    doc.map_range(holder, ..)
+                        .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+                        .map(|item| item.id())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut tx = doc.transaction();
+            let root = automerge::ROOT;
+            let _ = match write {
+                Write::Root { key, map: true } => {
+                    tx.put_object(root, root_keys[*key], automerge::ObjType::Map).map(drop)
+                }
+                Write::Root { key, map: false } => tx.put(root, root_keys[*key], "v"),
+                Write::RootDelete { key } => tx.delete(root, root_keys[*key]),
+                Write::Entry { key, map } => match &holder {
+                    Some(holder) if *map => {
+                        tx.put_object(holder, &entry_keys[*key], automerge::ObjType::Map).map(drop)
+                    }
+                    Some(holder) => tx.put(holder, &entry_keys[*key], "v"),
+                    None => Ok(()),
+                },
+                Write::EntryDelete { key } => match &holder {
+                    Some(holder) => tx.delete(holder, &entry_keys[*key]),
+                    None => Ok(()),
+                },
+                Write::Field { entry, delete } => {
+                    match entries.get(*entry % entries.len().max(1)) {
+                        Some(obj) if *delete => tx.delete(obj, "field"),
+                        Some(obj)
+                            if tx.object_type(obj).is_ok_and(|t| t == automerge::ObjType::Map) =>
+                        {
+                            tx.put(obj, "field", "v")
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                Write::Text { entry } => match entries.get(*entry % entries.len().max(1)) {
+                    Some(obj) => match tx.object_type(obj) {
+                        Ok(automerge::ObjType::Text) => tx.splice_text(obj, 0, 0, "ab").map(drop),
+                        Ok(automerge::ObjType::Map) => tx
+                            .put_object(obj, "text", automerge::ObjType::Text)
+                            .and_then(|text| tx.splice_text(&text, 0, 0, "ab"))
+                            .map(drop),
+                        _ => Ok(()),
+                    },
+                    None => Ok(()),
+                },
+                Write::Merge => Ok(()),
+            };
+            tx.commit();
+        }
+        let [mut a, mut b] = copies;
+        a.merge(&mut b).expect("merges");
+        a
+    }
+
+    /// The rules checked on every change rebuilt from the loaded document.
+    fn rules_by_change(kind: &care_core::DocKind, doc: &Automerge) -> Result<(), String> {
+        let rules = ReceivedRules::new(care_core::TeamId::from_bytes([9; 16]), kind);
+        doc.get_changes(&[]).iter().try_for_each(|change| rules.check(change))
+    }
+
+    /// The rules checked on the saved operations, and on the changes saved after them.
+    fn rules_saved(kind: &care_core::DocKind, saved: &[u8]) -> Result<(), String> {
+        use automerge::ReadDoc;
+        let rules = ReceivedRules::new(care_core::TeamId::from_bytes([9; 16]), kind);
+        let ops = Automerge::load(saved).expect("loads").stats().num_ops;
+        check_saved_rules(&rules, saved, ops)
+    }
+
+    fn kinds() -> Vec<care_core::DocKind> {
+        use care_core::{DocKind, Month, NoteStream};
+        let month = Month::new(2026, 5).expect("a month");
+        vec![
+            DocKind::Team,
+            DocKind::Plan,
+            DocKind::HealthPlan,
+            DocKind::Promises,
+            DocKind::Rota { month },
+            DocKind::Notes { stream: NoteStream::Care, month },
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        /// The rules give the same verdict on a document's saved operations as on every
+        /// change that made them, for documents of every kind written by two actors with
+        /// overwrites, deletions, conflicts and text; saved whole, or saved then with
+        /// changes saved after it.
+        #[test]
+        fn the_saved_operations_keep_the_rules_exactly_when_the_changes_do(
+            kind in proptest::sample::select(kinds()),
+            writes in prop_oneof![
+                proptest::collection::vec(write(), 0..10),
+                proptest::collection::vec(allowed_write(), 0..10),
+            ],
+            split in any::<prop::sample::Index>(),
+        ) {
+            let doc = written(&kind, &writes);
+            let by_change = rules_by_change(&kind, &doc);
+            let whole = rules_saved(&kind, &doc.save());
+            prop_assert_eq!(by_change.is_ok(), whole.is_ok(), "{:?} / {:?}", by_change, whole);
+            let changes = doc.get_changes(&[]);
+            let at = split.index(changes.len() + 1);
+            let mut before = Automerge::new();
+            before.apply_changes(changes[..at].iter().cloned()).expect("applies");
+            let mut saved = before.save();
+            saved.extend(doc.save_after(&before.get_heads()));
+            let in_two = rules_saved(&kind, &saved);
+            prop_assert_eq!(by_change.is_ok(), in_two.is_ok(), "{:?} / {:?}", by_change, in_two);
         }
     }
 

@@ -48,7 +48,7 @@ use access::Obj;
 pub use error::DocError;
 pub use notes::{Amendment, Medication, NewNote, ParseMedicationError, ShiftNote};
 pub use promises::{Agreement, Promise, PromiseVersion};
-pub use received::ReceivedRules;
+pub use received::{ReceivedRules, StoredOp};
 pub use rota::{Booking, NewBooking, Response};
 pub use team_doc::TeamInfo;
 

@@ -11,7 +11,7 @@
 //!   (a correction is an amendment).
 
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
-use automerge::{Change, ChangeHash, ObjType};
+use automerge::{ActorId, Change, ChangeHash, ObjType};
 
 use super::first_change;
 use crate::doc_kind::DocKind;
@@ -20,12 +20,51 @@ use crate::ids::{EntryId, TeamId};
 /// Root keys of the team document that later changes may write.
 const TEAM_ROOT_KEYS: [&str; 2] = ["name", "circle"];
 
+/// Automerge's code of an operation that makes a map.
+const ACTION_MAKE_MAP: u64 = 0;
+/// Automerge's code of an operation that makes a list.
+const ACTION_MAKE_LIST: u64 = 2;
+/// Automerge's code of a deletion.
+const ACTION_DELETE: u64 = 3;
+/// Automerge's code of an operation that makes a text.
+const ACTION_MAKE_TEXT: u64 = 4;
+/// Automerge's code of an operation that makes a table.
+const ACTION_MAKE_TABLE: u64 = 6;
+
+/// One operation of a saved document, as its columns hold it.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredOp<'a> {
+    /// The actor of the change that made it.
+    pub id_actor: &'a ActorId,
+    /// The object it writes, by the actor and counter of the operation that made it;
+    /// `None` for the root.
+    pub obj: Option<(&'a ActorId, u64)>,
+    /// The map key it writes; `None` for an element of a list or text.
+    pub key: Option<&'a str>,
+    /// Its action, as Automerge codes it (0 makes a map, 1 sets a value, ...).
+    pub action: u64,
+    /// How many later operations overwrote or deleted it.
+    pub successors: u64,
+}
+
+impl StoredOp<'_> {
+    /// Whether it makes an object.
+    fn makes(&self) -> bool {
+        matches!(
+            self.action,
+            ACTION_MAKE_MAP | ACTION_MAKE_LIST | ACTION_MAKE_TEXT | ACTION_MAKE_TABLE
+        )
+    }
+}
+
 /// The rules for received changes to one document, prepared once.
 #[derive(Clone, Debug)]
 pub struct ReceivedRules {
     kind: DocKind,
     /// The hash of the document's deterministic first change.
     genesis: ChangeHash,
+    /// The actor of that first change (the document id).
+    first_actor: ActorId,
     /// The operation that created the kind's root container in the first change.
     container: Option<OpId>,
 }
@@ -34,7 +73,12 @@ impl ReceivedRules {
     /// The rules for the `kind` document of `team`.
     pub fn new(team: TeamId, kind: &DocKind) -> ReceivedRules {
         let first = first_change(team, kind);
-        ReceivedRules { kind: *kind, genesis: first.hash, container: first.container.clone() }
+        ReceivedRules {
+            kind: *kind,
+            genesis: first.hash,
+            first_actor: first.actor.clone(),
+            container: first.container.clone(),
+        }
     }
 
     /// Whether `change` keeps the document's rules; the reason when it does not.
@@ -52,6 +96,59 @@ impl ReceivedRules {
             self.check_op(op)?;
         }
         Ok(())
+    }
+
+    /// Whether an operation of a saved document keeps the rules, as the change that made
+    /// it would ([`check`](Self::check)), with what a saved document says of the changes
+    /// after it: a saved document lists each operation once, with how many later
+    /// operations overwrote or deleted it (`successors`), and lists no deletion itself.
+    /// An operation with successors stands for the later operation's `pred`; those of the
+    /// first change are known by its actor, which no other change may have (checked by
+    /// the authors' check before this).
+    pub fn check_stored(&self, op: &StoredOp<'_>) -> Result<(), String> {
+        let kind = &self.kind;
+        let first = *op.id_actor == self.first_actor;
+        let replaced = op.successors > 0;
+        let Some((obj_actor, obj_counter)) = op.obj else {
+            let team_key = op.key.is_some_and(|k| TEAM_ROOT_KEYS.contains(&k));
+            let may_write = *kind == DocKind::Team && team_key;
+            // A later write of a root key the first change wrote is a root write too.
+            let allowed = if first { !replaced || may_write } else { may_write && !op.makes() };
+            return if allowed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a change that writes the root of a {kind} document (its schema, kind or \
+                     containers)"
+                ))
+            };
+        };
+        let appends_only = matches!(kind, DocKind::Notes { .. });
+        if appends_only && (replaced || op.action == ACTION_DELETE) {
+            return Err("a change that overwrites or deletes part of a note (a note is \
+                        corrected by an amendment)"
+                .to_owned());
+        }
+        let in_container =
+            self.container.as_ref().is_some_and(|c| c.0 == obj_counter && c.1 == *obj_actor);
+        if !in_container {
+            return Ok(());
+        }
+        if matches!(kind, DocKind::Plan | DocKind::HealthPlan) {
+            if first && !replaced {
+                return Ok(());
+            }
+            return Err(format!("a change to the sections of a {kind} document themselves"));
+        }
+        if replaced || op.action == ACTION_DELETE {
+            return Err(format!("a change that replaces or deletes an entry of a {kind} document"));
+        }
+        let entry = op.key.and_then(|key| key.parse::<EntryId>().ok());
+        let right_month = |id: &EntryId| kind.month().is_none_or(|m| id.month() == m);
+        match entry {
+            Some(id) if right_month(&id) && op.action == ACTION_MAKE_MAP => Ok(()),
+            _ => Err(format!("a {kind} entry under a key that is not an entry id of the document")),
+        }
     }
 
     fn check_op(&self, op: &automerge::legacy::Op) -> Result<(), String> {
