@@ -106,8 +106,8 @@ static FIRST_CHANGES: Mutex<BTreeMap<(TeamId, DocKind), Arc<FirstChange>>> =
 /// The deterministic first change of the `kind` document of `team`, as every check of a
 /// received change needs it. Making it takes an Automerge document and a commit (more than
 /// checking the signature of a change), and every document a device receives is checked
-/// against it several times: it is made once per team and kind, and kept (at most
-/// [`FIRST_CHANGES_KEPT_MAX`]).
+/// against it several times: it is made once per team and kind, and kept (at most 4,096
+/// of them; past that the kept ones are dropped and made again as needed).
 pub fn first_change(team: TeamId, kind: &DocKind) -> Arc<FirstChange> {
     let kept = |map: &BTreeMap<_, Arc<FirstChange>>| map.get(&(team, *kind)).cloned();
     if let Some(first) = kept(&first_changes()) {
