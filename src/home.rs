@@ -15,7 +15,7 @@ use care_core::{DeviceId, DeviceKey, DocId, DocKind, MemberId, TeamId, Timestamp
 use care_store::{DocMeta, DocSummary, IntegrityReport, Store, StoreKey, StoredDoc, keyfile};
 use care_sync::Change;
 use care_sync::TeamAccess;
-use care_sync::access::check_document;
+use care_sync::access::{check_document, check_saved_document};
 use care_sync::chunks::{INFLATED_BYTES_MAX, check_inflated_len};
 use serde::{Deserialize, Serialize};
 
@@ -966,7 +966,14 @@ impl Home {
             Ok(Some(doc)) => {
                 let access = self.team_access(team)?;
                 let signatures = crate::replica::stored_signatures_of(&self.store, id, None)?;
-                match check_document(&access, team, kind, doc.doc(), &signatures) {
+                // The rules are read off the bytes it was loaded from, where they are at hand.
+                let checked = match self.store.doc_bytes(id)? {
+                    Some(bytes) => {
+                        check_saved_document(&access, team, kind, doc.doc(), &bytes, &signatures)
+                    }
+                    None => check_document(&access, team, kind, doc.doc(), &signatures),
+                };
+                match checked {
                     Ok(()) => {
                         self.store.set_verified(id)?;
                         return Ok(Ok(Some(doc)));

@@ -917,7 +917,7 @@ mod tests {
         let team = home.create_team("Rosa's team")?;
         let month = Month::new(2026, 11).expect("a month");
         let own = home.profile().device;
-        let kinds: Vec<DocKind> = (0..3)
+        let kinds: Vec<DocKind> = (0..4)
             .map(|i| DocKind::Notes {
                 stream: NoteStream::Care,
                 month: Month::new(2026, 9 + i).unwrap_or(month),
@@ -948,6 +948,14 @@ mod tests {
         );
         assert!(home.doc(team, kinds[1], Purpose::Read)?.is_none());
         assert!(home.store().doc_summary(id)?.is_none(), "the forged document is gone");
+
+        // By a device of the team, signed, but rewriting its note: its rules refuse it.
+        let (bytes, heads) = received_with(team, &kinds[3], ActorId::from(own.as_bytes()), true);
+        let id = kinds[3].doc_id(team);
+        let sigs = signed_by(&home, &home.key, team, &kinds[3], &bytes)?;
+        assert_eq!(home.import_snapshot(team, id, kinds[3], bytes, &heads, &sigs)?, Import::Stored);
+        assert!(home.doc(team, kinds[3], Purpose::Read)?.is_none());
+        assert!(home.store().doc_summary(id)?.is_none(), "the rewritten note is gone");
 
         // Bytes that do not hold the heads they came with: discarded too, with what this
         // device had said of them to the peer, and fetched again at once.
