@@ -841,6 +841,39 @@ fn a_snapshot_with_one_forged_change_inside_is_refused() {
     assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
 }
 
+/// A whole plan for a device that holds the plan, with one change inside that adds a
+/// section of its own (the plan's sections are fixed), signed by its writer: refused for
+/// the document's rules before it is merged.
+#[test]
+fn a_snapshot_with_a_change_that_breaks_the_rules_inside_is_refused() {
+    let team = Team::new();
+    let (mut a, mut b) = live_pair(&team, ADVOCATE);
+    team.write_plan(&mut a, OWNER, "Tea at 8.");
+    let doc = DocKind::Plan.doc_id(team.id);
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, DocKind::Plan);
+    let to_b = a.take(outputs);
+    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
+    let held = a.replica.doc(team.id, doc).expect("held").get_heads();
+
+    let mut whole = b.replica.doc(team.id, doc).expect("arrived").fork();
+    whole.set_actor(ActorId::from(team.keys[OWNER].device_id().as_bytes()));
+    let sections = whole.get(ROOT, "sections").expect("reads").expect("the sections").1;
+    whole
+        .transact(|tx| tx.put_object(&sections, "extra", automerge::ObjType::Text))
+        .map_err(|f| f.error)
+        .expect("writes");
+    let change = whole.get_last_local_change().expect("a change").clone();
+    let mut signatures = b.replica.signatures(team.id, doc, None).expect("memory");
+    signatures.push(sign(&team, OWNER, DocKind::Plan, &change));
+    let kind = DocKind::Plan;
+    let frame = Frame::Snapshot { team: team.id, doc, kind, bytes: whole.save(), signatures };
+    a.receive(&frame.encode());
+    assert!(a.closed.is_none());
+    let refusals = a.refusals();
+    assert!(matches!(refusals.as_slice(), [Refusal::BreaksDocumentRules(_)]), "{refusals:?}");
+    assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
+}
+
 /// Two devices that hold a month's notes, one far behind: the changes it lacks make a
 /// sync message too large for one frame, so the whole document goes instead, in parts
 /// with every signature, and is merged; both end with the same notes.

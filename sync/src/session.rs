@@ -1019,10 +1019,8 @@ impl Session {
                 self.shared.get(&team).ok_or(Refusal::NotCurrent { device: self.remote, team })?;
             check_signed_document(access, team, doc, &kind, &loaded, signatures)?;
             let rules = ReceivedRules::new(team, &kind);
-            loaded
-                .get_changes(&[])
-                .iter()
-                .try_for_each(|change| rules.check(change))
+            let ops = automerge::ReadDoc::stats(&loaded).num_ops;
+            crate::chunks::check_saved_rules(&rules, bytes, ops)
                 .map_err(Refusal::BreaksDocumentRules)
         });
         if let Err(reason) = verdict {
