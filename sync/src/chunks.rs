@@ -403,6 +403,11 @@ fn stored_ops(
         let Some(at) = wanted.iter().position(|w| *w == spec & !COLUMN_DEFLATE_BIT) else {
             continue;
         };
+        // Automerge keeps one column per specification: a second would leave which one it
+        // read open, and this check must read what it loaded.
+        if !columns[at].is_empty() {
+            return Err(format!("a document chunk with two columns {:#x}", wanted[at]));
+        }
         columns[at] = if spec & COLUMN_DEFLATE_BIT != 0 {
             std::borrow::Cow::Owned(inflate(bytes)?)
         } else {
@@ -422,17 +427,23 @@ fn stored_ops(
             .and_then(|i| actors.get(i))
             .ok_or_else(|| "an operation naming an actor the document does not list".to_owned())
     };
+    // Automerge counts the operations by their actors' column, as this does.
     let mut read = 0u64;
-    while !action.ended() {
+    while !id_actor.ended() {
         read += 1;
         if read > ops_max {
             return Err(format!("a document chunk holding more than its {ops_max} operations"));
         }
         let (obj, obj_counter, key) = (obj_actor.next()?, obj_counter.next()?, key.next()?);
         let by = id_actor.next()?.ok_or_else(|| "an operation with no actor".to_owned())?;
+        let obj = match (obj, obj_counter) {
+            (None, None) => None,
+            (Some(obj), Some(counter)) => Some((actor(obj)?, counter)),
+            _ => return Err("an operation whose object has an actor or a counter alone".into()),
+        };
         let op = StoredOp {
             id_actor: actor(by)?,
-            obj: obj.map(|a| actor(a).map(|a| (a, obj_counter.unwrap_or(0)))).transpose()?,
+            obj,
             key,
             action: action.next()?.ok_or_else(|| "an operation with no action".to_owned())?,
             successors: successors.next()?.unwrap_or(0),
@@ -953,6 +964,104 @@ mod tests {
             saved.extend(doc.save_after(&before.get_heads()));
             let in_two = rules_saved(&kind, &saved);
             prop_assert_eq!(by_change.is_ok(), in_two.is_ok(), "{:?} / {:?}", by_change, in_two);
+        }
+    }
+
+    proptest! {
+        /// The reader of a saved document's operations takes any bytes: a document with
+        /// bytes changed or cut short gets a verdict, never a panic, and never a read of
+        /// more operations than it is allowed.
+        #[test]
+        fn saved_operations_changed_anywhere_never_panic(
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in 0usize..64,
+        ) {
+            let kind = care_core::DocKind::Notes {
+                stream: care_core::NoteStream::Care,
+                month: care_core::Month::new(2026, 5).expect("a month"),
+            };
+            let writes: Vec<(usize, Write)> =
+                (0..6).map(|key| (key % 2, Write::Entry { key, map: true })).collect();
+            let mut saved = written(&kind, &writes).save();
+            let i = at.index(saved.len());
+            saved[i] = byte;
+            saved.truncate(saved.len() - cut.min(saved.len()));
+            let rules = ReceivedRules::new(care_core::TeamId::from_bytes([9; 16]), &kind);
+            let _ = check_saved_rules(&rules, &saved, 64);
+        }
+    }
+
+    /// A document chunk with one of the columns read twice is refused: Automerge would
+    /// read one of them, and which is not this check's to guess.
+    #[test]
+    fn a_document_with_a_column_twice_is_refused() {
+        let kind = care_core::DocKind::Promises;
+        let doc = written(&kind, &[(0, Write::Entry { key: 0, map: true })]);
+        let saved = doc.save();
+        let rules = ReceivedRules::new(care_core::TeamId::from_bytes([9; 16]), &kind);
+        let ops = automerge::ReadDoc::stats(&doc).num_ops;
+        check_saved_rules(&rules, &saved, ops).expect("an honest document keeps the rules");
+        // Rewrite the chunk with the action column's metadata and bytes listed twice.
+        let data = chunk_data(&saved).expect("a chunk");
+        let mut cursor = Cursor(data);
+        let actors = cursor.count().expect("actors");
+        for _ in 0..actors {
+            let len = cursor.count().expect("an actor");
+            cursor.take(len).expect("an actor");
+        }
+        let heads = cursor.count().expect("heads");
+        cursor.take(heads * HASH_BYTES).expect("heads");
+        let prefix_len = data.len() - cursor.0.len();
+        let mut sections: Vec<Vec<(u64, u64)>> = Vec::new();
+        for _ in 0..2 {
+            let count = cursor.leb().expect("a count");
+            sections.push(
+                (0..count)
+                    .map(|_| (cursor.leb().expect("spec"), cursor.leb().expect("len")))
+                    .collect(),
+            );
+        }
+        let mut columns: Vec<&[u8]> = Vec::new();
+        for (_, len) in sections.iter().flatten() {
+            columns.push(cursor.take(usize::try_from(*len).expect("a length")).expect("a column"));
+        }
+        let changes = sections[0].len();
+        let action = sections[1]
+            .iter()
+            .position(|(spec, _)| spec & !COLUMN_DEFLATE_BIT == ACTION)
+            .expect("an action column");
+        let twice = sections[1][action];
+        sections[1].insert(action + 1, twice);
+        columns.insert(changes + action + 1, columns[changes + action]);
+        let mut forged = data[..prefix_len].to_vec();
+        for section in &sections {
+            leb(&mut forged, section.len() as u64);
+            for (spec, len) in section {
+                leb(&mut forged, *spec);
+                leb(&mut forged, *len);
+            }
+        }
+        for column in columns {
+            forged.extend_from_slice(column);
+        }
+        forged.extend_from_slice(cursor.0);
+        let mut chunk = saved[..CHUNK_FIXED_BYTES].to_vec();
+        leb(&mut chunk, forged.len() as u64);
+        chunk.extend_from_slice(&forged);
+        let refused = check_saved_rules(&rules, &chunk, ops).expect_err("refused");
+        assert!(refused.contains("two columns"), "{refused}");
+    }
+
+    fn leb(out: &mut Vec<u8>, mut n: u64) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
         }
     }
 
