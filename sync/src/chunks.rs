@@ -181,6 +181,26 @@ fn document_inflated_len(
     budget: usize,
     inflated: impl Fn(&[u8], usize) -> Result<usize, InflateError>,
 ) -> Result<usize, InflateError> {
+    let mut total = data.len();
+    for (spec, bytes) in document_columns(data)?.iter().flatten() {
+        if spec & COLUMN_DEFLATE_BIT != 0 {
+            total += inflated(bytes, budget.saturating_sub(total))?;
+        }
+        if total > budget {
+            return Err(InflateError::TooLarge { max: budget });
+        }
+    }
+    Ok(total)
+}
+
+/// A column of a document chunk: its specification and its bytes.
+type Column<'a> = (u64, &'a [u8]);
+
+/// The columns of a document chunk's data, by section (its changes' columns, then its
+/// operations'), each with its specification: past its actors and heads come two
+/// sections of column metadata (specification, length), then the columns' bytes in the
+/// same order.
+fn document_columns(data: &[u8]) -> Result<[Vec<Column<'_>>; 2], String> {
     let truncated = || "a truncated Automerge document chunk".to_owned();
     let mut cursor = Cursor(data);
     let actor_count = cursor.count().ok_or_else(truncated)?;
@@ -191,31 +211,28 @@ fn document_inflated_len(
     let head_count = cursor.count().ok_or_else(truncated)?;
     let heads_len = head_count.checked_mul(HASH_BYTES).ok_or_else(truncated)?;
     cursor.take(heads_len).ok_or_else(truncated)?;
-    let mut columns = Vec::new();
-    for _ in 0..2 {
+    let mut lens: [Vec<(u64, usize)>; 2] = [Vec::new(), Vec::new()];
+    for section in &mut lens {
         let count = cursor.leb().ok_or_else(truncated)?;
         if count > COLUMNS_PER_SECTION_MAX {
-            let why = format!("a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns");
-            return Err(why.into());
+            return Err(format!(
+                "a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns"
+            ));
         }
         for _ in 0..count {
             let spec = cursor.leb().ok_or_else(truncated)?;
-            let len = cursor.leb().ok_or_else(truncated)?;
-            let len = usize::try_from(len).map_err(|_| truncated())?;
-            columns.push((spec & COLUMN_DEFLATE_BIT != 0, len));
+            let len =
+                usize::try_from(cursor.leb().ok_or_else(truncated)?).map_err(|_| truncated())?;
+            section.push((spec, len));
         }
     }
-    let mut total = data.len();
-    for (deflated, len) in columns {
-        let bytes = cursor.take(len).ok_or_else(truncated)?;
-        if deflated {
-            total += inflated(bytes, budget.saturating_sub(total))?;
-        }
-        if total > budget {
-            return Err(InflateError::TooLarge { max: budget });
-        }
-    }
-    Ok(total)
+    let mut take = |section: &[(u64, usize)]| {
+        section
+            .iter()
+            .map(|(spec, len)| cursor.take(*len).map(|bytes| (*spec, bytes)).ok_or_else(truncated))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok([take(&lens[0])?, take(&lens[1])?])
 }
 
 /// Calls `f` with the type, the bytes and the position of each chunk in `bytes`, a
@@ -368,44 +385,18 @@ fn stored_ops(
     ops_max: u64,
     mut f: impl FnMut(&StoredOp<'_>) -> Result<(), String>,
 ) -> Result<(), String> {
-    let truncated = || "a truncated Automerge document chunk".to_owned();
     let (actors, _) = document_prefix(chunk)?;
-    let mut cursor = Cursor(chunk_data(chunk)?);
-    let actor_count = cursor.count().ok_or_else(truncated)?;
-    for _ in 0..actor_count {
-        let len = cursor.count().ok_or_else(truncated)?;
-        cursor.take(len).ok_or_else(truncated)?;
-    }
-    let head_count = cursor.count().ok_or_else(truncated)?;
-    cursor.take(head_count.checked_mul(HASH_BYTES).ok_or_else(truncated)?).ok_or_else(truncated)?;
-    let mut sections: [Vec<(u64, usize)>; 2] = [Vec::new(), Vec::new()];
-    for section in &mut sections {
-        let count = cursor.leb().ok_or_else(truncated)?;
-        if count > COLUMNS_PER_SECTION_MAX {
-            return Err(format!(
-                "a document chunk with more than {COLUMNS_PER_SECTION_MAX} columns"
-            ));
-        }
-        for _ in 0..count {
-            let spec = cursor.leb().ok_or_else(truncated)?;
-            let len =
-                usize::try_from(cursor.leb().ok_or_else(truncated)?).map_err(|_| truncated())?;
-            section.push((spec, len));
-        }
-    }
-    for (_, len) in &sections[0] {
-        cursor.take(*len).ok_or_else(truncated)?;
-    }
+    let [_, ops] = document_columns(chunk_data(chunk)?)?;
     let wanted = [OBJ_ACTOR, OBJ_COUNTER, KEY_STRING, ID_ACTOR, ACTION, SUCCESSORS];
     let mut columns: [std::borrow::Cow<'_, [u8]>; 6] = Default::default();
-    for (spec, len) in &sections[1] {
-        let bytes = cursor.take(*len).ok_or_else(truncated)?;
+    let mut seen = [false; 6];
+    for (spec, bytes) in ops {
         let Some(at) = wanted.iter().position(|w| *w == spec & !COLUMN_DEFLATE_BIT) else {
             continue;
         };
         // Automerge keeps one column per specification: a second would leave which one it
         // read open, and this check must read what it loaded.
-        if !columns[at].is_empty() {
+        if std::mem::replace(&mut seen[at], true) {
             return Err(format!("a document chunk with two columns {:#x}", wanted[at]));
         }
         columns[at] = if spec & COLUMN_DEFLATE_BIT != 0 {
