@@ -226,16 +226,9 @@ fn verify_document(
     let id = kind.doc_id(team);
     care_sync::authorship::check_signed_document(access, team, id, kind, &doc, &signatures)
         .map_err(|e| (blamed_change(&e), e.to_string()))?;
-    // The signatures are checked above, once, for the change to blame; then the authors'
-    // rights, and the rules on the operations the document holds.
-    let changes: Vec<_> = care_sync::chunks::changes_of(&doc)
-        .into_iter()
-        .map(|(actor, hash)| (actor, Some(hash)))
-        .collect();
-    care_sync::access::check_authors(access, team, kind, &changes).map_err(|why| (None, why))?;
-    let rules = care_core::documents::ReceivedRules::new(team, kind);
-    let ops = automerge::ReadDoc::stats(&doc).num_ops;
-    care_sync::chunks::check_saved_rules(&rules, bytes, ops).map_err(|why| (None, why))?;
+    // The signatures are checked above, once, for the change to blame.
+    care_sync::access::check_saved_authors_and_rules(access, team, kind, &doc, bytes)
+        .map_err(|why| (None, why))?;
     let kept_aside = care_core::kept_aside(&doc, id, kind, access.membership());
     Ok((doc.get_changes_meta(&[]).len(), kept_aside.map_or(0, |aside| aside.changes.len())))
 }

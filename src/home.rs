@@ -923,9 +923,13 @@ impl Home {
         kind: &DocKind,
         id: DocId,
     ) -> Result<Option<StoredDoc>> {
-        let refusal = match self.check_unverified_size(id)? {
-            Some(refusal) => refusal,
-            None => match self.load_checked(team, kind, id)? {
+        // A document received whole is measured before Automerge loads it: what its
+        // compressed columns inflate to must stay within `INFLATED_BYTES_MAX`.
+        let saved = self.unverified_bytes(id)?;
+        let size = saved.as_deref().map(|bytes| check_inflated_len(bytes, INFLATED_BYTES_MAX));
+        let refusal = match size {
+            Some(Err(too_large)) => too_large.to_string(),
+            _ => match self.load_checked(team, kind, id, saved.as_deref())? {
                 Ok(loaded) => return Ok(loaded),
                 Err(refusal) => refusal,
             },
@@ -939,26 +943,23 @@ impl Home {
         Ok(None)
     }
 
-    /// A document received whole is measured before Automerge loads it: what its
-    /// compressed columns inflate to must stay within [`INFLATED_BYTES_MAX`]. `Some` is
-    /// why it does not.
-    fn check_unverified_size(&self, id: DocId) -> Result<Option<String>> {
+    /// The stored bytes of a document received whole and not verified yet.
+    fn unverified_bytes(&self, id: DocId) -> Result<Option<Vec<u8>>> {
         if !self.store.is_unverified(id)? {
             return Ok(None);
         }
-        let Some(bytes) = self.store.doc_bytes(id)? else {
-            return Ok(None);
-        };
-        Ok(check_inflated_len(&bytes, INFLATED_BYTES_MAX).err().map(|e| e.to_string()))
+        Ok(self.store.doc_bytes(id)?)
     }
 
-    /// Loads a document; one not verified yet is checked (authors) and marked verified.
+    /// Loads a document; one not verified yet is checked (authors, signatures and rules:
+    /// the rules on `saved`, the bytes it is stored as, when given) and marked verified.
     /// `Err` is why an unverified document fails.
     fn load_checked(
         &mut self,
         team: TeamId,
         kind: &DocKind,
         id: DocId,
+        saved: Option<&[u8]>,
     ) -> Result<std::result::Result<Option<StoredDoc>, String>> {
         let refusal = match self.store.load_doc(id) {
             Ok(Some(doc)) if doc.verified() => return Ok(Ok(Some(doc))),
@@ -966,10 +967,9 @@ impl Home {
             Ok(Some(doc)) => {
                 let access = self.team_access(team)?;
                 let signatures = crate::replica::stored_signatures_of(&self.store, id, None)?;
-                // The rules are read off the bytes it was loaded from, where they are at hand.
-                let checked = match self.store.doc_bytes(id)? {
+                let checked = match saved {
                     Some(bytes) => {
-                        check_saved_document(&access, team, kind, doc.doc(), &bytes, &signatures)
+                        check_saved_document(&access, team, kind, doc.doc(), bytes, &signatures)
                     }
                     None => check_document(&access, team, kind, doc.doc(), &signatures),
                 };

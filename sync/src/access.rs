@@ -231,7 +231,8 @@ pub fn check_document(
     doc: &Automerge,
     signatures: &[ChangeSig],
 ) -> Result<(), String> {
-    check_authors_and_signatures(access, team, kind, doc, signatures)?;
+    check_authors_of(access, team, kind, doc)?;
+    check_signatures_of(access, team, kind, doc, signatures)?;
     let rules = ReceivedRules::new(team, kind);
     doc.get_changes(&[]).iter().try_for_each(|change| rules.check(change))
 }
@@ -248,26 +249,59 @@ pub fn check_saved_document(
     saved: &[u8],
     signatures: &[ChangeSig],
 ) -> Result<(), String> {
-    // The rules on the saved operations know the first change by its actor: only the
-    // authors' check, first, makes that actor the first change's alone.
-    check_authors_and_signatures(access, team, kind, doc, signatures)?;
-    let rules = ReceivedRules::new(team, kind);
-    crate::chunks::check_saved_rules(&rules, saved, automerge::ReadDoc::stats(doc).num_ops)
+    check_authors_of(access, team, kind, doc)?;
+    check_signatures_of(access, team, kind, doc, signatures)?;
+    check_saved_rules_of(team, kind, doc, saved)
 }
 
-/// The authors and the signatures of every change of a loaded document.
-fn check_authors_and_signatures(
+/// [`check_saved_document`] but for the signatures, for a caller that checks them itself
+/// (to name the change to blame).
+pub fn check_saved_authors_and_rules(
+    access: &TeamAccess,
+    team: TeamId,
+    kind: &DocKind,
+    doc: &Automerge,
+    saved: &[u8],
+) -> Result<(), String> {
+    check_authors_of(access, team, kind, doc)?;
+    check_saved_rules_of(team, kind, doc, saved)
+}
+
+/// The authors of every change of a loaded document, with [`check_authors`].
+fn check_authors_of(
+    access: &TeamAccess,
+    team: TeamId,
+    kind: &DocKind,
+    doc: &Automerge,
+) -> Result<(), String> {
+    let changes: Vec<_> =
+        changes_of(doc).into_iter().map(|(actor, hash)| (actor, Some(hash))).collect();
+    check_authors(access, team, kind, &changes)
+}
+
+/// The signatures of every change of a loaded document.
+fn check_signatures_of(
     access: &TeamAccess,
     team: TeamId,
     kind: &DocKind,
     doc: &Automerge,
     signatures: &[ChangeSig],
 ) -> Result<(), String> {
-    let changes: Vec<_> =
-        changes_of(doc).into_iter().map(|(actor, hash)| (actor, Some(hash))).collect();
-    check_authors(access, team, kind, &changes)?;
     crate::authorship::check_signed_document(access, team, kind.doc_id(team), kind, doc, signatures)
         .map_err(|e| e.to_string())
+}
+
+/// The rules on the operations `saved` holds, `doc` loaded from it. They know the first
+/// change by its actor: only the authors' check, before this, makes that actor the first
+/// change's alone.
+fn check_saved_rules_of(
+    team: TeamId,
+    kind: &DocKind,
+    doc: &Automerge,
+    saved: &[u8],
+) -> Result<(), String> {
+    let rules = ReceivedRules::new(team, kind);
+    crate::chunks::check_saved_rules(&rules, saved, automerge::ReadDoc::stats(doc).num_ops)
 }
 
 /// Names an actor in a message: as a device where it is one.

@@ -813,13 +813,7 @@ fn a_change_signed_under_a_membership_the_receiver_lacks_is_refused() {
 #[test]
 fn a_snapshot_with_one_forged_change_inside_is_refused() {
     let team = Team::new();
-    let (mut a, mut b) = live_pair(&team, ADVOCATE);
-    team.write_plan(&mut a, OWNER, "Tea at 8.");
-    let doc = DocKind::Plan.doc_id(team.id);
-    let outputs = a.session.local_change(&mut a.replica, team.id, doc, DocKind::Plan);
-    let to_b = a.take(outputs);
-    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
-    let held = a.replica.doc(team.id, doc).expect("held").get_heads();
+    let (mut a, mut b, doc, held) = plan_held_by_both(&team);
 
     // The advocate's whole plan: the owner's signed change, then a forged one.
     let mut whole = b.replica.doc(team.id, doc).expect("arrived").fork();
@@ -829,16 +823,40 @@ fn a_snapshot_with_one_forged_change_inside_is_refused() {
     let forged = whole.get_last_local_change().expect("a change").clone();
     let mut signatures = b.replica.signatures(team.id, doc, None).expect("memory");
     signatures.push(sign(&team, ADVOCATE, DocKind::Plan, &forged));
-    let kind = DocKind::Plan;
-    let frame = Frame::Snapshot { team: team.id, doc, kind, bytes: whole.save(), signatures };
-    a.receive(&frame.encode());
-    assert!(a.closed.is_none());
-    let refusals = a.refusals();
+    let refusals = whole_plan_refusals(&team, &mut a, &whole, signatures);
     assert!(
         matches!(refusals.as_slice(), [Refusal::Authorship(AuthorshipError::BadSignature { .. })]),
         "{refusals:?}"
     );
     assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
+}
+
+/// The owner's device and the advocate's, both holding the plan the owner wrote; with the
+/// plan's id and its heads on the owner's device.
+fn plan_held_by_both(team: &Team) -> (Side, Side, care_core::DocId, Vec<automerge::ChangeHash>) {
+    let (mut a, mut b) = live_pair(team, ADVOCATE);
+    team.write_plan(&mut a, OWNER, "Tea at 8.");
+    let doc = DocKind::Plan.doc_id(team.id);
+    let outputs = a.session.local_change(&mut a.replica, team.id, doc, DocKind::Plan);
+    let to_b = a.take(outputs);
+    exchange(team, &mut a, &mut b, Vec::new(), to_b);
+    let held = a.replica.doc(team.id, doc).expect("held").get_heads();
+    (a, b, doc, held)
+}
+
+/// Sends `whole`, a whole plan, with `signatures` to `a` in a `Snapshot` frame; returns
+/// what `a` refused (its session stays open).
+fn whole_plan_refusals(
+    team: &Team,
+    a: &mut Side,
+    whole: &automerge::Automerge,
+    signatures: Vec<ChangeSig>,
+) -> Vec<Refusal> {
+    let (kind, doc) = (DocKind::Plan, DocKind::Plan.doc_id(team.id));
+    let frame = Frame::Snapshot { team: team.id, doc, kind, bytes: whole.save(), signatures };
+    a.receive(&frame.encode());
+    assert!(a.closed.is_none());
+    a.refusals()
 }
 
 /// A whole plan for a device that holds the plan, with one change inside that adds a
@@ -847,13 +865,7 @@ fn a_snapshot_with_one_forged_change_inside_is_refused() {
 #[test]
 fn a_snapshot_with_a_change_that_breaks_the_rules_inside_is_refused() {
     let team = Team::new();
-    let (mut a, mut b) = live_pair(&team, ADVOCATE);
-    team.write_plan(&mut a, OWNER, "Tea at 8.");
-    let doc = DocKind::Plan.doc_id(team.id);
-    let outputs = a.session.local_change(&mut a.replica, team.id, doc, DocKind::Plan);
-    let to_b = a.take(outputs);
-    exchange(&team, &mut a, &mut b, Vec::new(), to_b);
-    let held = a.replica.doc(team.id, doc).expect("held").get_heads();
+    let (mut a, mut b, doc, held) = plan_held_by_both(&team);
 
     let mut whole = b.replica.doc(team.id, doc).expect("arrived").fork();
     whole.set_actor(ActorId::from(team.keys[OWNER].device_id().as_bytes()));
@@ -865,11 +877,7 @@ fn a_snapshot_with_a_change_that_breaks_the_rules_inside_is_refused() {
     let change = whole.get_last_local_change().expect("a change").clone();
     let mut signatures = b.replica.signatures(team.id, doc, None).expect("memory");
     signatures.push(sign(&team, OWNER, DocKind::Plan, &change));
-    let kind = DocKind::Plan;
-    let frame = Frame::Snapshot { team: team.id, doc, kind, bytes: whole.save(), signatures };
-    a.receive(&frame.encode());
-    assert!(a.closed.is_none());
-    let refusals = a.refusals();
+    let refusals = whole_plan_refusals(&team, &mut a, &whole, signatures);
     assert!(matches!(refusals.as_slice(), [Refusal::BreaksDocumentRules(_)]), "{refusals:?}");
     assert_eq!(a.replica.doc(team.id, doc).expect("held").get_heads(), held, "left as it was");
 }

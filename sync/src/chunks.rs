@@ -687,6 +687,14 @@ mod tests {
         }
     }
 
+    /// `saved` with the byte at `at` set to `byte`, then `cut` bytes cut off its end.
+    fn changed(mut saved: Vec<u8>, at: prop::sample::Index, byte: u8, cut: usize) -> Vec<u8> {
+        let i = at.index(saved.len());
+        saved[i] = byte;
+        saved.truncate(saved.len() - cut.min(saved.len()));
+        saved
+    }
+
     /// The ratio `check_inflated_len` relies on holds for the most compressible input
     /// there is, compressed as tightly as zlib can, and is nearly reached by it.
     #[test]
@@ -740,10 +748,7 @@ mod tests {
             byte in any::<u8>(),
             cut in 0usize..64,
         ) {
-            let mut saved = doc_with(3, 12).save();
-            let i = at.index(saved.len());
-            saved[i] = byte;
-            saved.truncate(saved.len() - cut.min(saved.len()));
+            let saved = changed(doc_with(3, 12).save(), at, byte, cut);
             if inflated_len(&saved, INFLATED_BYTES_MAX).is_ok() {
                 prop_assert!(check_inflated_len(&saved, INFLATED_BYTES_MAX).is_ok());
             }
@@ -974,10 +979,7 @@ mod tests {
             };
             let writes: Vec<(usize, Write)> =
                 (0..6).map(|key| (key % 2, Write::Entry { key, map: true })).collect();
-            let mut saved = written(&kind, &writes).save();
-            let i = at.index(saved.len());
-            saved[i] = byte;
-            saved.truncate(saved.len() - cut.min(saved.len()));
+            let saved = changed(written(&kind, &writes).save(), at, byte, cut);
             let rules = ReceivedRules::new(care_core::TeamId::from_bytes([9; 16]), &kind);
             let _ = check_saved_rules(&rules, &saved, 64);
         }
