@@ -58,7 +58,7 @@ async fn run(document_mib: usize, quiet_edits: usize) -> Result<()> {
     home.set_clock(Fixed(last_month));
     let big = DocKind::Notes { stream: NoteStream::Care, month: last_month.month() }.doc_id(team);
     let stored = |home: &Home| -> Result<u64> {
-        Ok(home.store().doc_summary(big)?.map_or(0, |d| d.snapshot_bytes + d.incremental_bytes))
+        Ok(home.store().doc_summary(big)?.map_or(0, |d| d.stored_bytes()))
     };
     let target = document_mib as u64 * 1024 * 1024;
     let (mut seed, mut notes) = (0x2545_f491_4f6c_dd1d_u64, 0);

@@ -75,9 +75,10 @@ pub struct ListenAddrs {
     pub relay: Option<String>,
 }
 
-/// Most documents [`Home::read_records`] loads before reading them together: a quarter
-/// of those kept loaded, so none of them is dropped before it is read.
-const READ_TOGETHER_MAX: usize = crate::cache::DOCS_CACHED_MAX / 4;
+/// Most documents [`Home::read_records`] loads before reading them together: an eighth
+/// of those kept loaded, so that, unless they are large, none of them is dropped before
+/// it is read (one that is, is read again alone).
+const READ_TOGETHER_MAX: usize = crate::cache::DOCS_CACHED_MAX / 8;
 /// Most threads [`Home::read_records`] reads on.
 const READERS_MAX: usize = 4;
 

@@ -48,7 +48,7 @@ pub use aside::AsideEntry;
 pub use audit::{ChangeAudit, SignatureVerdict};
 /// The hash of an Automerge change: how a change kept aside is named.
 pub use automerge::ChangeHash;
-pub use cache::DOCS_CACHED_MAX;
+pub use cache::{DOC_BYTES_CACHED_MAX, DOCS_CACHED_MAX};
 pub use care_net::{NetConfig, PeerAddr, PeerEvent};
 pub use care_store::SealedDocSummary;
 pub use care_sync::circle::CircleTicket;

@@ -547,7 +547,7 @@ impl Home {
     /// soon, and loading it again would take as long as the worker did. Documents already
     /// loaded are never dropped for it.
     fn keep_loaded(&mut self, doc: DocId, loaded: Box<Loaded>) {
-        if self.docs.contains_key(&doc) || self.docs.is_full() {
+        if self.docs.contains_key(&doc) || !self.docs.has_room_for(loaded.stored_bytes) {
             return;
         }
         // A copy that does not match the store (written or discarded meanwhile) is

@@ -83,6 +83,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Loaded {
     pub(crate) doc: Automerge,
     pub(crate) last_chunk: i64,
+    /// Bytes it was loaded from, as stored.
+    pub(crate) stored_bytes: u64,
 }
 
 /// Largest document (stored bytes) whose copy loaded for its check is handed to the home:
@@ -177,7 +179,13 @@ impl Verifier {
                                 match check_bytes(&bytes, &signatures, &job) {
                                     Ok(doc) => Outcome::Passed(
                                         (job.keep_loaded && bytes.len() <= LOADED_KEPT_BYTES_MAX)
-                                            .then(|| Box::new(Loaded { doc, last_chunk })),
+                                            .then(|| {
+                                                Box::new(Loaded {
+                                                    doc,
+                                                    last_chunk,
+                                                    stored_bytes: bytes.len() as u64,
+                                                })
+                                            }),
                                     ),
                                     Err(why) => Outcome::Failed(why),
                                 }

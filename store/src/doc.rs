@@ -62,6 +62,13 @@ pub struct DocSummary {
     pub verified: bool,
 }
 
+impl DocSummary {
+    /// Bytes of all its chunks: the snapshot and the incremental chunks since.
+    pub fn stored_bytes(&self) -> u64 {
+        self.snapshot_bytes.saturating_add(self.incremental_bytes)
+    }
+}
+
 /// A document loaded from the store. Change it only through
 /// [`Store::update_doc`](crate::Store::update_doc), so that memory never holds changes
 /// that are not on disk.
@@ -73,6 +80,8 @@ pub struct StoredDoc {
     saved_heads: Vec<ChangeHash>,
     last_chunk: i64,
     verified: bool,
+    /// Bytes of its chunks in the store, as of when this copy last read its row.
+    stored_bytes: u64,
 }
 
 impl StoredDoc {
@@ -84,6 +93,14 @@ impl StoredDoc {
     /// The heads that are on disk, sorted; equal to the document's heads.
     pub fn saved_heads(&self) -> &[ChangeHash] {
         &self.saved_heads
+    }
+
+    /// Bytes of the document's chunks in the store, as of when this copy was loaded or
+    /// last caught up with the store (before its latest write here): what a cache of
+    /// loaded documents weighs them by. A loaded document takes a few times its stored
+    /// bytes in memory (about seven for a month of notes).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// The id of the newest chunk row this copy has read.
@@ -144,6 +161,7 @@ pub(crate) fn load(conn: &Connection, id: DocId) -> Result<Option<StoredDoc>, St
         saved_heads: summary.heads.clone(),
         last_chunk: last_chunk.unwrap_or(0),
         verified: summary.verified,
+        stored_bytes: summary.stored_bytes(),
     };
     check_heads(&stored, &summary)?;
     Ok(Some(stored))
@@ -167,6 +185,7 @@ pub(crate) fn adopt(
         doc,
         last_chunk,
         verified: summary.verified,
+        stored_bytes: summary.stored_bytes(),
     };
     catch_up(conn, &mut stored)?;
     Ok(Some(stored))
@@ -189,6 +208,7 @@ pub(crate) fn catch_up(
     }
     mark_saved(doc, last_chunk);
     check_heads(doc, &summary)?;
+    doc.stored_bytes = summary.stored_bytes();
     let changed = doc.saved_heads != before;
     Ok((summary, changed))
 }

@@ -430,7 +430,7 @@ impl Store {
         let tx = self.write_tx(doing)?;
         let mut summary = doc::read_summary(&tx, id)?.ok_or(StoreError::UnknownDoc(id))?;
         let stored = doc::load(&tx, id)?.ok_or(StoreError::UnknownDoc(id))?;
-        let before_bytes = summary.snapshot_bytes + summary.incremental_bytes;
+        let before_bytes = summary.stored_bytes();
         let snapshot = validated_snapshot(id, stored.doc())?;
         doc::replace_with_snapshot(&tx, id, &snapshot)?;
         summary.snapshot_bytes = snapshot.len() as u64;

@@ -305,7 +305,7 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
                 "team": team.id().to_string(), "name": info.name, "circle": info.circle,
                 "owner": owner, "my_role": role, "members": m.members().count(),
                 "documents": docs.iter().map(|d| json!({
-                    "id": d.id.to_string(), "kind": d.kind, "changes_bytes": d.snapshot_bytes + d.incremental_bytes,
+                    "id": d.id.to_string(), "kind": d.kind, "changes_bytes": d.stored_bytes(),
                 })).collect::<Vec<_>>(),
                 "sealed_documents": sealed.iter().map(|d| json!({
                     "id": d.id.to_string(), "kind": d.kind, "pieces": d.rows,
@@ -321,11 +321,7 @@ fn team_command(dir: &Path, which: &str, cmd: TeamCommand, out: Out) -> Result<(
                     docs.len()
                 );
                 for d in &docs {
-                    text.push_str(&format!(
-                        "\n  {:<24} {} bytes",
-                        d.kind,
-                        d.snapshot_bytes + d.incremental_bytes
-                    ));
+                    text.push_str(&format!("\n  {:<24} {} bytes", d.kind, d.stored_bytes()));
                 }
                 if !sealed.is_empty() {
                     text.push_str(&format!(
