@@ -69,7 +69,7 @@ impl Replica for Home {
         doc: DocId,
         kind: DocKind,
     ) -> Result<Option<Message>> {
-        if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
+        if self.awaits_check(doc)? {
             // Nothing is said of a document received whole until it is checked.
             return Ok(None);
         }
@@ -163,7 +163,7 @@ impl Replica for Home {
     /// without using them) is verified before it is passed on: one that fails is
     /// discarded and never reaches another device.
     fn snapshot(&mut self, team: TeamId, doc: DocId) -> Result<Option<Arc<Vec<u8>>>> {
-        if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
+        if self.awaits_check(doc)? {
             // Passed on once its check is done.
             return Ok(None);
         }
@@ -517,6 +517,10 @@ impl Home {
     fn take_verdict(&mut self, verdict: Verdict) -> Result<()> {
         let Verdict { team, doc, kind, outcome } = verdict;
         if !self.store.is_unverified(doc)? {
+            // Checked on a load meanwhile (a write to it, say), or discarded: either way
+            // the sessions look at it again, for they may have been told nothing of it
+            // while its check ran.
+            self.changed.push(Change::Doc { team, doc, kind });
             return Ok(());
         }
         match outcome {
@@ -540,6 +544,14 @@ impl Home {
         // Either way the sessions look at it again: to pass it on, or to fetch it anew.
         self.changed.push(Change::Doc { team, doc, kind });
         Ok(())
+    }
+
+    /// Whether `doc` was received whole and waits for its check on a worker: nothing is
+    /// said of it, nor is it passed on, until then. One loaded here meanwhile (and so
+    /// checked as it was loaded: an app wrote to it, say) no longer waits.
+    pub(crate) fn awaits_check(&self, doc: DocId) -> Result<bool> {
+        Ok(self.verifier.as_ref().is_some_and(|v| v.is_pending(doc))
+            && self.store.is_unverified(doc)?)
     }
 
     /// Keeps a document a worker loaded for its check, as if loaded here, when the cache
@@ -855,14 +867,17 @@ mod tests {
         }
     }
 
-    /// A device whose node checks documents received whole beside its owner does not
-    /// report the team in sync with the sender until every verdict is in.
-    #[test]
-    fn a_document_checked_beside_is_in_sync_only_after_its_verdict() -> Result<()> {
-        let dirs = [tempfile::tempdir(), tempfile::tempdir()];
-        let [Ok(a_dir), Ok(b_dir)] = dirs else { panic!("temporary directories") };
-        let mut ada = Home::init(a_dir.path(), "Ada")?;
-        let mut bea = Home::init(b_dir.path(), "Bea")?;
+    /// Two homes, each with a hub running a session with the other.
+    type Sides = [(care_sync::Hub, Home, care_sync::ConnId); 2];
+
+    /// Ada, owner of a team with a note, and Bea, a worker of it whose home checks
+    /// documents received whole beside its owner (each verdict signalled on the receiver
+    /// returned), with a session between them that has exchanged nothing yet.
+    fn ada_and_bea(
+        dirs: &[tempfile::TempDir; 2],
+    ) -> Result<(Sides, TeamId, std::sync::mpsc::Receiver<()>)> {
+        let mut ada = Home::init(dirs[0].path(), "Ada")?;
+        let mut bea = Home::init(dirs[1].path(), "Bea")?;
         let team = ada.create_team("Rosa's team")?;
         ada.team("")?
             .add_note(&crate::NewNote { text: "Tea at 8.".into(), ..Default::default() }, None)?;
@@ -886,19 +901,39 @@ mod tests {
         let to_ada = bea_hub
             .open(&mut bea, ada_device, ada_device, 0)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let mut sides = [(ada_hub, ada, to_bea), (bea_hub, bea, to_ada)];
+        Ok(([(ada_hub, ada, to_bea), (bea_hub, bea, to_ada)], team, wakes))
+    }
+
+    /// Two temporary directories.
+    fn two_dirs() -> Result<[tempfile::TempDir; 2]> {
+        let dir = || tempfile::tempdir().map_err(|e| Error::Invalid(e.to_string()));
+        Ok([dir()?, dir()?])
+    }
+
+    /// Whether the side `i`'s session reports the team in sync.
+    fn in_sync(sides: &Sides, i: usize, team: TeamId) -> Option<bool> {
+        sides[i].0.session(sides[i].2).map(|s| s.in_sync(team))
+    }
+
+    /// The documents Bea holds that are still unverified.
+    fn unverified(sides: &Sides, team: TeamId) -> Result<Vec<HeldDoc>> {
+        let bea = &sides[1].1;
+        let held = Replica::docs(bea, team)?;
+        Ok(held.into_iter().filter(|d| bea.store().is_unverified(d.id).unwrap_or(false)).collect())
+    }
+
+    /// A device whose node checks documents received whole beside its owner does not
+    /// report the team in sync with the sender until every verdict is in.
+    #[test]
+    fn a_document_checked_beside_is_in_sync_only_after_its_verdict() -> Result<()> {
+        let dirs = two_dirs()?;
+        let (mut sides, team, wakes) = ada_and_bea(&dirs)?;
         exchange(&mut sides);
         let held = Replica::docs(&sides[1].1, team)?;
         assert!(held.len() >= 4, "Bea holds Ada's documents: {held:?}");
-        let session = |sides: &[(care_sync::Hub, Home, care_sync::ConnId); 2]| {
-            sides[1].0.session(sides[1].2).map(|s| s.in_sync(team))
-        };
-        assert_eq!(session(&sides), Some(false), "not in sync before the verdicts");
+        assert_eq!(in_sync(&sides, 1, team), Some(false), "not in sync before the verdicts");
 
-        let pending: Vec<_> = held
-            .iter()
-            .filter(|d| sides[1].1.store().is_unverified(d.id).unwrap_or(false))
-            .collect();
+        let pending = unverified(&sides, team)?;
         assert!(!pending.is_empty());
         for _ in &pending {
             wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
@@ -906,7 +941,55 @@ mod tests {
         let (hub, home, _) = &mut sides[1];
         hub.background(home);
         exchange(&mut sides);
-        assert_eq!(session(&sides), Some(true), "in sync once every verdict is in");
+        assert_eq!(in_sync(&sides, 1, team), Some(true), "in sync once every verdict is in");
+        Ok(())
+    }
+
+    /// Bea writes a note into the month of notes Ada has just sent her whole, before its
+    /// check on a worker is done: the document is checked as it is loaded for the write,
+    /// so her note goes to Ada at once; and the verdict, when it comes, has the sessions
+    /// look at the document again (they were told nothing of it while it was checked).
+    #[test]
+    fn a_document_written_to_while_its_check_runs_is_passed_on_at_once() -> Result<()> {
+        let dirs = two_dirs()?;
+        let (mut sides, team, wakes) = ada_and_bea(&dirs)?;
+        exchange(&mut sides);
+        let pending = unverified(&sides, team)?;
+        let notes = pending
+            .iter()
+            .find(|d| matches!(d.kind, DocKind::Notes { .. }))
+            .expect("Ada's notes, being checked")
+            .clone();
+        assert!(sides[1].1.awaits_check(notes.id)?);
+
+        let (hub, bea, _) = &mut sides[1];
+        let visit = crate::NewNote { text: "Bea's visit.".into(), ..Default::default() };
+        bea.team("")?.add_note(&visit, None)?;
+        assert!(!bea.awaits_check(notes.id)?, "checked as it was loaded for the write");
+        hub.replica_changed(bea);
+        exchange(&mut sides);
+        let texts = |home: &mut Home| -> Result<Vec<String>> {
+            let all = home.team("")?.notes(&crate::NoteQuery::default())?;
+            let mut texts: Vec<String> = all.into_iter().map(|n| n.text).collect();
+            texts.sort();
+            Ok(texts)
+        };
+        let both = vec!["Bea's visit.".to_owned(), "Tea at 8.".to_owned()];
+        assert_eq!(texts(&mut sides[0].1)?, both, "Ada has Bea's note before any verdict");
+
+        for _ in &pending {
+            wakes.recv_timeout(std::time::Duration::from_secs(30)).expect("a verdict");
+        }
+        let (hub, bea, _) = &mut sides[1];
+        bea.changed.clear();
+        bea.poll_background();
+        let looked_at = Change::Doc { team, doc: notes.id, kind: notes.kind };
+        assert!(bea.changed.contains(&looked_at), "the sessions look at the notes again");
+        hub.replica_changed(bea);
+        exchange(&mut sides);
+        assert_eq!(texts(&mut sides[1].1)?, both);
+        assert_eq!(in_sync(&sides, 0, team), Some(true));
+        assert_eq!(in_sync(&sides, 1, team), Some(true));
         Ok(())
     }
 

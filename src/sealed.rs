@@ -91,7 +91,7 @@ impl Home {
         since: &[ChangeHash],
         form: SealedForm,
     ) -> Result<Option<Sealed>> {
-        if self.verifier.as_ref().is_some_and(|v| v.is_pending(doc)) {
+        if self.awaits_check(doc)? {
             // Nothing is said of a document received whole until it is checked.
             return Ok(None);
         }

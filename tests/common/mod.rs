@@ -21,7 +21,8 @@ pub(crate) async fn note_texts(node: &Node, team: TeamId) -> Result<Vec<String>>
     .await
 }
 
-/// Polls `check` until it holds or [`SETTLE_MS`] have passed.
+/// Polls `check` until it holds or [`SETTLE_MS`] have passed; a timeout names the last
+/// error the check returned, if it did not simply answer no.
 pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
@@ -29,11 +30,16 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(SETTLE_MS);
     loop {
-        if check().await.unwrap_or(false) {
-            return Ok(());
-        }
+        let failed = match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
         if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting until {what}");
+            match failed {
+                Some(e) => bail!("timed out waiting until {what}; the last check failed: {e:#}"),
+                None => bail!("timed out waiting until {what}"),
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
