@@ -7,7 +7,9 @@
 //! up from the circle node (catch-up). Every device must end holding every document at
 //! its owner's heads, or the run fails. Prints each phase's time, per-device catch-up
 //! times, the circle process's peak memory, CPU time and descriptors, the CPU use of
-//! the devices' process and the machine, and the bytes moved.
+//! the devices' process and the machine, and the bytes moved; then, with every device
+//! still connected and idle for five seconds, what holding the connections costs the
+//! circle node.
 //!
 //! `cargo bench --bench relay -- --teams 50,100` runs only those steps; `--waves 10` has
 //! the devices of ten teams at a time catch up, one wave after another, so that how many
@@ -194,7 +196,7 @@ async fn run_step(
 
 fn print_step_header() {
     println!(
-        "{:>5} {:>7} {:>8} {:>8} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>7} {:>7} {:>10}",
+        "{:>5} {:>7} {:>8} {:>8} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>7} {:>7} {:>10} {:>11}",
         "teams",
         "devices",
         "upload s",
@@ -209,20 +211,22 @@ fn print_step_header() {
         "devices%",
         "others%",
         "iowait%",
-        "circle MiB"
+        "circle MiB",
+        "idle us/dev/s"
     );
 }
 
 /// One line per step: the upload's time and circle CPU, then the catch-up's figures.
 /// CPU is in percent of one core: the circle node (and its CPU milliseconds per device
 /// caught up), the devices' process, every other process on the machine, and the
-/// cores' time waiting for IO.
+/// cores' time waiting for IO; last, the circle node's CPU per connected device per
+/// second while every device stays connected and idle after the catch-up.
 fn print_step_line(step: &Step) {
     let c = &step.catch_up;
     let mut times = c.per_device.clone();
     let u = &step.catch_up_usage;
     println!(
-        "{:>5} {:>7} {:>8.2} {:>8.0} {:>9.2} {:>6.2} {:>6.2} {:>6.2} {:>9.1} {:>8.0} {:>11.1} {:>8.0} {:>7.0} {:>7.0} {:>10.1}",
+        "{:>5} {:>7} {:>8.2} {:>8.0} {:>9.2} {:>6.2} {:>6.2} {:>6.2} {:>9.1} {:>8.0} {:>11.1} {:>8.0} {:>7.0} {:>7.0} {:>10.1} {:>11.0}",
         step.teams,
         step.teams * DEVICES_PER_TEAM,
         step.upload.wall.as_secs_f64(),
@@ -238,6 +242,7 @@ fn print_step_line(step: &Step) {
         u.others_percent(),
         u.iowait_percent(),
         mib(step.circle_peak_rss_kib * 1024),
+        idle_us_per_device_s(&c.idle, c.sessions.0),
     );
 }
 
@@ -277,6 +282,17 @@ fn print_detailed(step: &Step, notes: usize, waves: Option<usize>) {
     );
     print_usage(&step.catch_up_usage, cu.bytes, "the devices");
     println!(
+        "idle after: with every device still connected ({} sessions with the circle node, {} \
+         between members), the circle node used {:.2} s of CPU in {:.1} s: {:.0} us per \
+         connected device per second; loopback {:.2} MiB",
+        cu.sessions.0,
+        cu.sessions.1,
+        cu.idle.circle_cpu_s,
+        cu.idle.wall_s,
+        idle_us_per_device_s(&cu.idle, cu.sessions.0),
+        mib(cu.idle.loopback_bytes),
+    );
+    println!(
         "circle process: peak RSS {:.1} MiB, {} descriptors open at the end, {} events printed",
         mib(step.circle_peak_rss_kib * 1024),
         cu.circle_fds,
@@ -302,6 +318,15 @@ fn print_usage(u: &Interval, (sent, received): (u64, u64), who: &str) {
         mib(received),
         mib(u.loopback_bytes),
     );
+}
+
+/// The circle node's CPU while idle, in microseconds per device connected to it per
+/// second.
+fn idle_us_per_device_s(idle: &Interval, devices: usize) -> f64 {
+    if devices == 0 || idle.wall_s <= 0.0 {
+        return 0.0;
+    }
+    1e6 * idle.circle_cpu_s / devices as f64 / idle.wall_s
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -17,12 +17,15 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::homes::TeamHomes;
-use crate::usage::{self, Sample};
+use crate::usage::{self, Interval, Sample};
 
 /// How often the benchmark reads the circle node's store during the upload.
 const CIRCLE_POLL_MS: u64 = 50;
 /// How long a device waits for an event before it looks at its store anyway.
 const RECHECK_MS: u64 = 500;
+/// How long every device stays connected, idle, once the last has caught up: the circle
+/// node's CPU meanwhile is what holding the connections costs it, apart from catch-up.
+const IDLE_MS: u64 = 5_000;
 
 /// Every document of a team at its heads, as one device holds them.
 pub(crate) type Heads = BTreeMap<DocId, Vec<ChangeHash>>;
@@ -60,6 +63,8 @@ pub(crate) struct CatchUp {
     pub end: Sample,
     /// Descriptors the circle process held then.
     pub circle_fds: usize,
+    /// The [`IDLE_MS`] after that, every device still connected and writing nothing.
+    pub idle: Interval,
 }
 
 impl CatchUp {
@@ -75,6 +80,7 @@ impl CatchUp {
             all.bytes = (all.bytes.0 + wave.bytes.0, all.bytes.1 + wave.bytes.1);
             all.sessions = wave.sessions;
             all.end = wave.end;
+            all.idle = wave.idle;
             all.circle_fds = all.circle_fds.max(wave.circle_fds);
         }
         Ok(all)
@@ -187,12 +193,16 @@ pub(crate) async fn catch_up(
     let circle_fds = usage::open_fds(circle.pid)?;
     let sessions = sessions(&nodes, ticket.device);
     let bytes = traffic(&nodes);
+    if failures.is_empty() {
+        tokio::time::sleep(Duration::from_millis(IDLE_MS)).await;
+    }
+    let idle = Sample::take(circle.pid)?.since(&end);
     shutdown(nodes).await;
     if let Some(first) = failures.first() {
         let total = failures.len() + per_device.len();
         bail!("{} of {total} devices did not catch up; the first: {first:#}", failures.len());
     }
-    Ok(CatchUp { wall, per_device, bytes, sessions, end, circle_fds })
+    Ok(CatchUp { wall, per_device, bytes, sessions, end, circle_fds, idle })
 }
 
 /// A device's network settings: loopback, and the circle's relay server.
