@@ -171,11 +171,14 @@ async fn run_step(
     }
     let ready = Sample::take(pid)?;
     let catch_up = match size.waves {
-        None => phases::catch_up(&teams, &upload.targets, &phase, size.phase_timeout).await?,
+        None => phases::catch_up(&teams, &upload.targets, &phase, size.phase_timeout, true).await?,
         Some(wave) => {
             let mut waves = Vec::new();
+            let last = teams.len().div_ceil(wave);
             for (teams, targets) in teams.chunks(wave).zip(upload.targets.chunks(wave)) {
-                waves.push(phases::catch_up(teams, targets, &phase, size.phase_timeout).await?);
+                let stay_idle = waves.len() + 1 == last;
+                let timeout = size.phase_timeout;
+                waves.push(phases::catch_up(teams, targets, &phase, timeout, stay_idle).await?);
             }
             CatchUp::one_after_another(waves)?
         }

@@ -63,7 +63,8 @@ pub(crate) struct CatchUp {
     pub end: Sample,
     /// Descriptors the circle process held then.
     pub circle_fds: usize,
-    /// The [`IDLE_MS`] after that, every device still connected and writing nothing.
+    /// The [`IDLE_MS`] after that, every device still connected and writing nothing (a
+    /// moment only, if not asked for).
     pub idle: Interval,
 }
 
@@ -149,12 +150,15 @@ pub(crate) async fn upload(
 
 /// Every member of every team comes online at once and catches up from the circle node;
 /// returns once each holds its team's documents at the owner's heads, with every device
-/// offline again.
+/// offline again. With `stay_idle`, the devices first stay connected for [`IDLE_MS`] more
+/// (only after the last of several catch-ups, so that no idle time falls inside the
+/// catch-ups' own figures).
 pub(crate) async fn catch_up(
     teams: &[TeamHomes],
     targets: &[Heads],
     circle: &Circle<'_>,
     timeout: Duration,
+    stay_idle: bool,
 ) -> Result<CatchUp> {
     let ticket = circle.tickets.first().context("no circle ticket")?;
     let config = relay_only(ticket)?;
@@ -193,7 +197,7 @@ pub(crate) async fn catch_up(
     let circle_fds = usage::open_fds(circle.pid)?;
     let sessions = sessions(&nodes, ticket.device);
     let bytes = traffic(&nodes);
-    if failures.is_empty() {
+    if stay_idle && failures.is_empty() {
         tokio::time::sleep(Duration::from_millis(IDLE_MS)).await;
     }
     let idle = Sample::take(circle.pid)?.since(&end);
