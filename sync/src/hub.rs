@@ -22,6 +22,12 @@ use crate::session::{Output, Session, SyncEvent};
 /// Most sessions one device runs at once (a circle node serves hundreds of devices); a
 /// device beyond it is turned away until one ends.
 pub const SESSIONS_MAX: usize = 4096;
+/// How long after it opened the connection dialed by the smaller device id of a pair
+/// wins over a second connection between the same two devices: the span in which two
+/// crossing dials meet (a dial may take up to ten seconds). An older connection is
+/// replaced by a new one from the same device, which dialed again because it no longer
+/// has the old one (it restarted, or its end timed out first).
+pub const CROSSING_DIALS_MS: u64 = 10_000;
 /// How long a connected device has to show, with its Hello, that it shares a team; a
 /// device that does not is disconnected.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
@@ -123,9 +129,12 @@ pub enum Turned {
 #[derive(Debug)]
 struct Conn {
     remote: DeviceId,
-    /// Which of the two devices dialed: between two connections of the same pair, both
-    /// ends keep the one dialed by the smaller device id.
+    /// Which of the two devices dialed: between two connections of the same pair
+    /// opened within [`CROSSING_DIALS_MS`], both ends keep the one dialed by the smaller
+    /// device id.
     dialer: DeviceId,
+    /// When it opened (by the driver's clock, in ms).
+    opened_ms: u64,
     session: Session,
     /// When (by the driver's clock, in ms) the remote must have shown a shared team.
     hello_by: u64,
@@ -211,8 +220,10 @@ impl Hub {
 
     /// A connection with `remote` (authenticated by the transport) is established,
     /// dialed by `dialer`, at `now_ms`: starts its session. A second connection between
-    /// the same two devices replaces the first unless the first was dialed by the smaller
-    /// device id, so crossing dials settle on one.
+    /// the same two devices replaces the first, unless the first was dialed by the
+    /// smaller device id less than [`CROSSING_DIALS_MS`] ago: so crossing dials settle
+    /// on one, and a device that restarted is not kept out until its old connection
+    /// times out here.
     pub fn open<R: Replica>(
         &mut self,
         replica: &mut R,
@@ -221,7 +232,10 @@ impl Hub {
         now_ms: u64,
     ) -> Result<ConnId, Turned> {
         if let Some(&existing) = self.by_device.get(&remote) {
-            if self.conns.get(&existing).is_some_and(|c| c.dialer < dialer) {
+            let crossing = |c: &Conn| {
+                c.dialer < dialer && now_ms.saturating_sub(c.opened_ms) < CROSSING_DIALS_MS
+            };
+            if self.conns.get(&existing).is_some_and(crossing) {
                 return Err(Turned::AlreadyConnected);
             }
             self.close(replica, existing, CloseReason::Replaced);
@@ -232,7 +246,8 @@ impl Hub {
         self.next += 1;
         let session = Session::new(self.local, remote);
         let hello_by = now_ms.saturating_add(HELLO_TIMEOUT_MS);
-        self.conns.insert(conn, Conn { remote, dialer, session, hello_by, admitted: false });
+        let opened = Conn { remote, dialer, opened_ms: now_ms, session, hello_by, admitted: false };
+        self.conns.insert(conn, opened);
         self.by_device.insert(remote, conn);
         self.effects.push(Effect::Event(PeerEvent::Connected { peer: remote }));
         self.step(replica, conn, |s, r| s.start(r));
@@ -491,8 +506,37 @@ mod tests {
         let mut replica = MemoryReplica::new(small);
         let mut hub = Hub::new(small);
         let dialed_by_small = hub.open(&mut replica, large, small, 0).expect("room");
-        assert_eq!(hub.open(&mut replica, large, large, 0), Err(Turned::AlreadyConnected));
+        let crossing = CROSSING_DIALS_MS - 1;
+        assert_eq!(hub.open(&mut replica, large, large, crossing), Err(Turned::AlreadyConnected));
         assert_eq!(hub.conn_of(large), Some(dialed_by_small));
+
+        // At the other end the connection dialed by the smaller id replaces its own.
+        let mut other = MemoryReplica::new(large);
+        let mut hub_large = Hub::new(large);
+        let dialed_by_large = hub_large.open(&mut other, small, large, 0).expect("room");
+        let kept = hub_large.open(&mut other, small, small, crossing).expect("replaces");
+        assert!(hub_large.session(dialed_by_large).is_none());
+        assert_eq!(hub_large.conn_of(small), Some(kept));
+    }
+
+    /// A device that dials again once the crossing-dials span is over no longer has the
+    /// old connection (it restarted): its new connection replaces the old one at once,
+    /// whoever dialed the old one.
+    #[test]
+    fn a_device_that_dials_again_later_replaces_its_old_connection() {
+        let (small, large) = (device(1), device(2));
+        let mut replica = MemoryReplica::new(small);
+        let mut hub = Hub::new(small);
+        let old = hub.open(&mut replica, large, small, 1_000).expect("room");
+        hub.take_effects();
+        let new = hub
+            .open(&mut replica, large, large, 1_000 + CROSSING_DIALS_MS)
+            .expect("the device dialed again after it restarted");
+        assert_ne!(old, new);
+        assert_eq!(hub.conn_of(large), Some(new));
+        assert!(hub.session(old).is_none());
+        assert!(hub.take_effects().iter().any(|e| matches!(e, Effect::Close { conn, reason }
+            if *conn == old && *reason == CloseReason::Replaced)));
     }
 
     /// A device that shows no shared team within the Hello timeout is closed at the

@@ -15,14 +15,18 @@ use iroh::{
 use care_sync::frame::ALPN;
 use care_sync::join::JOIN_ALPN;
 
-/// A connection that has heard nothing for this long (keep-alives go every
-/// `KEEP_ALIVE_MS`) is given up: a device that vanished (a phone switched off, a killed
-/// process) stops holding its session, and its next dial is accepted soon after.
-pub const IDLE_TIMEOUT_MS: u64 = 5_000;
-/// How often a quiet connection is pinged. Well under `IDLE_TIMEOUT_MS`: iroh's default
-/// (5 s) equals it, so a connection waiting more than 5 s for an answer (a circle node
-/// busy with a hundred teams answering a handshake) timed out though both ends were alive.
-pub const KEEP_ALIVE_MS: u64 = 1_000;
+/// A connection that has heard nothing for this long is given up: a device that vanished
+/// (a phone switched off, a killed process) stops holding its session. Three keep-alives
+/// fit in it, so a busy peer slow to answer (a circle node taking on a hundred teams) is
+/// not taken for gone. A device that restarts need not wait for it: its new connection
+/// replaces the old one ([`care_sync::hub::CROSSING_DIALS_MS`]).
+pub const IDLE_TIMEOUT_MS: u64 = 15_000;
+/// How often a quiet connection is pinged. A ping goes on every path of the connection,
+/// the one through the circle's relay server too, so each one costs the circle node a
+/// relayed packet each way. Once a second, 400 idle devices cost the circle node about
+/// 350 us of CPU each per second; every five seconds, about 200. Five seconds is the
+/// most iroh allows per path.
+pub const KEEP_ALIVE_MS: u64 = 5_000;
 
 /// How a device's endpoint listens and reaches others.
 #[derive(Debug, Clone)]
@@ -94,7 +98,7 @@ pub async fn bind(secret: [u8; 32], config: &NetConfig) -> Result<Endpoint, NetE
     // With a relay of the circle's own, probing it over HTTP is how a home relay is chosen.
     report.https_probes = config.relay.is_some();
     let idle = IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
-        .expect("five seconds is a valid QUIC idle timeout");
+        .expect("fifteen seconds is a valid QUIC idle timeout");
     let transport = QuicTransportConfig::builder()
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(Duration::from_millis(KEEP_ALIVE_MS))
