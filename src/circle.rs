@@ -58,12 +58,11 @@ impl Home {
 
     /// Every current device of every team this home holds, and this device: who a
     /// circle node's relay server admits. Each team's membership is replayed only when
-    /// its log changed ([`Home::membership`]).
+    /// its log changed, and a team whose log cannot be replayed admits none of its
+    /// devices.
     pub fn team_devices(&self) -> Result<std::collections::BTreeSet<DeviceId>> {
-        let mut devices = std::collections::BTreeSet::from([self.profile().device]);
-        for team in self.store.teams()? {
-            devices.extend(self.membership(team)?.devices().map(|(device, _)| device));
-        }
+        let mut devices = self.current_devices()?;
+        devices.insert(self.profile().device);
         Ok(devices)
     }
 

@@ -392,6 +392,24 @@ impl Home {
     /// those whose membership log cannot be replayed (for a session to report): from an
     /// index kept with the memberships, so a session start does not look at every team.
     pub(crate) fn teams_with(&self, device: DeviceId) -> Result<Vec<TeamId>> {
+        self.index_devices()?;
+        let cache = self.access.borrow();
+        let mut teams = cache.by_device.get(&device).cloned().unwrap_or_default();
+        teams.extend(cache.unreadable.iter().copied());
+        Ok(teams.into_iter().collect())
+    }
+
+    /// Every current device of every team this home holds (whose log can be replayed),
+    /// from the same index.
+    pub(crate) fn current_devices(&self) -> Result<std::collections::BTreeSet<DeviceId>> {
+        self.index_devices()?;
+        Ok(self.access.borrow().by_device.keys().copied().collect())
+    }
+
+    /// Builds the index of each current device's teams, if a stored op or another
+    /// program's write dropped it: the memberships kept are reused, and only the teams
+    /// not kept are replayed.
+    fn index_devices(&self) -> Result<()> {
         self.check_access_cache()?;
         if !self.access.borrow().indexed {
             for team in self.store.teams()? {
@@ -416,10 +434,7 @@ impl Home {
             cache.by_device = by_device;
             cache.indexed = true;
         }
-        let cache = self.access.borrow();
-        let mut teams = cache.by_device.get(&device).cloned().unwrap_or_default();
-        teams.extend(cache.unreadable.iter().copied());
-        Ok(teams.into_iter().collect())
+        Ok(())
     }
 
     /// Stores ops of `team` (idempotent) and drops the team's kept membership, replayed

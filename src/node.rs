@@ -42,7 +42,7 @@ impl Default for NodeOptions {
 /// session; the app reaches it by posting closures ([`Node::with_home`]).
 pub struct Node {
     pub(crate) runtime: Arc<Runtime<Home>>,
-    changed: Arc<Notify>,
+    moved: Arc<Moved>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -91,16 +91,15 @@ impl Node {
                 return Err(e.into());
             }
         };
-        let changed = Arc::new(Notify::new());
-        let mut node = Node { runtime, changed, tasks: Vec::new() };
-        let mut watcher =
-            Watcher { seen: Some(Seen::default()), devices: BTreeSet::new(), options };
-        watcher.watch_once(&node.runtime).await?;
+        let moved = Arc::new(Moved::default());
+        let mut node = Node { runtime, moved, tasks: Vec::new() };
+        let mut watcher = Watcher { seen: Some(Seen::default()), kept: Kept::default(), options };
+        watcher.watch_once(&node.runtime, MovedTeams::default()).await?;
         node.tasks
-            .push(tokio::spawn(watcher.run(Arc::clone(&node.runtime), Arc::clone(&node.changed))));
+            .push(tokio::spawn(watcher.run(Arc::clone(&node.runtime), Arc::clone(&node.moved))));
         node.tasks.push(tokio::spawn(follow_sessions(
             Arc::clone(&node.runtime),
-            Arc::clone(&node.changed),
+            Arc::clone(&node.moved),
         )));
         Ok(node)
     }
@@ -112,19 +111,26 @@ impl Node {
         &self,
         f: impl FnOnce(&mut Home) -> T + Send + 'static,
     ) -> T {
-        let (result, membership_moved) = self
+        let (result, moved) = self
             .runtime
             .owner()
             .call(move |home| {
                 let result = f(home);
-                let moved = home.changed.iter().any(|c| matches!(c, Change::Membership { .. }));
+                let moved: BTreeSet<TeamId> = home
+                    .changed
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::Membership { team } => Some(*team),
+                        _ => None,
+                    })
+                    .collect();
                 (result, moved)
             })
             .await
             .expect("the owner thread runs until the node shuts down");
-        if membership_moved {
+        if !moved.is_empty() {
             // New or removed devices: the watcher updates whom to keep connected.
-            self.changed.notify_one();
+            self.moved.tell(moved);
         }
         result
     }
@@ -286,125 +292,196 @@ fn parse_addrs(text: &str) -> Vec<SocketAddr> {
     text.split(',').filter_map(|a| a.trim().parse().ok()).collect()
 }
 
+/// Teams whose membership log grew through this node (a session or the app), for the
+/// watcher to revisit whom to keep connected.
+#[derive(Default)]
+struct Moved {
+    teams: std::sync::Mutex<MovedTeams>,
+    notify: Notify,
+}
+
+/// The teams told since the watcher last looked.
+#[derive(Default)]
+struct MovedTeams {
+    teams: BTreeSet<TeamId>,
+    /// Some were missed (the events lagged): every team is revisited.
+    all: bool,
+}
+
+impl Moved {
+    fn tell(&self, teams: impl IntoIterator<Item = TeamId>) {
+        self.lock().teams.extend(teams);
+        self.notify.notify_one();
+    }
+
+    fn tell_all(&self) {
+        self.lock().all = true;
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> MovedTeams {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MovedTeams> {
+        self.teams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Follows the store for writes by other programs on this home (through SQLite's
 /// `data_version`), and keeps sessions with every current device of every team.
 struct Watcher {
     /// What the store looked like; on the owner thread while it looks again.
     seen: Option<Seen>,
-    /// The devices kept connected.
-    devices: BTreeSet<DeviceId>,
+    /// The devices kept connected, by the teams that bring them.
+    kept: Kept,
     options: NodeOptions,
 }
 
 impl Watcher {
-    async fn run(mut self, runtime: Arc<Runtime<Home>>, changed: Arc<Notify>) {
+    async fn run(mut self, runtime: Arc<Runtime<Home>>, moved: Arc<Moved>) {
         loop {
             tokio::select! {
-                () = changed.notified() => {
-                    if let Some(seen) = &mut self.seen {
-                        seen.version = None;
-                    }
-                }
+                () = moved.notify.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(WATCH_INTERVAL_MS)) => {}
             }
-            if let Err(e) = self.watch_once(&runtime).await {
+            if let Err(e) = self.watch_once(&runtime, moved.take()).await {
                 tracing::warn!("cannot read the store for changes: {e}");
             }
         }
     }
 
     /// Compares the store with what was seen last (on the owner thread, which tells the
-    /// sessions what moved), and updates whom to keep connected.
-    async fn watch_once(&mut self, runtime: &Runtime<Home>) -> Result<()> {
+    /// sessions what moved), and updates whom to keep connected for the teams whose
+    /// membership moved, there or through this node (`moved`).
+    async fn watch_once(&mut self, runtime: &Runtime<Home>, moved: MovedTeams) -> Result<()> {
         let mut seen = self.seen.take().unwrap_or_default();
-        let dial = self.options.dial_known_devices;
+        let kept = self.options.dial_known_devices.then(|| self.kept.devices.clone());
         let (seen, looked) = runtime
             .owner()
             .call(move |home| {
-                let looked = look(home, &mut seen, dial);
+                let looked = look(home, &mut seen, moved, kept.as_ref());
                 (seen, looked)
             })
             .await?;
         self.seen = Some(seen);
-        if let Some(known) = looked? {
-            self.keep_known_devices(runtime, known);
+        if let Some(mut looked) = looked? {
+            let (added, removed) = self.kept.update(looked.teams);
+            for device in added {
+                let addrs = looked.addrs.remove(&device).unwrap_or_default();
+                runtime.keep_connected(PeerAddr { device, addrs, relay: None });
+            }
+            for device in removed {
+                runtime.forget(device);
+            }
         }
         Ok(())
     }
+}
 
-    /// Keeps sessions with every current device of every team, and drops removed ones.
-    fn keep_known_devices(
+/// The devices kept connected, and which teams bring each: a device stays while any
+/// team it is a current device of is held.
+#[derive(Default)]
+struct Kept {
+    by_team: HashMap<TeamId, BTreeSet<DeviceId>>,
+    devices: BTreeSet<DeviceId>,
+}
+
+impl Kept {
+    /// Takes the current devices of the teams in `teams` (the others as they were), and
+    /// returns the devices to start keeping and those to stop keeping.
+    fn update(
         &mut self,
-        runtime: &Runtime<Home>,
-        mut known: HashMap<DeviceId, Vec<SocketAddr>>,
-    ) {
-        let devices: BTreeSet<DeviceId> = known.keys().copied().collect();
-        for device in devices.difference(&self.devices) {
-            let addrs = known.remove(device).unwrap_or_default();
-            runtime.keep_connected(PeerAddr { device: *device, addrs, relay: None });
-        }
-        for device in self.devices.difference(&devices) {
-            runtime.forget(*device);
-        }
+        teams: HashMap<TeamId, BTreeSet<DeviceId>>,
+    ) -> (Vec<DeviceId>, Vec<DeviceId>) {
+        self.by_team.extend(teams);
+        let devices: BTreeSet<DeviceId> = self.by_team.values().flatten().copied().collect();
+        let added = devices.difference(&self.devices).copied().collect();
+        let removed = self.devices.difference(&devices).copied().collect();
         self.devices = devices;
+        (added, removed)
     }
+}
+
+/// What the watcher found to keep connected.
+struct Looked {
+    /// The current devices (other than this one) of each team whose membership moved.
+    teams: HashMap<TeamId, BTreeSet<DeviceId>>,
+    /// Where each device not kept before was last seen, as stored.
+    addrs: HashMap<DeviceId, Vec<SocketAddr>>,
 }
 
 /// On the owner thread: what moved in the store since `seen` (written by another
 /// program: this home's own writes are told to the sessions as they happen), recorded as
-/// the home's changes for the sessions. When a membership log moved and `dial` is on,
-/// every current device of every team with its stored addresses.
+/// the home's changes for the sessions. With `kept` (the devices kept connected, when
+/// the node dials known devices): the current devices of every team whose membership
+/// moved, there or through this node (`moved`), so one team's change costs that team's
+/// log, not every team's.
 fn look(
     home: &mut Home,
     seen: &mut Seen,
-    dial: bool,
-) -> Result<Option<HashMap<DeviceId, Vec<SocketAddr>>>> {
+    moved: MovedTeams,
+    kept: Option<&BTreeSet<DeviceId>>,
+) -> Result<Option<Looked>> {
+    let mut moved = match moved.all {
+        true => home.store.teams()?.into_iter().collect(),
+        false => moved.teams,
+    };
     let version = home.store.data_version()?;
-    if seen.version == Some(version) {
-        return Ok(None);
-    }
-    seen.version = Some(version);
-    for doc in home.store.docs(None)? {
-        if seen.docs.get(&doc.id) != Some(&doc.heads) {
-            if let Ok(kind) = doc.kind.parse::<DocKind>() {
-                home.changed.push(Change::Doc { team: doc.team, doc: doc.id, kind });
+    if seen.version != Some(version) {
+        seen.version = Some(version);
+        for doc in home.store.docs(None)? {
+            if seen.docs.get(&doc.id) != Some(&doc.heads) {
+                if let Ok(kind) = doc.kind.parse::<DocKind>() {
+                    home.changed.push(Change::Doc { team: doc.team, doc: doc.id, kind });
+                }
+                seen.docs.insert(doc.id, doc.heads);
             }
-            seen.docs.insert(doc.id, doc.heads);
+        }
+        for team in home.store.teams()? {
+            let count = home.store.op_count(team)?;
+            if seen.ops.insert(team, count) != Some(count) && !moved.contains(&team) {
+                home.changed.push(Change::Membership { team });
+                moved.insert(team);
+            }
+        }
+    } else {
+        // Grown through this node, which told the sessions already.
+        for &team in &moved {
+            seen.ops.insert(team, home.store.op_count(team)?);
         }
     }
-    let mut membership_moved = seen.ops.is_empty();
-    for team in home.store.teams()? {
-        let count = home.store.ops(team)?.len();
-        if seen.ops.insert(team, count) != Some(count) {
-            home.changed.push(Change::Membership { team });
-            membership_moved = true;
-        }
-    }
-    if !(membership_moved && dial) {
+    let Some(kept) = kept else { return Ok(None) };
+    if moved.is_empty() {
         return Ok(None);
     }
-    let mut known = HashMap::new();
-    for team in home.store.teams()? {
-        for (device, _) in home.membership(team)?.devices() {
-            if device != home.profile().device && !known.contains_key(&device) {
+    let me = home.profile().device;
+    let mut looked = Looked { teams: HashMap::new(), addrs: HashMap::new() };
+    for team in moved {
+        let access = home.team_access(team)?;
+        let devices: BTreeSet<DeviceId> =
+            access.membership().devices().map(|(device, _)| device).filter(|d| *d != me).collect();
+        for &device in &devices {
+            if !kept.contains(&device) && !looked.addrs.contains_key(&device) {
                 let stored = home.store.peer_addrs(device)?.map(|(a, _)| parse_addrs(&a));
-                known.insert(device, stored.unwrap_or_default());
+                looked.addrs.insert(device, stored.unwrap_or_default());
             }
         }
+        looked.teams.insert(team, devices);
     }
-    Ok(Some(known))
+    Ok(Some(looked))
 }
 
 /// Follows the sessions: remembers where connected devices were seen (so they can be
 /// redialled later) and when each session last ended or found a team in sync, and has
 /// the watcher revisit whom to keep connected when a membership log grew.
-async fn follow_sessions(runtime: Arc<Runtime<Home>>, changed: Arc<Notify>) {
+async fn follow_sessions(runtime: Arc<Runtime<Home>>, moved: Arc<Moved>) {
     let mut events = runtime.service().subscribe();
     let owner = runtime.owner().clone();
     loop {
         match events.recv().await {
-            Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { .. }, .. }) => {
-                changed.notify_one()
+            Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { team }, .. }) => {
+                moved.tell([team])
             }
             Ok(PeerEvent::Sync {
                 event: SyncEvent::DocChanged { team, kind: DocKind::Team, .. },
@@ -436,7 +513,9 @@ async fn follow_sessions(runtime: Arc<Runtime<Home>>, changed: Arc<Notify>) {
                     })
                     .await;
             }
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            // A membership change may be among the events missed.
+            Err(broadcast::error::RecvError::Lagged(_)) => moved.tell_all(),
+            Ok(_) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -468,4 +547,40 @@ async fn adopt_circle_relay(runtime: &Runtime<Home>, team: TeamId) -> Result<()>
 fn expiry(home: &Home, valid_for: Duration) -> Timestamp {
     let valid_ms = i64::try_from(valid_for.as_millis()).unwrap_or(i64::MAX);
     Timestamp(home.now().as_millis().saturating_add(valid_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use care_core::{DeviceId, TeamId};
+
+    use super::Kept;
+
+    fn devices(ids: &[u8]) -> BTreeSet<DeviceId> {
+        ids.iter().map(|i| DeviceId::from_bytes([*i; 32])).collect()
+    }
+
+    /// Revisiting one team changes only what that team brings: a device that is also in
+    /// another team stays kept, and one in no team any more is let go.
+    #[test]
+    fn a_device_is_kept_while_any_team_brings_it() {
+        let (a, b) = (TeamId::from_bytes([1; 16]), TeamId::from_bytes([2; 16]));
+        let mut kept = Kept::default();
+        let (added, removed) =
+            kept.update(HashMap::from([(a, devices(&[10, 11])), (b, devices(&[11, 12]))]));
+        assert_eq!(added, Vec::from_iter(devices(&[10, 11, 12])));
+        assert!(removed.is_empty());
+
+        // Team a removes 11 and 10 and adds 13: 11 is still in team b.
+        let (added, removed) = kept.update(HashMap::from([(a, devices(&[13]))]));
+        assert_eq!(added, Vec::from_iter(devices(&[13])));
+        assert_eq!(removed, Vec::from_iter(devices(&[10])));
+        assert_eq!(kept.devices, devices(&[11, 12, 13]));
+
+        // Team b removes 11: now no team brings it.
+        let (added, removed) = kept.update(HashMap::from([(b, devices(&[12]))]));
+        assert!(added.is_empty());
+        assert_eq!(removed, Vec::from_iter(devices(&[11])));
+    }
 }

@@ -266,6 +266,17 @@ impl Store {
         rows.into_iter().map(|(hash, bytes, sum)| check_op(&hash, bytes, &sum)).collect()
     }
 
+    /// How many membership ops of `team` are stored: ops are only ever added, so a
+    /// count that moved means the log grew.
+    pub fn op_count(&self, team: TeamId) -> Result<usize, StoreError> {
+        let doing = "counting a team's membership changes";
+        let mut stmt =
+            self.conn.prepare_cached("SELECT COUNT(*) FROM ops WHERE team = ?1").doing(doing)?;
+        let count: i64 =
+            stmt.query_row(rusqlite::params![team.as_bytes()], |row| row.get(0)).doing(doing)?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
     /// How many documents of `team` are stored.
     pub fn doc_count(&self, team: TeamId) -> Result<usize, StoreError> {
         let doing = "counting a team's documents";

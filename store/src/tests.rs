@@ -233,6 +233,8 @@ fn ops_profile_sync_states_and_peers_round_trip() -> Result<()> {
     assert_eq!(store.insert_ops(team, &ops)?, 0);
     assert_eq!(store.ops(team)?, ops.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
     assert_eq!(store.teams()?, vec![team]);
+    assert_eq!(store.op_count(team)?, 3);
+    assert_eq!(store.op_count(TeamId::from_bytes([4; 16]))?, 0);
 
     store.meta_set("home", b"profile")?;
     assert_eq!(store.meta_get("home")?, Some(b"profile".to_vec()));
