@@ -352,3 +352,39 @@ fn a_removed_workers_late_note_is_kept_aside_until_accepted() {
     assert!(note_texts(&ada).contains(&late));
     assert_eq!(aside(&ada), serde_json::json!([]));
 }
+
+/// A phone's `care serve` killed (no close sent) and started again from its home: its
+/// new connection replaces the one Ada's node still holds for it, at once rather than
+/// after Ada's end of the old one times out, and live pushes reach it again.
+#[test]
+fn a_serve_killed_and_started_again_replaces_its_old_connection() {
+    let ada = with_team("Ada");
+    let serve = ada.serve();
+    let invite = ada.json(&["team", "invite", "--role", "worker"]);
+    let ticket = invite["ticket"].as_str().expect("a ticket").to_owned();
+    let bea = Care::new("Bea");
+    bea.json(&["team", "join", &ticket, "--listen", "127.0.0.1:0", "--timeout", "30"]);
+    let bea_device = bea.json(&["whoami"])["device"].as_str().expect("device").to_owned();
+
+    let connected = |s: &Serve| {
+        std::iter::from_fn(|| s.line(Duration::from_secs(40))).any(|e| e.contains("\"connected\""))
+    };
+    let bea_serve = bea.serve();
+    assert!(connected(&bea_serve), "Bea's serve connects to Ada's");
+    // Past the window in which two connections count as crossing dials, so that which
+    // of the two device ids is smaller does not matter.
+    std::thread::sleep(Duration::from_millis(care_sync::hub::CROSSING_DIALS_MS + 500));
+    drop(bea_serve); // SIGKILL: Bea's end sends no close.
+
+    let bea_serve = bea.serve();
+    assert!(connected(&bea_serve), "Bea's serve connects again after a kill");
+    ada.json(&["note", "add", "Tea at four"]);
+    let pushed = poll(Duration::from_secs(10), || note_texts(&bea).contains(&"Tea at four".into()));
+    let events: Vec<String> =
+        std::iter::from_fn(|| serve.line(Duration::from_millis(200))).collect();
+    assert!(pushed, "a live push reaches the restarted serve: {events:?}");
+    let replaced = events.iter().any(|e| {
+        e.contains("\"disconnected\"") && e.contains(&bea_device) && e.contains("replaced")
+    });
+    assert!(replaced, "Ada's node replaced Bea's old connection: {events:?}");
+}
