@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::ChangeHash;
+use automerge::{ChangeHash, SaveOptions};
 use care_core::keys::{self, KeyId, KeyScope, TeamKey};
 use care_core::sealed::ToSeal;
 use care_core::{DocId, DocKind, Sealed, SealedChange, SealedForm, TeamId};
@@ -123,7 +123,10 @@ impl Home {
                         deps: meta.deps.iter().map(|d| d.0).collect(),
                     })
                     .collect();
-                (am.save(), changes)
+                // Without changes still waiting for what they depend on: the changes
+                // listed are those the document holds.
+                let options = SaveOptions { retain_orphans: false, ..SaveOptions::default() };
+                (am.save_with_options(options), changes)
             }
             SealedForm::Changes => {
                 let since: Vec<ChangeHash> = since

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, ChangeHash, SaveOptions};
 use care_core::ids::{DeviceId, DocId, OpHash, TeamId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -589,9 +589,13 @@ fn save_changes(
 }
 
 /// A snapshot of `doc`, checked to load back with the same heads before it may replace
-/// the document's chunks.
+/// the document's chunks. Changes still waiting for what they depend on are left out
+/// (Automerge would append them): a snapshot holds what its heads say, so that a device
+/// sent it whole reads the same heads from it as it loads; the peer that sent them sends
+/// them again, as this device's heads still lack them.
 fn validated_snapshot(id: DocId, doc: &Automerge) -> Result<Vec<u8>, StoreError> {
-    let snapshot = doc.save();
+    let snapshot =
+        doc.save_with_options(SaveOptions { retain_orphans: false, ..SaveOptions::default() });
     let reloaded = Automerge::load(&snapshot)
         .map_err(|e| StoreError::corrupt(id, format!("its new snapshot does not load: {e}")))?;
     if sorted_heads(&reloaded) != sorted_heads(doc) {

@@ -38,6 +38,37 @@ fn summary(store: &Store, id: DocId) -> DocSummary {
     store.docs(None).unwrap().into_iter().find(|s| s.id == id).unwrap()
 }
 
+/// A document received whole with a change appended that waits for one it lacks: its
+/// compacted snapshot leaves that change out, so that the bytes hold what their heads say
+/// (a device sent them whole reads the heads it loads).
+#[test]
+fn a_change_waiting_for_its_dependencies_is_left_out_of_a_snapshot() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+    let mut writer = genesis();
+    let (base, heads) = (writer.save(), writer.get_heads());
+    writer.transact(|tx| tx.put(ROOT, "first", "Visited at 9.")).map_err(|f| f.error)?;
+    writer.transact(|tx| tx.put(ROOT, "second", "Visited at 10.")).map_err(|f| f.error)?;
+    let changes = writer.get_changes(&heads);
+    // The genesis and the second change, without the first.
+    let mut received = base;
+    received.extend(changes[1].raw_bytes());
+    let held = Automerge::load(&received)?;
+    assert_eq!(held.get_heads(), heads, "the second change waits");
+    store.import_doc(&meta(2), &received, &heads, &[])?;
+    store.compact(meta(2).id)?;
+    let bytes = store.doc_bytes(meta(2).id)?.expect("stored");
+    let compacted = Automerge::load(&bytes)?;
+    assert_eq!(compacted.get_heads(), heads);
+    let without = automerge::SaveOptions { retain_orphans: false, ..Default::default() };
+    assert_eq!(
+        compacted.save().len(),
+        compacted.save_with_options(without).len(),
+        "no change waits in the compacted snapshot"
+    );
+    Ok(())
+}
+
 #[test]
 fn updates_survive_reopen_and_compaction_keeps_content() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -630,7 +630,12 @@ fn a_live_edit_between_two_parts_of_another_document_is_taken_in() {
     connect(&team, &mut a, &mut b);
     let kind = write_notes(&team, &mut a, 60);
     let outputs = a.session.local_change(&mut a.replica, team.id, kind.doc_id(team.id), kind);
-    let mut to_b = a.take(outputs);
+    // A document the remote lacks is offered, and sent whole when asked for.
+    let offer = a.take(outputs);
+    assert!(matches!(Frame::decode(&offer[0]), Ok(Frame::Offer { .. })), "an offer");
+    let want = b.receive(&offer[0]);
+    assert!(matches!(Frame::decode(&want[0]), Ok(Frame::Want { .. })), "a want");
+    let mut to_b = a.receive(&want[0]);
     let is_part = |f: &Vec<u8>| matches!(Frame::decode(f), Ok(Frame::SnapshotPart { .. }));
     assert!(to_b.len() >= 3 && to_b.iter().all(is_part), "{} frames", to_b.len());
     write_general_note(&team, &mut a, 2);

@@ -1,4 +1,4 @@
-//! The frames two devices exchange on a `care/sync/2` stream, their compact versioned
+//! The frames two devices exchange on a `care/sync/4` stream, their compact versioned
 //! encoding, and the length prefix that delimits them on a byte stream.
 //!
 //! A frame on the wire is a 4-byte big-endian length, then that many bytes: one format
@@ -11,12 +11,15 @@ use care_core::{ChangeSig, DocId, DocKind, Month, SIGNED_HEADS_MAX, Sealed, Team
 use serde::{Deserialize, Serialize};
 
 /// The ALPN of the sync protocol; the trailing number is [`PROTOCOL_VERSION`].
-pub const ALPN: &[u8] = b"care/sync/3";
+pub const ALPN: &[u8] = b"care/sync/4";
 /// The version of the sync protocol, announced in [`Frame::Hello`]. Version 2 signs every
 /// change: [`Frame::Sync`], [`Frame::Snapshot`] and [`Frame::SnapshotPart`] carry the
 /// signatures of the changes they hold. Version 3 hands a team's circle node its
-/// documents sealed ([`Frame::Sealed`], [`Frame::SealedHeads`]), never in clear.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// documents sealed ([`Frame::Sealed`], [`Frame::SealedHeads`]), never in clear. Version 4
+/// sends a whole document only to a device that asks for it ([`Frame::Offer`],
+/// [`Frame::Want`]), so that a device receiving a document from one peer is not sent it
+/// again by the others.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest encoded frame, in bytes (the length prefix not counted).
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// The first byte of every encoded frame: the version of this encoding.
@@ -161,6 +164,28 @@ pub enum Frame {
         /// A sentence for people.
         reason: String,
     },
+    /// The sender holds a document the receiver was last known to lack, at these heads:
+    /// the receiver answers with [`Frame::Want`], unless the document is already on its
+    /// way to it from another device.
+    Offer {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+        /// The heads the sender holds, sorted.
+        heads: Vec<[u8; 32]>,
+    },
+    /// The receiver of an [`Frame::Offer`] asks for the whole document.
+    Want {
+        /// The team.
+        team: TeamId,
+        /// The document; always `kind.doc_id(team)`.
+        doc: DocId,
+        /// The document's kind.
+        kind: DocKind,
+    },
 }
 
 /// What a device says about one team in its [`Frame::Hello`].
@@ -249,6 +274,8 @@ impl Frame {
             Frame::Sealed { .. } => "Sealed",
             Frame::SealedHeads { .. } => "SealedHeads",
             Frame::Close { .. } => "Close",
+            Frame::Offer { .. } => "Offer",
+            Frame::Want { .. } => "Want",
         }
     }
 
@@ -294,10 +321,12 @@ impl Frame {
                 check_signatures(&sealed.signatures)?;
                 check_doc(*team, *doc, kind)
             }
-            Frame::SealedHeads { team, doc, kind, heads, .. } => {
+            Frame::SealedHeads { team, doc, kind, heads, .. }
+            | Frame::Offer { team, doc, kind, heads } => {
                 bound("heads of a document", heads.len(), HEADS_PER_DOC_MAX)?;
                 check_doc(*team, *doc, kind)
             }
+            Frame::Want { team, doc, kind } => check_doc(*team, *doc, kind),
             Frame::Close { reason } => {
                 bound("bytes in a close reason", reason.len(), CLOSE_REASON_BYTES_MAX)
             }
@@ -576,6 +605,19 @@ mod tests {
                 }
             }),
             "[a-z ]{0,40}".prop_map(|reason| Frame::Close { reason }),
+            (kind_strategy(), proptest::collection::vec(any::<[u8; 32]>(), 0..4)).prop_map(
+                |(kind, heads)| Frame::Offer {
+                    team: team(),
+                    doc: kind.doc_id(team()),
+                    kind,
+                    heads
+                }
+            ),
+            kind_strategy().prop_map(|kind| Frame::Want {
+                team: team(),
+                doc: kind.doc_id(team()),
+                kind
+            }),
         ]
     }
 

@@ -31,6 +31,12 @@ pub const CROSSING_DIALS_MS: u64 = 10_000;
 /// How long a connected device has to show, with its Hello, that it shares a team; a
 /// device that does not is disconnected.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+/// How long an offer of a document another session is bringing waits before this
+/// device asks for it anyway: the other session may be stuck, or its remote may never
+/// send what it described.
+pub const OFFER_WAIT_MS: u64 = 20_000;
+/// Most offers waiting at once; past it, an offer is answered at once.
+pub const OFFERS_WAITING_MAX: usize = 4096;
 
 /// A connection as the hub knows it: a number the hub gave it when it opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,6 +148,17 @@ struct Conn {
     admitted: bool,
 }
 
+/// A document offered on a connection while another session was bringing it: asked
+/// for there only if that one does not.
+#[derive(Debug)]
+struct Waiting {
+    conn: ConnId,
+    team: TeamId,
+    doc: DocId,
+    kind: DocKind,
+    since_ms: u64,
+}
+
 /// Every session of one device.
 #[derive(Debug)]
 pub struct Hub {
@@ -150,6 +167,10 @@ pub struct Hub {
     by_device: HashMap<DeviceId, ConnId>,
     next: u64,
     effects: Vec<Effect>,
+    /// Offers of documents another session is bringing, oldest first.
+    waiting: Vec<Waiting>,
+    /// The driver's clock when last given (ms).
+    now_ms: u64,
 }
 
 impl Hub {
@@ -161,6 +182,8 @@ impl Hub {
             by_device: HashMap::new(),
             next: 1,
             effects: Vec::new(),
+            waiting: Vec::new(),
+            now_ms: 0,
         }
     }
 
@@ -242,9 +265,11 @@ impl Hub {
         } else if self.conns.len() >= SESSIONS_MAX {
             return Err(Turned::Full);
         }
+        self.now_ms = self.now_ms.max(now_ms);
         let conn = ConnId(self.next);
         self.next += 1;
-        let session = Session::new(self.local, remote);
+        let mut session = Session::new(self.local, remote);
+        session.defer_offers();
         let hello_by = now_ms.saturating_add(HELLO_TIMEOUT_MS);
         let opened = Conn { remote, dialer, opened_ms: now_ms, session, hello_by, admitted: false };
         self.conns.insert(conn, opened);
@@ -268,6 +293,8 @@ impl Hub {
     /// `conn` is gone (the other device ended it, or the connection was lost).
     pub fn ended<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: CloseReason) {
         self.forget(replica, conn, reason);
+        // What it was bringing is asked for where else it was offered.
+        self.carry_out(replica, Vec::new());
     }
 
     /// The replica changed on its own ([`Replica::take_changes`]): an app wrote through
@@ -294,8 +321,13 @@ impl Hub {
     }
 
     /// The time is `now_ms` (the clock [`Hub::open`] was given): closes the sessions
-    /// whose remote has not shown a shared team within [`HELLO_TIMEOUT_MS`].
+    /// whose remote has not shown a shared team within [`HELLO_TIMEOUT_MS`], and asks
+    /// for documents offered more than [`OFFER_WAIT_MS`] ago that have not come.
     pub fn tick<R: Replica>(&mut self, replica: &mut R, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if !self.waiting.is_empty() {
+            self.carry_out(replica, Vec::new());
+        }
         let late: Vec<ConnId> = self
             .conns
             .iter()
@@ -365,6 +397,17 @@ impl Hub {
                             self.effects
                                 .push(Effect::Event(PeerEvent::Sync { peer: remote, event }));
                         }
+                        Output::Offered { team, doc, kind } => {
+                            let brought = self.brought_elsewhere(conn, team, doc);
+                            if brought && self.waiting.len() < OFFERS_WAITING_MAX {
+                                self.waiting.retain(|w| !(w.conn == conn && w.doc == doc));
+                                let since_ms = self.now_ms;
+                                self.waiting.push(Waiting { conn, team, doc, kind, since_ms });
+                            } else {
+                                let want = |s: &mut Session, r: &mut R| s.want(r, team, doc, kind);
+                                work.push((conn, self.contained(replica, conn, want)));
+                            }
+                        }
                     }
                 }
                 if let Some(c) = self.conns.get_mut(&conn)
@@ -387,9 +430,38 @@ impl Hub {
                 }
             }
             if work.is_empty() {
+                work = self.offers_due(replica);
+            }
+            if work.is_empty() {
                 return;
             }
         }
+    }
+
+    /// Whether a session other than `conn`'s is bringing `doc` ([`Session::brings`]).
+    fn brought_elsewhere(&self, conn: ConnId, team: TeamId, doc: DocId) -> bool {
+        self.conns.iter().any(|(id, c)| *id != conn && c.session.brings(team, doc))
+    }
+
+    /// Asks for the documents offered while another session was bringing them, where
+    /// none is any longer (it ended, what it brought failed, or it came) or the offer
+    /// has waited [`OFFER_WAIT_MS`]. A document held by then is not asked for: the
+    /// session that was offered it tells its remote what this device holds.
+    fn offers_due<R: Replica>(&mut self, replica: &mut R) -> Vec<(ConnId, Vec<Output>)> {
+        let mut work = Vec::new();
+        for w in std::mem::take(&mut self.waiting) {
+            if !self.conns.contains_key(&w.conn) {
+                continue;
+            }
+            let late = self.now_ms.saturating_sub(w.since_ms) >= OFFER_WAIT_MS;
+            if !late && self.brought_elsewhere(w.conn, w.team, w.doc) {
+                self.waiting.push(w);
+                continue;
+            }
+            let want = |s: &mut Session, r: &mut R| s.want(r, w.team, w.doc, w.kind);
+            work.push((w.conn, self.contained(replica, w.conn, want)));
+        }
+        work
     }
 
     /// Passes a change learnt from `from` to every other session.

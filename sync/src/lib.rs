@@ -1,4 +1,4 @@
-//! Peer-to-peer sync of care teams' documents: the `care/sync/3` protocol as state
+//! Peer-to-peer sync of care teams' documents: the `care/sync/4` protocol as state
 //! machines with no IO (a [`Session`] per connection, a [`Hub`] per device), the storage
 //! boundary they need, and an in-memory replica. The iroh runtime that drives them is the
 //! crate `care-net` (`sync/net/`); this crate depends on no async runtime or network

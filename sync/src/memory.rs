@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::{Automerge, AutomergeError, ChangeHash};
+use automerge::{Automerge, AutomergeError, ChangeHash, SaveOptions};
 use care_core::documents::genesis;
 use care_core::{ChangeSig, DeviceId, DeviceKey, DocId, DocKind, Month, SignedOp, TeamId};
 
@@ -252,7 +252,12 @@ impl Replica for MemoryReplica {
         team: TeamId,
         doc: DocId,
     ) -> Result<Option<std::sync::Arc<Vec<u8>>>, MemoryError> {
-        Ok(self.docs.get(&(team, doc)).map(|(_, d)| std::sync::Arc::new(d.save())))
+        // Without changes still waiting for what they depend on, as the store compacts.
+        let options = SaveOptions { retain_orphans: false, ..SaveOptions::default() };
+        Ok(self
+            .docs
+            .get(&(team, doc))
+            .map(|(_, d)| std::sync::Arc::new(d.save_with_options(options))))
     }
 
     fn receive_changes(

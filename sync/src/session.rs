@@ -53,6 +53,17 @@ pub enum Output {
     },
     /// Tell the application (and the other sessions) what happened.
     Event(SyncEvent),
+    /// The remote offers a whole document this device lacks ([`Frame::Offer`]); only
+    /// from a session that [`defers_offers`](Session::defer_offers). The driver asks for it
+    /// with [`Session::want`] once no other session is bringing it.
+    Offered {
+        /// The team.
+        team: TeamId,
+        /// The document.
+        doc: DocId,
+        /// Its kind.
+        kind: DocKind,
+    },
 }
 
 /// Something the application, and the device's other sessions, should know.
@@ -116,6 +127,9 @@ pub struct Session {
     partial: Option<PartialSnapshot>,
     /// Sealed documents of one document arriving together, until the last.
     partial_sealed: Option<PartialSealed>,
+    /// Whether offers of documents this device lacks go to the driver
+    /// ([`Output::Offered`]) instead of being answered at once.
+    defer_offers: bool,
 }
 
 /// The parts of a whole document received so far.
@@ -162,9 +176,20 @@ struct Progress {
     /// Per document, the heads we last told the remote we hold (in a sync message, a
     /// whole document, a Heads frame or a matching Hello); none told reads as empty.
     told: BTreeMap<DocId, Vec<ChangeHash>>,
-    /// Documents sent whole by a live change, so that the next change to one before the
-    /// remote answers goes by the sync protocol, not whole again.
+    /// Documents sent whole, so that the next change to one before the remote answers
+    /// goes by the sync protocol, not whole again.
     snapshots_sent: BTreeSet<DocId>,
+    /// Per document offered to the remote ([`Frame::Offer`]), the heads offered: the
+    /// same heads are offered once.
+    offered: BTreeMap<DocId, Vec<ChangeHash>>,
+    /// Per document the remote asked for and was sent whole, our heads then: the same
+    /// request is answered once.
+    answered: BTreeMap<DocId, Vec<ChangeHash>>,
+    /// Documents the remote asked for that this device could not pass on yet (still
+    /// checking them): sent whole when they are.
+    asked: BTreeSet<DocId>,
+    /// Documents this device asked the remote for ([`Frame::Want`]), until they arrive.
+    wanted: BTreeSet<DocId>,
     /// Documents the remote sent whole that the replica is still checking: not in sync
     /// until the verdict (a local change of the document) is in.
     checking: BTreeSet<DocId>,
@@ -242,7 +267,59 @@ impl Session {
             rules: BTreeMap::new(),
             partial: None,
             partial_sealed: None,
+            defer_offers: false,
         }
+    }
+
+    /// From now on, an offer of a document this device lacks is reported to the driver
+    /// ([`Output::Offered`]) rather than answered at once: a hub, which sees the device's
+    /// other sessions, asks for the document ([`Session::want`]) only once none of them is
+    /// bringing it. A session on its own asks at once.
+    pub fn defer_offers(&mut self) {
+        self.defer_offers = true;
+    }
+
+    /// Whether `doc` is on its way from the remote without being asked for again: asked
+    /// for whole and not arrived, arriving, being checked, or held by the team's circle
+    /// node, which sends a device what it lacks unasked.
+    pub fn brings(&self, team: TeamId, doc: DocId) -> bool {
+        if self.phase != Phase::Live {
+            return false;
+        }
+        let Some(progress) = self.progress.get(&team) else {
+            return false;
+        };
+        progress.wanted.contains(&doc)
+            || progress.checking.contains(&doc)
+            || self.partial.as_ref().is_some_and(|p| p.team == team && p.doc == doc)
+            || self.partial_sealed_of(team, doc)
+            || (self.sealed(team)
+                && !self.local_is_relay(team)
+                && progress
+                    .heads
+                    .get(&doc)
+                    .is_some_and(|known| !known.theirs.is_empty() && known.ours.is_empty()))
+    }
+
+    /// Asks the remote for the whole `doc`, which it offered, unless this device has
+    /// asked already; if this device holds it by now, the sync protocol settles the rest.
+    pub fn want<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+    ) -> Vec<Output> {
+        self.run(replica, |s, r, out| {
+            if s.phase != Phase::Live || s.check_clear(team, &kind).is_err() {
+                return Ok(());
+            }
+            if r.holds(team, doc).map_err(store)? {
+                return s.sync_held(r, team, doc, kind, out);
+            }
+            s.ask_whole(team, doc, kind, out);
+            Ok(())
+        })
     }
 
     /// The remote device.
@@ -325,15 +402,16 @@ impl Session {
                 s.send_sealed(r, team, doc, kind, &theirs, false, out)?;
                 s.settle(team, out);
             } else if s.phase == Phase::Live && s.both_read(team, &kind) {
-                // A document the remote has none of (one this device just received whole,
-                // say) goes whole, as in a catch-up: the remote stores it without loading
-                // it, instead of rebuilding it change by change.
-                if s.lacks_whole(team, doc) && s.send_snapshot(r, team, doc, kind, out)? {
-                    if let Some(progress) = s.progress.get_mut(&team) {
-                        progress.snapshots_sent.insert(doc);
-                    }
-                    let held = r.docs(team).map_err(store)?.into_iter().find(|d| d.id == doc);
-                    s.note_heads(team, doc, Some(held.map(|d| d.heads).unwrap_or_default()), None);
+                // A document the remote asked for, which this device could not pass on
+                // until now, goes whole; one the remote has none of (one this device just
+                // received whole, say) is offered, to go whole if the remote wants it (it
+                // may be receiving it from another device already).
+                let asked = s.progress.get_mut(&team).is_some_and(|p| p.asked.remove(&doc));
+                let sent_whole = asked && s.answer_want(r, team, doc, kind, out)?;
+                if sent_whole {
+                    // Told whole.
+                } else if s.lacks_whole(team, doc) {
+                    s.send_offer(r, team, doc, kind, out)?;
                 } else {
                     let ours = s.send_sync(r, team, doc, kind, out)?;
                     s.note_heads(team, doc, ours, None);
@@ -436,6 +514,7 @@ impl Session {
                     self.refuse(team, Some(doc), reason, out);
                     return Ok(());
                 }
+                self.arrived(team, doc);
                 self.on_snapshot(r, team, doc, kind, bytes, &signatures, out)
             }
             Frame::SnapshotPart { team, doc, kind, index, total, bytes, signatures } => {
@@ -449,6 +528,10 @@ impl Session {
             Frame::SealedHeads { team, doc, kind, heads, whole_wanted } => {
                 self.on_sealed_heads(r, team, doc, kind, heads, whole_wanted, out)
             }
+            Frame::Offer { team, doc, kind, heads } => {
+                self.on_offer(r, team, doc, kind, heads, out)
+            }
+            Frame::Want { team, doc, kind } => self.on_want(r, team, doc, kind, out),
         }
     }
 
@@ -688,7 +771,7 @@ impl Session {
             if sealed {
                 self.send_sealed(replica, team, *id, *kind, &[], false, out)?;
             } else {
-                self.send_snapshot(replica, team, *id, *kind, out)?;
+                self.send_offer(replica, team, *id, *kind, out)?;
             }
         }
         self.note_described(team, ours, theirs);
@@ -987,6 +1070,7 @@ impl Session {
             return Ok(());
         }
         let PartialSnapshot { team, doc, kind, bytes, signatures, .. } = partial;
+        self.arrived(team, doc);
         self.on_snapshot(replica, team, doc, kind, bytes, &signatures, out)
     }
 
@@ -1235,6 +1319,148 @@ impl Session {
         }
     }
 
+    /// Offers the remote `doc`, which it was last known to lack, at our heads (once per
+    /// heads): it goes whole if the remote asks for it ([`Frame::Want`]).
+    fn send_offer<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        let ours = sorted(replica.heads(team, doc).map_err(store)?.unwrap_or_default());
+        if ours.is_empty() || ours.len() > HEADS_PER_DOC_MAX {
+            // Nothing to offer (the document failed its check here and is gone: the
+            // sync protocol tells the remote so), or more heads than a frame may name.
+            let sent = self.send_sync(replica, team, doc, kind, out)?;
+            self.note_heads(team, doc, sent, None);
+            return Ok(());
+        }
+        let progress = self.progress.entry(team).or_default();
+        if progress.offered.get(&doc) != Some(&ours) {
+            progress.offered.insert(doc, ours.clone());
+            progress.told.insert(doc, ours.clone());
+            let heads = heads_bytes(&ours);
+            out.push(Output::Send(Frame::Offer { team, doc, kind, heads }.encode().into()));
+        }
+        self.note_heads(team, doc, Some(ours), None);
+        Ok(())
+    }
+
+    /// The remote offers a whole document. One held here already is a difference like
+    /// any other, for the sync protocol; one this device lacks is asked for, at once or,
+    /// with [`Session::defer_offers`], when the driver says.
+    fn on_offer<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        heads: Vec<[u8; 32]>,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        if let Err(reason) = self.check_clear(team, &kind) {
+            self.refuse(team, Some(doc), reason, out);
+            return Ok(());
+        }
+        let theirs = sorted(heads.into_iter().map(ChangeHash).collect());
+        self.note_heads(team, doc, None, Some(theirs));
+        if replica.holds(team, doc).map_err(store)? {
+            return self.sync_held(replica, team, doc, kind, out);
+        }
+        self.settle(team, out);
+        if self.defer_offers {
+            out.push(Output::Offered { team, doc, kind });
+        } else {
+            self.ask_whole(team, doc, kind, out);
+        }
+        Ok(())
+    }
+
+    /// The remote offered `doc`, which this device holds: a difference like any other,
+    /// for the sync protocol (told once its check is done, if it is being checked).
+    fn sync_held<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        if !self.progress.get(&team).is_some_and(|p| p.checking.contains(&doc)) {
+            let ours = self.send_sync(replica, team, doc, kind, out)?;
+            self.note_heads(team, doc, ours, None);
+        }
+        self.settle(team, out);
+        Ok(())
+    }
+
+    /// Asks the remote for the whole `doc`, once until it arrives.
+    fn ask_whole(&mut self, team: TeamId, doc: DocId, kind: DocKind, out: &mut Vec<Output>) {
+        let progress = self.progress.entry(team).or_default();
+        // Bounded as the documents of a team are: a remote offering ever more months
+        // makes this device hold no more than that.
+        if progress.wanted.len() < DOCS_PER_TEAM_MAX && progress.wanted.insert(doc) {
+            out.push(Output::Send(Frame::Want { team, doc, kind }.encode().into()));
+        }
+    }
+
+    /// A whole document (or its last part) arrived from the remote: no longer wanted.
+    fn arrived(&mut self, team: TeamId, doc: DocId) {
+        if let Some(progress) = self.progress.get_mut(&team) {
+            progress.wanted.remove(&doc);
+        }
+    }
+
+    /// The remote asks for a whole document: sent, if both devices may read it, this
+    /// device can pass it on, and the same request (at the same heads of ours) was not
+    /// answered already; a document still being checked here goes once it passes.
+    fn on_want<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Step {
+        if let Err(reason) = self.check_clear(team, &kind) {
+            self.refuse(team, Some(doc), reason, out);
+            return Ok(());
+        }
+        self.answer_want(replica, team, doc, kind, out).map(|_| ())
+    }
+
+    /// Sends `doc` whole to the remote, which asked for it (see [`Self::on_want`]);
+    /// returns whether it went.
+    fn answer_want<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        team: TeamId,
+        doc: DocId,
+        kind: DocKind,
+        out: &mut Vec<Output>,
+    ) -> Result<bool, CloseReason> {
+        let ours = sorted(replica.heads(team, doc).map_err(store)?.unwrap_or_default());
+        if ours.is_empty() {
+            return Ok(false);
+        }
+        if self.progress.get(&team).is_some_and(|p| p.answered.get(&doc) == Some(&ours)) {
+            return Ok(false);
+        }
+        if self.send_snapshot(replica, team, doc, kind, out)? {
+            let progress = self.progress.entry(team).or_default();
+            progress.answered.insert(doc, ours.clone());
+            progress.snapshots_sent.insert(doc);
+            self.note_heads(team, doc, Some(ours), None);
+            self.settle(team, out);
+            return Ok(true);
+        }
+        // Not passed on until its check is done: sent then.
+        self.progress.entry(team).or_default().asked.insert(doc);
+        Ok(false)
+    }
+
     /// Sends the whole document to a remote that has none of it: in one frame, or in parts
     /// of [`SNAPSHOT_PART_BYTES`] when larger; falls back to the sync protocol past
     /// [`SNAPSHOT_BYTES_MAX`]. Returns `false`, having sent nothing, when the replica has
@@ -1368,6 +1594,10 @@ impl Session {
             known.ours = ours;
         }
         if let Some(mut theirs) = theirs {
+            if theirs.is_empty() {
+                // The remote holds none of it (any more): it brings nothing.
+                progress.wanted.remove(&doc);
+            }
             // More heads than a Heads frame may carry never match ours: the document
             // simply stays pending.
             theirs.truncate(HEADS_PER_DOC_MAX + 1);

@@ -73,8 +73,13 @@ impl Session {
         Ok(())
     }
 
+    /// Whether sealed documents of `doc` are arriving from the remote.
+    pub(super) fn partial_sealed_of(&self, team: TeamId, doc: DocId) -> bool {
+        self.partial_sealed.as_ref().is_some_and(|p| p.team == team && p.doc == doc)
+    }
+
     /// Whether this device is the team's circle node.
-    fn local_is_relay(&self, team: TeamId) -> bool {
+    pub(super) fn local_is_relay(&self, team: TeamId) -> bool {
         self.shared
             .get(&team)
             .is_some_and(|a| a.membership().role_of_device(self.local) == Some(Role::Relay))

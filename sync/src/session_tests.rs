@@ -106,6 +106,7 @@ impl Side {
                 Output::Send(frame) => frames.push(frame.to_vec()),
                 Output::Close { reason } => self.closed = Some(reason),
                 Output::Event(event) => self.events.push(event),
+                Output::Offered { .. } => panic!("a session on its own answers offers itself"),
             }
         }
         frames
@@ -489,6 +490,8 @@ fn a_device_that_came_by_the_heads_elsewhere_says_it_holds_them() {
 
 #[path = "adversary_tests.rs"]
 mod adversary;
+#[path = "offer_tests.rs"]
+mod offers;
 
 /// The largest Hello an honest device sends fits the limit its first frame is read with.
 #[test]

@@ -991,7 +991,9 @@ fn kinds_in(frame: &Frame) -> Vec<DocKind> {
         Frame::Heads { docs, .. } => docs.iter().map(|d| d.kind).collect(),
         Frame::Sync { kind, .. }
         | Frame::Snapshot { kind, .. }
-        | Frame::SnapshotPart { kind, .. } => vec![*kind],
+        | Frame::SnapshotPart { kind, .. }
+        | Frame::Offer { kind, .. }
+        | Frame::Want { kind, .. } => vec![*kind],
         _ => Vec::new(),
     }
 }

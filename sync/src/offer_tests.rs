@@ -1,0 +1,297 @@
+//! Whole documents go only where they are asked for: a device offered the same document
+//! by two peers receives it once, asks the second when the first goes away, and a peer
+//! that asks, with the protocol's own frames, gets what it may read and only once.
+
+use care_core::documents::plan;
+use care_core::{DocKind, Section};
+
+use super::*;
+use crate::hub::{ConnId, Effect, Hub};
+
+/// The volunteer's device, run by a hub, connected to the owner's and the advocate's
+/// devices (sessions on their own), which both hold the team's plan.
+struct Three {
+    team: Team,
+    hub: Hub,
+    replica: MemoryReplica,
+    /// The owner's and the advocate's sides, with their connection at the volunteer.
+    peers: Vec<(Side, ConnId)>,
+    /// Frames the volunteer's hub sent, per peer, not yet delivered.
+    to_peer: Vec<Vec<Vec<u8>>>,
+    /// Frames the peers sent the volunteer, not yet delivered.
+    to_hub: Vec<Vec<Vec<u8>>>,
+    /// Every frame the volunteer received, decoded, with the peer it came from.
+    received: Vec<(usize, Frame)>,
+}
+
+impl Three {
+    fn new() -> Three {
+        let team = Team::new();
+        // The owner writes the plan, and the advocate's device gets it from the owner's.
+        let (mut owner, mut advocate) = (team.side(OWNER, ADVOCATE), team.side(ADVOCATE, OWNER));
+        team.write_plan(&mut owner, OWNER, "Tea at 8.");
+        connect(&team, &mut owner, &mut advocate);
+        let with_volunteer = |side: Side| Side {
+            session: Session::new(side.replica.device(), team.keys[VOLUNTEER].device_id()),
+            replica: side.replica,
+            events: Vec::new(),
+            closed: None,
+        };
+        let (owner, advocate) = (with_volunteer(owner), with_volunteer(advocate));
+        let volunteer = team.keys[VOLUNTEER].device_id();
+        let mut replica = MemoryReplica::with_key(team.keys[VOLUNTEER].clone());
+        replica.add_ops(team.id, &team.ops).expect("memory");
+        let mut hub = Hub::new(volunteer);
+        let mut peers = Vec::new();
+        let mut to_hub = Vec::new();
+        for mut side in [owner, advocate] {
+            let peer = side.replica.device();
+            let conn = hub.open(&mut replica, peer, volunteer, 0).expect("room");
+            to_hub.push(side.start());
+            peers.push((side, conn));
+        }
+        let mut three = Three {
+            team,
+            hub,
+            replica,
+            peers,
+            to_peer: vec![Vec::new(), Vec::new()],
+            to_hub,
+            received: Vec::new(),
+        };
+        three.collect();
+        three
+    }
+
+    /// Takes the hub's frames for each peer.
+    fn collect(&mut self) {
+        for effect in self.hub.take_effects() {
+            if let Effect::Send { conn, frame } = effect {
+                let peer = self.peers.iter().position(|(_, c)| *c == conn).expect("a peer");
+                self.to_peer[peer].push(frame.to_vec());
+            }
+        }
+    }
+
+    /// Delivers one frame each way per peer, in turn, until quiet; frames to a peer in
+    /// `cut` are dropped, as on a connection that is gone.
+    fn run(&mut self, cut: Option<usize>) {
+        for _ in 0..FRAMES_PER_EXCHANGE_MAX {
+            let quiet = self.to_hub.iter().chain(&self.to_peer).all(Vec::is_empty);
+            if quiet {
+                return;
+            }
+            for peer in 0..self.peers.len() {
+                if !self.to_hub[peer].is_empty() {
+                    let frame = self.to_hub[peer].remove(0);
+                    self.received.push((peer, Frame::decode(&frame).expect("a frame")));
+                    let conn = self.peers[peer].1;
+                    self.hub.frame(&mut self.replica, conn, &frame);
+                    self.collect();
+                }
+                if !self.to_peer[peer].is_empty() {
+                    let frame = self.to_peer[peer].remove(0);
+                    if cut != Some(peer) {
+                        let answer = self.peers[peer].0.receive(&frame);
+                        self.to_hub[peer].extend(answer);
+                    }
+                }
+            }
+        }
+        panic!("the exchange did not end");
+    }
+
+    /// Runs until quiet, except that the first peer the plan is asked of never hears of
+    /// it (it never answers); returns that peer.
+    fn run_until_asked(&mut self) -> usize {
+        let is_want = |f: &Vec<u8>| matches!(Frame::decode(f), Ok(Frame::Want { .. }));
+        let mut asked = None;
+        for _ in 0..FRAMES_PER_EXCHANGE_MAX {
+            if asked.is_none() {
+                asked = self.to_peer.iter().position(|frames| frames.iter().any(is_want));
+            }
+            if asked.is_some() {
+                self.run(asked);
+                break;
+            }
+            let peer = self.to_hub.iter().position(|f| !f.is_empty()).expect("frames to come");
+            let frame = self.to_hub[peer].remove(0);
+            self.received.push((peer, Frame::decode(&frame).expect("a frame")));
+            let conn = self.peers[peer].1;
+            self.hub.frame(&mut self.replica, conn, &frame);
+            self.collect();
+            for (p, frames) in self.to_peer.iter_mut().enumerate() {
+                if frames.iter().any(is_want) {
+                    continue;
+                }
+                for frame in std::mem::take(frames) {
+                    let answer = self.peers[p].0.receive(&frame);
+                    self.to_hub[p].extend(answer);
+                }
+            }
+        }
+        let asked = asked.expect("the plan was asked for");
+        assert!(self.whole_from().is_empty(), "nothing came whole yet");
+        asked
+    }
+
+    /// The peers that sent the volunteer the plan whole.
+    fn whole_from(&self) -> Vec<usize> {
+        let whole = |f: &Frame| matches!(f, Frame::Snapshot { .. } | Frame::SnapshotPart { .. });
+        self.received.iter().filter(|(_, f)| whole(f)).map(|(peer, _)| *peer).collect()
+    }
+
+    fn plan_heads(&self, side: Option<usize>) -> Option<Vec<automerge::ChangeHash>> {
+        let doc = DocKind::Plan.doc_id(self.team.id);
+        match side {
+            Some(peer) => self.peers[peer].0.replica.doc(self.team.id, doc).map(|d| d.get_heads()),
+            None => self.replica.doc(self.team.id, doc).map(|d| d.get_heads()),
+        }
+    }
+}
+
+#[test]
+fn a_document_offered_by_two_peers_arrives_once() {
+    let mut three = Three::new();
+    three.run(None);
+    assert_eq!(three.whole_from().len(), 1, "the plan came whole once: {:?}", three.whole_from());
+    let offers = three.received.iter().filter(|(_, f)| matches!(f, Frame::Offer { .. })).count();
+    assert_eq!(offers, 2, "both peers offered it");
+    assert!(three.plan_heads(None).is_some());
+    assert_eq!(three.plan_heads(None), three.plan_heads(Some(0)));
+    // Both peers learn that the volunteer holds it, and the hub forgets the offer.
+    for (side, conn) in &three.peers {
+        assert!(side.session.in_sync(three.team.id), "{:?} in sync", side.replica.device());
+        assert!(three.hub.session(*conn).is_some_and(|s| s.in_sync(three.team.id)));
+    }
+    for (side, _) in &three.peers {
+        assert!(side.refusals().is_empty(), "{:?}", side.refusals());
+    }
+}
+
+#[test]
+fn an_offer_waiting_on_a_peer_that_goes_away_is_asked_for_from_the_other() {
+    let mut three = Three::new();
+    let first = three.run_until_asked();
+    assert!(three.plan_heads(None).is_none(), "the other offer waits on the first peer");
+    let conn = three.peers[first].1;
+    three.hub.ended(&mut three.replica, conn, CloseReason::Failed);
+    three.collect();
+    three.run(Some(first));
+    let other = 1 - first;
+    assert_eq!(three.whole_from(), vec![other]);
+    assert_eq!(three.plan_heads(None), three.plan_heads(Some(other)));
+}
+
+#[test]
+fn an_offer_waiting_on_a_peer_that_never_sends_is_asked_for_after_the_wait() {
+    let mut three = Three::new();
+    let first = three.run_until_asked();
+    let other = 1 - first;
+    three.hub.tick(&mut three.replica, crate::hub::OFFER_WAIT_MS - 1);
+    three.collect();
+    assert!(three.to_peer[other].is_empty(), "still waiting");
+    three.hub.tick(&mut three.replica, crate::hub::OFFER_WAIT_MS);
+    three.collect();
+    three.run(Some(first));
+    assert_eq!(three.whole_from(), vec![other]);
+    assert_eq!(three.plan_heads(None), three.plan_heads(Some(other)));
+}
+
+/// The owner's device holds the plan and the health plan; the volunteer's asks with its
+/// own frames.
+#[test]
+fn a_want_is_answered_once_and_only_for_what_the_asker_may_read() {
+    let team = Team::new();
+    let (mut owner, mut volunteer) = live_pair(&team, VOLUNTEER);
+    let author = team.author_of(OWNER, 6_000);
+    for (kind, section) in
+        [(DocKind::Plan, Section::Routines), (DocKind::HealthPlan, Section::Medication)]
+    {
+        owner
+            .replica
+            .write(team.id, kind, |doc| plan::set_section(doc, &author, section, "At 8."))
+            .expect("writes");
+    }
+    let want =
+        |kind: DocKind| Frame::Want { team: team.id, doc: kind.doc_id(team.id), kind }.encode();
+    let whole = |frames: &[Vec<u8>]| {
+        frames
+            .iter()
+            .filter(|f| {
+                matches!(Frame::decode(f), Ok(Frame::Snapshot { .. } | Frame::SnapshotPart { .. }))
+            })
+            .count()
+    };
+    let sent = owner.receive(&want(DocKind::HealthPlan));
+    assert_eq!(whole(&sent), 0, "a volunteer may not read the health plan");
+    assert!(
+        owner.refusals().iter().any(|r| matches!(r, Refusal::MayNotRead { .. })),
+        "{:?}",
+        owner.refusals()
+    );
+    let sent = owner.receive(&want(DocKind::Plan));
+    assert!(whole(&sent) >= 1, "the plan goes whole");
+    for _ in 0..3 {
+        let again = owner.receive(&want(DocKind::Plan));
+        assert_eq!(whole(&again), 0, "asked again for the same: nothing more");
+    }
+    assert!(owner.closed.is_none());
+    // Delivered, the plan is the owner's; the health plan never reached the volunteer.
+    exchange(&team, &mut volunteer, &mut owner, sent, Vec::new());
+    let heads = |s: &Side, kind: DocKind| {
+        s.replica.doc(team.id, kind.doc_id(team.id)).map(|d| d.get_heads())
+    };
+    assert_eq!(heads(&volunteer, DocKind::Plan), heads(&owner, DocKind::Plan));
+    assert!(heads(&volunteer, DocKind::HealthPlan).is_none());
+}
+
+/// An offer of a kind the receiver may not read is refused and not asked for; offers of
+/// ever more documents make the receiver ask for no more than a team's documents.
+#[test]
+fn offers_the_receiver_may_not_read_are_refused_and_asking_is_bounded() {
+    let team = Team::new();
+    let (_owner, mut volunteer) = live_pair(&team, VOLUNTEER);
+    let offer = |kind: DocKind| {
+        let doc = kind.doc_id(team.id);
+        Frame::Offer { team: team.id, doc, kind, heads: vec![[7; 32]] }.encode()
+    };
+    let asked = volunteer.receive(&offer(DocKind::HealthPlan));
+    assert!(asked.is_empty(), "nothing asked");
+    assert!(volunteer.refusals().iter().any(|r| matches!(r, Refusal::MayNotRead { .. })));
+    let mut wants = 0;
+    for month in 0..(crate::session::DOCS_PER_TEAM_MAX as u32 + 10) {
+        let month = care_core::Month::new(1900 + (month / 12) as i32, (month % 12 + 1) as u8);
+        let kind = DocKind::Rota { month: month.expect("a month") };
+        let sent = volunteer.receive(&offer(kind));
+        wants += sent.iter().filter(|f| matches!(Frame::decode(f), Ok(Frame::Want { .. }))).count();
+    }
+    assert_eq!(wants, crate::session::DOCS_PER_TEAM_MAX);
+    assert!(volunteer.closed.is_none());
+}
+
+/// A change that arrived before one it depends on waits in the document, outside its
+/// heads; the document sent whole holds what its heads say, without it, so that the
+/// device it goes to reads the heads it loads (and does not refuse it).
+#[test]
+fn a_document_holding_a_change_that_waits_for_another_goes_whole_without_it() {
+    let team = Team::new();
+    let mut owner = team.side(OWNER, ADVOCATE);
+    team.write_plan(&mut owner, OWNER, "Tea at 8.");
+    team.write_plan(&mut owner, OWNER, "Tea at 9.");
+    let doc = DocKind::Plan.doc_id(team.id);
+    let changes = owner.replica.doc(team.id, doc).expect("held").get_changes(&[]);
+    let last = changes.last().expect("a change").clone();
+    let mut advocate = team.side(ADVOCATE, OWNER);
+    let applied = advocate
+        .replica
+        .receive_changes(team.id, doc, DocKind::Plan, last.raw_bytes(), &[])
+        .expect("memory");
+    assert_eq!(applied, Ok(false), "the last change waits for the one before it");
+    let bytes = advocate.replica.snapshot(team.id, doc).expect("memory").expect("held");
+    let said = crate::chunks::whole_doc(&bytes).expect("reads").heads;
+    let mut loaded = automerge::Automerge::load(&bytes).expect("loads").get_heads();
+    loaded.sort();
+    assert_eq!(said, loaded);
+    assert!(!said.contains(&last.hash()));
+}
