@@ -369,8 +369,15 @@ async fn a_device_that_stops_reading_is_dropped_at_the_queue_bound() -> Result<(
     let summary = TeamSummary { team, ops_hash: [0; 16], docs_hash: [0; 16] };
     let hello = Frame::Hello { version: PROTOCOL_VERSION, teams: vec![summary] };
     framing::write_frame(&mut send, &hello.encode()).await?;
-    // "I hold no document": the node answers with every one it holds, whole.
+    // "I hold no document", and a Want of every document the node holds: it answers with
+    // each whole.
     framing::write_frame(&mut send, &Frame::Heads { team, docs: vec![] }.encode()).await?;
+    let held = node.with_home(move |h| h.store().docs(Some(team))).await?;
+    for summary in held {
+        let kind: care_core::DocKind = summary.kind.parse()?;
+        let want = Frame::Want { team, doc: summary.id, kind };
+        framing::write_frame(&mut send, &want.encode()).await?;
+    }
 
     let reason = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
