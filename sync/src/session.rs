@@ -54,7 +54,7 @@ pub enum Output {
     /// Tell the application (and the other sessions) what happened.
     Event(SyncEvent),
     /// The remote offers a whole document this device lacks ([`Frame::Offer`]); only
-    /// from a session that [`defers_offers`](Session::defer_offers). The driver asks for it
+    /// from a session told to [`defer_offers`](Session::defer_offers). The driver asks for it
     /// with [`Session::want`] once no other session is bringing it.
     Offered {
         /// The team.
