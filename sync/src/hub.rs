@@ -339,6 +339,15 @@ impl Hub {
         }
     }
 
+    /// The earliest time (by the driver's clock, in ms) at which [`Hub::tick`] has work:
+    /// an offer that has waited [`OFFER_WAIT_MS`], or a session whose remote has not shown
+    /// a shared team by its [`HELLO_TIMEOUT_MS`]. `None` when nothing waits on the time.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let offers = self.waiting.iter().map(|w| w.since_ms.saturating_add(OFFER_WAIT_MS));
+        let hellos = self.conns.values().filter(|c| !c.session.admitted()).map(|c| c.hello_by);
+        offers.chain(hellos).min()
+    }
+
     /// Runs one step of `conn`'s session and carries out what it returns.
     fn step<R: Replica>(
         &mut self,

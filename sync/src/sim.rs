@@ -166,6 +166,9 @@ const ATTACKER: usize = 2;
 const CIRCLE: usize = 3;
 /// Percent of the attacker's frames that it tampers with or follows with one of its own.
 const ATTACK_PERCENT: u64 = 10;
+/// Percent of the worlds with a circle node in which it withholds: it describes the
+/// documents it holds but never sends one, and the members must get them from each other.
+const WITHHOLD_PERCENT: u64 = 30;
 
 /// SplitMix64: small, seeded, good enough for choosing faults.
 struct Rng(u64);
@@ -244,6 +247,10 @@ struct World<D> {
     attacks: bool,
     /// Restarts of devices, for the statistics.
     restarts: usize,
+    /// Whether the circle node withholds every sealed document it would send.
+    withholds: bool,
+    /// Sealed documents the circle node withheld, for the statistics.
+    withheld: usize,
 }
 
 /// Makes the replica of device `index` with `key` (for member `member`), empty.
@@ -256,6 +263,8 @@ impl<D: SimDevice> World<D> {
         // With five members or more, the fourth is the circle node, where replicas can
         // be one (never the last, who is removed).
         let circle = (D::can_hold_sealed() && members >= 5).then_some(CIRCLE);
+        // Drawn apart from the faults, so that a seed's faults stay what they were.
+        let withholds = circle.is_some() && Rng(seed ^ 0x7769_7468).chance(WITHHOLD_PERCENT);
         let roles = |i: usize| match i {
             0 => Role::Owner,
             1 => Role::Volunteer,
@@ -301,6 +310,8 @@ impl<D: SimDevice> World<D> {
             in_sync_events: BTreeMap::new(),
             attacks: false,
             restarts: 0,
+            withholds,
+            withheld: 0,
         }
     }
 
@@ -316,6 +327,7 @@ impl<D: SimDevice> World<D> {
                 self.remove_last_member();
             }
             self.deliver_due();
+            self.tick();
             self.now += 1;
         }
         self.partition = None;
@@ -343,12 +355,31 @@ impl<D: SimDevice> World<D> {
         }
     }
 
+    /// Runs until no frame is in flight and no hub waits on the time; when only the
+    /// time is awaited (an offer waiting on a document that does not come), it jumps to
+    /// the earliest hub's deadline.
     fn run_until_quiet(&mut self) {
         let deadline = self.now + QUIET_TICKS_MAX;
-        while !self.in_flight.is_empty() {
+        loop {
+            if self.in_flight.is_empty() {
+                let next = self.peers.iter().filter_map(|p| p.hub.next_deadline()).min();
+                let Some(next) = next else { return };
+                self.now = self.now.max(next);
+            }
             assert!(self.now < deadline, "the network did not go quiet");
             self.deliver_due();
+            self.tick();
             self.now += 1;
+        }
+    }
+
+    /// Gives every hub the time, as a node's runtime does at each of its ticks.
+    fn tick(&mut self) {
+        for peer in 0..self.peers.len() {
+            let now = self.now;
+            let Peer { hub, replica, .. } = &mut self.peers[peer];
+            hub.tick(replica, now);
+            self.settle(peer);
         }
     }
 
@@ -521,6 +552,13 @@ impl<D: SimDevice> World<D> {
         let at = (self.now + 1 + self.rng.below(DELAY_TICKS_MAX)).max(c.last_at[end]);
         c.last_at[end] = at;
         self.check_frame(from, to, &bytes);
+        if self.withholds
+            && Some(from) == self.circle
+            && matches!(Frame::decode(&bytes), Ok(Frame::Sealed { .. }))
+        {
+            self.withheld += 1;
+            return;
+        }
         let mut frames = vec![bytes];
         if self.attacks && from == ATTACKER && self.rng.chance(ATTACK_PERCENT) {
             frames = self.attack(to, frames.remove(0));
@@ -769,15 +807,16 @@ impl<D: SimDevice> World<D> {
     }
 
     /// Both sessions of every connection between current members report the team in
-    /// sync, and each has emitted TeamInSync at least once.
+    /// sync, and each has emitted TeamInSync at least once. A circle node that withholds
+    /// may hold what no member can get (the last changes of a removed device), and is
+    /// not held to this.
     fn assert_in_sync(&self) {
         let removed = self.removed.as_ref().map(|(p, _)| *p);
+        let withholding = |p: usize| self.withholds && Some(p) == self.circle;
         for (id, conn) in &self.conns {
-            if conn
-                .ends
-                .iter()
-                .any(|p| Some(*p) == removed || *p == self.outsider || self.attacker(*p))
-            {
+            if conn.ends.iter().any(|p| {
+                Some(*p) == removed || *p == self.outsider || self.attacker(*p) || withholding(*p)
+            }) {
                 continue;
             }
             for end in 0..2 {
@@ -851,11 +890,14 @@ impl<D: SimDevice> World<D> {
                 .collect();
             let heads: BTreeSet<&Vec<ChangeHash>> = by_peer.values().collect();
             assert_eq!(heads.len(), 1, "members disagree on {kind}: {by_peer:?}");
-            // The circle node holds every document sealed, at the heads the members hold.
+            // The circle node holds every document sealed, at the heads the members hold
+            // (one that withholds may hold more than it let them have).
             if let (Some(circle), Some(agreed)) = (self.circle, heads.first()) {
                 let held = self.peers[circle].replica.heads(team, id).expect("the replica answers");
                 let held = without_genesis(team, &kind, held.unwrap_or_default());
-                assert_eq!(&&held, agreed, "the circle node holds other heads of {kind}");
+                if !self.withholds {
+                    assert_eq!(&&held, agreed, "the circle node holds other heads of {kind}");
+                }
                 let in_clear = self.peers[circle].replica.read_doc(team, id, |_| ());
                 assert!(in_clear.is_none(), "the circle node holds {kind} in clear");
             }
@@ -1008,10 +1050,12 @@ pub fn run_seed<D: SimDevice>(seed: u64, make: MakeDevice<'_, D>) {
             world.peers.iter().map(|p| p.replica.docs(world.team).map_or(0, |d| d.len())).collect();
         let aside = world.kept_aside_by_owner();
         eprintln!(
-            "seed {seed}: {} peers, circle node {:?}, docs held {docs:?}, conns made {}, \
-             restarts {}, refusals {:?}, removed {:?}, kept aside by the owner {aside}",
+            "seed {seed}: {} peers, circle node {:?} (sealed documents withheld: {}), docs \
+             held {docs:?}, conns made {}, restarts {}, refusals {:?}, removed {:?}, kept \
+             aside by the owner {aside}",
             world.peers.len(),
             world.circle,
+            world.withheld,
             world.next_conn,
             world.restarts,
             world.refusals,
