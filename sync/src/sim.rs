@@ -168,6 +168,8 @@ const CIRCLE: usize = 3;
 const ATTACK_PERCENT: u64 = 10;
 /// Percent of the worlds with a circle node in which it withholds: it describes the
 /// documents it holds but never sends one, and the members must get them from each other.
+/// In as many worlds the attacker withholds: it offers documents, and sends none whole
+/// when asked.
 const WITHHOLD_PERCENT: u64 = 30;
 
 /// SplitMix64: small, seeded, good enough for choosing faults.
@@ -249,6 +251,8 @@ struct World<D> {
     restarts: usize,
     /// Whether the circle node withholds every sealed document it would send.
     withholds: bool,
+    /// Whether the attacker withholds every whole document it would send.
+    attacker_withholds: bool,
     /// Sealed documents the circle node withheld, for the statistics.
     withheld: usize,
 }
@@ -264,7 +268,9 @@ impl<D: SimDevice> World<D> {
         // be one (never the last, who is removed).
         let circle = (D::can_hold_sealed() && members >= 5).then_some(CIRCLE);
         // Drawn apart from the faults, so that a seed's faults stay what they were.
-        let withholds = circle.is_some() && Rng(seed ^ 0x7769_7468).chance(WITHHOLD_PERCENT);
+        let mut withholding = Rng(seed ^ 0x7769_7468);
+        let withholds = circle.is_some() && withholding.chance(WITHHOLD_PERCENT);
+        let attacker_withholds = withholding.chance(WITHHOLD_PERCENT);
         let roles = |i: usize| match i {
             0 => Role::Owner,
             1 => Role::Volunteer,
@@ -311,6 +317,7 @@ impl<D: SimDevice> World<D> {
             attacks: false,
             restarts: 0,
             withholds,
+            attacker_withholds,
             withheld: 0,
         }
     }
@@ -552,10 +559,7 @@ impl<D: SimDevice> World<D> {
         let at = (self.now + 1 + self.rng.below(DELAY_TICKS_MAX)).max(c.last_at[end]);
         c.last_at[end] = at;
         self.check_frame(from, to, &bytes);
-        if self.withholds
-            && Some(from) == self.circle
-            && matches!(Frame::decode(&bytes), Ok(Frame::Sealed { .. }))
-        {
+        if self.withholding(from, &bytes) {
             self.withheld += 1;
             return;
         }
@@ -567,6 +571,18 @@ impl<D: SimDevice> World<D> {
             self.in_flight.push(InFlight { at, seq: self.next_seq, conn, to_end: 1 - end, bytes });
             self.next_seq += 1;
         }
+    }
+
+    /// Whether `from` withholds the frame `bytes`: a whole document, sealed or not, from a
+    /// circle node or an attacker that withholds.
+    fn withholding(&self, from: usize, bytes: &[u8]) -> bool {
+        let circle = self.withholds && Some(from) == self.circle;
+        let attacker = self.attacker_withholds && self.attacker(from);
+        (circle || attacker)
+            && matches!(
+                Frame::decode(bytes),
+                Ok(Frame::Sealed { .. } | Frame::Snapshot { .. } | Frame::SnapshotPart { .. })
+            )
     }
 
     /// What the attacker sends `to` instead of `bytes`: the frame with one byte changed,
@@ -1050,9 +1066,9 @@ pub fn run_seed<D: SimDevice>(seed: u64, make: MakeDevice<'_, D>) {
             world.peers.iter().map(|p| p.replica.docs(world.team).map_or(0, |d| d.len())).collect();
         let aside = world.kept_aside_by_owner();
         eprintln!(
-            "seed {seed}: {} peers, circle node {:?} (sealed documents withheld: {}), docs \
-             held {docs:?}, conns made {}, restarts {}, refusals {:?}, removed {:?}, kept \
-             aside by the owner {aside}",
+            "seed {seed}: {} peers, circle node {:?} (whole documents withheld by it or the \
+             attacker: {}), docs held {docs:?}, conns made {}, restarts {}, refusals {:?}, \
+             removed {:?}, kept aside by the owner {aside}",
             world.peers.len(),
             world.circle,
             world.withheld,
