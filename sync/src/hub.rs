@@ -10,7 +10,7 @@
 //! changed, a membership grew) the hub passes to the others itself, and what the replica
 //! changed on its own during a step ([`Replica::take_changes`]) goes to every session.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use care_core::{DeviceId, DocId, DocKind, TeamId};
 
@@ -159,6 +159,34 @@ struct Waiting {
     since_ms: u64,
 }
 
+/// What may have stopped a session bringing a document while the hub carried out one
+/// input, so that only the offers of those documents are looked at again: the offers
+/// waiting are not all re-checked against every session after each frame, which a
+/// member's two devices (one asked that never sends, one offering the same) could make
+/// cost every later frame.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Every waiting offer is looked at again: a session ended, a membership changed, the
+    /// time passed, or the replica moved on its own.
+    all: bool,
+    /// The documents that arrived, changed or were refused.
+    docs: BTreeSet<DocId>,
+}
+
+impl Touched {
+    fn all() -> Touched {
+        Touched { all: true, docs: BTreeSet::new() }
+    }
+
+    fn includes(&self, doc: DocId) -> bool {
+        self.all || self.docs.contains(&doc)
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.docs.is_empty()
+    }
+}
+
 /// Every session of one device.
 #[derive(Debug)]
 pub struct Hub {
@@ -294,20 +322,20 @@ impl Hub {
     pub fn ended<R: Replica>(&mut self, replica: &mut R, conn: ConnId, reason: CloseReason) {
         self.forget(replica, conn, reason);
         // What it was bringing is asked for where else it was offered.
-        self.carry_out(replica, Vec::new());
+        self.carry_out(replica, Vec::new(), Touched::all());
     }
 
     /// The replica changed on its own ([`Replica::take_changes`]): an app wrote through
     /// it, or a step discarded a document. Every session passes the changes on.
     pub fn replica_changed<R: Replica>(&mut self, replica: &mut R) {
-        self.carry_out(replica, Vec::new());
+        self.carry_out(replica, Vec::new(), Touched::all());
     }
 
     /// Work the replica did on its own threads is done ([`Replica::poll_background`]):
     /// takes it in, and every session passes on what it changed.
     pub fn background<R: Replica>(&mut self, replica: &mut R) {
         replica.poll_background();
-        self.carry_out(replica, Vec::new());
+        self.carry_out(replica, Vec::new(), Touched::all());
     }
 
     /// A write on this device: every session that shares it passes it on.
@@ -317,7 +345,7 @@ impl Hub {
         for conn in conns {
             work.push((conn, self.contained(replica, conn, |s, r| on_change(s, r, change))));
         }
-        self.carry_out(replica, work);
+        self.carry_out(replica, work, Touched::all());
     }
 
     /// The time is `now_ms` (the clock [`Hub::open`] was given): closes the sessions
@@ -326,7 +354,7 @@ impl Hub {
     pub fn tick<R: Replica>(&mut self, replica: &mut R, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         if !self.waiting.is_empty() {
-            self.carry_out(replica, Vec::new());
+            self.carry_out(replica, Vec::new(), Touched::all());
         }
         let late: Vec<ConnId> = self
             .conns
@@ -359,7 +387,7 @@ impl Hub {
             return;
         }
         let outputs = self.contained(replica, conn, step);
-        self.carry_out(replica, vec![(conn, outputs)]);
+        self.carry_out(replica, vec![(conn, outputs)], Touched::default());
     }
 
     /// Runs one step of a session. A panic in it is a bug, but it stays in this session:
@@ -386,8 +414,14 @@ impl Hub {
     }
 
     /// Carries out sessions' outputs, and what they cause on the other sessions, until
-    /// nothing more follows.
-    fn carry_out<R: Replica>(&mut self, replica: &mut R, mut work: Vec<(ConnId, Vec<Output>)>) {
+    /// nothing more follows; the offers waiting on documents `touched` (or on what the
+    /// outputs touch) are looked at again.
+    fn carry_out<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        mut work: Vec<(ConnId, Vec<Output>)>,
+        mut touched: Touched,
+    ) {
         loop {
             for (conn, outputs) in std::mem::take(&mut work) {
                 for output in outputs {
@@ -398,8 +432,18 @@ impl Hub {
                         Output::Close { reason } => {
                             self.effects.push(Effect::Close { conn, reason: reason.clone() });
                             self.forget(replica, conn, reason);
+                            touched.all = true;
                         }
                         Output::Event(event) => {
+                            match event {
+                                SyncEvent::DocChanged { doc, .. }
+                                | SyncEvent::Refused { doc: Some(doc), .. } => {
+                                    touched.docs.insert(doc);
+                                }
+                                SyncEvent::Refused { doc: None, .. }
+                                | SyncEvent::MembershipChanged { .. } => touched.all = true,
+                                SyncEvent::TeamInSync { .. } => {}
+                            }
                             if let Some(change) = passed_on(&event) {
                                 work.extend(self.pass_to_others(replica, conn, change));
                             }
@@ -430,6 +474,12 @@ impl Hub {
             // What the replica changed on its own (an app's write, a document that
             // failed verification discarded, to be fetched again) goes to every session.
             for change in replica.take_changes() {
+                match change {
+                    Change::Doc { doc, .. } => {
+                        touched.docs.insert(doc);
+                    }
+                    Change::Membership { .. } => touched.all = true,
+                }
                 let conns: Vec<ConnId> = self.conns.keys().copied().collect();
                 for conn in conns {
                     work.push((
@@ -438,8 +488,8 @@ impl Hub {
                     ));
                 }
             }
-            if work.is_empty() {
-                work = self.offers_due(replica);
+            if work.is_empty() && !touched.is_empty() {
+                work = self.offers_due(replica, &std::mem::take(&mut touched));
             }
             if work.is_empty() {
                 return;
@@ -454,16 +504,22 @@ impl Hub {
 
     /// Asks for the documents offered while another session was bringing them, where
     /// none is any longer (it ended, what it brought failed, or it came) or the offer
-    /// has waited [`OFFER_WAIT_MS`]. A document held by then is not asked for: the
-    /// session that was offered it tells its remote what this device holds.
-    fn offers_due<R: Replica>(&mut self, replica: &mut R) -> Vec<(ConnId, Vec<Output>)> {
+    /// has waited [`OFFER_WAIT_MS`]; of the offers of documents `touched` only, the rest
+    /// wait as they were. A document held by then is not asked for: the session that was
+    /// offered it tells its remote what this device holds.
+    fn offers_due<R: Replica>(
+        &mut self,
+        replica: &mut R,
+        touched: &Touched,
+    ) -> Vec<(ConnId, Vec<Output>)> {
         let mut work = Vec::new();
         for w in std::mem::take(&mut self.waiting) {
             if !self.conns.contains_key(&w.conn) {
                 continue;
             }
             let late = self.now_ms.saturating_sub(w.since_ms) >= OFFER_WAIT_MS;
-            if !late && self.brought_elsewhere(w.conn, w.team, w.doc) {
+            if !touched.includes(w.doc) || (!late && self.brought_elsewhere(w.conn, w.team, w.doc))
+            {
                 self.waiting.push(w);
                 continue;
             }

@@ -1,6 +1,7 @@
 //! Whole documents go only where they are asked for: a device offered the same document
-//! by two peers receives it once, asks the second when the first goes away, and a peer
-//! that asks, with the protocol's own frames, gets what it may read and only once.
+//! by two peers receives it once, asks the second when the first goes away or what the
+//! first sent is refused, and a peer that asks, with the protocol's own frames, gets what
+//! it may read and only once.
 
 use care_core::documents::plan;
 use care_core::{DocKind, Section};
@@ -294,4 +295,24 @@ fn a_document_holding_a_change_that_waits_for_another_goes_whole_without_it() {
     loaded.sort();
     assert_eq!(said, loaded);
     assert!(!said.contains(&last.hash()));
+}
+
+#[test]
+fn an_offer_waiting_on_a_peer_whose_document_is_refused_is_asked_for_from_the_other_at_once() {
+    let mut three = Three::new();
+    let first = three.run_until_asked();
+    let other = 1 - first;
+    // The peer asked answers with a whole plan that is not one.
+    let (team, kind) = (three.team.id, DocKind::Plan);
+    let bytes = b"not an automerge document".to_vec();
+    let forged =
+        Frame::Snapshot { team, doc: kind.doc_id(team), kind, bytes, signatures: vec![] }.encode();
+    let conn = three.peers[first].1;
+    three.hub.frame(&mut three.replica, conn, &forged);
+    three.collect();
+    let want = |f: &Vec<u8>| matches!(Frame::decode(f), Ok(Frame::Want { .. }));
+    assert!(three.to_peer[other].iter().any(want), "asked of the other peer without a tick");
+    three.run(Some(first));
+    assert_eq!(three.whole_from(), vec![other]);
+    assert_eq!(three.plan_heads(None), three.plan_heads(Some(other)));
 }
