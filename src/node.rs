@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use automerge::ChangeHash;
 use care_core::membership::Role;
@@ -23,6 +23,11 @@ use crate::home::Home;
 
 /// How often the store is checked for writes by other programs on this home.
 pub const WATCH_INTERVAL_MS: u64 = 100;
+
+/// How often, at most, a running session's last sync is written: a session finds its
+/// team in sync after every live edit, and each record is a write synced to disk on the
+/// owner thread. A session's end is always written.
+pub const LAST_SYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// How a node behaves beyond its network settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,11 +478,14 @@ fn look(
 }
 
 /// Follows the sessions: remembers where connected devices were seen (so they can be
-/// redialled later) and when each session last ended or found a team in sync, and has
+/// redialled later) and when each session last ended or found a team in sync (at most
+/// every [`LAST_SYNC_EVERY`] while it runs), and has
 /// the watcher revisit whom to keep connected when a membership log grew.
 async fn follow_sessions(runtime: Arc<Runtime<Home>>, moved: Arc<Moved>) {
     let mut events = runtime.service().subscribe();
     let owner = runtime.owner().clone();
+    // When the last sync with each connected device was last written.
+    let mut recorded: HashMap<DeviceId, Instant> = HashMap::new();
     loop {
         match events.recv().await {
             Ok(PeerEvent::Sync { event: SyncEvent::MembershipChanged { team }, .. }) => {
@@ -502,16 +510,15 @@ async fn follow_sessions(runtime: Arc<Runtime<Home>>, moved: Arc<Moved>) {
                         .await;
                 }
             }
-            Ok(
-                PeerEvent::Disconnected { peer, .. }
-                | PeerEvent::Sync { peer, event: SyncEvent::TeamInSync { .. } },
-            ) => {
-                let _ = owner
-                    .call(move |home| {
-                        let now = home.now().as_millis();
-                        home.record_sync(peer, now)
-                    })
-                    .await;
+            Ok(PeerEvent::Sync { peer, event: SyncEvent::TeamInSync { .. } }) => {
+                if recorded.get(&peer).is_none_or(|at| at.elapsed() >= LAST_SYNC_EVERY) {
+                    recorded.insert(peer, Instant::now());
+                    record_sync(&owner, peer).await;
+                }
+            }
+            Ok(PeerEvent::Disconnected { peer, .. }) => {
+                recorded.remove(&peer);
+                record_sync(&owner, peer).await;
             }
             // A membership change may be among the events missed.
             Err(broadcast::error::RecvError::Lagged(_)) => moved.tell_all(),
@@ -519,6 +526,16 @@ async fn follow_sessions(runtime: Arc<Runtime<Home>>, moved: Arc<Moved>) {
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// Records now as the last sync with `peer`.
+async fn record_sync(owner: &Owner<Home>, peer: DeviceId) {
+    let _ = owner
+        .call(move |home| {
+            let now = home.now().as_millis();
+            home.record_sync(peer, now)
+        })
+        .await;
 }
 
 /// Starts using the circle relay a team's document names, if this device does not yet:

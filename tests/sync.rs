@@ -68,6 +68,49 @@ async fn invite_join_and_concurrent_edits_converge() -> Result<()> {
     Ok(())
 }
 
+/// The last sync with a device is written when its session first finds the team in
+/// sync and when the session ends, not at every live edit: each record is a write synced
+/// to disk on the owner thread, which live edits wait behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_sync_is_recorded_when_a_session_settles_and_ends_not_at_every_edit() -> Result<()>
+{
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let team = team_of_two(&a, &b, Role::Worker).await?;
+    let bea = b.with_home(|h| h.profile().device).await;
+    let last_sync = || a.with_home(move |h| h.last_sync(bea));
+    eventually("Ada records a sync with Bea", || async { Ok(last_sync().await?.is_some()) })
+        .await?;
+    // The join's own connection may end after the session settles: let that be written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = last_sync().await?;
+
+    let mut written = Vec::new();
+    for i in 0..5 {
+        // The clock moves on between edits, so a record written at one would differ.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = format!("live note {i}");
+        written.push(text.clone());
+        b.with_home(move |h| h.team("")?.add_note(&note(&text), None)).await?;
+        eventually("Ada has Bea's live note", || async {
+            Ok(note_texts(&a, team).await? == written)
+        })
+        .await?;
+        eventually("Ada and Bea are in sync again", || async {
+            Ok(a.teams_in_sync().await?.get(&bea).is_some_and(|teams| teams.contains(&team)))
+        })
+        .await?;
+    }
+    assert_eq!(last_sync().await?, settled, "a live edit rewrote the last sync");
+
+    b.shutdown().await;
+    eventually("Ada records the session's end", || async { Ok(last_sync().await? > settled) })
+        .await?;
+    a.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_offline_for_a_while_catches_up_both_ways() -> Result<()> {
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
