@@ -1,7 +1,7 @@
 //! Whole documents go only where they are asked for: a device offered the same document
 //! by two peers receives it once, asks the second when the first goes away or what the
 //! first sent is refused, and a peer that asks, with the protocol's own frames, gets what
-//! it may read and only once.
+//! it may read and only once. Offers waiting on another peer are bounded.
 
 use care_core::documents::plan;
 use care_core::{DocKind, Section};
@@ -315,4 +315,107 @@ fn an_offer_waiting_on_a_peer_whose_document_is_refused_is_asked_for_from_the_ot
     three.run(Some(first));
     assert_eq!(three.whole_from(), vec![other]);
     assert_eq!(three.plan_heads(None), three.plan_heads(Some(other)));
+}
+
+/// The owner's and the advocate's devices, crafting `Offer` frames, offer the
+/// volunteer's hub the same documents of three teams: more than [`OFFERS_WAITING_MAX`]
+/// of them. What the first peer was asked for and never sent, the second's offers of it
+/// wait on, up to the bound; past it they are asked for at once, and after
+/// [`OFFER_WAIT_MS`] the waiting ones are asked for too.
+///
+/// [`OFFERS_WAITING_MAX`]: crate::hub::OFFERS_WAITING_MAX
+/// [`OFFER_WAIT_MS`]: crate::hub::OFFER_WAIT_MS
+#[test]
+fn offers_waiting_on_another_peer_are_bounded_and_past_the_bound_asked_for_at_once() {
+    use crate::hub::{OFFER_WAIT_MS, OFFERS_WAITING_MAX};
+    use crate::session::DOCS_PER_TEAM_MAX;
+
+    let teams = [Team::new_named("Ana's team"), Team::new_named("Bo's team"), Team::new()];
+    let keys = teams[0].keys.clone();
+    let replica_of = |device: usize| {
+        let mut replica = MemoryReplica::with_key(keys[device].clone());
+        for team in &teams {
+            replica.add_ops(team.id, &team.ops).expect("memory");
+        }
+        replica
+    };
+    let volunteer = keys[VOLUNTEER].device_id();
+    let mut replica = replica_of(VOLUNTEER);
+    let mut hub = Hub::new(volunteer);
+    let mut peers = Vec::new();
+    for device in [OWNER, ADVOCATE] {
+        let mut side = Side {
+            session: Session::new(keys[device].device_id(), volunteer),
+            replica: replica_of(device),
+            events: Vec::new(),
+            closed: None,
+        };
+        let conn = hub.open(&mut replica, side.replica.device(), volunteer, 0).expect("room");
+        let mut to_hub = side.start();
+        // The handshake, until quiet.
+        for _ in 0..FRAMES_PER_EXCHANGE_MAX {
+            for frame in std::mem::take(&mut to_hub) {
+                hub.frame(&mut replica, conn, &frame);
+            }
+            let to_peer = sent_to(&mut hub, conn);
+            if to_peer.is_empty() {
+                break;
+            }
+            for frame in to_peer {
+                to_hub.extend(side.receive(&frame));
+            }
+        }
+        assert!(hub.session(conn).is_some_and(|s| teams.iter().all(|t| s.in_sync(t.id))));
+        peers.push((side, conn));
+    }
+
+    let offers: Vec<Vec<u8>> = teams
+        .iter()
+        .flat_map(|team| {
+            (0..DOCS_PER_TEAM_MAX as u32).map(move |month| {
+                let month =
+                    care_core::Month::new(1900 + (month / 12) as i32, (month % 12 + 1) as u8);
+                let kind = DocKind::Rota { month: month.expect("a month") };
+                let doc = kind.doc_id(team.id);
+                Frame::Offer { team: team.id, doc, kind, heads: vec![[7; 32]] }.encode()
+            })
+        })
+        .collect();
+    assert!(offers.len() > OFFERS_WAITING_MAX);
+    let wants = |frames: &[Vec<u8>]| {
+        frames.iter().filter(|f| matches!(Frame::decode(f), Ok(Frame::Want { .. }))).count()
+    };
+    // The owner's device offers every document and is asked for each; it never sends.
+    let (first, second) = (peers[0].1, peers[1].1);
+    let mut asked_first = Vec::new();
+    for offer in &offers {
+        hub.frame(&mut replica, first, offer);
+        asked_first.extend(sent_to(&mut hub, first));
+    }
+    assert_eq!(wants(&asked_first), offers.len());
+    // The advocate's device offers the same: up to the bound they wait on the first.
+    let mut asked_second = Vec::new();
+    for offer in &offers {
+        hub.frame(&mut replica, second, offer);
+        asked_second.extend(sent_to(&mut hub, second));
+    }
+    assert_eq!(wants(&asked_second), offers.len() - OFFERS_WAITING_MAX);
+    assert_eq!(hub.next_deadline(), Some(OFFER_WAIT_MS));
+    // The wait over, the offers that waited are asked for too.
+    hub.tick(&mut replica, OFFER_WAIT_MS);
+    asked_second.extend(sent_to(&mut hub, second));
+    assert_eq!(wants(&asked_second), offers.len());
+    assert!(hub.session(first).is_some() && hub.session(second).is_some(), "both still open");
+}
+
+/// The frames `hub` sent on `conn` since its effects were last taken; its other effects
+/// are dropped.
+fn sent_to(hub: &mut Hub, conn: ConnId) -> Vec<Vec<u8>> {
+    hub.take_effects()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send { conn: to, frame } if to == conn => Some(frame.to_vec()),
+            _ => None,
+        })
+        .collect()
 }
