@@ -316,6 +316,29 @@ pub(crate) fn replace_with_snapshot(
     append_chunk(conn, id, true, snapshot)
 }
 
+/// Replaces a document's chunks up to chunk `through` by one snapshot, which takes that
+/// chunk's id: it is read before the chunks after it, as they were.
+pub(crate) fn replace_chunks_through(
+    conn: &Connection,
+    id: DocId,
+    through: i64,
+    snapshot: &[u8],
+) -> Result<(), StoreError> {
+    let doing = "compacting a document";
+    conn.prepare_cached("DELETE FROM chunks WHERE doc = ?1 AND id <= ?2")
+        .and_then(|mut stmt| stmt.execute(params![id.as_bytes(), through]))
+        .doing(doing)?;
+    let checksum = blake3::hash(snapshot);
+    conn.prepare_cached(
+        "INSERT INTO chunks (id, doc, is_snapshot, data, checksum) VALUES (?1, ?2, 1, ?3, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![through, id.as_bytes(), snapshot, checksum.as_bytes()])
+    })
+    .doing(doing)?;
+    Ok(())
+}
+
 /// Concatenates the chunks with id above `after`, checking each checksum. Returns the
 /// bytes and the last chunk id read (`None` when there were none).
 pub(crate) fn read_chunks(

@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+mod compaction;
 mod doc;
 mod error;
 mod invites;
@@ -56,14 +57,15 @@ mod transfer;
 pub use sealed::{NewSealed, SealedDocSummary, SealedRow};
 pub use transfer::Imported;
 
+pub use compaction::Compaction;
 pub use doc::{DocMeta, DocSummary, StoredDoc, StoredSignature};
 pub use error::{StoreError, UpdateError};
 pub use invites::{Invite, InviteRefusal};
 pub use keyfile::KeyFileError;
 pub use schema::SCHEMA_VERSION;
 pub use store::{
-    BUSY_TIMEOUT_MS, CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_NUDGE_PAGES, COMPACT_MIN_BYTES,
-    CompactReport, IntegrityReport, Problem, Store, StoreKey,
+    BUSY_TIMEOUT_MS, CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_NUDGE_PAGES, COMPACT_BACKSTOP_FACTOR,
+    COMPACT_MIN_BYTES, CompactReport, IntegrityReport, Problem, Store, StoreKey,
 };
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Incremental chunks are folded into a snapshot once they exceed both the snapshot's size
 /// and this many bytes, so a young document is not re-snapshotted on every write.
 pub const COMPACT_MIN_BYTES: u64 = 4_096;
+/// A connection that leaves compaction to another ([`Store::leave_compaction`]) compacts a
+/// document inside its own write only past this many times the compaction rule's bytes,
+/// should the other fall behind.
+pub const COMPACT_BACKSTOP_FACTOR: u64 = 4;
 /// Pages of write-ahead log past which a connection that leaves checkpoints to another
 /// ([`Store::leave_checkpoints`]) copies the log itself: 64 MiB, against SQLite's 1,000
 /// pages (4 MiB) by default.
@@ -34,6 +38,17 @@ pub struct Store {
     path: PathBuf,
     /// The key its file is encrypted with, if it is.
     key: Option<StoreKey>,
+    /// Who compacts a document whose chunks pass the rule, if not this connection's write.
+    compaction: Option<AskCompaction>,
+}
+
+/// What a connection that leaves compaction to another calls with a document to compact.
+struct AskCompaction(Box<dyn Fn(DocId) + Send>);
+
+impl std::fmt::Debug for AskCompaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AskCompaction(…)")
+    }
 }
 
 /// The key a store's file is encrypted with: 256 bits, used as SQLCipher's raw key, so
@@ -149,7 +164,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").doing("switching to WAL mode")?;
         conn.pragma_update(None, "synchronous", "FULL").doing("setting synchronous writes")?;
         schema::migrate(&mut conn, path)?;
-        Ok(Store { conn, path: path.to_path_buf(), key: key.cloned() })
+        Ok(Store { conn, path: path.to_path_buf(), key: key.cloned(), compaction: None })
     }
 
     /// Leaves copying the write-ahead log into the database file to another connection
@@ -175,6 +190,17 @@ impl Store {
                 Ok(())
             }))
             .doing("leaving checkpoints to another connection")
+    }
+
+    /// Leaves compacting documents to another connection ([`Store::prepare_compaction`],
+    /// on a thread of its own, then [`Store::finish_compaction`] here), so that a write
+    /// here never loads and saves a whole document: a write that takes a document's
+    /// incremental chunks past the compaction rule appends its chunk as usual and calls
+    /// `ask` with the document (it should be quick: it runs inside the write). This
+    /// connection compacts inside its write only past [`COMPACT_BACKSTOP_FACTOR`] times
+    /// the rule, should the other fall behind.
+    pub fn leave_compaction(&mut self, ask: impl Fn(DocId) + Send + 'static) {
+        self.compaction = Some(AskCompaction(Box::new(ask)));
     }
 
     /// Copies what it can of the write-ahead log into the database file, without waiting
@@ -382,7 +408,8 @@ impl Store {
         sign: impl FnOnce(&[ChangeHash]) -> Vec<StoredSignature>,
     ) -> Result<R, UpdateError<E>> {
         let doing = "saving a change";
-        let tx = self.write_tx(doing)?;
+        let Store { conn, compaction, .. } = self;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).doing(doing)?;
         let (summary, _) = doc::catch_up(&tx, doc)?;
         let value = match f(doc::automerge_mut(doc)) {
             Ok(value) => value,
@@ -395,7 +422,8 @@ impl Store {
         let new: Vec<ChangeHash> =
             doc.doc().get_changes(doc.saved_heads()).iter().map(|c| c.hash()).collect();
         let signatures = if new.is_empty() { Vec::new() } else { sign(&new) };
-        let written = save_changes(&tx, doc, summary).and_then(|last_chunk| {
+        let ask = compaction.as_ref().map(|ask| &*ask.0 as &dyn Fn(DocId));
+        let written = save_changes(&tx, doc, summary, ask).and_then(|last_chunk| {
             doc::insert_signatures(&tx, doc.meta.id, &signatures)?;
             tx.commit().doing(doing)?;
             Ok(last_chunk)
@@ -558,12 +586,15 @@ impl Store {
 }
 
 /// Writes the changes `doc` holds beyond its saved heads, as a chunk or, when incremental
-/// chunks have grown past the compaction rule, as a snapshot replacing all chunks.
-/// Returns the id of the chunk written, if any.
+/// chunks have grown past the compaction rule, as a snapshot replacing all chunks. With
+/// compaction left to another connection (`ask`), past the rule it writes the chunk and
+/// asks, and compacts itself only past the backstop. Returns the id of the chunk written,
+/// if any.
 fn save_changes(
     conn: &Connection,
     doc: &StoredDoc,
     mut summary: DocSummary,
+    ask: Option<&dyn Fn(DocId)>,
 ) -> Result<Option<i64>, StoreError> {
     let id = doc.meta.id;
     let bytes = doc::unsaved_bytes(doc);
@@ -573,7 +604,15 @@ fn save_changes(
     summary.heads = sorted_heads(doc.doc());
     summary.updated_at_ms = now_ms();
     let incremental = summary.incremental_bytes + bytes.len() as u64;
-    let last_chunk = if incremental > summary.snapshot_bytes.max(COMPACT_MIN_BYTES) {
+    let rule = summary.snapshot_bytes.max(COMPACT_MIN_BYTES);
+    let compact_here = match ask {
+        Some(ask) if incremental > rule => {
+            ask(id);
+            incremental > rule.saturating_mul(COMPACT_BACKSTOP_FACTOR)
+        }
+        _ => incremental > rule,
+    };
+    let last_chunk = if compact_here {
         let snapshot = validated_snapshot(id, doc.doc())?;
         summary.snapshot_bytes = snapshot.len() as u64;
         summary.incremental_bytes = 0;
@@ -593,7 +632,7 @@ fn save_changes(
 /// (Automerge would append them): a snapshot holds what its heads say, so that a device
 /// sent it whole reads the same heads from it as it loads; the peer that sent them sends
 /// them again, as this device's heads still lack them.
-fn validated_snapshot(id: DocId, doc: &Automerge) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn validated_snapshot(id: DocId, doc: &Automerge) -> Result<Vec<u8>, StoreError> {
     let snapshot =
         doc.save_with_options(SaveOptions { retain_orphans: false, ..SaveOptions::default() });
     let reloaded = Automerge::load(&snapshot)

@@ -476,3 +476,111 @@ fn pieces_give_way_to_the_document_written_meanwhile_and_to_a_restart() -> Resul
     assert!(store.check()?.problems.is_empty());
     Ok(())
 }
+
+/// A store that leaves compaction to another connection: its writes past the rule ask for
+/// it and append their chunk; the other connection makes the snapshot while more is
+/// written; the snapshot takes the place of the chunks it was made from, and what was
+/// written meanwhile stays after it.
+#[test]
+fn a_compaction_made_beside_the_writes_keeps_what_was_written_meanwhile() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut store = Store::open(&path)?;
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let asks = std::sync::Arc::clone(&asked);
+    store.leave_compaction(move |id| asks.lock().unwrap().push(id));
+    let id = meta(1).id;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    let mut written = 0;
+    while asked.lock().unwrap().is_empty() {
+        add_note(&mut store, &mut doc, &format!("n{written}"))?;
+        written += 1;
+    }
+    assert!(asked.lock().unwrap().iter().all(|asked| *asked == id));
+    let before = summary(&store, id);
+    assert_eq!(before.chunks, written + 1, "no write compacted: {before:?}");
+    assert!(before.incremental_bytes > crate::COMPACT_MIN_BYTES);
+
+    let other = Store::open(&path)?;
+    let mut elsewhere = other.load_doc(id)?.unwrap();
+    let compaction = other.prepare_compaction(id)?.expect("more than one chunk");
+    assert_eq!(compaction.doc(), id);
+    for i in 0..3 {
+        add_note(&mut store, &mut doc, &format!("meanwhile{i}"))?;
+    }
+    let meanwhile = summary(&store, id).incremental_bytes - before.incremental_bytes;
+
+    let report = store.finish_compaction(compaction)?.expect("the chunks are as they were read");
+    let after = summary(&store, id);
+    assert_eq!(after.chunks, 4, "the snapshot and the three chunks written meanwhile");
+    assert_eq!(after.incremental_bytes, meanwhile);
+    assert!(report.after_bytes < report.before_bytes, "{report:?}");
+    assert_eq!(after.heads, doc.saved_heads(), "compacting moves no heads");
+
+    // The writer's copy writes on; a copy loaded before it all catches up; a fresh load
+    // holds every note.
+    add_note(&mut store, &mut doc, "after")?;
+    assert!(other.refresh(&mut elsewhere)?);
+    assert_eq!(elsewhere.doc().get_heads(), doc.doc().get_heads());
+    let fresh = Store::open(&path)?.load_doc(id)?.unwrap();
+    assert_eq!(fresh.doc().get_heads(), doc.doc().get_heads());
+    assert_eq!(fresh.doc().keys(ROOT).count() as u64, 1 + written + 3 + 1);
+    assert!(store.check()?.problems.is_empty());
+    Ok(())
+}
+
+/// A snapshot made from chunks that were compacted meanwhile is not put in place: nothing
+/// is written, and the document is as the other compaction left it.
+#[test]
+fn a_compaction_of_chunks_already_compacted_writes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let mut store = Store::open(&path)?;
+    store.leave_compaction(|_| {});
+    let id = meta(1).id;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    for i in 0..40 {
+        add_note(&mut store, &mut doc, &format!("n{i}"))?;
+    }
+    let stale = Store::open(&path)?.prepare_compaction(id)?.expect("more than one chunk");
+    store.compact(id)?;
+    add_note(&mut store, &mut doc, "after")?;
+    let compacted = summary(&store, id);
+    assert_eq!(store.finish_compaction(stale)?, None);
+    assert_eq!(summary(&store, id), compacted);
+    let fresh = Store::open(&path)?.load_doc(id)?.unwrap();
+    assert_eq!(fresh.doc().keys(ROOT).count(), 1 + 40 + 1);
+
+    // A document received whole and not yet verified is left for its check.
+    store.import_doc(&meta(2), &genesis().save(), &genesis().get_heads(), &[])?;
+    assert!(store.prepare_compaction(meta(2).id)?.is_none());
+    assert!(store.prepare_compaction(meta(3).id)?.is_none(), "not stored");
+    Ok(())
+}
+
+/// When the other connection falls behind, the writes compact past the backstop: the
+/// chunks stay bounded.
+#[test]
+fn writes_compact_themselves_past_the_backstop_when_no_one_else_does() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("home.sqlite"))?;
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asks = std::sync::Arc::clone(&asked);
+    store.leave_compaction(move |_| {
+        asks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let id = meta(1).id;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    let mut most = 0;
+    for i in 0..600 {
+        add_note(&mut store, &mut doc, &format!("n{i}"))?;
+        let now = summary(&store, id);
+        let rule = now.snapshot_bytes.max(crate::COMPACT_MIN_BYTES);
+        assert!(now.incremental_bytes <= rule * crate::COMPACT_BACKSTOP_FACTOR, "{now:?}");
+        most = most.max(now.chunks);
+    }
+    assert!(asked.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(most > 100, "the writes left compaction to the other connection first");
+    assert!(summary(&store, id).chunks < 600, "and compacted past the backstop");
+    Ok(())
+}
