@@ -142,8 +142,9 @@ pub struct Home {
     pub(crate) arriving: crate::arriving::Arriving,
     /// How this home asks the node running it for a turn, once one does.
     pub(crate) waker: Option<Waker>,
-    /// The thread copying the store's log into its file, once a node runs this home.
-    pub(crate) checkpointer: Option<crate::checkpoint::Checkpointer>,
+    /// The thread copying the store's log into its file and compacting documents, once a
+    /// node runs this home.
+    pub(crate) upkeep: Option<crate::upkeep::Upkeep>,
 }
 
 /// What a node gives a home to ask it for a turn ([`care_sync::Replica::set_waker`]).
@@ -268,7 +269,7 @@ impl Home {
             opened_keys: HashMap::new(),
             arriving: Default::default(),
             waker: None,
-            checkpointer: None,
+            upkeep: None,
         }
     }
 

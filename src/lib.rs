@@ -28,7 +28,6 @@ mod arriving;
 pub mod aside;
 pub mod audit;
 mod cache;
-mod checkpoint;
 pub mod circle;
 pub mod error;
 pub mod export;
@@ -42,6 +41,7 @@ mod sim;
 pub mod team;
 #[cfg(test)]
 mod test_support;
+mod upkeep;
 mod verify;
 
 pub use aside::AsideEntry;

@@ -12,9 +12,9 @@ use care_sync::ticket::secret_hash;
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess, agreed};
 use std::sync::{Arc, Mutex};
 
-use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::home::{Home, Purpose};
+use crate::upkeep::Upkeep;
 use crate::verify::{Job, Loaded, Outcome, Stored, Verdict, Verifier};
 
 impl Replica for Home {
@@ -306,13 +306,18 @@ impl Replica for Home {
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send>) {
         let waker = Arc::new(Mutex::new(waker));
         self.waker = Some(Arc::clone(&waker));
-        // Writes here leave copying the log to a thread of its own.
-        match Checkpointer::start(self.store.path(), self.store.key()) {
-            Ok(checkpointer) => match self.store.leave_checkpoints(checkpointer.asker()) {
-                Ok(()) => self.checkpointer = Some(checkpointer),
-                Err(e) => tracing::warn!("cannot leave checkpoints to a thread: {e}"),
-            },
-            Err(e) => tracing::warn!("cannot start the thread copying the store's log: {e}"),
+        // Writes here leave copying the log, and compacting, to a thread of its own.
+        let wake = Arc::clone(&waker);
+        let wake = Box::new(move || (crate::verify::lock(&wake))());
+        match Upkeep::start(self.store.path(), self.store.key(), wake) {
+            Ok(upkeep) => {
+                if let Err(e) = self.store.leave_checkpoints(upkeep.checkpoint_asker()) {
+                    tracing::warn!("cannot leave checkpoints to a thread: {e}");
+                }
+                self.store.leave_compaction(upkeep.compaction_asker());
+                self.upkeep = Some(upkeep);
+            }
+            Err(e) => tracing::warn!("cannot start the thread keeping up the store: {e}"),
         }
         let wake = Box::new(move || (crate::verify::lock(&waker))());
         match Verifier::start(self.store.path(), self.store.key().cloned(), wake) {
@@ -331,6 +336,12 @@ impl Replica for Home {
         for verdict in verdicts {
             if let Err(e) = self.take_verdict(verdict) {
                 tracing::warn!("cannot record the check of a received document: {e}");
+            }
+        }
+        let compactions = self.upkeep.as_ref().map(Upkeep::compactions).unwrap_or_default();
+        for compaction in compactions {
+            if let Err(e) = self.store.finish_compaction(compaction) {
+                tracing::warn!("cannot put a compacted document in place: {e}");
             }
         }
         self.write_arriving_piece();

@@ -1,21 +1,53 @@
-//! Compacting a document beside the writes. The slow part (reading every chunk, loading
-//! them, saving a snapshot and loading it back to check it) is a read, done on a
-//! connection of its own ([`Store::prepare_compaction`]); the snapshot then takes the
-//! place of the chunks it was made from in one short write on the connection that writes
-//! ([`Store::finish_compaction`]). Chunks written in between stay after it.
+//! Compacting a document beside the writes. The slow part is a read on a connection of its
+//! own ([`Store::chunks_to_compact`]), then work with no connection (loading the chunks,
+//! saving a snapshot and loading it back to check it: [`ChunksToCompact::compact`]); the
+//! snapshot takes the place of the chunks it was made from in one short write on the
+//! connection that writes ([`Store::finish_compaction`]). Chunks written in between stay
+//! after it.
 //!
 //! A chunk's id is never reused by SQLite (`AUTOINCREMENT`), and the snapshot takes the id
 //! of the newest chunk it was made from, so that every reader still finds the snapshot
 //! before the chunks written after it, and a copy loaded elsewhere that has read up to
 //! that chunk or past it has nothing new to read.
 
-use automerge::Automerge;
+use automerge::{Automerge, ChangeHash};
 use care_core::ids::DocId;
 use rusqlite::{Connection, params};
 
 use crate::doc::{self, sorted_heads};
 use crate::error::{Doing, StoreError};
 use crate::store::{CompactReport, Store, validated_snapshot};
+
+/// A document's chunks up to one of them, read to be compacted
+/// ([`Store::chunks_to_compact`]): [`ChunksToCompact::compact`] makes the snapshot, with
+/// no connection.
+#[derive(Debug)]
+pub struct ChunksToCompact {
+    doc: DocId,
+    from: ChunkSpan,
+    heads: Vec<ChangeHash>,
+    bytes: Vec<u8>,
+}
+
+impl ChunksToCompact {
+    /// The document they are of.
+    pub fn doc(&self) -> DocId {
+        self.doc
+    }
+
+    /// Loads the chunks and makes their snapshot, checked to load back to their heads: the
+    /// slow part of compacting, which needs no connection.
+    pub fn compact(self) -> Result<Compaction, StoreError> {
+        let ChunksToCompact { doc: id, from, heads, bytes } = self;
+        let loaded = Automerge::load(&bytes)
+            .map_err(|e| StoreError::corrupt(id, format!("its chunks do not load: {e}")))?;
+        if sorted_heads(&loaded) != heads {
+            return Err(StoreError::corrupt(id, "its chunks load with other heads than its row's"));
+        }
+        let snapshot = validated_snapshot(id, &loaded)?;
+        Ok(Compaction { doc: id, from, snapshot })
+    }
+}
 
 /// A snapshot of a document's chunks up to one of them, made and checked, to put in their
 /// place with [`Store::finish_compaction`].
@@ -48,12 +80,11 @@ struct ChunkSpan {
 }
 
 impl Store {
-    /// Makes a snapshot of document `id` from its chunks as stored now, checked to load
-    /// back to their heads: the slow part of compacting, which only reads, so it may run
-    /// on a connection of its own while another writes. `None` when there is nothing to
-    /// compact: the document is not stored, is one chunk, or was received whole and is not
-    /// verified yet (its check loads it first).
-    pub fn prepare_compaction(&self, id: DocId) -> Result<Option<Compaction>, StoreError> {
+    /// Reads document `id`'s chunks as stored now, with their heads, to be compacted
+    /// ([`ChunksToCompact::compact`]) on any thread while this or another connection
+    /// writes. `None` when there is nothing to compact: the document is not stored, is one
+    /// chunk, or was received whole and is not verified yet (its check loads it first).
+    pub fn chunks_to_compact(&self, id: DocId) -> Result<Option<ChunksToCompact>, StoreError> {
         let doing = "reading a document to compact";
         let tx = self.conn().unchecked_transaction().doing(doing)?;
         let Some(summary) = doc::read_summary(&tx, id)? else {
@@ -66,21 +97,13 @@ impl Store {
             return Ok(None);
         };
         let from = chunk_span(&tx, id, through)?;
-        // The rest is work on the bytes: the read ends here, not holding back checkpoints.
-        drop(tx);
         if from.chunks <= 1 {
             return Ok(None);
         }
-        let loaded = Automerge::load(&bytes)
-            .map_err(|e| StoreError::corrupt(id, format!("its chunks do not load: {e}")))?;
-        if sorted_heads(&loaded) != summary.heads {
-            return Err(StoreError::corrupt(id, "its chunks load with other heads than its row's"));
-        }
-        let snapshot = validated_snapshot(id, &loaded)?;
-        Ok(Some(Compaction { doc: id, from, snapshot }))
+        Ok(Some(ChunksToCompact { doc: id, from, heads: summary.heads, bytes }))
     }
 
-    /// Puts a snapshot from [`Store::prepare_compaction`] in the place of the chunks it was
+    /// Puts a snapshot made by [`ChunksToCompact::compact`] in the place of the chunks it was
     /// made from, in one short write; chunks written since stay after it. `None`, with
     /// nothing written, when those chunks are no longer the ones it was made from (the
     /// document was compacted or discarded meanwhile).

@@ -57,7 +57,7 @@ mod transfer;
 pub use sealed::{NewSealed, SealedDocSummary, SealedRow};
 pub use transfer::Imported;
 
-pub use compaction::Compaction;
+pub use compaction::{ChunksToCompact, Compaction};
 pub use doc::{DocMeta, DocSummary, StoredDoc, StoredSignature};
 pub use error::{StoreError, UpdateError};
 pub use invites::{Invite, InviteRefusal};

@@ -192,7 +192,7 @@ impl Store {
             .doing("leaving checkpoints to another connection")
     }
 
-    /// Leaves compacting documents to another connection ([`Store::prepare_compaction`],
+    /// Leaves compacting documents to another connection ([`Store::chunks_to_compact`],
     /// on a thread of its own, then [`Store::finish_compaction`] here), so that a write
     /// here never loads and saves a whole document: a write that takes a document's
     /// incremental chunks past the compaction rule appends its chunk as usual and calls
@@ -408,8 +408,8 @@ impl Store {
         sign: impl FnOnce(&[ChangeHash]) -> Vec<StoredSignature>,
     ) -> Result<R, UpdateError<E>> {
         let doing = "saving a change";
-        let Store { conn, compaction, .. } = self;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).doing(doing)?;
+        let elsewhere = self.compaction.is_some();
+        let tx = self.write_tx(doing)?;
         let (summary, _) = doc::catch_up(&tx, doc)?;
         let value = match f(doc::automerge_mut(doc)) {
             Ok(value) => value,
@@ -422,15 +422,18 @@ impl Store {
         let new: Vec<ChangeHash> =
             doc.doc().get_changes(doc.saved_heads()).iter().map(|c| c.hash()).collect();
         let signatures = if new.is_empty() { Vec::new() } else { sign(&new) };
-        let ask = compaction.as_ref().map(|ask| &*ask.0 as &dyn Fn(DocId));
-        let written = save_changes(&tx, doc, summary, ask).and_then(|last_chunk| {
+        let written = save_changes(&tx, doc, summary, elsewhere).and_then(|saved| {
             doc::insert_signatures(&tx, doc.meta.id, &signatures)?;
             tx.commit().doing(doing)?;
-            Ok(last_chunk)
+            Ok(saved)
         });
         match written {
-            Ok(last_chunk) => {
-                doc::mark_saved(doc, last_chunk);
+            Ok(saved) => {
+                doc::mark_saved(doc, saved.last_chunk);
+                // Asked once the chunk is committed, so that the compaction holds it.
+                if let (true, Some(ask)) = (saved.compaction_wanted, &self.compaction) {
+                    (ask.0)(doc.meta.id);
+                }
                 Ok(value)
             }
             Err(err) => {
@@ -585,33 +588,35 @@ impl Store {
     }
 }
 
+/// What [`save_changes`] wrote.
+struct Saved {
+    /// The id of the chunk written, if any.
+    last_chunk: Option<i64>,
+    /// Whether the document passed the compaction rule and is left to another connection.
+    compaction_wanted: bool,
+}
+
 /// Writes the changes `doc` holds beyond its saved heads, as a chunk or, when incremental
 /// chunks have grown past the compaction rule, as a snapshot replacing all chunks. With
-/// compaction left to another connection (`ask`), past the rule it writes the chunk and
-/// asks, and compacts itself only past the backstop. Returns the id of the chunk written,
-/// if any.
+/// compaction left to another connection (`elsewhere`), past the rule it writes the chunk
+/// and says compaction is wanted, and compacts itself only past the backstop.
 fn save_changes(
     conn: &Connection,
     doc: &StoredDoc,
     mut summary: DocSummary,
-    ask: Option<&dyn Fn(DocId)>,
-) -> Result<Option<i64>, StoreError> {
+    elsewhere: bool,
+) -> Result<Saved, StoreError> {
     let id = doc.meta.id;
     let bytes = doc::unsaved_bytes(doc);
     if bytes.is_empty() {
-        return Ok(None);
+        return Ok(Saved { last_chunk: None, compaction_wanted: false });
     }
     summary.heads = sorted_heads(doc.doc());
     summary.updated_at_ms = now_ms();
     let incremental = summary.incremental_bytes + bytes.len() as u64;
     let rule = summary.snapshot_bytes.max(COMPACT_MIN_BYTES);
-    let compact_here = match ask {
-        Some(ask) if incremental > rule => {
-            ask(id);
-            incremental > rule.saturating_mul(COMPACT_BACKSTOP_FACTOR)
-        }
-        _ => incremental > rule,
-    };
+    let backstop = rule.saturating_mul(COMPACT_BACKSTOP_FACTOR);
+    let compact_here = incremental > if elsewhere { backstop } else { rule };
     let last_chunk = if compact_here {
         let snapshot = validated_snapshot(id, doc.doc())?;
         summary.snapshot_bytes = snapshot.len() as u64;
@@ -624,7 +629,8 @@ fn save_changes(
         doc::append_chunk(conn, id, false, &bytes)?
     };
     doc::update_summary(conn, &summary)?;
-    Ok(Some(last_chunk))
+    let compaction_wanted = elsewhere && !compact_here && incremental > rule;
+    Ok(Saved { last_chunk: Some(last_chunk), compaction_wanted })
 }
 
 /// A snapshot of `doc`, checked to load back with the same heads before it may replace

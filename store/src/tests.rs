@@ -503,7 +503,7 @@ fn a_compaction_made_beside_the_writes_keeps_what_was_written_meanwhile() -> Res
 
     let other = Store::open(&path)?;
     let mut elsewhere = other.load_doc(id)?.unwrap();
-    let compaction = other.prepare_compaction(id)?.expect("more than one chunk");
+    let compaction = other.chunks_to_compact(id)?.expect("more than one chunk").compact()?;
     assert_eq!(compaction.doc(), id);
     for i in 0..3 {
         add_note(&mut store, &mut doc, &format!("meanwhile{i}"))?;
@@ -542,7 +542,8 @@ fn a_compaction_of_chunks_already_compacted_writes_nothing() -> Result<()> {
     for i in 0..40 {
         add_note(&mut store, &mut doc, &format!("n{i}"))?;
     }
-    let stale = Store::open(&path)?.prepare_compaction(id)?.expect("more than one chunk");
+    let stale = Store::open(&path)?.chunks_to_compact(id)?.expect("more than one chunk");
+    let stale = stale.compact()?;
     store.compact(id)?;
     add_note(&mut store, &mut doc, "after")?;
     let compacted = summary(&store, id);
@@ -553,8 +554,8 @@ fn a_compaction_of_chunks_already_compacted_writes_nothing() -> Result<()> {
 
     // A document received whole and not yet verified is left for its check.
     store.import_doc(&meta(2), &genesis().save(), &genesis().get_heads(), &[])?;
-    assert!(store.prepare_compaction(meta(2).id)?.is_none());
-    assert!(store.prepare_compaction(meta(3).id)?.is_none(), "not stored");
+    assert!(store.chunks_to_compact(meta(2).id)?.is_none());
+    assert!(store.chunks_to_compact(meta(3).id)?.is_none(), "not stored");
     Ok(())
 }
 
