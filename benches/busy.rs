@@ -6,6 +6,10 @@
 //! receives Sam's 50 MiB and passes it on to Bea and Cal. Every device is a real node on
 //! loopback with its SQLite home on disk.
 //!
+//! `-- --edits N` makes N live edits on the quiet node (100 by default): they all go into
+//! one month, so 1,500 show what a month that grows costs each edit (it is compacted as it
+//! grows).
+//!
 //! Without `--bench` (as `cargo test --workspace --all-targets` runs it) it is a smoke run
 //! with a small document.
 
@@ -26,8 +30,16 @@ const EDIT_TIMEOUT: Duration = Duration::from_secs(60);
 const BIG_NOTE_BYTES: usize = 60 * 1024;
 
 fn main() -> Result<()> {
-    let full = std::env::args().any(|a| a == "--bench");
-    let (document_mib, quiet_edits) = if full { (50, 100) } else { (1, 5) };
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let (document_mib, mut quiet_edits) = if full { (50, 100) } else { (1, 5) };
+    if let Some(at) = args.iter().position(|a| a == "--edits") {
+        let given = args.get(at + 1).map(|n| n.parse::<usize>());
+        quiet_edits = match given {
+            Some(Ok(n)) if n > 0 => n,
+            _ => bail!("--edits takes how many live edits the quiet node makes, above 0"),
+        };
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(run(document_mib, quiet_edits))
