@@ -348,14 +348,18 @@ impl Replica for Home {
     }
 
     fn reset_sync_state(&mut self, peer: DeviceId) {
-        let ended: Vec<(DocId, State)> = self
+        let ended: Vec<(DocId, Vec<u8>)> = self
             .sync_states
             .extract_if(|(p, _), _| *p == peer)
-            .map(|((_, doc), state)| (doc, state))
+            .map(|((_, doc), state)| (doc, state.encode()))
             .collect();
-        for (doc, state) in ended {
-            // Losing a saved sync state only costs a longer exchange next time.
-            let _ = self.store.set_sync_state(peer, doc, &state.encode());
+        if ended.is_empty() {
+            return;
+        }
+        let states = ended.iter().map(|(doc, state)| (*doc, state.as_slice()));
+        // Losing saved sync states only costs a longer exchange next time.
+        if let Err(e) = self.store.set_sync_states(peer, states) {
+            tracing::warn!("cannot save the sync states of a session that ended: {e}");
         }
     }
 }

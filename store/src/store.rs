@@ -516,20 +516,27 @@ impl Store {
             .doing("reading a sync state")
     }
 
-    /// Saves the sync state with `peer` for `doc`.
-    pub fn set_sync_state(
+    /// Saves the sync states with `peer` of the documents in `states`, in one
+    /// transaction: a session that ends saves those of every document it spoke of, with
+    /// one synced write, not one each.
+    pub fn set_sync_states<'s>(
         &mut self,
         peer: DeviceId,
-        doc: DocId,
-        state: &[u8],
+        states: impl IntoIterator<Item = (DocId, &'s [u8])>,
     ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO sync_states (peer, doc, state) VALUES (?1, ?2, ?3)",
-                params![peer.as_bytes(), doc.as_bytes(), state],
-            )
-            .doing("saving a sync state")?;
-        Ok(())
+        let doing = "saving sync states";
+        let tx = self.write_tx(doing)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO sync_states (peer, doc, state) VALUES (?1, ?2, ?3)",
+                )
+                .doing(doing)?;
+            for (doc, state) in states {
+                stmt.execute(params![peer.as_bytes(), doc.as_bytes(), state]).doing(doing)?;
+            }
+        }
+        tx.commit().doing(doing)
     }
 
     /// The last known addresses of `peer` and when they were seen (ms since the epoch).

@@ -273,8 +273,11 @@ fn ops_profile_sync_states_and_peers_round_trip() -> Result<()> {
 
     let (peer, doc) = (DeviceId::from_bytes([5; 32]), DocId::from_bytes([6; 16]));
     assert_eq!(store.sync_state(peer, doc)?, None);
-    store.set_sync_state(peer, doc, b"state")?;
+    let other = DocId::from_bytes([7; 16]);
+    store.set_sync_states(peer, [(doc, b"state".as_slice()), (other, b"older".as_slice())])?;
+    store.set_sync_states(peer, [(other, b"newer".as_slice())])?;
     assert_eq!(store.sync_state(peer, doc)?, Some(b"state".to_vec()));
+    assert_eq!(store.sync_state(peer, other)?, Some(b"newer".to_vec()));
     store.set_peer_addrs(peer, "127.0.0.1:4000", 17)?;
     assert_eq!(store.peer_addrs(peer)?, Some(("127.0.0.1:4000".into(), 17)));
     Ok(())
