@@ -1,5 +1,5 @@
 //! Sync between real homes over iroh on loopback: invitations, concurrent edits, when the
-//! last sync is written, a device that was offline, a device outside the team, a removed
+//! last sync is written, a month compacted beside live edits, a device that was offline, a device outside the team, a removed
 //! device, spent tickets, and a peer that sends garbage.
 
 use std::path::Path;
@@ -111,6 +111,50 @@ async fn the_last_sync_is_recorded_when_a_session_settles_and_ends_not_at_every_
         .await?;
     a.shutdown().await;
     Ok(())
+}
+
+/// A month written live grows past the compaction rule on both devices: each node's
+/// upkeep thread compacts it beside the edits, and when the edits stop, both homes hold it
+/// compacted (its changes since the last snapshot within the rule, not up to the
+/// backstop), with the same heads and every note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_written_live_is_compacted_beside_the_edits_on_both_devices() -> Result<()> {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path(), "Ada").await?;
+    let b = start(dirs[1].path(), "Bea").await?;
+    let team = team_of_two(&a, &b, Role::Worker).await?;
+    let month = care::Clock::now(&care::SystemClock).month();
+    let doc = care::DocKind::Notes { stream: care::NoteStream::Care, month }.doc_id(team);
+    let mut written = Vec::new();
+    for i in 0..120 {
+        let text = format!("live note {i:03}: lunch eaten, a walk to the park, all well");
+        written.push(text.clone());
+        b.with_home(move |h| h.team("")?.add_note(&note(&text), None)).await?;
+    }
+    eventually("Ada has every note", || async { Ok(note_texts(&a, team).await? == written) })
+        .await?;
+    for (name, node) in [("Ada", &a), ("Bea", &b)] {
+        eventually(&format!("{name}'s month is compacted"), || async {
+            let Some(row) = month_row(node, doc).await? else { return Ok(false) };
+            let rule = row.snapshot_bytes.max(care_store::COMPACT_MIN_BYTES);
+            Ok(row.snapshot_bytes > 0 && row.incremental_bytes <= rule)
+        })
+        .await?;
+        let problems =
+            node.with_home(|h| Ok::<_, care::Error>(h.store().check()?.problems)).await?;
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+    let (at_a, at_b) = (month_row(&a, doc).await?, month_row(&b, doc).await?);
+    assert_eq!(at_a.map(|r| r.heads), at_b.map(|r| r.heads));
+    assert_eq!(note_texts(&b, team).await?, written);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+/// The stored row of document `doc` in `node`'s home.
+async fn month_row(node: &Node, doc: care::DocId) -> Result<Option<care_store::DocSummary>> {
+    Ok(node.with_home(move |h| Ok::<_, care::Error>(h.store().doc_summary(doc)?)).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

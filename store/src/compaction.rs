@@ -107,7 +107,27 @@ impl Store {
     /// made from, in one short write; chunks written since stay after it. `None`, with
     /// nothing written, when those chunks are no longer the ones it was made from (the
     /// document was compacted or discarded meanwhile).
+    ///
+    /// Writes made while the snapshot was being made may have taken the chunks after it
+    /// past the compaction rule again, and asked while this compaction was under way: on a
+    /// connection that leaves compaction to another ([`Store::leave_compaction`]), the
+    /// document is then asked for again.
     pub fn finish_compaction(
+        &mut self,
+        compaction: Compaction,
+    ) -> Result<Option<CompactReport>, StoreError> {
+        let id = compaction.doc;
+        let finished = self.put_in_place(compaction)?;
+        if let Some(summary) = doc::read_summary(self.conn(), id)? {
+            let rule = summary.snapshot_bytes.max(crate::COMPACT_MIN_BYTES);
+            if summary.incremental_bytes > rule {
+                self.ask_compaction(id);
+            }
+        }
+        Ok(finished)
+    }
+
+    fn put_in_place(
         &mut self,
         compaction: Compaction,
     ) -> Result<Option<CompactReport>, StoreError> {

@@ -203,6 +203,13 @@ impl Store {
         self.compaction = Some(AskCompaction(Box::new(ask)));
     }
 
+    /// Asks the connection compaction is left to for `id`, if it is left to one.
+    pub(crate) fn ask_compaction(&self, id: DocId) {
+        if let Some(ask) = &self.compaction {
+            (ask.0)(id);
+        }
+    }
+
     /// Copies what it can of the write-ahead log into the database file, without waiting
     /// for, or holding up, a write on another connection (a passive checkpoint). Returns
     /// the pages in the log and how many of them are copied.
@@ -431,8 +438,8 @@ impl Store {
             Ok(saved) => {
                 doc::mark_saved(doc, saved.last_chunk);
                 // Asked once the chunk is committed, so that the compaction holds it.
-                if let (true, Some(ask)) = (saved.compaction_wanted, &self.compaction) {
-                    (ask.0)(doc.meta.id);
+                if saved.compaction_wanted {
+                    self.ask_compaction(doc.meta.id);
                 }
                 Ok(value)
             }
