@@ -1,10 +1,13 @@
 //! The simulation of `care-sync` run over the product's SQLite home: every device a
 //! [`Home`] in its own directory (on tmpfs when the machine has one), driven by the same
 //! hub as a node, and restarted from its directory now and then, as after a crash
-//! between two steps. `CARE_SIM_SEED=N cargo test -p care --lib sim` replays one seed.
+//! between two steps, and compacting its documents beside its writes as a node's home
+//! does (a step makes the snapshot, the next puts it in place). `CARE_SIM_SEED=N cargo
+//! test -p care --lib sim` replays one seed.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use automerge::ChangeHash;
 use automerge::sync::{Message, State};
@@ -12,6 +15,7 @@ use care_core::documents::Author;
 use care_core::{
     ChangeSig, DeviceId, DeviceKey, DocId, DocKind, MemberId, Month, SignedOp, TeamId, Timestamp,
 };
+use care_store::Compaction;
 use care_sync::sim::{SimDevice, edit_doc, run_seeds};
 use care_sync::{Change, HeldDoc, Import, Refusal, Replica, TeamAccess};
 
@@ -23,10 +27,53 @@ use crate::home::{Clock, Home, Purpose};
 const HOME_SEEDS_PER_RUN: u64 = 500;
 
 /// A home in the simulation: its directory (removed with it) and the simulated time.
+///
+/// As a node's home, it leaves compaction to its upkeep: a snapshot is made at one step
+/// from what the writes asked for, and put in place at the next, so that writes and
+/// deliveries of that step fall between the two, and a crash may come between them.
 struct SimHome {
     home: Home,
     dir: tempfile::TempDir,
     now: Timestamp,
+    /// Documents the home's writes asked to be compacted, oldest first.
+    asked: Arc<Mutex<Vec<DocId>>>,
+    /// A snapshot made at this step, to put in place at the next.
+    compacting: Option<Compaction>,
+}
+
+/// The compaction rule's floor in the simulation: a run's documents stay under the
+/// store's own ([`care_store::COMPACT_MIN_BYTES`]), and with this one they are compacted,
+/// often.
+const SIM_COMPACT_MIN_BYTES: u64 = 256;
+
+/// Has `home`'s writes leave compaction to the simulated upkeep: returns where they ask.
+fn leave_compaction(home: &mut Home) -> Arc<Mutex<Vec<DocId>>> {
+    home.store.set_compact_min_bytes(SIM_COMPACT_MIN_BYTES);
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let asks = Arc::clone(&asked);
+    home.store.leave_compaction(move |doc| {
+        let mut asks = crate::verify::lock(&asks);
+        if !asks.contains(&doc) {
+            asks.push(doc);
+        }
+    });
+    asked
+}
+
+impl SimHome {
+    /// Puts in place the snapshot made at the last step, and makes the next one asked for.
+    fn upkeep(&mut self) {
+        if let Some(made) = self.compacting.take() {
+            self.home.store.finish_compaction(made).expect("a snapshot made here is put in place");
+        }
+        let next = {
+            let mut asked = crate::verify::lock(&self.asked);
+            (!asked.is_empty()).then(|| asked.remove(0))
+        };
+        let Some(doc) = next else { return };
+        let chunks = self.home.store.chunks_to_compact(doc).expect("a stored document reads");
+        self.compacting = chunks.map(|c| c.compact().expect("stored chunks compact"));
+    }
 }
 
 /// A clock stopped at one moment.
@@ -53,9 +100,10 @@ fn make_home(index: usize, key: &DeviceKey, member: MemberId) -> SimHome {
         .tempdir_in(sim_root())
         .expect("a temporary directory for a simulated home");
     let path = dir.path().join("home");
-    let home = Home::init_with(&path, &format!("peer {index}"), key.to_seed(), member, None)
+    let mut home = Home::init_with(&path, &format!("peer {index}"), key.to_seed(), member, None)
         .expect("a new home");
-    SimHome { home, dir, now: Timestamp(0) }
+    let asked = leave_compaction(&mut home);
+    SimHome { home, dir, now: Timestamp(0), asked, compacting: None }
 }
 
 impl SimDevice for SimHome {
@@ -91,6 +139,7 @@ impl SimDevice for SimHome {
     fn set_time(&mut self, now: Timestamp) {
         self.now = now;
         self.home.set_clock(Stopped(now));
+        self.upkeep();
     }
 
     fn use_all(&mut self, team: TeamId) {
@@ -107,7 +156,10 @@ impl SimDevice for SimHome {
         let path = self.dir.path().join("home");
         let mut home = Home::open(&path).expect("a home opens again after a crash");
         home.set_clock(Stopped(self.now));
-        // The old home is dropped without a word, as a crashed process would leave it.
+        // The old home, and a snapshot not yet in place, are dropped without a word, as a
+        // crashed process would leave them.
+        self.asked = leave_compaction(&mut home);
+        self.compacting = None;
         self.home = home;
         true
     }

@@ -118,11 +118,10 @@ impl Store {
     ) -> Result<Option<CompactReport>, StoreError> {
         let id = compaction.doc;
         let finished = self.put_in_place(compaction)?;
-        if let Some(summary) = doc::read_summary(self.conn(), id)? {
-            let rule = summary.snapshot_bytes.max(crate::COMPACT_MIN_BYTES);
-            if summary.incremental_bytes > rule {
-                self.ask_compaction(id);
-            }
+        if let Some(summary) = doc::read_summary(self.conn(), id)?
+            && summary.incremental_bytes > self.compaction_rule(&summary)
+        {
+            self.ask_compaction(id);
         }
         Ok(finished)
     }

@@ -40,6 +40,8 @@ pub struct Store {
     key: Option<StoreKey>,
     /// Who compacts a document whose chunks pass the rule, if not this connection's write.
     compaction: Option<AskCompaction>,
+    /// The floor of the compaction rule for this connection's writes.
+    compact_min_bytes: u64,
 }
 
 /// What a connection that leaves compaction to another calls with a document to compact.
@@ -164,7 +166,13 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").doing("switching to WAL mode")?;
         conn.pragma_update(None, "synchronous", "FULL").doing("setting synchronous writes")?;
         schema::migrate(&mut conn, path)?;
-        Ok(Store { conn, path: path.to_path_buf(), key: key.cloned(), compaction: None })
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            key: key.cloned(),
+            compaction: None,
+            compact_min_bytes: COMPACT_MIN_BYTES,
+        })
     }
 
     /// Leaves copying the write-ahead log into the database file to another connection
@@ -201,6 +209,20 @@ impl Store {
     /// the rule, should the other fall behind.
     pub fn leave_compaction(&mut self, ask: impl Fn(DocId) + Send + 'static) {
         self.compaction = Some(AskCompaction(Box::new(ask)));
+    }
+
+    /// Sets the floor of the compaction rule for this connection's writes
+    /// ([`COMPACT_MIN_BYTES`] unless set): a document's incremental chunks are compacted
+    /// once they exceed both its snapshot and this. Lower compacts young documents sooner,
+    /// at the cost of more compactions.
+    pub fn set_compact_min_bytes(&mut self, bytes: u64) {
+        self.compact_min_bytes = bytes;
+    }
+
+    /// The compaction rule for a document with this row: its incremental chunks are
+    /// compacted once they exceed this many bytes.
+    pub(crate) fn compaction_rule(&self, summary: &DocSummary) -> u64 {
+        summary.snapshot_bytes.max(self.compact_min_bytes)
     }
 
     /// Asks the connection compaction is left to for `id`, if it is left to one.
@@ -393,7 +415,8 @@ impl Store {
     /// Takes the write lock first (so two processes never both write the next change of one
     /// actor), applies chunks other connections wrote, runs `f`, then appends the new
     /// changes as one chunk and updates the document's row in the same transaction. When
-    /// incremental chunks exceed the snapshot and [`COMPACT_MIN_BYTES`], the document is
+    /// incremental chunks exceed the snapshot and [`COMPACT_MIN_BYTES`] (or the floor set
+    /// with [`Store::set_compact_min_bytes`]), the document is
     /// rewritten as one snapshot instead, still in that transaction. If `f` fails, or the
     /// write fails, nothing is written and `doc` is restored to its stored state.
     pub fn update_doc<R, E>(
@@ -416,6 +439,7 @@ impl Store {
     ) -> Result<R, UpdateError<E>> {
         let doing = "saving a change";
         let elsewhere = self.compaction.is_some();
+        let floor = self.compact_min_bytes;
         let tx = self.write_tx(doing)?;
         let (summary, _) = doc::catch_up(&tx, doc)?;
         let value = match f(doc::automerge_mut(doc)) {
@@ -429,7 +453,7 @@ impl Store {
         let new: Vec<ChangeHash> =
             doc.doc().get_changes(doc.saved_heads()).iter().map(|c| c.hash()).collect();
         let signatures = if new.is_empty() { Vec::new() } else { sign(&new) };
-        let written = save_changes(&tx, doc, summary, elsewhere).and_then(|saved| {
+        let written = save_changes(&tx, doc, summary, floor, elsewhere).and_then(|saved| {
             doc::insert_signatures(&tx, doc.meta.id, &signatures)?;
             tx.commit().doing(doing)?;
             Ok(saved)
@@ -613,11 +637,13 @@ struct Saved {
 /// Writes the changes `doc` holds beyond its saved heads, as a chunk or, when incremental
 /// chunks have grown past the compaction rule, as a snapshot replacing all chunks. With
 /// compaction left to another connection (`elsewhere`), past the rule it writes the chunk
-/// and says compaction is wanted, and compacts itself only past the backstop.
+/// and says compaction is wanted, and compacts itself only past the backstop. `floor` is
+/// the rule's floor ([`Store::set_compact_min_bytes`]).
 fn save_changes(
     conn: &Connection,
     doc: &StoredDoc,
     mut summary: DocSummary,
+    floor: u64,
     elsewhere: bool,
 ) -> Result<Saved, StoreError> {
     let id = doc.meta.id;
@@ -628,7 +654,7 @@ fn save_changes(
     summary.heads = sorted_heads(doc.doc());
     summary.updated_at_ms = now_ms();
     let incremental = summary.incremental_bytes + bytes.len() as u64;
-    let rule = summary.snapshot_bytes.max(COMPACT_MIN_BYTES);
+    let rule = summary.snapshot_bytes.max(floor);
     let backstop = rule.saturating_mul(COMPACT_BACKSTOP_FACTOR);
     let compact_here = incremental > if elsewhere { backstop } else { rule };
     let last_chunk = if compact_here {
