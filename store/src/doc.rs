@@ -339,6 +339,10 @@ pub(crate) fn replace_chunks_through(
     Ok(())
 }
 
+/// A document's chunks after a given one, in order.
+pub(crate) const CHUNKS_AFTER: &str =
+    "SELECT id, data, checksum FROM chunks WHERE doc = ?1 AND id > ?2 ORDER BY id";
+
 /// Concatenates the chunks with id above `after`, checking each checksum. Returns the
 /// bytes and the last chunk id read (`None` when there were none).
 pub(crate) fn read_chunks(
@@ -347,11 +351,7 @@ pub(crate) fn read_chunks(
     after: i64,
 ) -> Result<(Vec<u8>, Option<i64>), StoreError> {
     let doing = "reading a document's chunks";
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT id, data, checksum FROM chunks WHERE doc = ?1 AND id > ?2 ORDER BY id",
-        )
-        .doing(doing)?;
+    let mut stmt = conn.prepare_cached(CHUNKS_AFTER).doing(doing)?;
     let mut rows = stmt.query(params![id.as_bytes(), after]).doing(doing)?;
     let (mut bytes, mut last) = (Vec::new(), None);
     while let Some(row) = rows.next().doing(doing)? {

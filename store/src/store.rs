@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use automerge::{Automerge, ChangeHash, SaveOptions};
 use care_core::ids::{DeviceId, DocId, OpHash, TeamId};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::doc::{self, DocMeta, DocSummary, StoredDoc, StoredSignature, sorted_heads};
@@ -154,6 +155,11 @@ impl Store {
             conn.execute_batch(&key.key_pragma()).map_err(open_err)?;
         }
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(open_err)?;
+        // Plans that never depend on the values bound: otherwise SQLite marks a statement
+        // whose plan might (`doc = ?1 AND id > ?2` is one) to be compiled again whenever
+        // its bindings are cleared, and the statement cache clears them each time a
+        // statement goes back to it, so every use of such a statement compiled it anew.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_err)?;
         // The first read: a wrong key, or a key for a plain file, fails here.
         let locked = |e: rusqlite::Error| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase) => {

@@ -440,6 +440,28 @@ fn a_document_written_in_pieces_is_stored_only_once_all_are() -> Result {
     Ok(())
 }
 
+/// Every write reads the chunks written since the document was last read, with one
+/// statement kept compiled: writing must not make SQLite compile it again each time (it
+/// would, with plans that depend on the values bound: binding them anew, as the statement
+/// cache does, throws the compiled statement away).
+#[test]
+fn writes_reuse_their_compiled_statements() -> Result<()> {
+    use rusqlite::StatementStatus::RePrepare;
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("care.db"))?;
+    let mut doc = store.create_doc(&meta(1), &genesis())?;
+    let mut other = store.create_doc(&meta(2), &genesis())?;
+    for n in 0..10 {
+        add_note(&mut store, &mut doc, &format!("note {n}"))?;
+        add_note(&mut store, &mut other, &format!("note {n}"))?;
+    }
+    assert_eq!(summary(&store, meta(1).id).heads, doc.doc().get_heads());
+    let compiled_again =
+        store.conn().prepare_cached(crate::doc::CHUNKS_AFTER)?.get_status(RePrepare);
+    assert_eq!(compiled_again, 0, "20 writes compiled the chunk reading {compiled_again} times");
+    Ok(())
+}
+
 /// `PRAGMA synchronous` of a store's connection.
 fn synchronous(store: &Store) -> std::result::Result<i64, rusqlite::Error> {
     store.conn().query_row("PRAGMA synchronous", [], |r| r.get(0))
