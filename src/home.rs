@@ -5,7 +5,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use automerge::Automerge;
@@ -887,11 +886,7 @@ impl Home {
         kinds: &[DocKind],
         read: impl Fn(&Automerge) -> R + Sync,
     ) -> Result<Vec<Option<R>>> {
-        static CORES: OnceLock<usize> = OnceLock::new();
-        // Asked once: asking reads the process's CPU quota from files, each time.
-        let cores =
-            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let threads = cores.min(READERS_MAX);
+        let threads = care_core::cores().min(READERS_MAX);
         let mut out = Vec::with_capacity(kinds.len());
         for batch in kinds.chunks(READ_TOGETHER_MAX) {
             let mut held = Vec::with_capacity(batch.len());

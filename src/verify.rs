@@ -151,7 +151,7 @@ impl Verifier {
         let (answers, verdicts) = mpsc::channel();
         let queue = Arc::new(Mutex::new(queue));
         let wake = Arc::new(Wake(Mutex::new(wake)));
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(WORKERS_MAX);
+        let workers = care_core::cores().min(WORKERS_MAX);
         let mut connections = Vec::with_capacity(workers);
         for _ in 0..workers {
             let opened = match &key {

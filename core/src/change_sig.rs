@@ -10,8 +10,6 @@
 //! they outlive the chunks the changes arrived in.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
-use std::sync::OnceLock;
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
@@ -162,13 +160,6 @@ fn message(team: TeamId, doc: DocId, hash: &[u8; 32], membership: &[OpHash]) -> 
 /// received whole) is split over the cores: the verdict is the same, sooner.
 const SIGNATURES_PER_THREAD_MIN: usize = 1024;
 
-/// The cores this process may use, asked once: asking reads the process's CPU quota from
-/// several files (tens of microseconds, as long as a third of checking one signature).
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
-}
-
 /// A signer's key, read once for every signature it made.
 struct Key {
     bytes: [u8; 32],
@@ -185,7 +176,7 @@ struct Item<'a> {
 /// Whether every signature holds, by ed25519 batches: one, or one per core for a large
 /// set. A batch fails as a whole; the caller then finds which signature failed.
 fn verify_in_parallel(keys: &[Key], items: &[Item<'_>]) -> bool {
-    let threads = (items.len() / SIGNATURES_PER_THREAD_MIN).min(cores());
+    let threads = (items.len() / SIGNATURES_PER_THREAD_MIN).min(crate::cores());
     if threads < 2 {
         return verify_batch(keys, items);
     }

@@ -22,3 +22,12 @@ pub use membership::{
     OpError, RejectReason, Rejected, Right, Role, SignedOp, create_team, team_id,
 };
 pub use sealed::{Sealed, SealedChange, SealedForm};
+
+/// The cores this process may use, asked once: asking reads the process's CPU quota from
+/// several files each time (tens of microseconds, a third of checking one signature
+/// alone), and the work that splits over the cores is often much smaller than that.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
