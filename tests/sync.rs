@@ -1,6 +1,7 @@
 //! Sync between real homes over iroh on loopback: invitations, concurrent edits, when the
-//! last sync is written, a month compacted beside live edits, a device that was offline, a device outside the team, a removed
-//! device, spent tickets, and a peer that sends garbage.
+//! last sync is written, a month compacted beside live edits, a device that was offline,
+//! a device outside the team, a removed device, spent tickets, and a peer that sends
+//! garbage.
 
 use std::path::Path;
 use std::time::Duration;

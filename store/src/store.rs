@@ -225,10 +225,9 @@ impl Store {
         self.compact_min_bytes = bytes;
     }
 
-    /// The compaction rule for a document with this row: its incremental chunks are
-    /// compacted once they exceed this many bytes.
+    /// The compaction rule for a document with this row, for this connection's writes.
     pub(crate) fn compaction_rule(&self, summary: &DocSummary) -> u64 {
-        summary.snapshot_bytes.max(self.compact_min_bytes)
+        compaction_rule(summary, self.compact_min_bytes)
     }
 
     /// Asks the connection compaction is left to for `id`, if it is left to one.
@@ -640,6 +639,12 @@ struct Saved {
     compaction_wanted: bool,
 }
 
+/// The compaction rule for a document with this row and the rule's floor `floor`: its
+/// incremental chunks are compacted once they exceed this many bytes.
+fn compaction_rule(summary: &DocSummary, floor: u64) -> u64 {
+    summary.snapshot_bytes.max(floor)
+}
+
 /// Writes the changes `doc` holds beyond its saved heads, as a chunk or, when incremental
 /// chunks have grown past the compaction rule, as a snapshot replacing all chunks. With
 /// compaction left to another connection (`elsewhere`), past the rule it writes the chunk
@@ -660,7 +665,7 @@ fn save_changes(
     summary.heads = sorted_heads(doc.doc());
     summary.updated_at_ms = now_ms();
     let incremental = summary.incremental_bytes + bytes.len() as u64;
-    let rule = summary.snapshot_bytes.max(floor);
+    let rule = compaction_rule(&summary, floor);
     let backstop = rule.saturating_mul(COMPACT_BACKSTOP_FACTOR);
     let compact_here = incremental > if elsewhere { backstop } else { rule };
     let last_chunk = if compact_here {
