@@ -4,9 +4,9 @@
 //! SQLite copies the log into the database file (a checkpoint) inside whichever write
 //! finds the log past a threshold: with large documents arriving, a live edit's write
 //! would now and then wait 15 to 100 ms for it. Once a node runs a home, its connection
-//! leaves checkpoints to this thread ([`care_store::Store::leave_checkpoints`]): a write
-//! that leaves a MiB or more in the log asks for one, and this thread copies what it
-//! can, beside the writes (a passive checkpoint never holds one up).
+//! leaves checkpoints to this thread ([`care_store::Store::leave_checkpoints`]): it asks
+//! for one once per MiB written to the log, and this thread copies what it can, beside
+//! the writes (a passive checkpoint never holds one up).
 //!
 //! Compacting a document inside a write (saving it whole, loading that back to check it)
 //! takes time that grows with the document: 10 to 20 ms for a month of 1,500 notes, on

@@ -27,8 +27,8 @@ pub const COMPACT_BACKSTOP_FACTOR: u64 = 4;
 /// ([`Store::leave_checkpoints`]) copies the log itself: 64 MiB, against SQLite's 1,000
 /// pages (4 MiB) by default.
 pub const CHECKPOINT_BACKSTOP_PAGES: i64 = 16_384;
-/// Pages of write-ahead log from which a connection that leaves checkpoints to another
-/// asks it for one after each write: 1 MiB.
+/// Pages of write-ahead log written between two checkpoints a connection that leaves them
+/// to another asks it for: 1 MiB.
 pub const CHECKPOINT_NUDGE_PAGES: i64 = 256;
 
 /// An open store. One SQLite connection; several `Store`s (threads or processes) may share
@@ -183,22 +183,32 @@ impl Store {
 
     /// Leaves copying the write-ahead log into the database file to another connection
     /// ([`Store::checkpoint`], on a thread of its own), so that a write here never waits
-    /// for it: after a write that leaves [`CHECKPOINT_NUDGE_PAGES`] pages or more in the
-    /// log, `nudge` is called (it should be quick: it runs inside the write). This
+    /// for it: once per [`CHECKPOINT_NUDGE_PAGES`] pages written to the log, `nudge` is
+    /// called (it should be quick: it runs inside the write). Not after every write once
+    /// the log is that long: a checkpoint syncs both the log and the database file, so
+    /// that would add two syncs to every write, most of them to copy a few pages. This
     /// connection copies the log itself only past [`CHECKPOINT_BACKSTOP_PAGES`], should
     /// the other fall behind.
     pub fn leave_checkpoints(
         &mut self,
         nudge: impl Fn() + Send + 'static,
     ) -> Result<(), StoreError> {
+        // Pages in the log when the other connection was last asked: it is asked again
+        // once as many more are written, not after every write while the log is long.
+        let mut asked_at = 0;
         self.conn
             .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
                 let pages = i64::from(pages);
+                if pages < asked_at {
+                    // The log was copied whole and started again.
+                    asked_at = 0;
+                }
                 if pages >= CHECKPOINT_BACKSTOP_PAGES {
                     // A passive checkpoint: one that cannot copy everything leaves the
                     // rest, and the write stands either way.
                     let _ = wal.checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE);
-                } else if pages >= CHECKPOINT_NUDGE_PAGES {
+                } else if pages - asked_at >= CHECKPOINT_NUDGE_PAGES {
+                    asked_at = pages;
                     nudge();
                 }
                 Ok(())

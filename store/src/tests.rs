@@ -462,6 +462,59 @@ fn writes_reuse_their_compiled_statements() -> Result<()> {
     Ok(())
 }
 
+/// A connection that leaves checkpoints to another asks for one per
+/// [`crate::CHECKPOINT_NUDGE_PAGES`] of log written, not after every write once the log
+/// is that long: each checkpoint syncs the log and the database file, so asking after
+/// every write made two syncs of every write. Once the log is copied whole and starts
+/// again, it asks again as it grows.
+#[test]
+fn checkpoints_are_asked_for_once_per_stretch_of_log() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("care.db");
+    let mut store = Store::open(&path)?;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    store.leave_checkpoints(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+    })?;
+    // Pieces of a document that does not compress: about 17 pages of log each.
+    let mut seed = 1_u64;
+    let mut piece = || -> Vec<u8> {
+        (0..64 << 10)
+            .map(|_| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (seed >> 56) as u8
+            })
+            .collect()
+    };
+    for _ in 0..100 {
+        assert!(store.add_piece(meta(1).id, &piece())?);
+    }
+    let page: i64 = store.conn().query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page = u64::try_from(page)?;
+    let log = std::fs::metadata(dir.path().join("care.db-wal"))?.len();
+    let pages = (log - 32) / (page + 24);
+    let per_ask = crate::CHECKPOINT_NUDGE_PAGES as u64;
+    let asks = asked.load(Ordering::Relaxed) as u64;
+    assert!(pages > 5 * per_ask, "{pages} pages of log");
+    assert!(
+        (pages / (per_ask + 20)..=pages / per_ask).contains(&asks),
+        "{asks} checkpoints asked for over {pages} pages of log"
+    );
+    // Another connection copies the log whole; the next write starts it again.
+    let other = Store::open(&path)?;
+    let (in_log, copied) = other.checkpoint()?;
+    assert_eq!(in_log, copied, "copied whole");
+    for _ in 0..40 {
+        assert!(store.add_piece(meta(2).id, &piece())?);
+    }
+    let after = asked.load(Ordering::Relaxed) as u64 - asks;
+    assert!((1..=3).contains(&after), "{after} asked for over 40 pieces after the restart");
+    Ok(())
+}
+
 /// `PRAGMA synchronous` of a store's connection.
 fn synchronous(store: &Store) -> std::result::Result<i64, rusqlite::Error> {
     store.conn().query_row("PRAGMA synchronous", [], |r| r.get(0))
