@@ -65,7 +65,7 @@ pub use keyfile::KeyFileError;
 pub use schema::SCHEMA_VERSION;
 pub use store::{
     BUSY_TIMEOUT_MS, CHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_NUDGE_PAGES, COMPACT_BACKSTOP_FACTOR,
-    COMPACT_MIN_BYTES, CompactReport, IntegrityReport, Problem, Store, StoreKey,
+    COMPACT_MIN_BYTES, CompactReport, IntegrityReport, PageAuth, Problem, Store, StoreKey,
 };
 
 #[cfg(test)]

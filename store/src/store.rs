@@ -39,6 +39,8 @@ pub struct Store {
     path: PathBuf,
     /// The key its file is encrypted with, if it is.
     key: Option<StoreKey>,
+    /// How its pages are authenticated, if it is encrypted.
+    page_auth: Option<PageAuth>,
     /// Who compacts a document whose chunks pass the rule, if not this connection's write.
     compaction: Option<AskCompaction>,
     /// The floor of the compaction rule for this connection's writes.
@@ -55,7 +57,8 @@ impl std::fmt::Debug for AskCompaction {
 }
 
 /// The key a store's file is encrypted with: 256 bits, used as SQLCipher's raw key, so
-/// every page of the file (and of its write-ahead log) is encrypted and authenticated.
+/// every page of the file (and of its write-ahead log) is encrypted (AES-256) and
+/// authenticated (an HMAC per page, checked on every read: [`PageAuth`]).
 /// Never printed; its bytes are overwritten when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreKey([u8; 32]);
@@ -72,12 +75,38 @@ impl StoreKey {
         self.0
     }
 
-    /// The statement that unlocks the file in SQLCipher, for tools that open it directly
-    /// (`PRAGMA key = "x'…'"`, the key in hex).
+    /// The statements that unlock a file made by this version in SQLCipher, for tools
+    /// that open it directly: `PRAGMA key = "x'…'"` (the key in hex), then the page
+    /// authentication it uses ([`PageAuth::Sha256`]). A file made before that opens with
+    /// the key alone ([`PageAuth::Sha512`], SQLCipher's default).
     pub fn key_pragma(&self) -> String {
-        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        format!("PRAGMA key = \"x'{hex}'\";")
+        self.unlock(PageAuth::Sha256)
     }
+
+    /// The statements that unlock a file whose pages are authenticated with `auth`.
+    fn unlock(&self, auth: PageAuth) -> String {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("PRAGMA key = \"x'{hex}'\";");
+        match auth {
+            PageAuth::Sha256 => format!("{key} PRAGMA cipher_hmac_algorithm = HMAC_SHA256;"),
+            PageAuth::Sha512 => key,
+        }
+    }
+}
+
+/// How the pages of an encrypted store are authenticated: each page carries an HMAC of
+/// its encrypted bytes, written with the page and checked whenever it is read, so a page
+/// changed on disk is refused rather than read. A file keeps the kind it was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PageAuth {
+    /// HMAC-SHA256: what a store made by this version uses. Processors' SHA-256
+    /// instructions (x86 SHA extensions, ARMv8 SHA2, on phones too) make it about twice
+    /// as fast as SHA-512 over a page (1.7 against 0.79 GB/s on the machine measured),
+    /// and every page written or read pays it.
+    Sha256,
+    /// HMAC-SHA512, SQLCipher 4's default: stores made before, opened as they are.
+    Sha512,
 }
 
 impl std::fmt::Debug for StoreKey {
@@ -126,9 +155,18 @@ pub struct Problem {
 /// ("sqlcipher not initialized"). The first store opened in a process initialises both
 /// through an in-memory connection while the others wait. If that open fails, the store's
 /// own open reports the error.
+///
+/// SQLCipher's own log (to stderr, or the platform's log on phones) is turned off for the
+/// process: every failure it logs (a page that does not decrypt: a wrong key, or a file
+/// made with the older page authentication, tried first) comes back as an error, which
+/// the store reports in its own words.
 fn sqlite_initialised() {
     static READY: std::sync::Once = std::sync::Once::new();
-    READY.call_once(|| drop(Connection::open_in_memory()));
+    READY.call_once(|| {
+        if let Ok(conn) = Connection::open_in_memory() {
+            let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
+        }
+    });
 }
 
 impl Store {
@@ -150,24 +188,24 @@ impl Store {
         sqlite_initialised();
         create_private_file(path)?;
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        if let Some(key) = key {
-            conn.execute_batch(&key.key_pragma()).map_err(open_err)?;
-        }
+        let locked = || StoreError::Locked { path: path.to_path_buf(), encrypted: key.is_some() };
+        let (mut conn, page_auth) = match key {
+            None => (connect(path, None)?.ok_or_else(locked)?, None),
+            // A file made before pages were authenticated with SHA-256 keeps SHA-512.
+            Some(key) => match connect(path, Some((key, PageAuth::Sha256)))? {
+                Some(conn) => (conn, Some(PageAuth::Sha256)),
+                None => {
+                    let conn = connect(path, Some((key, PageAuth::Sha512)))?;
+                    (conn.ok_or_else(locked)?, Some(PageAuth::Sha512))
+                }
+            },
+        };
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(open_err)?;
         // Plans that never depend on the values bound: otherwise SQLite marks a statement
         // whose plan might (`doc = ?1 AND id > ?2` is one) to be compiled again whenever
         // its bindings are cleared, and the statement cache clears them each time a
         // statement goes back to it, so every use of such a statement compiled it anew.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_err)?;
-        // The first read: a wrong key, or a key for a plain file, fails here.
-        let locked = |e: rusqlite::Error| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::NotADatabase) => {
-                StoreError::Locked { path: path.to_path_buf(), encrypted: key.is_some() }
-            }
-            _ => open_err(e),
-        };
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(locked)?;
         schema::check_version(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL").doing("switching to WAL mode")?;
         conn.pragma_update(None, "synchronous", "FULL").doing("setting synchronous writes")?;
@@ -176,6 +214,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             key: key.cloned(),
+            page_auth,
             compaction: None,
             compact_min_bytes: COMPACT_MIN_BYTES,
         })
@@ -254,6 +293,11 @@ impl Store {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(1)?, row.get(2)?)))
             .doing("copying the log into the database")
+    }
+
+    /// How this store's pages are authenticated, if it is encrypted.
+    pub fn page_auth(&self) -> Option<PageAuth> {
+        self.page_auth
     }
 
     /// The key this store's file is encrypted with, if it is (for opening it again, from
@@ -647,6 +691,26 @@ struct Saved {
     last_chunk: Option<i64>,
     /// Whether the document passed the compaction rule and is left to another connection.
     compaction_wanted: bool,
+}
+
+/// A connection to the file at `path`, unlocked with `key` and its page authentication
+/// if given, and read once: `None` when that read finds the file is not readable so (a
+/// wrong key, another page authentication, a key for a plain file or none for an
+/// encrypted one).
+fn connect(
+    path: &Path,
+    key: Option<(&StoreKey, PageAuth)>,
+) -> Result<Option<Connection>, StoreError> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let conn = Connection::open(path).map_err(open_err)?;
+    if let Some((key, auth)) = key {
+        conn.execute_batch(&key.unlock(auth)).map_err(open_err)?;
+    }
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+        Ok(()) => Ok(Some(conn)),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => Ok(None),
+        Err(e) => Err(open_err(e)),
+    }
 }
 
 /// The compaction rule for a document with this row and the rule's floor `floor`: its

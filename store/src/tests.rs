@@ -381,9 +381,19 @@ fn an_encrypted_store_holds_no_plaintext_and_opens_only_with_its_key() -> Result
             continue;
         }
         let reopened = Store::open_encrypted(&path, &key)?;
+        assert_eq!(reopened.page_auth(), Some(crate::PageAuth::Sha256));
         let doc = reopened.load_doc(meta(1).id)?.ok_or("stored")?;
         assert!(doc.doc().get(ROOT, "note")?.is_some());
         drop(reopened);
+        // The pages carry HMAC-SHA256: SQLCipher's default (SHA-512) does not read them.
+        let raw = rusqlite::Connection::open(&path)?;
+        raw.execute_batch(&key.key_pragma().replace(
+            "PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+            "PRAGMA cipher_hmac_algorithm = HMAC_SHA512;",
+        ))?;
+        let refused = raw.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()));
+        assert!(refused.is_err(), "pages read with the wrong authentication");
+        drop(raw);
         let other = crate::StoreKey::from_bytes([6; 32]);
         for refused in [Store::open_encrypted(&path, &other), Store::open(&path)] {
             match refused {
@@ -392,6 +402,46 @@ fn an_encrypted_store_holds_no_plaintext_and_opens_only_with_its_key() -> Result
             }
         }
         assert!(!format!("{key:?}").contains('5'), "the key is never printed");
+    }
+    Ok(())
+}
+
+/// A store encrypted before pages were authenticated with SHA-256 (with SQLCipher's
+/// default, HMAC-SHA512) opens as it is, for reading and writing, on every connection, and
+/// stays readable the way it was made; a wrong key is still refused.
+#[test]
+fn a_store_made_with_the_older_page_authentication_opens_and_keeps_it() -> Result<()> {
+    let key = crate::StoreKey::from_bytes([7; 32]);
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("home.sqlite");
+    let with_key_alone = |path: &std::path::Path| -> rusqlite::Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open(path)?;
+        let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+        Ok(conn)
+    };
+    // Made as a store was before: the key alone, SQLCipher's defaults.
+    with_key_alone(&path)?.execute_batch("CREATE TABLE made_before (x INTEGER);")?;
+    {
+        let mut store = Store::open_encrypted(&path, &key)?;
+        assert_eq!(store.page_auth(), Some(crate::PageAuth::Sha512));
+        let mut doc = store.create_doc(&meta(1), &genesis())?;
+        add_note(&mut store, &mut doc, "written after the upgrade")?;
+        // A second connection (a worker's) finds the same.
+        let other = Store::open_encrypted(&path, &key)?;
+        assert_eq!(other.page_auth(), Some(crate::PageAuth::Sha512));
+        let loaded = other.load_doc(meta(1).id)?.ok_or("stored")?;
+        assert_eq!(loaded.doc().get_heads(), doc.doc().get_heads());
+    }
+    // Still the old authentication throughout, log copied in or not.
+    let conn = with_key_alone(&path)?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    assert!(tables > 1, "the store's tables are readable with the key alone");
+    drop(conn);
+    let other = crate::StoreKey::from_bytes([8; 32]);
+    match Store::open_encrypted(&path, &other) {
+        Err(StoreError::Locked { encrypted: true, .. }) => {}
+        other => return Err(format!("opened with another key: {other:?}").into()),
     }
     Ok(())
 }
