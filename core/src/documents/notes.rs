@@ -12,7 +12,7 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{Automerge, ObjId, ObjType, ReadDoc};
 use serde::{Deserialize, Serialize};
 
-use super::access::Obj;
+use super::access::{Fields, Obj};
 use super::{Author, DocError, check_len, check_text, open, ts, write, wrong_kind};
 use crate::doc_kind::DocKind;
 use crate::ids::{DeviceId, EntryId, MemberId, Month, Timestamp};
@@ -191,11 +191,17 @@ pub fn note_objects(
 /// One malformed entry never hides the month's other notes: it is left out here, and
 /// [`note`] and [`unreadable_notes`] name what is wrong with it.
 pub fn notes(doc: &Automerge) -> Result<Vec<ShiftNote>, DocError> {
-    let (root, _) = notes_obj(doc)?;
-    let mut all: Vec<ShiftNote> =
-        root.entries()?.into_iter().filter_map(|(key, obj)| read_entry(&key, &obj).ok()).collect();
+    let mut all = every_note(doc)?;
     all.sort_by_key(|note| (note.written_at, note.id));
     Ok(all)
+}
+
+/// Every readable note of this document, unsorted, read in one pass over the document.
+fn every_note(doc: &Automerge) -> Result<Vec<ShiftNote>, DocError> {
+    let fields = Fields::of(doc);
+    let (root, _) = notes_obj_in(doc, Obj::root_read(doc, &fields))?;
+    let each = root.each_entry().into_iter();
+    Ok(each.filter_map(|(key, obj)| read_entry(&key, &obj.ok()?).ok()).collect())
 }
 
 /// The newest readable notes of this document first (by time written, then id), at most
@@ -207,19 +213,17 @@ pub fn latest(
     limit: usize,
 ) -> Result<Vec<ShiftNote>, DocError> {
     let (root, _) = notes_obj(doc)?;
-    let entries = root.entries()?;
-    if since.is_none() && limit >= entries.len() {
-        // Every note is read in full anyway: each in one pass, sorted after.
-        let mut all: Vec<ShiftNote> = entries
-            .into_iter()
-            .filter_map(|(key, obj)| read_note(&obj, key.parse().ok()?).ok())
-            .collect();
+    if since.is_none() && limit >= doc.length(&root.id) {
+        // Every note is read in full anyway: the whole document in one pass, sorted after.
+        let mut all = every_note(doc)?;
         all.sort_by_key(|note| std::cmp::Reverse((note.written_at, note.id)));
         return Ok(all);
     }
-    let mut newest: Vec<(Timestamp, EntryId, Obj<'_, Automerge>)> = entries
+    let mut newest: Vec<(Timestamp, EntryId, Obj<'_, Automerge>)> = root
+        .each_entry()
         .into_iter()
         .filter_map(|(key, obj)| {
+            let obj = obj.ok()?;
             let id: EntryId = key.parse().ok()?;
             let at = obj.time("written_at").ok()?;
             since.is_none_or(|since| at >= since).then_some((at, id, obj))
@@ -232,7 +236,8 @@ pub fn latest(
 /// The entries of this document that are not readable notes, each with why.
 pub fn unreadable_notes(doc: &Automerge) -> Result<Vec<DocError>, DocError> {
     let (root, _) = notes_obj(doc)?;
-    Ok(root.entries()?.into_iter().filter_map(|(key, obj)| read_entry(&key, &obj).err()).collect())
+    let each = root.each_entry().into_iter();
+    Ok(each.filter_map(|(key, obj)| obj.and_then(|obj| read_entry(&key, &obj)).err()).collect())
 }
 
 fn read_entry(key: &str, obj: &Obj<'_, Automerge>) -> Result<ShiftNote, DocError> {
@@ -275,8 +280,16 @@ impl FromStr for Medication {
 
 /// The `notes` map of a notes document, and the document's month.
 fn notes_obj(doc: &Automerge) -> Result<(Obj<'_, Automerge>, Month), DocError> {
+    notes_obj_in(doc, Obj::root(doc))
+}
+
+/// The notes map of `doc`, below `root` (its root, read one way or the other).
+fn notes_obj_in<'a>(
+    doc: &'a Automerge,
+    root: Obj<'a, Automerge>,
+) -> Result<(Obj<'a, Automerge>, Month), DocError> {
     match open(doc)? {
-        DocKind::Notes { month, .. } => Ok((Obj::root(doc).map("notes")?, month)),
+        DocKind::Notes { month, .. } => Ok((root.map("notes")?, month)),
         other => Err(wrong_kind("notes/YYYY-MM or general-notes/YYYY-MM", other)),
     }
 }
@@ -540,7 +553,77 @@ mod tests {
         }
     }
 
+    /// Every readable note, each object read on its own, the way [`note`] reads one.
+    fn notes_one_by_one(doc: &Automerge) -> Vec<ShiftNote> {
+        let (root, _) = notes_obj(doc).expect("a notes document");
+        let each = root.each_entry().into_iter();
+        let mut all: Vec<ShiftNote> =
+            each.filter_map(|(key, obj)| read_entry(&key, &obj.ok()?).ok()).collect();
+        all.sort_by_key(|note| (note.written_at, note.id));
+        all
+    }
+
+    /// Changes a note the way a faulty or malicious writer could: a field of the wrong
+    /// type, a field gone, a list where a map belongs.
+    fn spoil(doc: &mut Automerge, by: &Author, id: EntryId, how: u8) {
+        crate::documents::write(doc, by, |tx| {
+            let notes = tx.get(ROOT, "notes")?.expect("genesis made it").1;
+            let found = tx.get(&notes, id.to_string())?;
+            let Some((automerge::Value::Object(ObjType::Map), note)) = found else { return Ok(()) };
+            match how % 5 {
+                0 => tx.put(&note, "text", 42)?,
+                1 => tx.delete(&note, "member")?,
+                2 => tx.put(&note, "amendments", "none")?,
+                3 => {
+                    let medications = tx.put_object(&note, "medications", ObjType::List)?;
+                    tx.insert(&medications, 0, "aspirin")?;
+                }
+                _ => drop(tx.put_object(&notes, id.to_string(), ObjType::List)?),
+            }
+            Ok(())
+        })
+        .expect("writes");
+    }
+
     proptest! {
+        #[test]
+        fn notes_read_in_one_pass_read_as_each_note_alone(
+            steps in proptest::collection::vec((0..4u8, 0..6u8, 0..2usize, 0..5u8), 0..40),
+        ) {
+            // Two devices write, amend and spoil notes, merging now and then.
+            let mut docs = [genesis(team(), &kind()), genesis(team(), &kind())];
+            let mut minute = 0;
+            for (action, target, side, detail) in steps {
+                minute += 1;
+                let by = author_at(side as u8 + 1, minute);
+                let doc = &mut docs[side];
+                let id = entry(target);
+                match action {
+                    0 => {
+                        let mut note = new_note(&format!("Visit {minute}"));
+                        note.medications.truncate(usize::from(detail % 2));
+                        let _ = add_note(doc, &by, id, &note);
+                    }
+                    1 => drop(amend_note(doc, &by, id, &format!("Amended {minute}"))),
+                    2 => spoil(doc, &by, id, detail),
+                    _ => {
+                        let [a, b] = &mut docs;
+                        merge_both(a, b);
+                    }
+                }
+            }
+            for doc in &docs {
+                let one_pass = notes(doc).expect("reads");
+                prop_assert_eq!(&one_pass, &notes_one_by_one(doc));
+                for read in &one_pass {
+                    let alone = note(doc, read.id).expect("reads");
+                    prop_assert_eq!(Some(read), alone.as_ref());
+                }
+                let newest = latest(doc, None, usize::MAX).expect("reads");
+                prop_assert_eq!(newest.into_iter().rev().collect::<Vec<_>>(), one_pass);
+            }
+        }
+
         #[test]
         fn the_latest_notes_are_the_newest_of_all_notes(
             minutes in proptest::collection::vec(0..500i64, 0..30),
