@@ -16,10 +16,10 @@ use crate::ids::Timestamp;
 type Field = (String, Value<'static>, ObjId);
 
 /// Every visible field of every object of a document, read in one pass over it
-/// ([`ReadDoc::iter`]). Reading a month of notes this way costs about a third of reading
-/// each object on its own: every object read alone is first found among the
-/// document's operations, and a note is three objects (itself, its medications, its
-/// amendments), the last two usually empty.
+/// ([`ReadDoc::iter`]). Reading a month of 720 notes this way takes about three quarters
+/// of the time of reading each object on its own (3.7 against 4.8 ms): every object read
+/// alone is first found among the document's operations, and a note is three objects
+/// (itself, its medications, its amendments), the last two usually empty.
 pub(crate) struct Fields {
     by_obj: HashMap<ObjId, Vec<Field>>,
 }
