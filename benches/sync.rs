@@ -7,6 +7,8 @@
 mod care_iroh;
 #[path = "common/clock.rs"]
 mod clock;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "sync/floor.rs"]
 mod floor;
 #[path = "sync/samod_tcp.rs"]
@@ -47,6 +49,8 @@ pub struct Size {
 pub struct Figures {
     /// A fresh peer receives the whole notes document.
     catch_up_ms: f64,
+    /// CPU time both sides spent in that catch-up, every thread (median).
+    catch_up_cpu_ms: f64,
     /// Bytes exchanged, both ways, in one catch-up (median).
     catch_up_bytes: usize,
     /// Reconnect with every document unchanged, until all are known in sync.
@@ -94,8 +98,15 @@ fn main() -> Result<()> {
         "care extras: documents received whole are stored unloaded, checked by workers beside \
          the owner and kept as they loaded them; after catching up, reading the latest 50 notes \
          takes {:.1} ms, then all {} notes {:.1} ms; so the device shows every note {:.1} ms after \
-         it connects (the floor's catch-up alone: {:.1} ms)",
-        reads.latest_ms, size.notes, reads.all_ms, reads.shown_ms, floor.figures.catch_up_ms
+         it connects, the two devices having spent {:.1} ms of CPU (the floor's catch-up alone: \
+         {:.1} ms, {:.1} ms of CPU)",
+        reads.latest_ms,
+        size.notes,
+        reads.all_ms,
+        reads.shown_ms,
+        reads.shown_cpu_ms,
+        floor.figures.catch_up_ms,
+        floor.figures.catch_up_cpu_ms
     );
     println!(
         "care through the circle node alone (it holds the team sealed, {} KiB): the owner \
@@ -130,9 +141,10 @@ fn main() -> Result<()> {
 /// may be given, in any order: a contestant such as care over iroh is one more row.
 pub fn print_table(rows: &[(&str, Figures)]) {
     println!(
-        "{:<20} {:>11} {:>12} {:>13} {:>12} {:>7} {:>12} {:>12}",
+        "{:<20} {:>11} {:>8} {:>12} {:>13} {:>12} {:>7} {:>12} {:>12}",
         "contestant",
         "catch-up ms",
+        "CPU ms",
         "catch-up KiB",
         "reconnect ms",
         "bytes/doc",
@@ -143,8 +155,9 @@ pub fn print_table(rows: &[(&str, Figures)]) {
     for (name, f) in rows {
         let rounds = f.reconnect_round_trips.map_or("-".to_string(), |r| format!("{r:.0}"));
         println!(
-            "{name:<20} {:>11.1} {:>12.0} {:>13.1} {:>12.0} {rounds:>7} {:>12.2} {:>12.2}",
+            "{name:<20} {:>11.1} {:>8.1} {:>12.0} {:>13.1} {:>12.0} {rounds:>7} {:>12.2} {:>12.2}",
             f.catch_up_ms,
+            f.catch_up_cpu_ms,
             f.catch_up_bytes as f64 / 1024.0,
             f.reconnect_ms,
             f.reconnect_bytes_per_doc,
@@ -157,9 +170,10 @@ pub fn print_table(rows: &[(&str, Figures)]) {
         println!("ratio to {reference}:");
         for (name, f) in rows {
             println!(
-                "  {name:<20} catch-up {} time, {} bytes; reconnect {} time, {} bytes; \
+                "  {name:<20} catch-up {} time, {} CPU, {} bytes; reconnect {} time, {} bytes; \
                  live p50 {}, p90 {}",
                 ratio(f.catch_up_ms, base.catch_up_ms),
+                ratio(f.catch_up_cpu_ms, base.catch_up_cpu_ms),
                 ratio(f.catch_up_bytes as f64, base.catch_up_bytes as f64),
                 ratio(f.reconnect_ms, base.reconnect_ms),
                 ratio(f.reconnect_bytes_per_doc, base.reconnect_bytes_per_doc),

@@ -17,6 +17,7 @@ use care_sync::{Replica, SyncEvent};
 use tokio::sync::broadcast;
 
 use crate::clock::SteppingClock;
+use crate::cpu::process_cpu;
 use crate::{Figures, SCENARIO_TIMEOUT, Size, median, median_count, quantile, workload};
 
 /// 2025-11-01T00:00:00Z.
@@ -36,6 +37,8 @@ pub(crate) struct FirstReads {
     /// From connecting until the device that caught up has read every note: the catch-up
     /// and both reads, per run (median).
     pub shown_ms: f64,
+    /// CPU time both devices spent in that span, every thread (median).
+    pub shown_cpu_ms: f64,
 }
 
 /// The catch-up of a device that meets only the team's circle node, which holds the
@@ -120,7 +123,7 @@ pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads, ThroughCircle)> {
     runtime.block_on(async {
         let root = tempfile::tempdir()?;
         let fresh = prepare(&root.path().join("catch-up"), size.notes, VISIT_STEP_MS, 1).await?;
-        let (catch_up_ms, catch_up_bytes, first_reads) =
+        let (catch_up_ms, catch_up_cpu_ms, catch_up_bytes, first_reads) =
             catch_up(&fresh, &root.path().join("runs"), size.runs).await?;
         let circle = through_circle(&fresh, &root.path().join("circle"), size.runs).await?;
         let step = MONTH_MS / size.doc_notes as i64;
@@ -132,6 +135,7 @@ pub(crate) fn run(size: &Size) -> Result<(Figures, FirstReads, ThroughCircle)> {
             live(&fresh, &root.path().join("live"), size.live_edits).await?;
         let figures = Figures {
             catch_up_ms,
+            catch_up_cpu_ms,
             catch_up_bytes,
             reconnect_ms,
             reconnect_bytes_per_doc: bytes_per_doc,
@@ -199,35 +203,51 @@ async fn heads(node: &Node) -> Result<BTreeMap<DocId, Vec<ChangeHash>>> {
     Ok(docs.into_iter().map(|d| (d.id, d.heads)).collect())
 }
 
+/// What one catch-up took.
+struct Settled {
+    /// From connecting until the worker reported the team in sync.
+    elapsed: Duration,
+    /// CPU time both nodes spent meanwhile.
+    cpu: Duration,
+    /// Bytes both ways.
+    bytes: u64,
+}
+
 /// Connects the worker to the owner and waits until the worker's session reports the
-/// team in sync (its documents at the owner's heads, durably stored); returns the time
-/// and the bytes both ways.
-async fn connect_and_settle(owner: &Node, worker: &Node, team: TeamId) -> Result<(Duration, u64)> {
+/// team in sync (its documents at the owner's heads, durably stored).
+async fn connect_and_settle(owner: &Node, worker: &Node, team: TeamId) -> Result<Settled> {
     let target = heads(owner).await?;
     let mut events = worker.events();
-    let started = Instant::now();
+    let (started, started_cpu) = (Instant::now(), process_cpu());
     worker.connect(&owner.addr()).await?;
     wait_in_sync(&mut events, team).await?;
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = (started.elapsed(), process_cpu() - started_cpu);
     if heads(worker).await? != target {
         bail!("the worker reported the team in sync without the owner's heads");
     }
     let traffic = worker.traffic();
-    Ok((elapsed, traffic.bytes_sent + traffic.bytes_received))
+    Ok(Settled { elapsed, cpu, bytes: traffic.bytes_sent + traffic.bytes_received })
 }
 
-async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usize, FirstReads)> {
-    let (mut times, mut bytes) = (Vec::new(), Vec::new());
-    let (mut latest, mut all, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+async fn catch_up(
+    pair: &Pair,
+    runs_dir: &Path,
+    runs: usize,
+) -> Result<(f64, f64, usize, FirstReads)> {
+    let (mut times, mut cpu, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut latest, mut all, mut shown, mut shown_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let dir = runs_dir.join(run.to_string());
         copy_dir(&pair.owner, &dir.join("owner"))?;
         copy_dir(&pair.worker, &dir.join("worker"))?;
         let owner = node_at(&dir.join("owner"), pair).await?;
         let worker = node_at(&dir.join("worker"), pair).await?;
-        let (elapsed, moved) = connect_and_settle(&owner, &worker, pair.team).await?;
-        times.push(elapsed);
-        bytes.push(moved);
+        let settled = connect_and_settle(&owner, &worker, pair.team).await?;
+        times.push(settled.elapsed);
+        cpu.push(settled.cpu);
+        bytes.push(settled.bytes);
+        let reads_cpu = process_cpu();
         let team = pair.team.to_string();
         let read = async |limit| {
             let started = Instant::now();
@@ -243,7 +263,8 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         }
         latest.push(latest_time);
         all.push(all_time);
-        shown.push(elapsed + latest_time + all_time);
+        shown.push(settled.elapsed + latest_time + all_time);
+        shown_cpu.push(settled.cpu + (process_cpu() - reads_cpu));
         worker.shutdown().await;
         owner.shutdown().await;
     }
@@ -251,8 +272,9 @@ async fn catch_up(pair: &Pair, runs_dir: &Path, runs: usize) -> Result<(f64, usi
         latest_ms: median(&mut latest),
         all_ms: median(&mut all),
         shown_ms: median(&mut shown),
+        shown_cpu_ms: median(&mut shown_cpu),
     };
-    Ok((median(&mut times), median_count(&mut bytes) as usize, reads))
+    Ok((median(&mut times), median(&mut cpu), median_count(&mut bytes) as usize, reads))
 }
 
 /// The owner adds a circle node and hands it the team (sealed); then, with the owner

@@ -1,12 +1,13 @@
 //! The in-memory floor: two Automerge documents exchanging encoded sync messages
 //! directly, with no transport, storage or scheduling in between.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use automerge::sync::{Message, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 
+use super::cpu::process_cpu;
 use super::workload::{add_note, build_notes_doc, has_all};
 use super::{Figures, SCENARIO_TIMEOUT, Size, median, median_count, quantile};
 
@@ -28,13 +29,14 @@ pub(crate) struct FloorReport {
 /// Runs every floor scenario at `size`.
 pub(crate) fn run(size: &Size) -> Result<FloorReport> {
     let source = build_notes_doc(size.notes, 1)?;
-    let (catch_up_ms, catch_up_bytes, mut synced) = catch_up(&source, size.runs)?;
+    let (catch_up_ms, catch_up_cpu_ms, catch_up_bytes, mut synced) = catch_up(&source, size.runs)?;
     let (load_save_ms, snapshot_bytes) = load_save(&source, size.runs)?;
     let (live_p50_ms, live_p90_ms) = live_edits(&mut synced, size)?;
     let reconnect = reconnect(size)?;
     Ok(FloorReport {
         figures: Figures {
             catch_up_ms,
+            catch_up_cpu_ms,
             catch_up_bytes,
             reconnect_ms: reconnect.ms,
             reconnect_bytes_per_doc: reconnect.bytes as f64 / size.docs as f64,
@@ -71,6 +73,8 @@ struct Traffic {
     rounds: usize,
     /// When `b` first held every head it was waiting for.
     arrived: Option<Instant>,
+    /// The process's CPU time then.
+    arrived_cpu: Option<Duration>,
 }
 
 impl Pair {
@@ -91,6 +95,7 @@ impl Pair {
                 self.b.receive_sync_message(&mut self.b_state, Message::decode(&bytes)?)?;
                 if traffic.arrived.is_none() && has_all(&self.b, target) {
                     traffic.arrived = Some(Instant::now());
+                    traffic.arrived_cpu = Some(process_cpu());
                 }
             }
             let Some(message) = self.b.generate_sync_message(&mut self.b_state) else {
@@ -110,12 +115,13 @@ impl Pair {
     }
 }
 
-/// A fresh peer receives `source`; returns the median time and bytes, and
+/// A fresh peer receives `source`; returns the median time, CPU time and bytes, and
 /// the synced pair of the last run.
-fn catch_up(source: &Automerge, runs: usize) -> Result<(f64, usize, Pair)> {
+fn catch_up(source: &Automerge, runs: usize) -> Result<(f64, f64, usize, Pair)> {
     let deadline = Instant::now() + SCENARIO_TIMEOUT;
     let target = source.get_heads();
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut bytes = Vec::new();
     let mut last = None;
     for _ in 0..runs {
@@ -125,15 +131,18 @@ fn catch_up(source: &Automerge, runs: usize) -> Result<(f64, usize, Pair)> {
             a_state: State::new(),
             b_state: State::new(),
         };
-        let started = Instant::now();
+        let (started, started_cpu) = (Instant::now(), process_cpu());
         let traffic = pair.exchange(&target, deadline)?;
-        let Some(arrived) = traffic.arrived else { bail!("the fresh peer never caught up") };
+        let (Some(arrived), Some(arrived_cpu)) = (traffic.arrived, traffic.arrived_cpu) else {
+            bail!("the fresh peer never caught up")
+        };
         times.push(arrived - started);
+        cpu.push(arrived_cpu - started_cpu);
         bytes.push(traffic.bytes as u64);
         last = Some(pair);
     }
     let Some(pair) = last else { bail!("no catch-up runs") };
-    Ok((median(&mut times), median_count(&mut bytes) as usize, pair))
+    Ok((median(&mut times), median(&mut cpu), median_count(&mut bytes) as usize, pair))
 }
 
 /// `Automerge::load(save())` of `source`: median time and snapshot size.

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::timeout_at;
 
+use super::cpu::process_cpu;
 use super::workload::{add_note, build_notes_doc, has_all};
 use super::{Figures, SCENARIO_TIMEOUT, Size, median, median_count, quantile};
 
@@ -50,7 +51,7 @@ pub(crate) fn run(size: &Size) -> Result<Figures> {
     let holder = holder_runtime.handle().clone();
     runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + SCENARIO_TIMEOUT;
-        let (catch_up_ms, catch_up_bytes, live_p50_ms, live_p90_ms) =
+        let (catch_up_ms, catch_up_cpu_ms, catch_up_bytes, live_p50_ms, live_p90_ms) =
             timeout_at(deadline, catch_up_and_live(size, &holder)).await.map_err(|_| {
                 anyhow!("samod catch-up and live edits took over {SCENARIO_TIMEOUT:?}")
             })??;
@@ -60,6 +61,7 @@ pub(crate) fn run(size: &Size) -> Result<Figures> {
             .map_err(|_| anyhow!("samod reconnect took over {SCENARIO_TIMEOUT:?}"))??;
         Ok(Figures {
             catch_up_ms,
+            catch_up_cpu_ms,
             catch_up_bytes,
             reconnect_ms,
             reconnect_bytes_per_doc: reconnect_bytes as f64 / size.docs as f64,
@@ -254,13 +256,17 @@ impl AsyncWrite for Counted {
 /// A fresh repo finds the `size.notes` document held by another, `size.runs` times; the
 /// last one then receives `size.live_edits` new notes one at a time. Returns catch-up
 /// median ms and median bytes, and live edit p50 and p90 ms.
-async fn catch_up_and_live(size: &Size, holder_runtime: &Handle) -> Result<(f64, usize, f64, f64)> {
+async fn catch_up_and_live(
+    size: &Size,
+    holder_runtime: &Handle,
+) -> Result<(f64, f64, usize, f64, f64)> {
     let source = build_notes_doc(size.notes, 1)?;
     let target = source.get_heads();
     let holder = Peer::new(holder_runtime.clone()).await;
     let held = holder.repo.create(source).await.map_err(|e| anyhow!("{e}"))?;
     let listener = Listener::start(&holder).await?;
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut bytes_seen = Vec::new();
     let mut connected: Option<(Peer, DialerHandle<io::Error>, DocHandle)> = None;
     for _ in 0..size.runs {
@@ -269,11 +275,12 @@ async fn catch_up_and_live(size: &Size, holder_runtime: &Handle) -> Result<(f64,
             peer.repo.stop().await;
         }
         let fresh = Peer::new(Handle::current()).await;
-        let started = Instant::now();
+        let (started, started_cpu) = (Instant::now(), process_cpu());
         let (dialer, bytes) = LoopbackDialer::dial(&fresh, listener.addr)?;
         let found = find(&fresh.repo, held.document_id().clone()).await?;
         fresh.wait_for(&found, &target).await?;
         times.push(started.elapsed());
+        cpu.push(process_cpu() - started_cpu);
         bytes_seen.push(settled(&bytes).await?);
         connected = Some((fresh, dialer, found));
     }
@@ -294,6 +301,7 @@ async fn catch_up_and_live(size: &Size, holder_runtime: &Handle) -> Result<(f64,
     holder.repo.stop().await;
     Ok((
         median(&mut times),
+        median(&mut cpu),
         median_count(&mut bytes_seen) as usize,
         quantile(&mut live, 0.5),
         quantile(&mut live, 0.9),
