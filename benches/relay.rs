@@ -9,7 +9,8 @@
 //! times, the circle process's peak memory, CPU time and descriptors, the CPU use of
 //! the devices' process and the machine, and the bytes moved; then, with every device
 //! still connected and idle for five seconds, what holding the connections costs the
-//! circle node.
+//! circle node; last, from the circle node's store after the step, what checking the
+//! sealed documents it took in costs it (`relay/checks.rs`).
 //!
 //! `cargo bench --bench relay -- --teams 50,100` runs only those steps; `--waves 10` has
 //! the devices of ten teams at a time catch up, one wave after another, so that how many
@@ -18,6 +19,8 @@
 //! `--bench` (as `cargo test --workspace --all-targets` runs it) it is a smoke run of two
 //! teams.
 
+#[path = "relay/checks.rs"]
+mod checks;
 #[path = "relay/circle.rs"]
 mod circle;
 #[path = "common/clock.rs"]
@@ -72,6 +75,8 @@ struct Step {
     circle_peak_rss_kib: u64,
     /// Event lines the circle process printed.
     circle_events: usize,
+    /// The circle node's checks of the sealed documents it holds, done again.
+    checks: checks::Checked,
 }
 
 fn main() -> Result<()> {
@@ -185,7 +190,9 @@ async fn run_step(
     };
 
     let circle_peak_rss_kib = usage::peak_rss_kib(pid)?;
+    let home = circle.home.clone();
     let circle_events = circle.stop()?;
+    let checks = checks::again(&home)?;
     Ok(Step {
         teams: teams.len(),
         upload_usage: upload.end.since(&before),
@@ -194,16 +201,18 @@ async fn run_step(
         catch_up,
         circle_peak_rss_kib,
         circle_events,
+        checks,
     })
 }
 
 fn print_step_header() {
     println!(
-        "{:>5} {:>7} {:>8} {:>8} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>7} {:>7} {:>10} {:>11}",
+        "{:>5} {:>7} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6} {:>6} {:>9} {:>8} {:>11} {:>8} {:>7} {:>7} {:>10} {:>11}",
         "teams",
         "devices",
         "upload s",
         "circle%",
+        "checks s",
         "catchup s",
         "p50 s",
         "p95 s",
@@ -219,7 +228,8 @@ fn print_step_header() {
     );
 }
 
-/// One line per step: the upload's time and circle CPU, then the catch-up's figures.
+/// One line per step: the upload's time and circle CPU, and the time the circle node's
+/// checks of what it took in take when done again; then the catch-up's figures.
 /// CPU is in percent of one core: the circle node (and its CPU milliseconds per device
 /// caught up), the devices' process, every other process on the machine, and the
 /// cores' time waiting for IO; last, the circle node's CPU per connected device per
@@ -229,11 +239,12 @@ fn print_step_line(step: &Step) {
     let mut times = c.per_device.clone();
     let u = &step.catch_up_usage;
     println!(
-        "{:>5} {:>7} {:>8.2} {:>8.0} {:>9.2} {:>6.2} {:>6.2} {:>6.2} {:>9.1} {:>8.0} {:>11.1} {:>8.0} {:>7.0} {:>7.0} {:>10.1} {:>11.0}",
+        "{:>5} {:>7} {:>8.2} {:>8.0} {:>8.2} {:>9.2} {:>6.2} {:>6.2} {:>6.2} {:>9.1} {:>8.0} {:>11.1} {:>8.0} {:>7.0} {:>7.0} {:>10.1} {:>11.0}",
         step.teams,
         step.teams * DEVICES_PER_TEAM,
         step.upload.wall.as_secs_f64(),
         step.upload_usage.circle_percent(),
+        step.checks.time.as_secs_f64(),
         c.wall.as_secs_f64(),
         quantile_s(&mut times, 0.5),
         quantile_s(&mut times, 0.95),
@@ -295,11 +306,34 @@ fn print_detailed(step: &Step, notes: usize, waves: Option<usize>) {
         idle_us_per_device_s(&cu.idle, cu.sessions.0),
         mib(cu.idle.loopback_bytes),
     );
+    print_checks(step);
     println!(
         "circle process: peak RSS {:.1} MiB, {} descriptors open at the end, {} events printed",
         mib(step.circle_peak_rss_kib * 1024),
         cu.circle_fds,
         step.circle_events
+    );
+}
+
+/// What checking the sealed documents it took in cost the circle node, against its CPU
+/// per device over the upload and the catch-up.
+fn print_checks(step: &Step) {
+    let devices = step.catch_up.per_device.len().max(1) as f64;
+    let cpu_s = step.upload_usage.circle_cpu_s + step.catch_up_usage.circle_cpu_s;
+    let checks_s = step.checks.time.as_secs_f64();
+    println!(
+        "checks: the circle node holds {} sealed documents with {} change signatures; checking \
+         them again as it did when taking them in (sealer, authors, signatures, each signer's \
+         right) takes {:.2} s, {:.0}% of its CPU in the upload ({:.2} s). Over the upload and \
+         the catch-up it spent {:.1} ms of CPU per device caught up with the checks, about \
+         {:.1} ms without them",
+        step.checks.sealed,
+        step.checks.signatures,
+        checks_s,
+        100.0 * checks_s / step.upload_usage.circle_cpu_s.max(f64::EPSILON),
+        step.upload_usage.circle_cpu_s,
+        1000.0 * cpu_s / devices,
+        1000.0 * (cpu_s - checks_s) / devices,
     );
 }
 
