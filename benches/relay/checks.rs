@@ -1,8 +1,9 @@
-//! What the circle node's checks of the sealed documents it takes in cost: everything it
-//! can check without the content (the sealer's signature, the authors' right to write
-//! the document's kind, each change's signature and its signer's right at the point of
-//! the membership log it was signed under), done again here, after the step, over every
-//! sealed document its store holds. The circle node did this work once for each as it
+//! What the circle node's checks of the sealed documents it takes in cost: what it can
+//! check without the content (the sealer's signature, the authors' right to write the
+//! document's kind, each change's signature and its signer's right at the point of the
+//! membership log it was signed under), done again here, after the step, over every
+//! sealed document its store holds. Left out: the lookups of the sealer's role and of
+//! the key it was given, a few map reads per document. The circle node did this work once for each as it
 //! took it in (more for one sent twice), so this is a floor of what checking cost it:
 //! its CPU without the checks is at most its measured CPU less this.
 

@@ -255,7 +255,8 @@ impl AsyncWrite for Counted {
 
 /// A fresh repo finds the `size.notes` document held by another, `size.runs` times; the
 /// last one then receives `size.live_edits` new notes one at a time. Returns catch-up
-/// median ms and median bytes, and live edit p50 and p90 ms.
+/// median ms, median CPU ms (both repos, every thread) and median bytes, and live edit
+/// p50 and p90 ms.
 async fn catch_up_and_live(
     size: &Size,
     holder_runtime: &Handle,
